@@ -1,0 +1,481 @@
+#include "harness/config/config.hpp"
+
+#include <openssl/evp.h>
+#include <yaml-cpp/yaml.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fmt/format.h>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace fs = std::filesystem;
+
+namespace ssr::config {
+
+std::string type_name(Type t) {
+  switch (t) {
+    case Type::Int: return "int";
+    case Type::Float: return "float";
+    case Type::Bool: return "bool";
+    case Type::String: return "string";
+    case Type::Choice: return "choice";
+    case Type::IntList: return "list of int";
+    case Type::FloatList: return "list of float";
+    case Type::StringList: return "list of string";
+  }
+  return "?";
+}
+
+const Key* find_key(const std::string& name) {
+  static const std::map<std::string, const Key*> index = [] {
+    std::map<std::string, const Key*> m;
+    for (const auto& k : schema()) m[k.name] = &k;
+    return m;
+  }();
+  auto it = index.find(name);
+  return it == index.end() ? nullptr : it->second;
+}
+
+namespace {
+
+std::string range_text(const Key& k) {
+  if (k.min <= -1e299 && k.max >= 1e299) return "";
+  if (k.max >= 1e299) return fmt::format(" >= {}", k.min);
+  if (k.min <= -1e299) return fmt::format(" <= {}", k.max);
+  return fmt::format(" in [{}, {}]", k.min, k.max);
+}
+
+std::string shown(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+
+[[noreturn]] void bad(const Key& k, const json& v, const std::string& where) {
+  std::string expected = type_name(k.type) + range_text(k);
+  if (k.type == Type::Choice) {
+    expected = "one of";
+    for (const auto& c : k.choices) expected += " " + c;
+  }
+  throw ConfigError(fmt::format("{}: expected {}, got '{}' ({})", k.name, expected, shown(v), where));
+}
+
+std::optional<int64_t> as_int(const json& v) {
+  if (v.is_number_integer()) return v.get<int64_t>();
+  if (v.is_number_float()) {
+    double d = v.get<double>();
+    if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.2e18) return static_cast<int64_t>(d);
+    return std::nullopt;
+  }
+  if (!v.is_string()) return std::nullopt;
+  const std::string s = v.get<std::string>();
+  if (s.empty()) return std::nullopt;
+  char* end = nullptr;
+  errno = 0;
+  long long r = std::strtoll(s.c_str(), &end, 10);
+  if (*end == '\0' && errno == 0) return r;
+  // Accept integral floats spelled as 1e3.
+  double d = std::strtod(s.c_str(), &end);
+  if (*end == '\0' && std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.2e18)
+    return static_cast<int64_t>(d);
+  return std::nullopt;
+}
+
+std::optional<double> as_float(const json& v) {
+  if (v.is_number()) return v.get<double>();
+  if (!v.is_string()) return std::nullopt;
+  const std::string s = v.get<std::string>();
+  if (s.empty()) return std::nullopt;
+  char* end = nullptr;
+  double d = std::strtod(s.c_str(), &end);
+  if (*end != '\0' || !std::isfinite(d)) return std::nullopt;
+  return d;
+}
+
+std::optional<bool> as_bool(const json& v) {
+  if (v.is_boolean()) return v.get<bool>();
+  if (!v.is_string()) return std::nullopt;
+  const std::string s = v.get<std::string>();
+  if (s == "true" || s == "True" || s == "yes" || s == "on") return true;
+  if (s == "false" || s == "False" || s == "no" || s == "off") return false;
+  return std::nullopt;
+}
+
+json coerce_scalar(const Key& k, Type t, const json& v, const std::string& where) {
+  switch (t) {
+    case Type::Int: {
+      auto r = as_int(v);
+      if (!r || *r < k.min || *r > k.max) bad(k, v, where);
+      return *r;
+    }
+    case Type::Float: {
+      auto r = as_float(v);
+      if (!r || *r < k.min || *r > k.max) bad(k, v, where);
+      return *r;
+    }
+    case Type::Bool: {
+      auto r = as_bool(v);
+      if (!r) bad(k, v, where);
+      return *r;
+    }
+    case Type::String:
+      if (v.is_string()) return v;
+      if (v.is_number() || v.is_boolean()) return v.dump();
+      bad(k, v, where);
+    case Type::Choice: {
+      if (!v.is_string() && !v.is_number()) bad(k, v, where);
+      std::string s = v.is_string() ? v.get<std::string>() : v.dump();
+      if (std::find(k.choices.begin(), k.choices.end(), s) == k.choices.end()) bad(k, v, where);
+      return s;
+    }
+    default: bad(k, v, where);
+  }
+}
+
+}  // namespace
+
+json coerce(const Key& k, const json& v, const std::string& where) {
+  Type elem;
+  switch (k.type) {
+    case Type::IntList: elem = Type::Int; break;
+    case Type::FloatList: elem = Type::Float; break;
+    case Type::StringList: elem = Type::String; break;
+    default: return coerce_scalar(k, k.type, v, where);
+  }
+  json items = v;
+  // A comma-separated string is accepted for lists ("valid,test").
+  if (v.is_string()) {
+    items = json::array();
+    std::stringstream ss(v.get<std::string>());
+    for (std::string part; std::getline(ss, part, ',');)
+      if (!part.empty()) items.push_back(part);
+  }
+  if (!items.is_array()) bad(k, v, where);
+  json out = json::array();
+  for (const auto& e : items) out.push_back(coerce_scalar(k, elem, e, where));
+  return out;
+}
+
+Config::Config() {
+  for (const auto& k : schema()) values_[k.name] = k.def;
+}
+
+const json& Config::at(const std::string& name) const {
+  auto it = values_.find(name);
+  if (it == values_.end()) throw std::logic_error("config key not in schema: " + name);
+  return it->second;
+}
+int64_t Config::i(const std::string& n) const { return at(n).get<int64_t>(); }
+double Config::f(const std::string& n) const { return at(n).get<double>(); }
+bool Config::b(const std::string& n) const { return at(n).get<bool>(); }
+const std::string& Config::s(const std::string& n) const { return at(n).get_ref<const std::string&>(); }
+std::vector<int64_t> Config::ints(const std::string& n) const { return at(n).get<std::vector<int64_t>>(); }
+std::vector<double> Config::floats(const std::string& n) const { return at(n).get<std::vector<double>>(); }
+std::vector<std::string> Config::strings(const std::string& n) const {
+  return at(n).get<std::vector<std::string>>();
+}
+
+void Config::set(const std::string& name, const json& value, const std::string& where) {
+  if (const Key* k = find_key(name)) {
+    values_[name] = coerce(*k, value, where);
+    return;
+  }
+  if (is_open_namespace(name)) {
+    values_[name] = value.is_string() ? value : json(value.dump());
+    return;
+  }
+  throw ConfigError(fmt::format("{}: unknown key ({}); `ssr config --doc` lists every key", name, where));
+}
+
+json Config::to_json() const {
+  json j = json::object();
+  for (const auto& [name, v] : values_) j[json::json_pointer("/" + [&] {
+                                             std::string p = name;
+                                             std::replace(p.begin(), p.end(), '.', '/');
+                                             return p;
+                                           }())] = v;
+  j["groups"] = groups_;
+  return j;
+}
+
+Config Config::from_json(const json& j) {
+  Config c;
+  for (const auto& [flat, v] : j.flatten().items()) {
+    std::string name = flat.substr(1);
+    std::replace(name.begin(), name.end(), '/', '.');
+    if (name.rfind("groups.", 0) == 0) {
+      c.groups_[name.substr(7)] = v.get<std::string>();
+      continue;
+    }
+    // flatten() splits lists into name.0, name.1: restore declared list keys whole.
+    auto dot = name.rfind('.');
+    if (!find_key(name) && dot != std::string::npos && find_key(name.substr(0, dot))) continue;
+    c.set(name, v, "stored config");
+  }
+  for (const auto& k : schema())
+    if (k.type == Type::IntList || k.type == Type::FloatList || k.type == Type::StringList) {
+      json p = j;
+      std::stringstream ss(k.name);
+      bool found = true;
+      for (std::string part; std::getline(ss, part, '.');) {
+        if (!p.is_object() || !p.contains(part)) { found = false; break; }
+        p = p[part];
+      }
+      if (found) c.set(k.name, p, "stored config");
+    }
+  return c;
+}
+
+std::string Config::canonical() const {
+  json j = json::object();
+  for (const auto& [name, v] : values_) {
+    const Key* k = find_key(name);
+    if (k && k->hashed) j[name] = v;
+  }
+  return j.dump();
+}
+
+std::string Config::hash() const {
+  const std::string text = canonical();
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(text.data(), text.size(), md, &len, EVP_sha256(), nullptr);
+  std::string hex;
+  for (unsigned int b = 0; b < 8; ++b) hex += fmt::format("{:02x}", md[b]);
+  return hex;
+}
+
+namespace {
+void emit_value(YAML::Emitter& out, const json& v) {
+  if (v.is_array()) {
+    out << YAML::Flow << YAML::BeginSeq;
+    for (const auto& e : v) emit_value(out, e);
+    out << YAML::EndSeq;
+  } else if (v.is_string()) {
+    out << YAML::DoubleQuoted << v.get<std::string>();
+  } else {
+    out << v.dump();
+  }
+}
+}  // namespace
+
+std::string Config::to_yaml() const {
+  YAML::Emitter out;
+  out << YAML::BeginMap;
+  if (!groups_.empty()) {
+    out << YAML::Key << "defaults" << YAML::Value << YAML::BeginMap;
+    for (const auto& [g, c] : groups_) out << YAML::Key << g << YAML::Value << c;
+    out << YAML::EndMap;
+  }
+  std::string ns;
+  for (const auto& [name, v] : values_) {
+    auto dot = name.find('.');
+    std::string this_ns = name.substr(0, dot);
+    if (this_ns != ns) {
+      if (!ns.empty()) out << YAML::EndMap;
+      out << YAML::Key << this_ns << YAML::Value << YAML::BeginMap;
+      ns = this_ns;
+    }
+    out << YAML::Key << name.substr(dot + 1) << YAML::Value;
+    emit_value(out, v);
+    if (const Key* k = find_key(name)) out << YAML::Comment(k->doc);
+  }
+  if (!ns.empty()) out << YAML::EndMap;
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+std::vector<std::string> search_path(const std::string& config_file) {
+  std::vector<std::string> dirs;
+  auto add = [&](const fs::path& p) {
+    std::error_code ec;
+    auto c = fs::weakly_canonical(p, ec).string();
+    if (std::find(dirs.begin(), dirs.end(), c) == dirs.end()) dirs.push_back(c);
+  };
+  if (!config_file.empty()) add(fs::absolute(config_file).parent_path());
+  add(fs::path(SSR_SOURCE_DIR) / "experiments");
+  return dirs;
+}
+
+namespace {
+
+// YAML scalars stay strings here; the schema decides their type.
+json yaml_to_json(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Scalar: return n.Scalar();
+    case YAML::NodeType::Sequence: {
+      json a = json::array();
+      for (const auto& e : n) a.push_back(yaml_to_json(e));
+      return a;
+    }
+    case YAML::NodeType::Map: {
+      json o = json::object();
+      for (const auto& kv : n) o[kv.first.Scalar()] = yaml_to_json(kv.second);
+      return o;
+    }
+    default: return nullptr;
+  }
+}
+
+YAML::Node load_yaml(const std::string& path) {
+  if (!fs::exists(path)) throw ConfigError(fmt::format("{}: config file not found", path));
+  try {
+    return YAML::LoadFile(path);
+  } catch (const YAML::ParserException& e) {
+    throw ConfigError(fmt::format("{}:{}:{}: YAML syntax error: {}", path, e.mark.line + 1,
+                                  e.mark.column + 1, e.msg));
+  } catch (const YAML::BadFile&) {
+    throw ConfigError(fmt::format("{}: cannot read config file", path));
+  }
+}
+
+// Sets every leaf of `node` under `prefix`; a map whose dotted path is a declared key is a value.
+void apply_tree(Config& cfg, const json& node, const std::string& prefix, const std::string& where) {
+  for (const auto& [key, v] : node.items()) {
+    std::string name = prefix.empty() ? key : prefix + "." + key;
+    if (v.is_null())
+      throw ConfigError(fmt::format("{}: no value given ({})", name, where));
+    if (v.is_object() && !find_key(name)) {
+      apply_tree(cfg, v, name, where);
+    } else {
+      cfg.set(name, v, where);
+    }
+  }
+}
+
+std::string find_group_file(const std::string& group, const std::string& choice,
+                            const std::vector<std::string>& search) {
+  for (const auto& d : search) {
+    fs::path p = fs::path(d) / group / (choice + ".yaml");
+    if (fs::exists(p)) return p.string();
+  }
+  std::string tried;
+  for (const auto& d : search) tried += " " + (fs::path(d) / group).string();
+  throw ConfigError(fmt::format("{}={}: no file {}.yaml in{}", group, choice, choice, tried));
+}
+
+void apply_group(Config& cfg, const std::string& group, const std::string& choice,
+                 const std::vector<std::string>& search) {
+  const std::string path = find_group_file(group, choice, search);
+  json tree = yaml_to_json(load_yaml(path));
+  if (tree.is_null()) tree = json::object();
+  if (!tree.is_object()) throw ConfigError(fmt::format("{}: expected a map of keys", path));
+  if (tree.contains("_global_")) {
+    apply_tree(cfg, tree["_global_"], "", path);
+    tree.erase("_global_");
+  }
+  apply_tree(cfg, tree, group, path);
+  cfg.set_group(group, choice);
+}
+
+bool is_group(const std::string& name) {
+  const auto& g = groups();
+  return std::find(g.begin(), g.end(), name) != g.end();
+}
+
+struct Override {
+  std::string key, value;
+  bool add = false;
+};
+
+Override parse_override(const std::string& text) {
+  auto eq = text.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw ConfigError(fmt::format("override '{}': expected key=value (e.g. router.p=1e-3)", text));
+  Override o{text.substr(0, eq), text.substr(eq + 1)};
+  if (o.key[0] == '+') {
+    o.add = true;
+    o.key = o.key.substr(1);
+  }
+  return o;
+}
+
+json parse_value(const Override& o) {
+  try {
+    return yaml_to_json(YAML::Load(o.value));
+  } catch (const YAML::Exception&) {
+    return o.value;  // plain text is fine for strings
+  }
+}
+
+}  // namespace
+
+void apply_overrides(Config& cfg, const std::vector<std::string>& overrides,
+                     const std::vector<std::string>& search) {
+  for (const auto& text : overrides) {
+    Override o = parse_override(text);
+    if (!o.add && is_group(o.key)) {
+      apply_group(cfg, o.key, o.value, search);
+      continue;
+    }
+    const std::string where = "override " + text;
+    if (o.add) {
+      if (find_key(o.key))
+        throw ConfigError(fmt::format("{}: key exists, drop the '+' to change it ({})", o.key, where));
+      if (!is_open_namespace(o.key))
+        throw ConfigError(fmt::format("{}: '+' adds keys only under tags.* ({})", o.key, where));
+    } else if (!find_key(o.key) && is_open_namespace(o.key) && !cfg.has(o.key)) {
+      throw ConfigError(fmt::format("{}: new key, write +{}={} to add it", o.key, o.key, o.value));
+    }
+    json v = parse_value(o);
+    if (v.is_null()) throw ConfigError(fmt::format("{}: no value given ({})", o.key, where));
+    cfg.set(o.key, v, where);
+  }
+}
+
+Config resolve(const std::string& config_file, const std::vector<std::string>& overrides) {
+  Config cfg;
+  const auto search = search_path(config_file);
+  json tree = yaml_to_json(load_yaml(config_file));
+  if (tree.is_null()) tree = json::object();
+  if (!tree.is_object()) throw ConfigError(fmt::format("{}: expected a map of keys", config_file));
+
+  // Groups named on the command line replace the file's defaults.
+  std::map<std::string, std::string> chosen;
+  if (tree.contains("defaults")) {
+    if (!tree["defaults"].is_object())
+      throw ConfigError(fmt::format("{}: defaults: expected a map group: choice", config_file));
+    for (const auto& [g, c] : tree["defaults"].items()) {
+      if (!is_group(g))
+        throw ConfigError(fmt::format("{}: defaults.{}: unknown config group (groups: model, router, data)",
+                                      config_file, g));
+      chosen[g] = c.get<std::string>();
+    }
+    tree.erase("defaults");
+  }
+  std::vector<std::string> rest;
+  for (const auto& text : overrides) {
+    Override o = parse_override(text);
+    if (!o.add && is_group(o.key)) chosen[o.key] = o.value;
+    else rest.push_back(text);
+  }
+  for (const auto& g : groups())
+    if (chosen.count(g)) apply_group(cfg, g, chosen[g], search);
+  apply_tree(cfg, tree, "", config_file);
+  apply_overrides(cfg, rest, search);
+  return cfg;
+}
+
+std::string schema_doc() {
+  std::string out;
+  std::string ns;
+  for (const auto& k : schema()) {
+    std::string this_ns = k.name.substr(0, k.name.find('.'));
+    if (this_ns != ns) {
+      out += fmt::format("{}{}.*\n", ns.empty() ? "" : "\n", this_ns);
+      ns = this_ns;
+    }
+    std::string type = type_name(k.type);
+    if (k.type == Type::Choice) {
+      type = "";
+      for (const auto& c : k.choices) type += (type.empty() ? "" : "|") + c;
+    }
+    out += fmt::format("  {:<22} {:<28} default {:<18} {}{}\n", k.name, type + range_text(k),
+                       shown(k.def), k.doc, k.hashed ? "" : " [not hashed]");
+  }
+  out += "\ngroups: model=NAME, router=NAME, data=NAME load experiments/<group>/NAME.yaml\n";
+  out += "tags.*: free-form labels, added with +tags.KEY=VALUE (not hashed)\n";
+  return out;
+}
+
+}  // namespace ssr::config

@@ -1,0 +1,89 @@
+// Resolved run configuration: schema defaults <- group files <- config file <- overrides.
+#pragma once
+#include <map>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace ssr::config {
+
+using json = nlohmann::json;
+
+// Bad input from the user: the CLI prints what() on one line and exits with code 2.
+struct ConfigError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+enum class Type { Int, Float, Bool, String, Choice, IntList, FloatList, StringList };
+
+struct Key {
+  std::string name;  // dotted, e.g. "router.p"
+  Type type;
+  json def;
+  std::string doc;
+  double min = -1e300, max = 1e300;  // inclusive range for Int/Float (and list elements)
+  std::vector<std::string> choices;  // for Choice
+  bool hashed = true;  // false: bookkeeping that cannot change a result (db path, log interval)
+};
+
+// Every key, declared once (harness/config/schema.cpp).
+const std::vector<Key>& schema();
+const Key* find_key(const std::string& name);
+// Config groups: `router=ssr_l` loads experiments/router/ssr_l.yaml into the router.* namespace.
+const std::vector<std::string>& groups();
+// Namespaces that accept new keys with `+ns.key=value` (free-form metadata, never hashed).
+bool is_open_namespace(const std::string& name);
+std::string type_name(Type t);
+// Coerce a YAML/JSON value to the key's type and check its range; throws ConfigError naming `where`.
+json coerce(const Key& key, const json& value, const std::string& where);
+
+class Config {
+ public:
+  Config();  // schema defaults
+
+  const json& at(const std::string& name) const;
+  int64_t i(const std::string& name) const;
+  double f(const std::string& name) const;
+  bool b(const std::string& name) const;
+  const std::string& s(const std::string& name) const;
+  std::vector<int64_t> ints(const std::string& name) const;
+  std::vector<double> floats(const std::string& name) const;
+  std::vector<std::string> strings(const std::string& name) const;
+
+  // Sets a declared key (coerced and range-checked) or an open-namespace key.
+  void set(const std::string& name, const json& value, const std::string& where);
+  bool has(const std::string& name) const { return values_.count(name) != 0; }
+
+  const std::map<std::string, json>& values() const { return values_; }
+  const std::map<std::string, std::string>& group_choices() const { return groups_; }
+  void set_group(const std::string& group, const std::string& choice) { groups_[group] = choice; }
+
+  // Nested JSON of every value plus {"groups": {...}}: what the store keeps.
+  json to_json() const;
+  static Config from_json(const json& j);  // inverse of to_json (used by --resume and sweeps)
+  // Canonical text of the hashed keys: sorted keys, typed values, shortest float spelling.
+  std::string canonical() const;
+  // First 16 hex digits of SHA-256(canonical()): identifies a run configuration.
+  std::string hash() const;
+  // YAML text with every key, grouped by namespace (what `ssr config` prints).
+  std::string to_yaml() const;
+
+ private:
+  std::map<std::string, json> values_;
+  std::map<std::string, std::string> groups_;
+};
+
+// Where group files are searched: the config file's folder, then the project's experiments/.
+std::vector<std::string> search_path(const std::string& config_file);
+
+// Resolves CONFIG.yaml plus `key=value` overrides. Throws ConfigError on any bad input.
+Config resolve(const std::string& config_file, const std::vector<std::string>& overrides);
+// Applies overrides to an already resolved config (sweeps add their axis values this way).
+void apply_overrides(Config& cfg, const std::vector<std::string>& overrides,
+                     const std::vector<std::string>& search);
+
+// `ssr config --doc`: every key with type, default, range and its line of documentation.
+std::string schema_doc();
+
+}  // namespace ssr::config

@@ -1,0 +1,116 @@
+// The one place where every configuration key is declared: type, default, range, documentation.
+// Defaults are the reference setup of the paper's WikiText-103 "medium" runs
+// (../shared/spec/reference-setup.md); presets in experiments/ scale them down.
+#include "harness/config/config.hpp"
+
+namespace ssr::config {
+namespace {
+
+constexpr double kInf = 1e300;
+
+Key I(std::string n, int64_t d, double lo, double hi, std::string doc, bool hashed = true) {
+  return Key{std::move(n), Type::Int, d, std::move(doc), lo, hi, {}, hashed};
+}
+Key F(std::string n, double d, double lo, double hi, std::string doc, bool hashed = true) {
+  return Key{std::move(n), Type::Float, d, std::move(doc), lo, hi, {}, hashed};
+}
+Key B(std::string n, bool d, std::string doc, bool hashed = true) {
+  return Key{std::move(n), Type::Bool, d, std::move(doc), -kInf, kInf, {}, hashed};
+}
+Key S(std::string n, std::string d, std::string doc, bool hashed = true) {
+  return Key{std::move(n), Type::String, d, std::move(doc), -kInf, kInf, {}, hashed};
+}
+Key C(std::string n, std::string d, std::vector<std::string> choices, std::string doc,
+      bool hashed = true) {
+  return Key{std::move(n), Type::Choice, d, std::move(doc), -kInf, kInf, std::move(choices), hashed};
+}
+Key SL(std::string n, std::vector<std::string> d, std::string doc) {
+  return Key{std::move(n), Type::StringList, d, std::move(doc), -kInf, kInf, {}, true};
+}
+
+std::vector<Key> build() {
+  return {
+      // ---- run.*: identity and bookkeeping of one run
+      I("run.seed", 1, 0, 2147483647, "seed of every RNG (init, data offsets, routers): same seed, same losses"),
+      C("run.device", "cpu", {"cpu", "cuda"}, "device the run computes on"),
+      S("run.name", "", "free label shown by `ssr runs`", false),
+      S("run.db", "results/runs.db", "SQLite run store (also --db)", false),
+      S("run.out_dir", "results/checkpoints", "folder for checkpoints (one sub-folder per run id)", false),
+      I("run.threads", 0, 0, 1024, "intra-op CPU threads (0 = LibTorch default)", false),
+      I("run.log_every", 10, 1, 1000000, "steps between metric rows in the store and progress lines", false),
+      F("run.heartbeat_s", 10, 0.1, 3600, "seconds between heartbeats of a running run", false),
+
+      // ---- data.*: corpus and splits
+      C("data.format", "word", {"word", "byte"}, "word: whitespace tokens + <eos> per line (WikiText); byte: one token per byte (enwik8)"),
+      S("data.dir", "../shared/data/wikitext-103", "folder holding the split files (relative paths are from the working directory)"),
+      S("data.train", "train.txt", "training split file in data.dir"),
+      S("data.valid", "valid.txt", "validation split file in data.dir ('' with data.holdout > 0)"),
+      S("data.test", "test.txt", "test split file in data.dir"),
+      F("data.holdout", 0, 0, 0.5, "if > 0: validation = this final fraction of the training file (by lines), training = the rest"),
+
+      // ---- model.*: the Switch-style LM (reference "medium" of WikiText-103)
+      C("model.arch", "switch_lm", {"switch_lm"}, "model family"),
+      I("model.n_layers", 6, 1, 128, "layers, each attention + SMoE block"),
+      I("model.d_model", 352, 8, 65536, "hidden size"),
+      I("model.n_heads", 8, 1, 256, "attention heads (d_model must be divisible)"),
+      I("model.d_inner", 352, 1, 1 << 20, "inner size of each expert FFN"),
+      I("model.n_experts", 16, 1, 4096, "experts per SMoE block"),
+      I("model.top_k", 2, 1, 64, "experts per token"),
+      F("model.dropout", 0.1, 0, 1, "dropout on attention probabilities, inside experts, on the SMoE output"),
+      I("model.attn_span", 1024, 1, 1 << 20, "tokens each query attends to (previous positions, via cache)"),
+      C("model.block", "vanilla", {"vanilla", "momentum"}, "SMoE block: vanilla residual or heavy-ball momentum (MomentumSMoE)"),
+      F("model.mu", 0.7, 0, 1, "momentum coefficient of the heavy-ball block"),
+      F("model.gamma", 1.0, 0, 10, "step size of the heavy-ball block"),
+
+      // ---- router.*: token-to-expert routing (routers/)
+      C("router.name", "vanilla", {"vanilla", "lb", "zloss", "noisy", "sinkhorn", "ssr"}, "routing method"),
+      F("router.lb_coef", 0.01, 0, kInf, "load-balancing loss coefficient (lb, zloss)"),
+      C("router.lb_form", "reference", {"reference", "switch"}, "lb normalisation: reference divides importance by N*k; switch by N"),
+      F("router.z_coef", 0.001, 0, kInf, "router z-loss coefficient (zloss)"),
+      F("router.noisy_coef", 0.01, 0, kInf, "importance+load loss coefficient of noisy top-k gating"),
+      F("router.p", 0.001, 0, 1, "SSR: probability that a block uses Sinkhorn routing in a training forward"),
+      C("router.cost", "linear", {"linear", "softmax"}, "SSR cost: linear (C = S, SSR-L) or row softmax of S (SSR-S)"),
+      F("router.noise", 0, 0, kInf, "SSR: alpha_noise, scale of Gaussian noise added to the cost (0 = off)"),
+      F("router.noise_std", 1.0, 0, kInf, "SSR: sigma of the cost noise"),
+      F("router.xi", 0.5, 1e-6, kInf, "Sinkhorn entropic regularisation xi"),
+      F("router.delta", 1e-4, 0, kInf, "Sinkhorn tolerance on the marginal error"),
+      I("router.max_iter", 100, 1, 1000000, "Sinkhorn iteration limit eta"),
+      C("router.numerics", "log", {"plain", "log"}, "Sinkhorn scaling in the plain domain (reference; overflows for small xi) or log domain"),
+      I("router.check_every", 10, 1, 1000000, "Sinkhorn iterations between convergence checks (each check syncs with the host)"),
+      I("router.newton_steps", 0, 0, 1000, "Newton steps on the dual potential after the Sinkhorn sweeps (0 = off; SNS)"),
+      I("router.newton_warmup", 3, 0, 1000, "log-domain Sinkhorn sweeps before the Newton stage"),
+      C("router.eval_mode", "none", {"none", "sinkhorn", "noise", "both"}, "SSR at inference: none (vanilla), or keep Sinkhorn / noise / both (paper Table 3)"),
+
+      // ---- train.*: optimisation (reference: Adam 7e-4, warm-up 4000, constant, no clipping)
+      I("train.steps", 80000, 0, 1LL << 40, "optimizer steps"),
+      I("train.batch_size", 48, 1, 1 << 20, "streams per step (B); a step sees batch_size * seq_len target tokens"),
+      I("train.seq_len", 512, 1, 1 << 20, "segment length M"),
+      I("train.batch_split", 2, 1, 1 << 20, "micro-batches per step (gradient accumulation); routers see one micro-batch"),
+      F("train.lr", 7e-4, 0, kInf, "Adam learning rate after warm-up"),
+      I("train.warmup", 4000, 0, 1LL << 40, "linear warm-up steps (lr * min(1, step / warmup))"),
+      F("train.beta1", 0.9, 0, 1, "Adam beta1"),
+      F("train.beta2", 0.999, 0, 1, "Adam beta2"),
+      F("train.weight_decay", 0, 0, kInf, "Adam L2 weight decay"),
+      F("train.clip", 0, 0, kInf, "gradient-norm clipping (0 = off, like the reference)"),
+
+      // ---- eval.*: evaluation
+      I("eval.batch_size", 48, 1, 1 << 20, "streams in evaluation (reference: the training batch)"),
+      SL("eval.splits", {"valid", "test"}, "splits evaluated at the end of the run"),
+  };
+}
+
+}  // namespace
+
+const std::vector<Key>& schema() {
+  static const std::vector<Key> keys = build();
+  return keys;
+}
+
+const std::vector<std::string>& groups() {
+  static const std::vector<std::string> g = {"model", "router", "data"};
+  return g;
+}
+
+bool is_open_namespace(const std::string& name) { return name.rfind("tags.", 0) == 0; }
+
+}  // namespace ssr::config

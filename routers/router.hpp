@@ -1,0 +1,51 @@
+// The router seam: a function of the gating logits (plus an RNG, and for trainable-noise gating
+// the hidden states). Routers know nothing about models, data or the store.
+#pragma once
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+
+#include "harness/config/config.hpp"
+
+namespace ssr::routers {
+
+enum class Mode { Train, Eval };
+
+struct Routing {
+  torch::Tensor experts;   // (tokens, k) int64 expert ids, row-wise in descending preference
+  torch::Tensor weights;   // (tokens, k) float combine weights
+  torch::Tensor aux_loss;  // () scalar added to the training loss (zero when the method has none)
+  // Sinkhorn bookkeeping of this call (zeros when Sinkhorn did not run).
+  bool used_sinkhorn = false;
+  int64_t sinkhorn_iters = 0;
+  double sinkhorn_error = 0.0;
+};
+
+// Routing statistics of one call, for logging (computed only on logging steps).
+struct RouterStats {
+  std::vector<int64_t> tokens_per_expert;  // (experts)
+  double load_cv = 0;        // std/mean of tokens per expert
+  double max_over_mean = 0;  // max load / mean load
+  int64_t dead_experts = 0;  // experts that received no token
+  double entropy = 0;        // mean entropy of softmax(logits) over all experts
+  double sinkhorn_frac = 0;  // fraction of calls since the last reset that used Sinkhorn
+  double sinkhorn_iters = 0;  // mean iterations over the calls that used Sinkhorn
+  double sinkhorn_error = 0;  // mean final marginal error over those calls
+};
+
+class RouterImpl : public torch::nn::Module {
+ public:
+  // logits: (tokens, experts) gating scores S; hidden: (tokens, d) the gate's input.
+  virtual Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode,
+                        torch::Generator& gen) = 0;
+};
+using Router = std::shared_ptr<RouterImpl>;
+
+// Builds the router named by router.name with its router.* keys.
+Router make_router(const config::Config& cfg, int64_t d_model, int64_t n_experts, int64_t top_k);
+
+// Statistics of one routing decision (logits (tokens, experts), routing.experts (tokens, k)).
+RouterStats routing_stats(const torch::Tensor& logits, const Routing& routing, int64_t n_experts);
+
+}  // namespace ssr::routers

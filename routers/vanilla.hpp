@@ -1,0 +1,19 @@
+#pragma once
+#include "routers/router.hpp"
+
+namespace ssr::routers {
+
+// Top-k of logits (tokens, experts) with weights softmax over the k selected logits.
+Routing top_k_softmax(const torch::Tensor& logits, int64_t k);
+
+class VanillaRouter : public RouterImpl {
+ public:
+  explicit VanillaRouter(int64_t top_k);
+  Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode,
+                torch::Generator& gen) override;
+
+ private:
+  int64_t k_;
+};
+
+}  // namespace ssr::routers

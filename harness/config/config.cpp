@@ -198,31 +198,25 @@ json Config::to_json() const {
   return j;
 }
 
+namespace {
+// Walks stored nested JSON; a declared key is a leaf even when its value is a list.
+void set_tree(Config& c, const json& node, const std::string& prefix) {
+  if (find_key(prefix) || (!node.is_object() && !prefix.empty())) {
+    c.set(prefix, node, "stored config");
+    return;
+  }
+  for (const auto& [key, v] : node.items()) set_tree(c, v, prefix.empty() ? key : prefix + "." + key);
+}
+}  // namespace
+
 Config Config::from_json(const json& j) {
   Config c;
-  for (const auto& [flat, v] : j.flatten().items()) {
-    std::string name = flat.substr(1);
-    std::replace(name.begin(), name.end(), '/', '.');
-    if (name.rfind("groups.", 0) == 0) {
-      c.groups_[name.substr(7)] = v.get<std::string>();
-      continue;
-    }
-    // flatten() splits lists into name.0, name.1: restore declared list keys whole.
-    auto dot = name.rfind('.');
-    if (!find_key(name) && dot != std::string::npos && find_key(name.substr(0, dot))) continue;
-    c.set(name, v, "stored config");
+  json values = j;
+  if (values.contains("groups")) {
+    for (const auto& [g, choice] : values["groups"].items()) c.groups_[g] = choice.get<std::string>();
+    values.erase("groups");
   }
-  for (const auto& k : schema())
-    if (k.type == Type::IntList || k.type == Type::FloatList || k.type == Type::StringList) {
-      json p = j;
-      std::stringstream ss(k.name);
-      bool found = true;
-      for (std::string part; std::getline(ss, part, '.');) {
-        if (!p.is_object() || !p.contains(part)) { found = false; break; }
-        p = p[part];
-      }
-      if (found) c.set(k.name, p, "stored config");
-    }
+  set_tree(c, values, "");
   return c;
 }
 

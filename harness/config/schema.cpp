@@ -14,7 +14,7 @@ Key I(std::string n, int64_t d, double lo, double hi, std::string doc, bool hash
 Key F(std::string n, double d, double lo, double hi, std::string doc, bool hashed = true) {
   return Key{std::move(n), Type::Float, d, std::move(doc), lo, hi, {}, hashed};
 }
-Key B(std::string n, bool d, std::string doc, bool hashed = true) {
+[[maybe_unused]] Key B(std::string n, bool d, std::string doc, bool hashed = true) {
   return Key{std::move(n), Type::Bool, d, std::move(doc), -kInf, kInf, {}, hashed};
 }
 Key S(std::string n, std::string d, std::string doc, bool hashed = true) {

@@ -1,0 +1,104 @@
+// The run store: the only code that writes SQL. One SQLite file (default results/runs.db) in WAL
+// mode with a busy timeout, so several processes (sweep workers, a report) can use it at once.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+struct sqlite3;
+
+namespace ssr::store {
+
+using json = nlohmann::json;
+
+// Wall-clock time as Unix seconds (what the store keeps in *_at columns).
+double now();
+
+struct RunInfo {  // facts about where and how a run executes
+  std::string git_rev, host, device, torch_version;
+  int64_t world_size = 1;
+  std::string backend;
+};
+// The facts of this process: git revision of the source tree, host name, device, LibTorch version.
+RunInfo this_machine(const std::string& device);
+
+struct Run {
+  int64_t id = 0;
+  std::optional<int64_t> sweep_id, job_num;
+  std::string config_hash;
+  json config;  // resolved config as stored (nested, with "groups")
+  std::string status;  // queued | running | finished | failed | nan
+  int64_t seed = 0;
+  RunInfo info;
+  double created_at = 0, started_at = 0, ended_at = 0, heartbeat_at = 0;
+  int64_t step = 0;
+  std::string error;
+  // `running` with a heartbeat older than `stale_after` seconds: the process died.
+  bool stale(double stale_after) const { return status == "running" && now() - heartbeat_at > stale_after; }
+  std::string shown_status(double stale_after) const { return stale(stale_after) ? "stale" : status; }
+};
+
+struct Metric {
+  int64_t step;
+  std::string split, name;
+  double value;  // NaN and +-Inf survive the round trip (stored as text)
+  double wall_s;
+};
+
+struct Result {
+  std::string split, name;
+  double value;
+};
+
+struct Timing {
+  int64_t step;
+  std::string phase;
+  double seconds;
+};
+
+class Store {
+ public:
+  explicit Store(const std::string& path);  // creates the file and folders, applies migrations
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  int schema_version() const;
+  const std::string& path() const { return path_; }
+
+  // A new run row (status running unless given), returns its id.
+  int64_t create_run(const std::string& config_hash, const json& config, int64_t seed,
+                     const RunInfo& info, const std::string& status = "running",
+                     std::optional<int64_t> sweep_id = {}, std::optional<int64_t> job_num = {});
+  void start_run(int64_t run, const RunInfo& info);  // queued -> running (sweeps)
+  void heartbeat(int64_t run, int64_t step);
+  void finish_run(int64_t run, const std::string& status, const std::string& error = "");
+
+  void add_metrics(int64_t run, const std::vector<Metric>& rows);
+  void add_timings(int64_t run, const std::vector<Timing>& rows);
+  void set_result(int64_t run, const std::string& split, const std::string& name, double value);
+
+  std::optional<Run> run(int64_t id) const;
+  std::vector<Run> runs() const;
+  std::vector<Metric> metrics(int64_t run) const;
+  std::vector<Result> results(int64_t run) const;
+  std::vector<Timing> timings(int64_t run) const;
+  // Drop rows a run wrote after `step` (a resumed run continues from its checkpoint).
+  void truncate_after(int64_t run, int64_t step);
+
+  sqlite3* handle() const { return db_; }
+
+ private:
+  void exec(const std::string& sql) const;
+  void migrate();
+  std::string path_;
+  sqlite3* db_ = nullptr;
+};
+
+// Thrown for store failures; the message names the database file.
+struct StoreError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+}  // namespace ssr::store

@@ -1,0 +1,62 @@
+#include "harness/train/progress.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cstdio>
+
+namespace ssr::train {
+
+std::string format_duration(double s) {
+  if (!(s >= 0) || s > 1e8) return "?";
+  auto t = static_cast<int64_t>(s + 0.5);
+  if (t >= 3600) return fmt::format("{}h{:02}m", t / 3600, (t / 60) % 60);
+  if (t >= 60) return fmt::format("{}m{:02}s", t / 60, t % 60);
+  return fmt::format("{}s", t);
+}
+
+Progress::Progress(int64_t total_steps, int64_t every, bool quiet)
+    : total_(total_steps), every_(every), quiet_(quiet), tty_(isatty(STDERR_FILENO) != 0) {
+  start_ = last_draw_ = std::chrono::steady_clock::now();
+}
+
+void Progress::update(int64_t step, double loss, int64_t tokens) {
+  if (quiet_) return;
+  if (first_step_ < 0) first_step_ = step - 1;
+  tokens_ += tokens;
+  auto t = std::chrono::steady_clock::now();
+  const double elapsed = std::chrono::duration<double>(t - start_).count();
+  const bool last = step == total_;
+  if (tty_) {
+    if (!last && std::chrono::duration<double>(t - last_draw_).count() < 0.2) return;
+  } else if (step % every_ != 0 && !last) {
+    return;
+  }
+  last_draw_ = t;
+  const double per_step = elapsed / static_cast<double>(step - first_step_);
+  const std::string line =
+      fmt::format("step {}/{}  loss {:.4f}  {:.0f} tok/s  ETA {}", step, total_, loss,
+                  tokens_ / std::max(elapsed, 1e-9), format_duration(per_step * (total_ - step)));
+  if (tty_) {
+    std::fprintf(stderr, "\r\033[K%s", line.c_str());
+    dirty_ = true;
+  } else {
+    std::fprintf(stderr, "%s\n", line.c_str());
+  }
+  std::fflush(stderr);
+}
+
+void Progress::message(const std::string& line) {
+  if (quiet_) return;
+  if (dirty_) std::fprintf(stderr, "\r\033[K");
+  dirty_ = false;
+  std::fprintf(stderr, "%s\n", line.c_str());
+  std::fflush(stderr);
+}
+
+void Progress::finish() {
+  if (dirty_) std::fprintf(stderr, "\n");
+  dirty_ = false;
+}
+
+}  // namespace ssr::train

@@ -1,0 +1,27 @@
+// The trainer: a resolved config in, a finished / failed / nan run with its rows in the store out.
+#pragma once
+#include <string>
+
+#include "harness/config/config.hpp"
+#include "harness/store/store.hpp"
+
+namespace ssr::train {
+
+struct Options {
+  // Continue this run from its checkpoint instead of creating a new row (ssr train --resume).
+  std::optional<int64_t> resume_run;
+  // Train an already planned (queued) row, e.g. a sweep job.
+  std::optional<int64_t> queued_run;
+  bool quiet = false;  // no progress output
+};
+
+struct Outcome {
+  int64_t run_id = 0;
+  std::string status;  // finished | nan | failed
+};
+
+// Runs the whole job. Data and model errors before the run starts throw (nothing is stored);
+// once the row exists every failure is recorded on it.
+Outcome train(const config::Config& cfg, store::Store& store, const Options& opts);
+
+}  // namespace ssr::train

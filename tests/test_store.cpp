@@ -1,0 +1,159 @@
+// Store: migrations from an empty file, typed round trips (NaN included), concurrent writers,
+// stale detection, --where filters.
+#include <catch2/catch.hpp>
+#include <sqlite3.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "harness/config/config.hpp"
+#include "harness/store/query.hpp"
+#include "harness/store/store.hpp"
+
+namespace fs = std::filesystem;
+using ssr::store::Store;
+
+namespace {
+std::string temp_db(const std::string& name) {
+  auto dir = fs::temp_directory_path() / ("ssr_store_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  auto p = dir / name;
+  for (const char* ext : {"", "-wal", "-shm"}) fs::remove(p.string() + ext);
+  return p.string();
+}
+
+int64_t count(Store& s, const std::string& sql) {
+  sqlite3_stmt* st = nullptr;
+  REQUIRE(sqlite3_prepare_v2(s.handle(), sql.c_str(), -1, &st, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+  int64_t n = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return n;
+}
+}  // namespace
+
+TEST_CASE("store migrates an empty file and reopens without migrating again", "[store]") {
+  const auto path = temp_db("migrate.db");
+  {
+    Store s(path + "");
+    CHECK(s.schema_version() == 1);
+    for (const char* t : {"runs", "metrics", "results", "timings", "sweeps"})
+      CHECK(count(s, std::string("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='") + t + "'") == 1);
+    CHECK(count(s, "SELECT count(*) FROM pragma_journal_mode WHERE journal_mode='wal'") == 1);
+    s.create_run("abc", {{"x", 1}}, 1, ssr::store::this_machine("cpu"));
+  }
+  Store again(path);
+  CHECK(again.schema_version() == 1);
+  CHECK(again.runs().size() == 1);
+}
+
+TEST_CASE("store round-trips runs metrics results and NaN", "[store]") {
+  Store s(temp_db("roundtrip.db"));
+  ssr::config::Config cfg;
+  const auto info = ssr::store::this_machine("cpu");
+  CHECK(!info.host.empty());
+  CHECK(!info.torch_version.empty());
+  const int64_t id = s.create_run(cfg.hash(), cfg.to_json(), 7, info);
+  s.add_metrics(id, {{1, "train", "loss", 5.5, 0.1}, {2, "train", "loss", NAN, 0.2},
+                     {2, "train", "big", INFINITY, 0.2}});
+  s.add_timings(id, {{1, "forward", 0.25}});
+  s.set_result(id, "test", "ppl", NAN);
+  s.set_result(id, "valid", "ppl", 33.76);
+  s.finish_run(id, "nan", "loss became nan at step 2");
+
+  auto r = s.run(id);
+  REQUIRE(r);
+  INFO(r->config.dump());
+  CHECK(r->status == "nan");
+  CHECK(r->seed == 7);
+  CHECK(r->config_hash == cfg.hash());
+  CHECK(ssr::config::Config::from_json(r->config).hash() == cfg.hash());
+  CHECK(r->error == "loss became nan at step 2");
+  auto m = s.metrics(id);
+  REQUIRE(m.size() == 3);
+  CHECK(m[0].value == 5.5);
+  CHECK(std::isnan(m[1].value));
+  CHECK(std::isinf(m[2].value));
+  auto res = s.results(id);
+  REQUIRE(res.size() == 2);
+  CHECK(std::isnan(res[0].value));
+  CHECK(res[1].value == Approx(33.76));
+  CHECK(s.timings(id).at(0).seconds == 0.25);
+  CHECK_FALSE(s.run(id + 100));
+}
+
+TEST_CASE("concurrent writer processes lose no rows", "[store]") {
+  const auto path = temp_db("concurrent.db");
+  const int kProcs = 4, kRuns = 5, kRows = 50;
+  std::vector<pid_t> kids;
+  for (int p = 0; p < kProcs; ++p) {
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      int code = 0;
+      try {
+        Store s(path);  // every child also races on the first migration
+        ssr::store::RunInfo info{"rev", "host", "cpu", "x"};
+        for (int r = 0; r < kRuns; ++r) {
+          int64_t id = s.create_run("h", {{"p", p}}, p, info);
+          for (int i = 0; i < kRows; ++i) {
+            s.add_metrics(id, {{i, "train", "loss", double(i), 0}});
+            s.heartbeat(id, i);
+          }
+          s.finish_run(id, "finished");
+        }
+      } catch (...) {
+        code = 1;
+      }
+      _exit(code);
+    }
+    kids.push_back(pid);
+  }
+  for (pid_t pid : kids) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+  }
+  Store s(path);
+  CHECK(count(s, "SELECT count(*) FROM runs") == kProcs * kRuns);
+  CHECK(count(s, "SELECT count(*) FROM runs WHERE status='finished'") == kProcs * kRuns);
+  CHECK(count(s, "SELECT count(*) FROM metrics") == kProcs * kRuns * kRows);
+  CHECK(count(s, "SELECT count(DISTINCT run_id || '/' || step) FROM metrics") == kProcs * kRuns * kRows);
+}
+
+TEST_CASE("a running row whose heartbeat stopped is stale", "[store]") {
+  Store s(temp_db("stale.db"));
+  const int64_t id = s.create_run("h", nlohmann::json::object(), 1, {"rev", "host", "cpu", "x"});
+  auto r = *s.run(id);
+  CHECK(r.shown_status(60) == "running");
+  CHECK(r.shown_status(-1) == "stale");
+  s.finish_run(id, "finished");
+  CHECK(s.run(id)->shown_status(-1) == "finished");
+}
+
+TEST_CASE("where-filters select on config keys groups and columns", "[store]") {
+  Store s(temp_db("where.db"));
+  ssr::config::Config a, b;
+  a.set("router.name", "ssr", "test");
+  a.set("router.p", 0.01, "test");
+  a.set_group("router", "ssr_l");
+  b.set("run.seed", 2, "test");
+  const ssr::store::RunInfo info{"rev", "host", "cpu", "x"};
+  s.create_run(a.hash(), a.to_json(), 1, info);
+  const int64_t idb = s.create_run(b.hash(), b.to_json(), 2, info);
+  s.finish_run(idb, "finished");
+  const auto all = s.runs();
+  using ssr::store::filter_runs;
+  CHECK(filter_runs(all, "", 60).size() == 2);
+  CHECK(filter_runs(all, "router=ssr_l", 60).size() == 1);
+  CHECK(filter_runs(all, "router.name=ssr", 60).size() == 1);
+  CHECK(filter_runs(all, "router.p=1e-2", 60).size() == 1);  // numbers compare by value
+  CHECK(filter_runs(all, "status=finished", 60).at(0).id == idb);
+  CHECK(filter_runs(all, "status!=finished,router.name=ssr", 60).size() == 1);
+  CHECK(filter_runs(all, "run.seed=2", 60).at(0).id == idb);
+  CHECK_THROWS_WITH(filter_runs(all, "colour=red", 60), Catch::Contains("unknown key 'colour'"));
+  CHECK_THROWS_WITH(filter_runs(all, "router", 60), Catch::Contains("not key=value"));
+}

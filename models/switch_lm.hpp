@@ -4,9 +4,11 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <string>
 #include <vector>
 
 #include "harness/config/config.hpp"
+#include "models/moe.hpp"
 #include "routers/router.hpp"
 
 namespace ssr::models {
@@ -21,22 +23,113 @@ struct LMOutput {
   torch::Tensor aux;  // () sum of the routers' auxiliary losses over layers
 };
 
+// One row of the parameter breakdown (`ssr params`); the last row is "total".
+struct ParamCount {
+  std::string component;  // embedding, output, attention, experts, gates, routers, layer_norms, key_pe
+  int64_t count = 0;
+};
+
+// Sum over rows of -log softmax(h W^T + b)[target], computed `chunk` rows at a time so that the
+// (rows, vocab) logits never exist at once. Differentiable in h, weight and bias: when gradients
+// are needed, each chunk's gradient is formed in the forward pass and only the (rows, d),
+// (vocab, d), (vocab) gradients are kept for backward.
+// h (rows, d), weight (vocab, d), bias (vocab), targets (rows) int64 -> () sum.
+torch::Tensor chunked_nll_sum(const torch::Tensor& h, const torch::Tensor& weight, const torch::Tensor& bias,
+                              const torch::Tensor& targets, int64_t chunk);
+
+// The band of the reference's adaptive-span attention (spec 1.3): query i of a segment (absolute
+// index L+i in cat(cache, h)) attends to concatenated indices i .. i+L-1, i.e. exactly the L
+// previous positions, excluding itself. x (..., M, L+M) -> (..., M, L) with out[i][j] = x[i][i+j].
+torch::Tensor unskew(const torch::Tensor& x, int64_t span);
+// Inverse placement: p (..., M, L) -> (..., M, L+M) with out[i][i+j] = p[i][j], zeros elsewhere.
+torch::Tensor skew(const torch::Tensor& p);
+
+// Multi-head attention over the L previous positions with the shared relative position tensor
+// key_pe (1, head_dim, L): score(i, j) = q_i . (k_{i+j} + key_pe[:, j]) / sqrt(head_dim).
+class SeqAttentionImpl : public torch::nn::Module {
+ public:
+  SeqAttentionImpl(int64_t d_model, int64_t n_heads, int64_t span, double dropout);
+  // h (streams, M, d_model), cache (streams, L, d_model), key_pe (1, head_dim, L)
+  // -> (streams, M, d_model)
+  torch::Tensor forward(const torch::Tensor& h, const torch::Tensor& cache, const torch::Tensor& key_pe,
+                        torch::Generator& gen);
+
+  torch::nn::Linear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr};  // d_model -> d_model, no bias
+
+ private:
+  int64_t n_heads_, head_dim_, span_;
+  double dropout_;
+};
+TORCH_MODULE(SeqAttention);
+
+// Attention + SMoE block with the reference's post-LN and doubled residual/LN (spec 1.4):
+//   h = LN1(h + Attn(h));  s = LN_s(h + Drop(MoE(h)));  h = LN2(h + s)
+// or, with model.block=momentum (spec 1.7), p = mu p + gamma Drop(MoE(h)); s = LN_s(h - p).
+class LayerImpl : public torch::nn::Module {
+ public:
+  explicit LayerImpl(const config::Config& cfg);
+  // h (streams, M, d_model), cache (streams, L, d_model); momentum (streams, M, d_model) is read
+  // and updated by the momentum block only. Adds the router's auxiliary loss to aux.
+  torch::Tensor forward(const torch::Tensor& h, const torch::Tensor& cache, const torch::Tensor& key_pe,
+                        torch::Tensor& momentum, torch::Tensor& aux, torch::Generator& gen);
+
+  SeqAttention attn{nullptr};
+  MoE moe{nullptr};
+  torch::nn::LayerNorm norm1{nullptr}, moe_norm{nullptr}, norm2{nullptr};
+  // The reference registers a third LayerNorm it never applies; model.unused_norm keeps it so
+  // parameter counts (and optimizer state sizes) equal the reference's. Null when off.
+  torch::nn::LayerNorm norm3{nullptr};
+
+ private:
+  bool momentum_block_;
+  double mu_, gamma_, dropout_;
+};
+TORCH_MODULE(Layer);
+
 class SwitchLMImpl : public torch::nn::Module {
  public:
   SwitchLMImpl(const config::Config& cfg, int64_t vocab_size);
 
-  // Zero caches for `streams` streams (the reference starts every stream from zeros).
+  // Zero caches for `streams` streams (the reference starts every stream from zeros), on the
+  // device and dtype of the model's parameters.
   LMState initial_state(int64_t streams) const;
 
   // tokens, targets: (streams, seq_len) int64. Updates `state` to the next segment's caches.
+  // Randomness (dropout, routers) comes from `gen`; dropout masks fall back to torch's seeded
+  // default generator when `gen` lives on another device type than the model.
   LMOutput forward(const torch::Tensor& tokens, const torch::Tensor& targets, LMState& state,
                    torch::Generator& gen);
+
+  // Final hidden states before the output layer: (streams, seq_len, d_model); advances `state`
+  // and adds the routers' auxiliary losses to `aux` (a () tensor).
+  torch::Tensor hidden(const torch::Tensor& tokens, LMState& state, torch::Tensor& aux, torch::Generator& gen);
 
   // Per-layer routing statistics accumulated since the last call (and reset them).
   std::vector<routers::RouterStats> take_router_stats();
   // Ask the MoE layers to accumulate statistics during the next forwards (logging steps only).
   void collect_router_stats(bool on);
+  // Per-layer mean L2 norm of the MoE output per token, accumulated while collecting statistics
+  // (paper Fig. 2), then reset.
+  std::vector<double> take_moe_output_norms();
+
+  // Parameters by component, in a fixed order, ending with "total" (what `ssr params` prints).
+  std::vector<ParamCount> parameter_count() const;
+
+  int64_t n_layers() const { return static_cast<int64_t>(layers.size()); }
+
+  torch::nn::Embedding embed{nullptr};  // (vocab, d_model), N(0, 1)
+  torch::nn::Linear out{nullptr};       // d_model -> vocab, with bias, untied
+  torch::Tensor key_pe;                 // (1, head_dim, attn_span) shared by all layers, N(0, 1)
+  std::vector<Layer> layers;
+
+ private:
+  int64_t d_model_, span_, loss_chunk_;
+  bool momentum_block_;
 };
 TORCH_MODULE(SwitchLM);
+
+// Builds the model of `cfg` for a vocabulary of `vocab_size` and returns its parameter breakdown
+// (`ssr params CONFIG`; the vocabulary size comes from data::load_corpus(cfg).vocab_size()).
+std::vector<ParamCount> parameter_count(const config::Config& cfg, int64_t vocab_size);
 
 }  // namespace ssr::models

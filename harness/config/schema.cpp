@@ -46,7 +46,13 @@ std::vector<Key> build() {
       S("data.train", "train.txt", "training split file in data.dir"),
       S("data.valid", "valid.txt", "validation split file in data.dir ('' with data.holdout > 0)"),
       S("data.test", "test.txt", "test split file in data.dir"),
-      F("data.holdout", 0, 0, 0.5, "if > 0: validation = this final fraction of the training file (by lines), training = the rest"),
+      F("data.holdout", 0, 0, 0.5, "if > 0 and data.valid is '': validation = this final fraction of the training file (lines; bytes for format byte); if data.test is also '' the test split is carved the same way after it (enwik8: 0.05 gives 90M/5M/5M)"),
+      S("data.cache_dir", "results/cache", "folder for encoded-corpus caches, keyed by the source files' paths, sizes and mtimes", false),
+      B("data.eval_every_token", false, "evaluation also scores each stream's tail after the last full segment (reference: false, the tail is skipped)"),
+      S("data.attack_dir", "results/attacked/wikitext-103", "folder of the attacked valid/test files (written by `ssr data attack`, read as splits valid-attacked/test-attacked)", false),
+      F("data.attack_rate", 0.025, 0, 1, "attack: fraction of each line's words swapped (at least one per line with a swappable word)"),
+      I("data.attack_seed", 1, 0, 2147483647, "attack: seed of the word choice"),
+      S("data.attack_word", "AAA", "attack: the word that replaces the chosen words"),
 
       // ---- model.*: the Switch-style LM (reference "medium" of WikiText-103)
       C("model.arch", "switch_lm", {"switch_lm"}, "model family"),
@@ -61,6 +67,9 @@ std::vector<Key> build() {
       C("model.block", "vanilla", {"vanilla", "momentum"}, "SMoE block: vanilla residual or heavy-ball momentum (MomentumSMoE)"),
       F("model.mu", 0.7, 0, 1, "momentum coefficient of the heavy-ball block"),
       F("model.gamma", 1.0, 0, 10, "step size of the heavy-ball block"),
+      C("model.expert_init", "reference", {"reference", "linear"}, "expert weights: reference U(+-1/sqrt(out*in)), zero biases (fastmoe quirk); linear: nn.Linear default per expert"),
+      B("model.unused_norm", true, "register the reference's never-applied third LayerNorm per layer (parameter count 215,679,863)"),
+      I("model.loss_chunk", 2048, 1, 1 << 30, "tokens per output-layer + cross-entropy chunk (bounds the logits memory)", false),
 
       // ---- router.*: token-to-expert routing (routers/)
       C("router.name", "vanilla", {"vanilla", "lb", "zloss", "noisy", "sinkhorn", "ssr"}, "routing method"),

@@ -1,0 +1,153 @@
+#include "models/moe.hpp"
+
+#include <cmath>
+
+namespace ssr::models {
+
+torch::Tensor dropout(const torch::Tensor& x, double p, bool training, torch::Generator& gen) {
+  if (!training || p == 0) return x;
+  if (p >= 1) return torch::zeros_like(x);
+  std::optional<torch::Generator> g;
+  if (gen.defined() && gen.device().type() == x.device().type()) g = gen;
+  auto keep = torch::empty_like(x).bernoulli_(1 - p, g);  // same shape as x, 1 = kept
+  return x * keep.div_(1 - p);
+}
+
+torch::Tensor grouped_linear(const torch::Tensor& x_sorted, const std::vector<int64_t>& group_sizes,
+                             const torch::Tensor& weight, const torch::Tensor& bias) {
+  std::vector<torch::Tensor> outs;  // one (rows_e, out) block per non-empty expert, in expert order
+  int64_t offset = 0;
+  for (size_t e = 0; e < group_sizes.size(); ++e) {
+    const int64_t n = group_sizes[e];
+    if (n == 0) continue;
+    outs.push_back(torch::addmm(bias[e], x_sorted.narrow(0, offset, n), weight[e].t()));
+    offset += n;
+  }
+  if (outs.empty()) return x_sorted.new_zeros({0, weight.size(1)});  // (0, out)
+  return torch::cat(outs);  // (rows, out)
+}
+
+MoEImpl::MoEImpl(const config::Config& cfg)
+    : n_experts_(cfg.i("model.n_experts")), top_k_(cfg.i("model.top_k")), dropout_(cfg.f("model.dropout")) {
+  const int64_t d = cfg.i("model.d_model"), inner = cfg.i("model.d_inner"), e = n_experts_;
+  gate = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(d, e).bias(true)));
+  w1 = register_parameter("w1", torch::empty({e, inner, d}));
+  b1 = register_parameter("b1", torch::zeros({e, inner}));
+  w2 = register_parameter("w2", torch::empty({e, d, inner}));
+  b2 = register_parameter("b2", torch::zeros({e, d}));
+  torch::NoGradGuard no_grad;
+  if (cfg.s("model.expert_init") == "reference") {
+    // fastmoe's kaiming_uniform_(a=sqrt(5)) on the 3-D (E, out, in) tensor takes fan_in = out*in,
+    // so the bound is 1/sqrt(out*in) (1/352 for the medium model), biases stay zero (spec 1.5).
+    const double bound = 1.0 / std::sqrt(static_cast<double>(inner * d));
+    w1.uniform_(-bound, bound);
+    w2.uniform_(-bound, bound);
+  } else {
+    // What an nn.Linear per expert would get: U(+-1/sqrt(in)) for weight and bias.
+    const double bound1 = 1.0 / std::sqrt(static_cast<double>(d));
+    const double bound2 = 1.0 / std::sqrt(static_cast<double>(inner));
+    w1.uniform_(-bound1, bound1);
+    b1.uniform_(-bound1, bound1);
+    w2.uniform_(-bound2, bound2);
+    b2.uniform_(-bound2, bound2);
+  }
+  router = routers::make_router(cfg, d, e, top_k_);
+  register_module("router", router);
+  acc_.tokens_per_expert.assign(e, 0);
+}
+
+routers::Routing MoEImpl::route(const torch::Tensor& x, torch::Generator& gen) {
+  auto logits = gate->forward(x);  // (tokens, experts)
+  return router->route(logits, x, is_training() ? routers::Mode::Train : routers::Mode::Eval, gen);
+}
+
+torch::Tensor MoEImpl::experts_sorted(const torch::Tensor& x_sorted, const std::vector<int64_t>& group_sizes,
+                                      torch::Generator& gen) {
+  auto h = grouped_linear(x_sorted, group_sizes, w1, b1).relu_();  // (rows, d_inner)
+  h = dropout(h, dropout_, is_training(), gen);
+  return grouped_linear(h, group_sizes, w2, b2);  // (rows, d_model)
+}
+
+torch::Tensor MoEImpl::forward(const torch::Tensor& x, torch::Tensor& aux, torch::Generator& gen) {
+  const int64_t n = x.size(0), d = x.size(1);
+  auto logits = gate->forward(x);  // (tokens, experts)
+  auto routing = router->route(logits, x, is_training() ? routers::Mode::Train : routers::Mode::Eval, gen);
+  aux = aux + routing.aux_loss;
+  const int64_t k = routing.experts.size(1);
+
+  // Slot t*k + j is token t's j-th choice. Sorting slots by expert makes each expert's rows
+  // contiguous; the stable sort keeps token order inside an expert (deterministic layout).
+  auto slot_expert = routing.experts.reshape({-1});                   // (tokens*k)
+  auto order = torch::argsort(slot_expert, /*stable=*/true);          // (tokens*k) sorted -> slot
+  auto inverse = torch::empty_like(order).scatter_(
+      0, order, torch::arange(n * k, order.options()));               // (tokens*k) slot -> sorted
+  auto counts = torch::bincount(slot_expert, {}, n_experts_).cpu();   // (experts) one host sync
+  std::vector<int64_t> sizes(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + n_experts_);
+
+  // Gathering through a permutation of the expanded slots (rather than index_select with repeated
+  // token ids) keeps the backward free of colliding atomic adds, so CUDA runs stay bitwise
+  // reproducible.
+  auto x_slots = x.unsqueeze(1).expand({n, k, d}).reshape({n * k, d});  // (tokens*k, d_model)
+  auto y_sorted = experts_sorted(x_slots.index_select(0, order), sizes, gen);  // (tokens*k, d_model)
+  auto y = y_sorted.index_select(0, inverse).view({n, k, d});           // (tokens, k, d_model)
+  auto out = (routing.weights.unsqueeze(-1).to(y.scalar_type()) * y).sum(1);  // (tokens, d_model)
+
+  if (collect_) {
+    torch::NoGradGuard no_grad;
+    auto s = routers::routing_stats(logits, routing, n_experts_);
+    for (int64_t e = 0; e < n_experts_; ++e) acc_.tokens_per_expert[e] += s.tokens_per_expert[e];
+    acc_.entropy_sum += s.entropy * static_cast<double>(n);
+    acc_.tokens += n;
+    acc_.calls += 1;
+    if (routing.used_sinkhorn) {
+      acc_.sinkhorn_calls += 1;
+      acc_.sinkhorn_iters_sum += static_cast<double>(routing.sinkhorn_iters);
+      acc_.sinkhorn_error_sum += routing.sinkhorn_error;
+    }
+    acc_.output_norm_sum += out.norm(2, -1).sum().item<double>();
+    acc_.norm_tokens += n;
+  }
+  return out;
+}
+
+torch::Tensor MoEImpl::dense_reference(const torch::Tensor& x, const routers::Routing& routing) {
+  auto h = torch::matmul(x.unsqueeze(0), w1.transpose(1, 2)) + b1.unsqueeze(1);  // (experts, tokens, d_inner)
+  auto y = torch::matmul(h.relu(), w2.transpose(1, 2)) + b2.unsqueeze(1);         // (experts, tokens, d_model)
+  auto dense_w = torch::zeros({x.size(0), n_experts_}, routing.weights.options())
+                     .scatter_add(1, routing.experts, routing.weights);          // (tokens, experts)
+  return torch::einsum("te,etd->td", {dense_w.to(y.scalar_type()), y});           // (tokens, d_model)
+}
+
+routers::RouterStats MoEImpl::take_stats() {
+  routers::RouterStats s;
+  s.tokens_per_expert = acc_.tokens_per_expert;
+  auto load = torch::tensor(acc_.tokens_per_expert, torch::kDouble);  // (experts)
+  const double mean = load.mean().item<double>();
+  if (mean > 0) {
+    s.load_cv = load.std(/*unbiased=*/false).item<double>() / mean;
+    s.max_over_mean = load.max().item<double>() / mean;
+  }
+  s.dead_experts = (load == 0).sum().item<int64_t>();
+  if (acc_.tokens > 0) s.entropy = acc_.entropy_sum / static_cast<double>(acc_.tokens);
+  if (acc_.calls > 0) s.sinkhorn_frac = static_cast<double>(acc_.sinkhorn_calls) / static_cast<double>(acc_.calls);
+  if (acc_.sinkhorn_calls > 0) {
+    s.sinkhorn_iters = acc_.sinkhorn_iters_sum / static_cast<double>(acc_.sinkhorn_calls);
+    s.sinkhorn_error = acc_.sinkhorn_error_sum / static_cast<double>(acc_.sinkhorn_calls);
+  }
+  const double norm_sum = acc_.output_norm_sum;
+  const int64_t norm_tokens = acc_.norm_tokens;
+  acc_ = MoEStatsAccumulator{};
+  acc_.tokens_per_expert.assign(n_experts_, 0);
+  acc_.output_norm_sum = norm_sum;
+  acc_.norm_tokens = norm_tokens;
+  return s;
+}
+
+double MoEImpl::take_output_norm() {
+  const double mean = acc_.norm_tokens > 0 ? acc_.output_norm_sum / static_cast<double>(acc_.norm_tokens) : 0.0;
+  acc_.output_norm_sum = 0;
+  acc_.norm_tokens = 0;
+  return mean;
+}
+
+}  // namespace ssr::models

@@ -1,0 +1,77 @@
+// Sparse mixture-of-experts feed-forward layer (reference: fastmoe FMoE with world_size 1, spec
+// section 1.5): a linear gate, a router from routers/, E two-layer ReLU experts, no capacity limit,
+// no dropped tokens. Tokens are dispatched by sorting their (token, choice) slots by expert id so
+// that every expert sees one contiguous block of rows.
+#pragma once
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "harness/config/config.hpp"
+#include "routers/router.hpp"
+
+namespace ssr::models {
+
+// Dropout with its mask drawn from `gen` when the generator lives on x's device type, otherwise
+// from torch's default generator of that device (seeded by torch::manual_seed). Identity when
+// not training or p == 0.
+torch::Tensor dropout(const torch::Tensor& x, double p, bool training, torch::Generator& gen);
+
+// Per-expert affine map on rows already sorted by expert: rows [o_e, o_e + group_sizes[e]) go
+// through expert e. This is the seam for a grouped-GEMM kernel: replace the body, keep the
+// signature. x_sorted (rows, in), weight (experts, out, in), bias (experts, out) -> (rows, out).
+torch::Tensor grouped_linear(const torch::Tensor& x_sorted, const std::vector<int64_t>& group_sizes,
+                             const torch::Tensor& weight, const torch::Tensor& bias);
+
+// Accumulated routing statistics of one MoE layer between two take_stats() calls.
+struct MoEStatsAccumulator {
+  std::vector<int64_t> tokens_per_expert;  // (experts) summed over calls
+  double entropy_sum = 0;                  // sum over calls of mean entropy x tokens
+  int64_t tokens = 0;                      // tokens routed
+  int64_t calls = 0;
+  int64_t sinkhorn_calls = 0;
+  double sinkhorn_iters_sum = 0, sinkhorn_error_sum = 0;
+  double output_norm_sum = 0;  // sum over tokens of ||MoE(x)||_2 (paper Fig. 2)
+  int64_t norm_tokens = 0;     // tokens in output_norm_sum
+};
+
+class MoEImpl : public torch::nn::Module {
+ public:
+  // Reads model.d_model, model.d_inner, model.n_experts, model.top_k, model.dropout,
+  // model.expert_init and the router.* keys (through routers::make_router).
+  explicit MoEImpl(const config::Config& cfg);
+
+  // x: (tokens, d_model) -> (tokens, d_model) = sum_k w_k * expert_{e_k}(x). Adds the router's
+  // auxiliary loss of this call to `aux` (a () tensor).
+  torch::Tensor forward(const torch::Tensor& x, torch::Tensor& aux, torch::Generator& gen);
+
+  // Every expert on every token, combined with the routing weights (zero for unselected experts):
+  // the dense reference the sparse dispatch must equal. Uses the routing of `routing`.
+  torch::Tensor dense_reference(const torch::Tensor& x, const routers::Routing& routing);
+  // The expert FFN on rows sorted by expert (the part a grouped GEMM replaces).
+  torch::Tensor experts_sorted(const torch::Tensor& x_sorted, const std::vector<int64_t>& group_sizes,
+                               torch::Generator& gen);
+  // Routes x (tokens, d_model) without computing experts.
+  routers::Routing route(const torch::Tensor& x, torch::Generator& gen);
+
+  void collect_stats(bool on) { collect_ = on; }
+  // Statistics since the last call, then reset.
+  routers::RouterStats take_stats();
+  // Mean L2 norm of this layer's MoE output per token since the last call (0 if none), then reset.
+  double take_output_norm();
+
+  torch::nn::Linear gate{nullptr};  // d_model -> experts, with bias, fp32
+  torch::Tensor w1, b1;             // (experts, d_inner, d_model), (experts, d_inner)
+  torch::Tensor w2, b2;             // (experts, d_model, d_inner), (experts, d_model)
+  routers::Router router;
+
+ private:
+  int64_t n_experts_, top_k_;
+  double dropout_;
+  bool collect_ = false;
+  MoEStatsAccumulator acc_;
+};
+TORCH_MODULE(MoE);
+
+}  // namespace ssr::models

@@ -1,0 +1,257 @@
+#include "models/switch_lm.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+namespace ssr::models {
+
+namespace {
+
+// Output layer + cross-entropy, chunk by chunk. Autograd through each chunk would keep every
+// chunk's (rows, vocab) softmax alive until backward, i.e. the full logits again; instead the
+// gradient of the summed loss is accumulated in the forward pass (the same three matmuls as the
+// unchunked version) and backward only scales it by the incoming gradient.
+struct ChunkedNLL : torch::autograd::Function<ChunkedNLL> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& h,
+                               const torch::Tensor& weight, const torch::Tensor& bias,
+                               const torch::Tensor& targets, int64_t chunk, bool need_grad) {
+    const int64_t rows = h.size(0);
+    auto total = torch::zeros({}, h.options());  // ()
+    torch::Tensor grad_h, grad_w, grad_b;
+    if (need_grad) {
+      grad_h = torch::empty_like(h);       // (rows, d)
+      grad_w = torch::zeros_like(weight);  // (vocab, d)
+      grad_b = torch::zeros_like(bias);    // (vocab)
+    }
+    for (int64_t start = 0; start < rows; start += chunk) {
+      const int64_t n = std::min(chunk, rows - start);
+      auto hc = h.narrow(0, start, n);                                // (n, d)
+      auto tc = targets.narrow(0, start, n).unsqueeze(1);             // (n, 1)
+      auto logits = torch::addmm(bias, hc, weight.t());               // (n, vocab)
+      auto lse = logits.logsumexp(-1, /*keepdim=*/true);              // (n, 1)
+      total += (lse - logits.gather(1, tc)).sum();
+      if (!need_grad) continue;
+      // d(sum nll)/d logits = softmax - onehot(target), built in place in the logits buffer.
+      auto g = logits.sub_(lse).exp_();                                // (n, vocab)
+      g.scatter_add_(1, tc, torch::full({n, 1}, -1.0, g.options()));
+      auto grad_hc = grad_h.narrow(0, start, n);                       // (n, d)
+      torch::mm_out(grad_hc, g, weight);
+      grad_w.addmm_(g.t(), hc);                                       // (vocab, d)
+      grad_b += g.sum(0);                                             // (vocab)
+    }
+    if (need_grad) {
+      ctx->saved_data["grad_h"] = grad_h;
+      ctx->saved_data["grad_w"] = grad_w;
+      ctx->saved_data["grad_b"] = grad_b;
+    }
+    return total;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    const auto& g = grad_out[0];  // ()
+    return {ctx->saved_data["grad_h"].toTensor() * g, ctx->saved_data["grad_w"].toTensor() * g,
+            ctx->saved_data["grad_b"].toTensor() * g, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor chunked_nll_sum(const torch::Tensor& h, const torch::Tensor& weight, const torch::Tensor& bias,
+                              const torch::Tensor& targets, int64_t chunk) {
+  const bool need_grad = torch::GradMode::is_enabled() &&
+                         (h.requires_grad() || weight.requires_grad() || bias.requires_grad());
+  return ChunkedNLL::apply(h, weight, bias, targets, chunk, need_grad);
+}
+
+torch::Tensor unskew(const torch::Tensor& x, int64_t span) {
+  const int64_t m = x.size(-2), total = x.size(-1);  // total = L + M
+  auto lead = x.sizes().slice(0, x.dim() - 2).vec();
+  auto flat_shape = lead;
+  flat_shape.push_back(m * total);
+  // Padding each flattened row block by M makes row i start i positions further along, so the
+  // view's column j of row i is the original column i + j.
+  auto padded = torch::constant_pad_nd(x.reshape(flat_shape), {0, m});  // (..., M*(L+M+1))
+  auto shape = lead;
+  shape.push_back(m);
+  shape.push_back(total + 1);
+  return padded.view(shape).narrow(-1, 0, span);  // (..., M, L)
+}
+
+torch::Tensor skew(const torch::Tensor& p) {
+  const int64_t m = p.size(-2), span = p.size(-1), total = span + m;
+  auto lead = p.sizes().slice(0, p.dim() - 2).vec();
+  auto padded = torch::constant_pad_nd(p, {0, m + 1});  // (..., M, L+M+1)
+  auto flat_shape = lead;
+  flat_shape.push_back(m * (total + 1));
+  auto shape = lead;
+  shape.push_back(m);
+  shape.push_back(total);
+  return padded.reshape(flat_shape).narrow(-1, 0, m * total).view(shape);  // (..., M, L+M)
+}
+
+SeqAttentionImpl::SeqAttentionImpl(int64_t d_model, int64_t n_heads, int64_t span, double dropout)
+    : n_heads_(n_heads), head_dim_(d_model / n_heads), span_(span), dropout_(dropout) {
+  auto lin = [&](const char* name) {
+    return register_module(name, torch::nn::Linear(torch::nn::LinearOptions(d_model, d_model).bias(false)));
+  };
+  q = lin("q");
+  k = lin("k");
+  v = lin("v");
+  o = lin("o");
+}
+
+torch::Tensor SeqAttentionImpl::forward(const torch::Tensor& h, const torch::Tensor& cache,
+                                        const torch::Tensor& key_pe, torch::Generator& gen) {
+  const int64_t b = h.size(0), m = h.size(1), d = h.size(2), total = span_ + m;
+  auto heads = [&](const torch::Tensor& x, int64_t len) {  // (streams, len, d) -> (streams, H, len, dh)
+    return x.view({b, len, n_heads_, head_dim_}).transpose(1, 2);
+  };
+  auto full = torch::cat({cache, h}, 1);   // (streams, L+M, d_model)
+  // Scaling the queries instead of the (M, L) scores saves one score-sized tensor per layer.
+  auto qh = heads(q->forward(h), m) / std::sqrt(static_cast<double>(head_dim_));  // (streams, H, M, dh)
+  auto kh = heads(k->forward(full), total);  // (streams, H, L+M, dh)
+  auto vh = heads(v->forward(full), total);  // (streams, H, L+M, dh)
+
+  auto content = unskew(torch::matmul(qh, kh.transpose(-1, -2)), span_);  // (streams, H, M, L)
+  auto probs = (content + torch::matmul(qh, key_pe)).softmax(-1);          // (streams, H, M, L)
+  probs = dropout(probs, dropout_, is_training(), gen);
+  auto ctx = torch::matmul(skew(probs), vh);  // (streams, H, M, dh)
+  return o->forward(ctx.transpose(1, 2).reshape({b, m, d}));  // (streams, M, d_model)
+}
+
+LayerImpl::LayerImpl(const config::Config& cfg)
+    : momentum_block_(cfg.s("model.block") == "momentum"),
+      mu_(cfg.f("model.mu")),
+      gamma_(cfg.f("model.gamma")),
+      dropout_(cfg.f("model.dropout")) {
+  const int64_t d = cfg.i("model.d_model");
+  attn = register_module("attn", SeqAttention(d, cfg.i("model.n_heads"), cfg.i("model.attn_span"), dropout_));
+  auto ln = [&](const char* name) {
+    return register_module(name, torch::nn::LayerNorm(torch::nn::LayerNormOptions({d}).eps(1e-5)));
+  };
+  norm1 = ln("norm1");
+  norm2 = ln("norm2");
+  if (cfg.b("model.unused_norm")) norm3 = ln("norm3");
+  moe = register_module("moe", MoE(cfg));
+  moe_norm = ln("moe_norm");
+}
+
+torch::Tensor LayerImpl::forward(const torch::Tensor& h_in, const torch::Tensor& cache, const torch::Tensor& key_pe,
+                                 torch::Tensor& momentum, torch::Tensor& aux, torch::Generator& gen) {
+  auto h = norm1->forward(h_in + attn->forward(h_in, cache, key_pe, gen));  // (streams, M, d_model)
+  auto smoe = dropout(moe->forward(h.reshape({-1, h.size(2)}), aux, gen).view_as(h), dropout_, is_training(),
+                      gen);  // (streams, M, d_model)
+  torch::Tensor s;           // (streams, M, d_model)
+  if (momentum_block_) {
+    momentum = mu_ * momentum + gamma_ * smoe;
+    s = moe_norm->forward(h - momentum);
+  } else {
+    s = moe_norm->forward(h + smoe);
+  }
+  return norm2->forward(h + s);
+}
+
+SwitchLMImpl::SwitchLMImpl(const config::Config& cfg, int64_t vocab_size)
+    : d_model_(cfg.i("model.d_model")),
+      span_(cfg.i("model.attn_span")),
+      loss_chunk_(cfg.i("model.loss_chunk")),
+      momentum_block_(cfg.s("model.block") == "momentum") {
+  const int64_t heads = cfg.i("model.n_heads");
+  if (d_model_ % heads != 0)
+    throw config::ConfigError(fmt::format("model.n_heads: {} does not divide model.d_model {}; pick a divisor",
+                                          heads, d_model_));
+  if (vocab_size < 1) throw config::ConfigError("model: the vocabulary is empty; check data.* files");
+  embed = register_module("embed", torch::nn::Embedding(vocab_size, d_model_));  // default init N(0, 1)
+  key_pe = register_parameter("key_pe", torch::randn({1, d_model_ / heads, span_}));
+  auto list = register_module("layers", torch::nn::ModuleList());
+  for (int64_t l = 0; l < cfg.i("model.n_layers"); ++l) {
+    layers.push_back(Layer(cfg));
+    list->push_back(layers.back());
+  }
+  out = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(d_model_, vocab_size).bias(true)));
+}
+
+LMState SwitchLMImpl::initial_state(int64_t streams) const {
+  LMState s;
+  for (size_t l = 0; l < layers.size(); ++l)
+    s.cache.push_back(torch::zeros({streams, span_, d_model_}, key_pe.options().requires_grad(false)));
+  return s;
+}
+
+torch::Tensor SwitchLMImpl::hidden(const torch::Tensor& tokens, LMState& state, torch::Tensor& aux,
+                                   torch::Generator& gen) {
+  if (state.cache.size() != layers.size())
+    throw std::invalid_argument(fmt::format("SwitchLM: state has {} caches for {} layers; use initial_state()",
+                                            state.cache.size(), layers.size()));
+  auto h = embed->forward(tokens);  // (streams, M, d_model)
+  torch::Tensor momentum;           // (streams, M, d_model), zero at every forward (spec 1.7)
+  if (momentum_block_) momentum = torch::zeros_like(h);
+  for (size_t l = 0; l < layers.size(); ++l) {
+    auto& cache = state.cache[l];                                                   // (streams, L, d_model)
+    auto next = torch::cat({cache, h.detach()}, 1).narrow(1, h.size(1), span_);     // (streams, L, d_model)
+    h = layers[l]->forward(h, cache, key_pe, momentum, aux, gen);
+    cache = next;
+  }
+  return h;
+}
+
+LMOutput SwitchLMImpl::forward(const torch::Tensor& tokens, const torch::Tensor& targets, LMState& state,
+                               torch::Generator& gen) {
+  auto aux = torch::zeros({}, key_pe.options().requires_grad(false));  // ()
+  auto h = hidden(tokens, state, aux, gen);                            // (streams, M, d_model)
+  auto flat = h.reshape({-1, d_model_});                               // (streams*M, d_model)
+  auto nll = chunked_nll_sum(flat, out->weight, out->bias, targets.reshape({-1}), loss_chunk_) /
+             static_cast<double>(flat.size(0));
+  return LMOutput{nll, aux};
+}
+
+std::vector<routers::RouterStats> SwitchLMImpl::take_router_stats() {
+  std::vector<routers::RouterStats> stats;
+  for (auto& layer : layers) stats.push_back(layer->moe->take_stats());
+  return stats;
+}
+
+void SwitchLMImpl::collect_router_stats(bool on) {
+  for (auto& layer : layers) layer->moe->collect_stats(on);
+}
+
+std::vector<double> SwitchLMImpl::take_moe_output_norms() {
+  std::vector<double> norms;
+  for (auto& layer : layers) norms.push_back(layer->moe->take_output_norm());
+  return norms;
+}
+
+std::vector<ParamCount> SwitchLMImpl::parameter_count() const {
+  std::vector<ParamCount> rows = {{"embedding"}, {"output"},  {"attention"},   {"experts"},
+                                  {"gates"},     {"routers"}, {"layer_norms"}, {"key_pe"}};
+  auto add = [&](const std::string& component, int64_t n) {
+    for (auto& r : rows)
+      if (r.component == component) r.count += n;
+  };
+  int64_t total = 0;
+  for (const auto& p : named_parameters(/*recurse=*/true)) {
+    const std::string& name = p.key();
+    const int64_t n = p.value().numel();
+    total += n;
+    auto has = [&](const char* part) { return name.find(part) != std::string::npos; };
+    if (name.rfind("embed.", 0) == 0) add("embedding", n);
+    else if (name.rfind("out.", 0) == 0) add("output", n);
+    else if (name == "key_pe") add("key_pe", n);
+    else if (has(".attn.")) add("attention", n);
+    else if (has(".moe.gate.")) add("gates", n);
+    else if (has(".moe.router.")) add("routers", n);
+    else if (has(".moe.")) add("experts", n);
+    else if (has("norm")) add("layer_norms", n);
+    else throw std::logic_error("parameter_count: unclassified parameter " + name);
+  }
+  rows.push_back({"total", total});
+  return rows;
+}
+
+std::vector<ParamCount> parameter_count(const config::Config& cfg, int64_t vocab_size) {
+  return SwitchLM(cfg, vocab_size)->parameter_count();
+}
+
+}  // namespace ssr::models

@@ -28,7 +28,7 @@ torch::Tensor grouped_linear(const torch::Tensor& x_sorted, const std::vector<in
 }
 
 MoEImpl::MoEImpl(const config::Config& cfg)
-    : n_experts_(cfg.i("model.n_experts")), top_k_(cfg.i("model.top_k")), dropout_(cfg.f("model.dropout")) {
+    : n_experts_(cfg.i("model.n_experts")), dropout_(cfg.f("model.dropout")) {
   const int64_t d = cfg.i("model.d_model"), inner = cfg.i("model.d_inner"), e = n_experts_;
   gate = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(d, e).bias(true)));
   w1 = register_parameter("w1", torch::empty({e, inner, d}));
@@ -51,13 +51,16 @@ MoEImpl::MoEImpl(const config::Config& cfg)
     w2.uniform_(-bound2, bound2);
     b2.uniform_(-bound2, bound2);
   }
-  router = routers::make_router(cfg, d, e, top_k_);
+  router = routers::make_router(cfg, d, e, cfg.i("model.top_k"));
   register_module("router", router);
   acc_.tokens_per_expert.assign(e, 0);
 }
 
 routers::Routing MoEImpl::route(const torch::Tensor& x, torch::Generator& gen) {
-  auto logits = gate->forward(x);  // (tokens, experts)
+  return route_logits(gate->forward(x), x, gen);
+}
+
+routers::Routing MoEImpl::route_logits(const torch::Tensor& logits, const torch::Tensor& x, torch::Generator& gen) {
   return router->route(logits, x, is_training() ? routers::Mode::Train : routers::Mode::Eval, gen);
 }
 
@@ -71,7 +74,7 @@ torch::Tensor MoEImpl::experts_sorted(const torch::Tensor& x_sorted, const std::
 torch::Tensor MoEImpl::forward(const torch::Tensor& x, torch::Tensor& aux, torch::Generator& gen) {
   const int64_t n = x.size(0), d = x.size(1);
   auto logits = gate->forward(x);  // (tokens, experts)
-  auto routing = router->route(logits, x, is_training() ? routers::Mode::Train : routers::Mode::Eval, gen);
+  auto routing = route_logits(logits, x, gen);
   aux = aux + routing.aux_loss;
   const int64_t k = routing.experts.size(1);
 

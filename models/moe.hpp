@@ -67,7 +67,10 @@ class MoEImpl : public torch::nn::Module {
   routers::Router router;
 
  private:
-  int64_t n_experts_, top_k_;
+  // logits (tokens, experts) of x (tokens, d_model) -> the router's decision in the module's mode.
+  routers::Routing route_logits(const torch::Tensor& logits, const torch::Tensor& x, torch::Generator& gen);
+
+  int64_t n_experts_;
   double dropout_;
   bool collect_ = false;
   MoEStatsAccumulator acc_;

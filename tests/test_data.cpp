@@ -152,6 +152,7 @@ TEST_CASE("missing or malformed data give one ConfigError naming the file", "[da
   TempDir tmp;
   write(tmp.path / "empty.txt", "");
   write(tmp.path / "ok.txt", "x y\n");
+  write(tmp.path / "binary.gz", std::string("\x1f\x8b\x08\x00", 4));
   struct Row {
     std::vector<std::string> overrides;
     std::string mentions;
@@ -162,6 +163,7 @@ TEST_CASE("missing or malformed data give one ConfigError naming the file", "[da
       {{"data.train=ok.txt", "data.valid=empty.txt", "data.test=ok.txt"}, "valid split is empty"},
       {{"data.train=ok.txt", "data.valid=''", "data.test=ok.txt"}, "data.holdout"},
       {{"data.train=ok.txt", "data.valid=''", "data.holdout=0.1", "data.test=ok.txt"}, "ok.txt"},  // 1 line
+      {{"data.train=binary.gz", "data.valid=ok.txt", "data.test=ok.txt"}, "binary.gz: not UTF-8 text at byte 1"},
   };
   for (const auto& r : rows) {
     auto o = r.overrides;

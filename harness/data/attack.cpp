@@ -149,7 +149,7 @@ nlohmann::json write_attacked_splits(const config::Config& cfg) {
                 {"test", cfg.s("data.test")}, {"holdout", cfg.f("data.holdout")}}},
       {"splits", nlohmann::json::object()}};
 
-  const auto clean = split_texts(cfg);
+  const auto clean = eval_split_texts(cfg);
   // One generator for both splits, valid first: the files depend on the seed only.
   auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seed));
   for (const char* name : {"valid", "test"}) {

@@ -121,15 +121,54 @@ std::map<std::string, SplitText> carve(std::string text, const Layout& l, bool b
   return out;
 }
 
+// The reference opens word-level files as UTF-8 text and fails on anything else; so do we, but
+// with the place of the first bad byte (a compressed or binary file usually fails at once).
+void check_utf8(std::string_view text, const fs::path& file) {
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    const size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    bool ok = n > 0 && i + n <= text.size();
+    for (size_t k = 1; ok && k < n; ++k) ok = (static_cast<unsigned char>(text[i + k]) >> 6) == 0x2;
+    if (!ok)
+      throw ConfigError(fmt::format("{}: not UTF-8 text at byte {}; data.format=word expects word-tokenised UTF-8 "
+                                    "text (use data.format=byte for raw bytes such as enwik8)",
+                                    file.string(), i));
+    i += n;
+  }
+}
+
+std::string read_split_file(const fs::path& path, const std::string& what, bool word) {
+  std::string text = read_file(path, what);
+  if (word) check_utf8(text, path);
+  return text;
+}
+
 std::map<std::string, SplitText> raw_splits(const config::Config& cfg) {
   const Layout l = layout_of(cfg);
   const bool word = cfg.s("data.format") == "word";
-  std::string train = read_file(l.train, "training file (data.train)");
+  std::string train = read_split_file(l.train, "training file (data.train)", word);
   std::map<std::string, SplitText> out;
   if (l.carved > 0) out = carve(std::move(train), l, word, l.train);
   else out["train"] = {std::move(train), l.train.string()};
-  if (!l.valid.empty()) out["valid"] = {read_file(l.valid, "validation file (data.valid)"), l.valid.string()};
-  if (!l.test.empty()) out["test"] = {read_file(l.test, "test file (data.test)"), l.test.string()};
+  if (!l.valid.empty())
+    out["valid"] = {read_split_file(l.valid, "validation file (data.valid)", word), l.valid.string()};
+  if (!l.test.empty()) out["test"] = {read_split_file(l.test, "test file (data.test)", word), l.test.string()};
+  return out;
+}
+
+// valid and test only: reads the training file only when they are carved from it.
+std::map<std::string, SplitText> raw_eval_splits(const config::Config& cfg) {
+  const Layout l = layout_of(cfg);
+  if (l.carved > 0) {
+    auto all = raw_splits(cfg);
+    all.erase("train");
+    return all;
+  }
+  const bool word = cfg.s("data.format") == "word";
+  std::map<std::string, SplitText> out;
+  out["valid"] = {read_split_file(l.valid, "validation file (data.valid)", word), l.valid.string()};
+  out["test"] = {read_split_file(l.test, "test file (data.test)", word), l.test.string()};
   return out;
 }
 
@@ -303,7 +342,7 @@ void add_attacked(const config::Config& cfg, Corpus& c) {
   } catch (const ConfigError&) {
     throw ConfigError(fmt::format("{}: attack manifest not found; {}", manifest_path.string(), hint));
   }
-  const auto clean = raw_splits(cfg);
+  const auto clean = raw_eval_splits(cfg);
   Dictionary dict(c.vocab);
   const int32_t unk = dict.find(kUnk);
   for (const auto& name : wanted) {
@@ -358,9 +397,9 @@ std::vector<std::string_view> split_words(std::string_view line) {
   return words;
 }
 
-std::map<std::string, std::string> split_texts(const config::Config& cfg) {
+std::map<std::string, std::string> eval_split_texts(const config::Config& cfg) {
   std::map<std::string, std::string> out;
-  for (auto& [name, split] : raw_splits(cfg)) out[name] = std::move(split.text);
+  for (auto& [name, split] : raw_eval_splits(cfg)) out[name] = std::move(split.text);
   return out;
 }
 

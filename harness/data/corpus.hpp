@@ -33,9 +33,9 @@ struct Corpus {
 // the distinct bytes seen plus <eos> in first-seen order (205 on enwik8), ids as in the reference.
 Corpus load_corpus(const config::Config& cfg);
 
-// Raw text of the word-format splits train/valid/test after data.holdout carving (what the
-// tokeniser reads; the attack rewrites valid and test of this).
-std::map<std::string, std::string> split_texts(const config::Config& cfg);
+// Raw text of the valid and test splits after data.holdout carving (what the tokeniser reads and
+// the attack rewrites). Reads the training file only when the splits are carved from it.
+std::map<std::string, std::string> eval_split_texts(const config::Config& cfg);
 
 // Python str.split() on a UTF-8 line: runs of ASCII and Unicode whitespace separate words.
 std::vector<std::string_view> split_words(std::string_view line);

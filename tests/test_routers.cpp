@@ -223,7 +223,7 @@ TEST_CASE("ssr: p = 0 is exactly vanilla, p = 1 always uses Sinkhorn", "[routers
     auto p0 = build({{"name", "ssr"}, {"p", 0.0}, {"cost", cost}, {"noise", 1.0}}, 8, 16, 2);
     auto gen = cpu_gen(3);
     auto before = gen.get_state();
-    for (int call = 0; call < 20; ++call) {
+    for (int call = 0; call < 5; ++call) {
       auto r = p0->route(logits, hidden, Mode::Train, gen);
       auto v = top_k_softmax(logits, 2);
       CHECK(same(r.experts, v.experts));
@@ -238,15 +238,15 @@ TEST_CASE("ssr: p = 0 is exactly vanilla, p = 1 always uses Sinkhorn", "[routers
     auto c = transport_cost(logits, std::string(cost) == "linear" ? Cost::Linear : Cost::Softmax);
     auto plan = sinkhorn(c, o).plan;  // (128, 16)
     auto [top, idx] = stable_top_k(plan, 2);
-    for (int call = 0; call < 20; ++call) {
+    for (int call = 0; call < 5; ++call) {
       auto r = p1->route(logits, hidden, Mode::Train, gen);
       CHECK(r.used_sinkhorn);
       CHECK(same(r.experts, idx));
       CHECK(r.weights.allclose(top / top.sum(-1, true)));
       CHECK_FALSE(r.weights.requires_grad());  // Pi is not differentiated
     }
-    CHECK(p1->sinkhorn_tally().calls == 20);
-    CHECK(p1->sinkhorn_tally().sinkhorn_calls == 20);
+    CHECK(p1->sinkhorn_tally().calls == 5);
+    CHECK(p1->sinkhorn_tally().sinkhorn_calls == 5);
   }
 }
 
@@ -254,18 +254,23 @@ TEST_CASE("ssr: the Sinkhorn fraction follows p", "[routers]") {
   auto router = build({{"name", "ssr"}, {"p", 0.3}, {"max_iter", 1}}, 8, 4, 2);
   auto logits = random_logits(8, 4, 1.0, 61);  // (8, 4)
   auto gen = cpu_gen(4);
-  const int calls = 2000;
+  const int calls = 600;
   for (int i = 0; i < calls; ++i) router->route(logits, torch::zeros({8, 8}), Mode::Train, gen);
   const double frac = static_cast<double>(router->sinkhorn_tally().sinkhorn_calls) / calls;
   CHECK(std::abs(frac - 0.3) < 4 * std::sqrt(0.3 * 0.7 / calls));  // 4 binomial standard errors
   auto stats = routing_stats(logits, top_k_softmax(logits, 2), 4, router->sinkhorn_tally());
   CHECK(stats.sinkhorn_frac == Approx(frac));
   CHECK(stats.sinkhorn_iters == Approx(1.0));
-  // Seeded runs repeat exactly.
-  auto again = build({{"name", "ssr"}, {"p", 0.3}, {"max_iter", 1}}, 8, 4, 2);
-  auto gen2 = cpu_gen(4);
-  for (int i = 0; i < calls; ++i) again->route(logits, torch::zeros({8, 8}), Mode::Train, gen2);
-  CHECK(again->sinkhorn_tally().sinkhorn_calls == router->sinkhorn_tally().sinkhorn_calls);
+  // Seeded runs repeat exactly: the same sequence of Sinkhorn forwards.
+  auto flags = [&](uint64_t seed) {
+    auto r2 = build({{"name", "ssr"}, {"p", 0.3}, {"max_iter", 1}}, 8, 4, 2);
+    auto g2 = cpu_gen(seed);
+    std::vector<bool> used;
+    for (int i = 0; i < 100; ++i) used.push_back(r2->route(logits, torch::zeros({8, 8}), Mode::Train, g2).used_sinkhorn);
+    return used;
+  };
+  CHECK(flags(4) == flags(4));
+  CHECK(flags(4) != flags(5));
 }
 
 TEST_CASE("ssr: eval runs no Sinkhorn, draws no noise, and is batch-independent", "[routers]") {
@@ -290,16 +295,16 @@ TEST_CASE("ssr: eval runs no Sinkhorn, draws no noise, and is batch-independent"
 }
 
 TEST_CASE("ssr: an overflowing plain plan gives NaN weights, not garbage", "[routers]") {
-  auto logits = random_logits(3072, 16, 5.0, 3);  // (3072, 16)
+  auto logits = random_logits(1024, 16, 5.0, 3);  // (1024, 16)
   auto router = build({{"name", "ssr"}, {"p", 1.0}, {"xi", 0.05}, {"numerics", "plain"}}, 8, 16, 2);
   auto gen = cpu_gen(1);
-  auto r = router->route(logits, torch::zeros({3072, 8}), Mode::Train, gen);
+  auto r = router->route(logits, torch::zeros({1024, 8}), Mode::Train, gen);
   CHECK(r.used_sinkhorn);
   CHECK_FALSE(r.sinkhorn_finite);
   CHECK(torch::isnan(r.weights).all().item<bool>());
   // The log domain routes the same input.
   auto stable = build({{"name", "ssr"}, {"p", 1.0}, {"xi", 0.05}, {"numerics", "log"}}, 8, 16, 2);
-  auto rl = stable->route(logits, torch::zeros({3072, 8}), Mode::Train, gen);
+  auto rl = stable->route(logits, torch::zeros({1024, 8}), Mode::Train, gen);
   CHECK(rl.sinkhorn_finite);
   CHECK(torch::isfinite(rl.weights).all().item<bool>());
 }

@@ -53,7 +53,8 @@ TEST_CASE("sinkhorn: marginals within delta for every xi, cost and numerics", "[
     CHECK(res.converged);
     CHECK(res.error <= 1e-4);
     CHECK(error_double(res.plan) <= 1e-4 + 1e-6);  // float32 sums: a little slack
-    CHECK((res.plan > 0).all().item<bool>());
+    // Pi > 0 holds exactly, but entries below ~1e-38 underflow to 0 in float32 for xi = 0.05.
+    CHECK((res.plan >= 0).all().item<bool>());
   }
 }
 
@@ -129,7 +130,7 @@ TEST_CASE("sinkhorn: m x 2 plans match a double-precision bisection on the dual"
 
 TEST_CASE("sinkhorn: plain reports non-finite for xi 0.05 on large linear costs", "[sinkhorn]") {
   // exp(C / 0.05 - 1) overflows float32 once C exceeds ~4.5: the paper's Table 6 NaN.
-  auto cost = random_logits(3072, 16, 5.0, 3);  // (3072, 16)
+  auto cost = random_logits(1024, 16, 5.0, 3);  // (1024, 16), max |S| ~ 18
   auto plain = sinkhorn(cost, opts(0.05, Numerics::Plain, 1e-4, 100));
   CHECK_FALSE(plain.finite);
   CHECK_FALSE(plain.converged);
@@ -149,7 +150,7 @@ TEST_CASE("sinkhorn: plain reports non-finite for xi 0.05 on large linear costs"
 TEST_CASE("sinkhorn: Newton (SNS) converges in few steps and matches converged Sinkhorn", "[sinkhorn]") {
   for (double xi : {0.05, 0.1, 0.5, 1.0}) {
     for (bool softmax : {false, true}) {
-      auto logits = random_logits(512, 16, 2.0, 21, torch::kFloat64);  // (512, 16)
+      auto logits = random_logits(256, 16, 2.0, 21, torch::kFloat64);  // (256, 16)
       auto cost = softmax ? logits.softmax(-1) : logits;
       SinkhornOptions sns = opts(xi, Numerics::Log, 1e-9, 0, 1);
       sns.newton_steps = 30;

@@ -35,7 +35,7 @@ double draw_uniform(torch::Generator& gen) {
 }
 
 torch::Tensor draw_normal(const torch::Tensor& like, torch::Generator& gen) {
-  auto z = torch::randn(like.sizes(), gen, like.options().device(gen.device()).requires_grad(false));
+  auto z = torch::randn(like.sizes(), gen, like.options().device(gen.device()).requires_grad(false));  // like's shape
   return z.to(like.device());
 }
 

@@ -18,8 +18,17 @@ struct Routing {
   torch::Tensor aux_loss;  // () scalar added to the training loss (zero when the method has none)
   // Sinkhorn bookkeeping of this call (zeros when Sinkhorn did not run).
   bool used_sinkhorn = false;
-  int64_t sinkhorn_iters = 0;
-  double sinkhorn_error = 0.0;
+  int64_t sinkhorn_iters = 0;    // Sinkhorn sweeps plus Newton steps
+  double sinkhorn_error = 0.0;   // final marginal error (NaN/inf when the plan overflowed)
+  bool sinkhorn_finite = true;   // false: the plan overflowed; the weights are then NaN on purpose
+};
+
+// Sinkhorn usage of one router over several calls (e.g. one logging window).
+struct SinkhornTally {
+  int64_t calls = 0;           // route() calls
+  int64_t sinkhorn_calls = 0;  // of which used Sinkhorn
+  int64_t iters_sum = 0;       // summed over the Sinkhorn calls
+  double error_sum = 0;        // summed over the Sinkhorn calls
 };
 
 // Routing statistics of one call, for logging (computed only on logging steps).
@@ -39,6 +48,23 @@ class RouterImpl : public torch::nn::Module {
   // logits: (tokens, experts) gating scores S; hidden: (tokens, d) the gate's input.
   virtual Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode,
                         torch::Generator& gen) = 0;
+
+  // Counts since construction or the last reset; every router adds each of its calls.
+  const SinkhornTally& sinkhorn_tally() const { return tally_; }
+  void reset_sinkhorn_tally() { tally_ = {}; }
+
+ protected:
+  // Routers call this on every result they return.
+  void count(const Routing& r) {
+    ++tally_.calls;
+    if (!r.used_sinkhorn) return;
+    ++tally_.sinkhorn_calls;
+    tally_.iters_sum += r.sinkhorn_iters;
+    tally_.error_sum += r.sinkhorn_error;
+  }
+
+ private:
+  SinkhornTally tally_;
 };
 using Router = std::shared_ptr<RouterImpl>;
 
@@ -46,6 +72,10 @@ using Router = std::shared_ptr<RouterImpl>;
 Router make_router(const config::Config& cfg, int64_t d_model, int64_t n_experts, int64_t top_k);
 
 // Statistics of one routing decision (logits (tokens, experts), routing.experts (tokens, k)).
+// The Sinkhorn fields then describe this one call only.
 RouterStats routing_stats(const torch::Tensor& logits, const Routing& routing, int64_t n_experts);
+// Same, with the Sinkhorn fields taken from a tally (fraction and means over a logging window).
+RouterStats routing_stats(const torch::Tensor& logits, const Routing& routing, int64_t n_experts,
+                          const SinkhornTally& tally);
 
 }  // namespace ssr::routers

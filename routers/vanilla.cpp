@@ -1,16 +1,23 @@
 // Vanilla top-k softmax routing (paper section 3.1; reference CustomNaiveGate_Balance_SMoE):
 // experts = top-k of S, weights = softmax over the k selected logits only. No auxiliary loss.
-// Gradient: flows into S (hence W_g) through the softmax of the selected logits.
+// Differentiated: the weights, in S (hence W_g), through the softmax of the selected logits.
+// Not differentiated: the choice of experts (a discrete top-k). Identical in training and eval.
 #include "routers/vanilla.hpp"
+
+#include "routers/util.hpp"
 
 namespace ssr::routers {
 
+torch::Tensor softmax_at(const torch::Tensor& logits, const torch::Tensor& experts) {
+  return logits.gather(1, experts).softmax(-1);  // (tokens, k)
+}
+
 Routing top_k_softmax(const torch::Tensor& logits, int64_t k) {
-  // sorted=true: descending preference; ties resolve to the lower expert id (stable top-k).
-  auto [top, idx] = logits.topk(k, /*dim=*/-1, /*largest=*/true, /*sorted=*/true);  // (tokens, k)
+  // The reference takes torch.topk; a stable sort gives the same set with ties to the lower id.
+  auto [top, idx] = stable_top_k(logits, k);  // (tokens, k)
   Routing r;
-  r.experts = idx;                  // (tokens, k)
-  r.weights = top.softmax(-1);      // (tokens, k)
+  r.experts = idx;               // (tokens, k)
+  r.weights = top.softmax(-1);   // (tokens, k)
   r.aux_loss = torch::zeros({}, logits.options());
   return r;
 }
@@ -19,7 +26,9 @@ VanillaRouter::VanillaRouter(int64_t top_k) : k_(top_k) {}
 
 Routing VanillaRouter::route(const torch::Tensor& logits, const torch::Tensor&, Mode,
                              torch::Generator&) {
-  return top_k_softmax(logits, k_);
+  auto r = top_k_softmax(logits, k_);
+  count(r);
+  return r;
 }
 
 }  // namespace ssr::routers

@@ -1,0 +1,150 @@
+// Sinkhorn solvers: plain-domain scaling (reference numerics), log-domain scaling, and the
+// Sinkhorn-Newton (SNS) variant on the semi-dual. See sinkhorn.hpp; nothing is differentiated.
+#include "routers/sinkhorn.hpp"
+
+#include <cmath>
+
+#include "routers/util.hpp"
+
+namespace ssr::routers {
+namespace {
+
+// Column error only: every sweep ends with the row update, so rows are exact up to rounding.
+torch::Tensor column_error(const torch::Tensor& col_sums, double target, int64_t m) {  // col_sums: (experts)
+  return (col_sums - target).abs().sum() / static_cast<double>(m);  // ()
+}
+
+bool should_check(int64_t it, int64_t last, int64_t every) { return it % every == 0 || it == last; }
+
+SinkhornResult finish(torch::Tensor plan, int64_t iters, double delta) {
+  SinkhornResult r;
+  r.error = marginal_error(plan).item<double>();
+  r.plan = std::move(plan);
+  r.iters = iters;
+  r.finite = std::isfinite(r.error);
+  r.converged = r.finite && r.error <= delta;
+  return r;
+}
+
+// Algorithm 1 with r = 1, s = m/n: v = s / K^T u, u = 1 / K v.
+SinkhornResult solve_plain(const torch::Tensor& log_k, const SinkhornOptions& o) {
+  const int64_t m = log_k.size(0), n = log_k.size(1);
+  const double s = static_cast<double>(m) / static_cast<double>(n);
+  auto k = log_k.exp();                               // (tokens, experts) inf when C/xi > ~89
+  auto u = torch::ones({m}, log_k.options());         // (tokens)
+  torch::Tensor v;                                    // (experts)
+  int64_t it = 0;
+  while (it < o.max_iter) {
+    ++it;
+    v = s / u.matmul(k);   // (experts)
+    u = 1.0 / k.mv(v);     // (tokens)
+    if (should_check(it, o.max_iter, o.check_every)) {
+      double err = column_error(v * u.matmul(k), s, m).item<double>();
+      if (!std::isfinite(err) || err <= o.delta) break;
+    }
+  }
+  return finish(u.unsqueeze(1) * k * v.unsqueeze(0), it, o.delta);  // (tokens, experts)
+}
+
+// The same sweeps on the log potentials a = log u, b = log v.
+struct LogState {
+  torch::Tensor a;  // (tokens)
+  torch::Tensor b;  // (experts)
+};
+
+// check_every <= 0: no convergence checks (no host sync).
+LogState log_sweeps(const torch::Tensor& log_k, int64_t sweeps, int64_t check_every, double delta,
+                    int64_t& it) {
+  const int64_t m = log_k.size(0), n = log_k.size(1);
+  const double log_s = std::log(static_cast<double>(m) / static_cast<double>(n));
+  LogState st{torch::zeros({m}, log_k.options()), torch::zeros({n}, log_k.options())};
+  for (int64_t done = 0; done < sweeps;) {
+    ++done;
+    ++it;
+    st.b = log_s - torch::logsumexp(log_k + st.a.unsqueeze(1), 0);  // (experts)
+    st.a = -torch::logsumexp(log_k + st.b.unsqueeze(0), 1);         // (tokens)
+    if (check_every > 0 && should_check(done, sweeps, check_every)) {
+      auto cols = (log_k + st.a.unsqueeze(1) + st.b.unsqueeze(0)).exp().sum(0);  // (experts)
+      if (column_error(cols, std::exp(log_s), m).item<double>() <= delta) break;
+    }
+  }
+  return st;
+}
+
+SinkhornResult solve_log(const torch::Tensor& log_k, const SinkhornOptions& o) {
+  int64_t it = 0;
+  auto st = log_sweeps(log_k, o.max_iter, o.check_every, o.delta, it);
+  auto plan = (log_k + st.a.unsqueeze(1) + st.b.unsqueeze(0)).exp();  // (tokens, experts)
+  return finish(plan, it, o.delta);
+}
+
+// SNS on the semi-dual: for column potentials b the row constraint is met exactly by
+// Pi = row-softmax(log K + b); b maximises F(b) = s.b - sum_i logsumexp_j(log K_ij + b_j), whose
+// gradient is s - colsum(Pi) and Hessian -(diag(colsum Pi) - Pi^T Pi), an n x n dense matrix.
+SinkhornResult solve_newton(const torch::Tensor& log_k, const SinkhornOptions& o) {
+  const int64_t m = log_k.size(0), n = log_k.size(1);
+  const double s = static_cast<double>(m) / static_cast<double>(n);
+  int64_t it = 0;
+  auto b = log_sweeps(log_k, o.newton_warmup, 0, 0.0, it).b;  // (experts)
+  // Backtracking without a host sync: every step length is tried at once and the one with the
+  // smallest gradient norm (column error) wins; column sums are accurate in float32 where F is not.
+  auto steps = torch::tensor({1.0, 0.5, 0.25, 0.125, 0.0625}, log_k.options());  // (steps)
+  auto pi = (log_k + b.unsqueeze(0)).softmax(1);                                  // (tokens, experts)
+  auto cols = pi.sum(0);                                                           // (experts)
+  auto dbl = log_k.options().dtype(torch::kFloat64);
+  // The Hessian is singular along 1 (shifting b changes nothing); adding a multiple of 1 1^T makes
+  // it definite without changing the solution, because the gradient sums to zero.
+  auto ones_nn = torch::full({n, n}, s / static_cast<double>(n), dbl);  // (experts, experts)
+  for (int64_t step = 0; step < o.newton_steps;) {
+    ++step;
+    ++it;
+    auto hess = torch::diag(cols.to(torch::kFloat64)) - pi.t().mm(pi).to(torch::kFloat64);  // (experts, experts)
+    auto grad = (s - cols).to(torch::kFloat64);                                               // (experts)
+    auto dir = torch::linalg_solve(hess + ones_nn, grad.unsqueeze(1)).squeeze(1).to(log_k.scalar_type());  // (experts)
+    auto cand = b.unsqueeze(0) + steps.unsqueeze(1) * dir.unsqueeze(0);                      // (steps, experts)
+    auto pis = (log_k.unsqueeze(0) + cand.unsqueeze(1)).softmax(2);                          // (steps, tokens, experts)
+    auto cand_cols = pis.sum(1);                                                             // (steps, experts)
+    auto best = (cand_cols - s).square().sum(1).argmin();                                    // ()
+    b = cand.index_select(0, best.unsqueeze(0)).squeeze(0);
+    pi = pis.index_select(0, best.unsqueeze(0)).squeeze(0);
+    cols = cand_cols.index_select(0, best.unsqueeze(0)).squeeze(0);
+    if (should_check(step, o.newton_steps, o.check_every) &&
+        column_error(cols, s, m).item<double>() <= o.delta)
+      break;
+  }
+  return finish(pi, it, o.delta);
+}
+
+}  // namespace
+
+torch::Tensor marginal_error(const torch::Tensor& plan) {
+  const int64_t m = plan.size(0), n = plan.size(1);
+  auto rows = (plan.sum(1) - 1.0).abs().mean();  // ()
+  auto cols = column_error(plan.sum(0), static_cast<double>(m) / static_cast<double>(n), m);  // ()
+  return torch::maximum(rows, cols);
+}
+
+SinkhornResult sinkhorn(const torch::Tensor& cost, const SinkhornOptions& opt) {
+  TORCH_CHECK(cost.dim() == 2 && cost.size(0) > 0 && cost.size(1) > 0, "sinkhorn: cost must be (tokens, experts)");
+  torch::NoGradGuard no_grad;
+  auto log_k = at_least_float(cost.detach()) / opt.xi - 1.0;  // (tokens, experts)
+  if (opt.newton_steps > 0) return solve_newton(log_k, opt);
+  return opt.numerics == Numerics::Plain ? solve_plain(log_k, opt) : solve_log(log_k, opt);
+}
+
+SinkhornOptions sinkhorn_options(const config::Config& cfg) {
+  SinkhornOptions o;
+  o.xi = cfg.f("router.xi");
+  o.delta = cfg.f("router.delta");
+  o.max_iter = cfg.i("router.max_iter");
+  o.numerics = cfg.s("router.numerics") == "plain" ? Numerics::Plain : Numerics::Log;
+  o.check_every = cfg.i("router.check_every");
+  o.newton_steps = cfg.i("router.newton_steps");
+  o.newton_warmup = cfg.i("router.newton_warmup");
+  if (o.newton_steps > 0 && o.numerics == Numerics::Plain)
+    throw config::ConfigError(
+        "router.numerics: plain cannot be combined with router.newton_steps > 0 (the Newton stage is log-domain)");
+  return o;
+}
+
+}  // namespace ssr::routers

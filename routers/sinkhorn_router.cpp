@@ -1,0 +1,50 @@
+// Sinkhorn-based SMoE baseline (see sinkhorn_router.hpp).
+// Differentiated: the weights, in S, through the softmax of the logits at the chosen experts.
+// Not differentiated: the plan Pi (solved on a detached cost) and hence the choice of experts.
+// The plan depends on the whole batch, at eval too: that is the reference's behaviour.
+#include "routers/sinkhorn_router.hpp"
+
+#include <fmt/format.h>
+
+#include <limits>
+
+#include "routers/util.hpp"
+#include "routers/vanilla.hpp"
+
+namespace ssr::routers {
+
+Cost cost_kind(const std::string& name) {
+  if (name == "linear") return Cost::Linear;
+  if (name == "softmax") return Cost::Softmax;
+  throw config::ConfigError(fmt::format("router.cost: '{}' is not linear or softmax", name));
+}
+
+torch::Tensor transport_cost(const torch::Tensor& logits, Cost cost) {
+  auto s = at_least_float(logits.detach());  // (tokens, experts)
+  return cost == Cost::Linear ? s : s.softmax(-1);
+}
+
+void fill_sinkhorn_fields(Routing& r, const SinkhornResult& res) {
+  r.used_sinkhorn = true;
+  r.sinkhorn_iters = res.iters;
+  r.sinkhorn_error = res.error;
+  r.sinkhorn_finite = res.finite;
+  if (!res.finite) r.weights = torch::full_like(r.weights, std::numeric_limits<double>::quiet_NaN());
+}
+
+SinkhornRouter::SinkhornRouter(int64_t top_k, Cost cost, SinkhornOptions opt)
+    : k_(top_k), cost_(cost), opt_(opt) {}
+
+Routing SinkhornRouter::route(const torch::Tensor& logits, const torch::Tensor&, Mode,
+                              torch::Generator&) {
+  auto res = sinkhorn(transport_cost(logits, cost_), opt_);
+  Routing r;
+  r.experts = stable_top_k(res.plan, k_).second;  // (tokens, k)
+  r.weights = softmax_at(logits, r.experts);      // (tokens, k)
+  r.aux_loss = torch::zeros({}, logits.options());
+  fill_sinkhorn_fields(r, res);
+  count(r);
+  return r;
+}
+
+}  // namespace ssr::routers

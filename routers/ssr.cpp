@@ -1,0 +1,72 @@
+// Selective Sinkhorn Routing (paper Algorithm 2, section 4.2). In a training forward this block
+// draws tau ~ U(0,1) from the caller's generator; if tau < p it solves the OT plan Pi of the
+// (optionally noisy) cost and routes to Pi's row top-k with weights Pi renormalised over those k
+// (Prop. 4.1); otherwise it routes as vanilla (top-k of S, softmax over the k logits). At
+// inference it is plain vanilla routing unless router.eval_mode keeps Sinkhorn and/or noise.
+// Differentiated: only the vanilla forwards' weights, in S. Sinkhorn forwards give weights that
+// are constants (Pi is solved on a detached cost), so W_g learns only through the softmax steps,
+// as the paper states; the experts' parameters still get gradients through their outputs.
+// Not differentiated: the choice of experts, the noise, tau.
+#include "routers/ssr.hpp"
+
+#include <fmt/format.h>
+
+#include "routers/util.hpp"
+#include "routers/vanilla.hpp"
+
+namespace ssr::routers {
+
+SsrOptions ssr_options(const config::Config& cfg) {
+  SsrOptions o;
+  o.p = cfg.f("router.p");
+  o.cost = cost_kind(cfg.s("router.cost"));
+  o.noise = cfg.f("router.noise");
+  o.noise_std = cfg.f("router.noise_std");
+  const auto& scope = cfg.s("router.noise_scope");
+  o.noise_scope = scope == "all" ? NoiseScope::All : NoiseScope::Sinkhorn;
+  const auto& ev = cfg.s("router.eval_mode");
+  o.eval_mode = ev == "sinkhorn" ? EvalMode::Sinkhorn
+                : ev == "noise"  ? EvalMode::Noise
+                : ev == "both"   ? EvalMode::Both
+                                 : EvalMode::None;
+  o.sinkhorn = sinkhorn_options(cfg);
+  return o;
+}
+
+SsrRouter::SsrRouter(int64_t top_k, SsrOptions opt) : k_(top_k), opt_(opt) {}
+
+Routing SsrRouter::route(const torch::Tensor& logits, const torch::Tensor&, Mode mode,
+                         torch::Generator& gen) {
+  const bool train = mode == Mode::Train;
+  const bool sinkhorn_on = train || opt_.eval_mode == EvalMode::Sinkhorn || opt_.eval_mode == EvalMode::Both;
+  const bool noise_on = opt_.noise > 0 && (train || opt_.eval_mode == EvalMode::Noise || opt_.eval_mode == EvalMode::Both);
+  // p = 0 and p = 1 draw nothing, so p = 0 is exactly vanilla, generator included.
+  const bool use_sinkhorn = sinkhorn_on && opt_.p > 0 && (opt_.p >= 1 || draw_uniform(gen) < opt_.p);
+  const bool noisy_cost = noise_on && (use_sinkhorn || opt_.noise_scope == NoiseScope::All);
+
+  if (!use_sinkhorn && !noisy_cost) {
+    auto r = top_k_softmax(logits, k_);
+    count(r);
+    return r;
+  }
+  auto cost = transport_cost(logits, opt_.cost);  // (tokens, experts)
+  if (noisy_cost) cost = cost + (opt_.noise * opt_.noise_std) * draw_normal(cost, gen);
+  Routing r;
+  r.aux_loss = torch::zeros({}, logits.options());
+  if (!use_sinkhorn) {
+    // noise_scope all, vanilla forward: select by the noisy cost, weigh by the clean logits.
+    r.experts = stable_top_k(cost, k_).second;  // (tokens, k)
+    r.weights = softmax_at(logits, r.experts);  // (tokens, k)
+    count(r);
+    return r;
+  }
+  auto res = sinkhorn(cost, opt_.sinkhorn);
+  auto [top, idx] = stable_top_k(res.plan, k_);  // (tokens, k)
+  r.experts = idx;
+  r.weights = (top / top.sum(-1, /*keepdim=*/true)).to(logits.scalar_type());  // (tokens, k)
+  fill_sinkhorn_fields(r, res);
+  count(r);
+  return r;
+}
+
+}  // namespace ssr::routers

@@ -1,0 +1,482 @@
+// Routers: paper formulas, auxiliary losses by hand, Prop. 4.1 and 4.3, SSR's train/eval contract,
+// gradients, statistics and the config files. Table-driven; tolerances are stated per check.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "routers/lb.hpp"
+#include "routers/noisy.hpp"
+#include "routers/router.hpp"
+#include "routers/sinkhorn_router.hpp"
+#include "routers/ssr.hpp"
+#include "routers/util.hpp"
+#include "routers/vanilla.hpp"
+#include "routers/zloss.hpp"
+
+using namespace ssr::routers;
+namespace fs = std::filesystem;
+
+namespace {
+
+torch::Generator cpu_gen(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
+
+torch::Tensor random_logits(int64_t m, int64_t n, double scale, uint64_t seed,
+                            torch::Dtype dtype = torch::kFloat32) {
+  auto gen = cpu_gen(seed);
+  return scale * torch::randn({m, n}, gen, torch::TensorOptions().dtype(dtype));  // (m, n)
+}
+
+ssr::config::Config router_cfg(std::initializer_list<std::pair<const char*, ssr::config::json>> kv) {
+  ssr::config::Config cfg;
+  for (const auto& [k, v] : kv) cfg.set(std::string("router.") + k, v, "test");
+  return cfg;
+}
+
+Router build(std::initializer_list<std::pair<const char*, ssr::config::json>> kv, int64_t d = 8,
+             int64_t n = 4, int64_t k = 2) {
+  return make_router(router_cfg(kv), d, n, k);
+}
+
+bool same(const torch::Tensor& a, const torch::Tensor& b) { return a.sizes() == b.sizes() && a.equal(b); }
+
+double normal_cdf(double z) { return 0.5 * std::erfc(-z / std::sqrt(2.0)); }
+
+}  // namespace
+
+TEST_CASE("vanilla: weights follow the paper's formula, ties go to the lower expert id", "[routers]") {
+  struct Row { std::vector<double> s; int64_t k; std::vector<int64_t> experts; };
+  const std::vector<Row> table = {
+      {{1.0, 3.0, 2.0, 0.0}, 2, {1, 2}},
+      {{-1.0, -0.5, 4.0, 0.25}, 1, {2}},
+      {{0.5, 0.5, 0.5, 0.5}, 2, {0, 1}},     // all tied
+      {{0.0, 2.0, 2.0, 2.0}, 2, {1, 2}},     // tie at the boundary
+      {{1.0, 1.0, 3.0, 1.0}, 3, {2, 0, 1}},  // tie below the leader
+  };
+  auto gen = cpu_gen(1);
+  for (const auto& row : table) {
+    auto logits = torch::tensor(row.s, torch::kFloat64).unsqueeze(0);  // (1, 4)
+    auto router = build({{"name", "vanilla"}}, 8, 4, row.k);
+    auto r = router->route(logits, torch::zeros({1, 8}), Mode::Train, gen);
+    double denom = 0;
+    for (auto e : row.experts) denom += std::exp(row.s[e]);
+    for (int64_t j = 0; j < row.k; ++j) {
+      CHECK(r.experts[0][j].item<int64_t>() == row.experts[j]);
+      CHECK(r.weights[0][j].item<double>() == Approx(std::exp(row.s[row.experts[j]]) / denom).epsilon(1e-12));
+    }
+    CHECK(r.aux_loss.item<double>() == 0.0);
+    CHECK_FALSE(r.used_sinkhorn);
+  }
+  // Many tied rows: the same answer every time, in training and eval.
+  auto tied = torch::zeros({64, 16});  // (64, 16)
+  auto router = build({{"name", "vanilla"}}, 8, 16, 2);
+  auto r = router->route(tied, torch::zeros({64, 8}), Mode::Eval, gen);
+  CHECK((r.experts.select(1, 0) == 0).all().item<bool>());
+  CHECK((r.experts.select(1, 1) == 1).all().item<bool>());
+}
+
+TEST_CASE("lb: both normalisations against hand-computed values", "[routers]") {
+  // 3 tokens, 3 experts, k = 1. Top-1: token0 -> e0, token1 -> e0, token2 -> e2, so f = (2/3, 0, 1/3).
+  const std::vector<std::vector<double>> s = {{2.0, 0.0, 1.0}, {1.0, 0.5, -1.0}, {0.0, 0.1, 0.3}};
+  auto logits = torch::tensor({2.0, 0.0, 1.0, 1.0, 0.5, -1.0, 0.0, 0.1, 0.3}, torch::kFloat64).reshape({3, 3});
+  double p_sum[3] = {0, 0, 0};
+  for (const auto& row : s) {
+    double z = 0;
+    for (double v : row) z += std::exp(v);
+    for (int e = 0; e < 3; ++e) p_sum[e] += std::exp(row[e]) / z;
+  }
+  const double f[3] = {2.0 / 3, 0.0, 1.0 / 3};
+  double ref = 0;  // with k = 1, N*k = N: both forms coincide
+  for (int e = 0; e < 3; ++e) ref += f[e] * p_sum[e] / 3.0;
+  auto gen = cpu_gen(1);
+  auto r1 = build({{"name", "lb"}, {"lb_form", "reference"}, {"lb_coef", 0.5}}, 8, 3, 1)
+                ->route(logits, torch::zeros({3, 8}), Mode::Train, gen);
+  CHECK(r1.aux_loss.item<double>() == Approx(0.5 * 3 * ref).epsilon(1e-12));
+  auto r1s = build({{"name", "lb"}, {"lb_form", "switch"}, {"lb_coef", 0.5}}, 8, 3, 1)
+                 ->route(logits, torch::zeros({3, 8}), Mode::Train, gen);
+  CHECK(r1s.aux_loss.item<double>() == Approx(0.5 * 3 * ref).epsilon(1e-12));
+
+  // k = 2: top-2 slots token0 {e0, e2}, token1 {e0, e1}, token2 {e2, e1}: f = (2, 2, 2) / 6.
+  double ref2 = 0, sw2 = 0;
+  for (int e = 0; e < 3; ++e) {
+    ref2 += (2.0 / 6) * p_sum[e] / 6.0;  // reference: importance / (N*k)
+    sw2 += (2.0 / 6) * p_sum[e] / 3.0;   // switch: importance / N
+  }
+  auto r2 = build({{"name", "lb"}, {"lb_form", "reference"}, {"lb_coef", 1.0}}, 8, 3, 2)
+                ->route(logits, torch::zeros({3, 8}), Mode::Train, gen);
+  auto r2s = build({{"name", "lb"}, {"lb_form", "switch"}, {"lb_coef", 1.0}}, 8, 3, 2)
+                 ->route(logits, torch::zeros({3, 8}), Mode::Train, gen);
+  CHECK(r2.aux_loss.item<double>() == Approx(3 * ref2).epsilon(1e-12));
+  CHECK(r2s.aux_loss.item<double>() == Approx(3 * sw2).epsilon(1e-12));
+  CHECK(r2s.aux_loss.item<double>() == Approx(2 * r2.aux_loss.item<double>()).epsilon(1e-12));  // the k = 2 halving
+}
+
+TEST_CASE("zloss: lb plus the ST-MoE z-loss by hand", "[routers]") {
+  const std::vector<std::vector<double>> s = {{2.0, 0.0, 1.0}, {1.0, 0.5, -1.0}};
+  auto logits = torch::tensor({2.0, 0.0, 1.0, 1.0, 0.5, -1.0}, torch::kFloat64).reshape({2, 3});
+  double z = 0;
+  for (const auto& row : s) {
+    double acc = 0;
+    for (double v : row) acc += std::exp(v);
+    z += std::log(acc) * std::log(acc);
+  }
+  z /= 2;
+  auto gen = cpu_gen(1);
+  auto lb = load_balance_loss(logits, top_k_softmax(logits, 2).experts, LbForm::Reference).item<double>();
+  auto r = build({{"name", "zloss"}, {"lb_coef", 0.01}, {"z_coef", 0.001}}, 8, 3, 2)
+               ->route(logits, torch::zeros({2, 8}), Mode::Train, gen);
+  CHECK(r.aux_loss.item<double>() == Approx(0.01 * lb + 0.001 * z).epsilon(1e-12));
+  CHECK(z_loss(logits).item<double>() == Approx(z).epsilon(1e-12));
+}
+
+TEST_CASE("noisy: Shazeer gating and its importance/load loss by hand", "[routers]") {
+  const int64_t m = 6, n = 4, k = 2, d = 3;
+  auto logits = random_logits(m, n, 1.0, 31, torch::kFloat64);  // (6, 4)
+  auto hidden = random_logits(m, d, 1.0, 32, torch::kFloat64);   // (6, 3)
+  auto router = std::dynamic_pointer_cast<NoisyRouter>(build({{"name", "noisy"}, {"noisy_coef", 0.01}}, d, n, k));
+  REQUIRE(router);
+  CHECK(router->named_parameters().contains("w_noise"));
+  CHECK(router->w_noise.abs().sum().item<double>() == 0.0);  // Shazeer's zero init
+  auto gen = cpu_gen(5);
+  auto r = router->route(logits, hidden, Mode::Train, gen);
+
+  // Same draws by hand: std = softplus(0) + 0.01 for the zero-initialised W_noise.
+  auto gen2 = cpu_gen(5);
+  auto eps = torch::randn({m, n}, gen2, torch::kFloat64);  // (6, 4)
+  const double sd = std::log(2.0) + 0.01;
+  auto c = logits.accessor<double, 2>();
+  auto e = eps.accessor<double, 2>();
+  std::vector<double> importance(n, 0), load(n, 0);
+  for (int64_t i = 0; i < m; ++i) {
+    std::vector<std::pair<double, int64_t>> h;
+    for (int64_t j = 0; j < n; ++j) h.push_back({c[i][j] + sd * e[i][j], j});
+    std::stable_sort(h.begin(), h.end(), [](auto a, auto b) { return a.first > b.first; });
+    const double z = std::exp(h[0].first) + std::exp(h[1].first);
+    for (int64_t r2 = 0; r2 < k; ++r2) {
+      CHECK(r.experts[i][r2].item<int64_t>() == h[r2].second);
+      CHECK(r.weights[i][r2].item<double>() == Approx(std::exp(h[r2].first) / z).epsilon(1e-12));
+      importance[h[r2].second] += std::exp(h[r2].first) / z;
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      const bool in = (j == h[0].second || j == h[1].second);
+      const double thr = in ? h[2].first : h[1].first;
+      load[j] += normal_cdf((c[i][j] - thr) / sd);
+    }
+  }
+  auto cv2 = [](const std::vector<double>& x) {
+    double mean = 0, var = 0;
+    for (double v : x) mean += v / x.size();
+    for (double v : x) var += (v - mean) * (v - mean) / (x.size() - 1);
+    return var / (mean * mean + 1e-10);
+  };
+  CHECK(r.aux_loss.item<double>() == Approx(0.01 * (cv2(importance) + cv2(load))).epsilon(1e-9));
+
+  // Gradients reach W_noise (through the noisy top-k logits and the load) and the logits.
+  auto lg = logits.clone().requires_grad_(true);
+  auto gen3 = cpu_gen(5);
+  auto r3 = router->route(lg, hidden, Mode::Train, gen3);
+  (r3.aux_loss + r3.weights.select(1, 0).sum()).backward();
+  REQUIRE(router->w_noise.grad().defined());
+  CHECK(router->w_noise.grad().abs().sum().item<double>() > 0);
+  CHECK(lg.grad().abs().sum().item<double>() > 0);
+
+  // Eval: no noise and no draw; routing equals vanilla.
+  auto gen4 = cpu_gen(9);
+  auto before = gen4.get_state();
+  auto ev = router->route(logits, hidden, Mode::Eval, gen4);
+  auto van = top_k_softmax(logits, k);
+  CHECK(same(ev.experts, van.experts));
+  CHECK(ev.weights.allclose(van.weights));
+  CHECK(gen4.get_state().equal(before));
+}
+
+TEST_CASE("sinkhorn router: experts from the plan, weights from the logits, train and eval", "[routers]") {
+  auto logits = random_logits(64, 8, 1.0, 41).requires_grad_(true);  // (64, 8)
+  auto router = build({{"name", "sinkhorn"}, {"xi", 1.0}, {"numerics", "plain"}}, 8, 8, 2);
+  auto gen = cpu_gen(1);
+  SinkhornOptions o;
+  o.xi = 1.0;
+  o.numerics = Numerics::Plain;
+  auto plan = sinkhorn(logits, o).plan;  // (64, 8)
+  for (Mode mode : {Mode::Train, Mode::Eval}) {
+    auto r = router->route(logits, torch::zeros({64, 8}), mode, gen);
+    CHECK(r.used_sinkhorn);
+    CHECK(r.sinkhorn_iters > 0);
+    CHECK(r.sinkhorn_error <= 1e-4);
+    CHECK(same(r.experts, stable_top_k(plan, 2).second));
+    CHECK(r.weights.allclose(softmax_at(logits, r.experts)));
+    CHECK(r.weights.requires_grad());  // softmax of the logits: W_g trains on every forward
+  }
+  // The baseline's choice is batch-dependent: balancing can move a token off its top-2 logits.
+  auto skewed = random_logits(32, 4, 0.5, 42);  // (32, 4) every token prefers experts 0 and 1
+  skewed.narrow(1, 0, 2).add_(2.0);
+  auto r = build({{"name", "sinkhorn"}, {"xi", 1.0}}, 8, 4, 2)->route(skewed, torch::zeros({32, 8}), Mode::Eval, gen);
+  auto counts = torch::bincount(r.experts.reshape(-1), {}, 4);  // (4)
+  CHECK(counts.min().item<int64_t>() > 0);
+}
+
+TEST_CASE("ssr: p = 0 is exactly vanilla, p = 1 always uses Sinkhorn", "[routers]") {
+  auto logits = random_logits(128, 16, 1.0, 51).requires_grad_(true);  // (128, 16)
+  auto hidden = torch::zeros({128, 8});
+  for (const char* cost : {"linear", "softmax"}) {
+    auto p0 = build({{"name", "ssr"}, {"p", 0.0}, {"cost", cost}, {"noise", 1.0}}, 8, 16, 2);
+    auto gen = cpu_gen(3);
+    auto before = gen.get_state();
+    for (int call = 0; call < 5; ++call) {
+      auto r = p0->route(logits, hidden, Mode::Train, gen);
+      auto v = top_k_softmax(logits, 2);
+      CHECK(same(r.experts, v.experts));
+      CHECK(same(r.weights, v.weights));
+      CHECK_FALSE(r.used_sinkhorn);
+    }
+    CHECK(gen.get_state().equal(before));  // nothing drawn: noise is Sinkhorn-only by default
+    CHECK(p0->sinkhorn_tally().sinkhorn_calls == 0);
+
+    auto p1 = build({{"name", "ssr"}, {"p", 1.0}, {"cost", cost}}, 8, 16, 2);
+    SinkhornOptions o;
+    auto c = transport_cost(logits, std::string(cost) == "linear" ? Cost::Linear : Cost::Softmax);
+    auto plan = sinkhorn(c, o).plan;  // (128, 16)
+    auto [top, idx] = stable_top_k(plan, 2);
+    for (int call = 0; call < 5; ++call) {
+      auto r = p1->route(logits, hidden, Mode::Train, gen);
+      CHECK(r.used_sinkhorn);
+      CHECK(same(r.experts, idx));
+      CHECK(r.weights.allclose(top / top.sum(-1, true)));
+      CHECK_FALSE(r.weights.requires_grad());  // Pi is not differentiated
+    }
+    CHECK(p1->sinkhorn_tally().calls == 5);
+    CHECK(p1->sinkhorn_tally().sinkhorn_calls == 5);
+  }
+}
+
+TEST_CASE("ssr: the Sinkhorn fraction follows p", "[routers]") {
+  auto router = build({{"name", "ssr"}, {"p", 0.3}, {"max_iter", 1}}, 8, 4, 2);
+  auto logits = random_logits(8, 4, 1.0, 61);  // (8, 4)
+  auto gen = cpu_gen(4);
+  const int calls = 600;
+  for (int i = 0; i < calls; ++i) router->route(logits, torch::zeros({8, 8}), Mode::Train, gen);
+  const double frac = static_cast<double>(router->sinkhorn_tally().sinkhorn_calls) / calls;
+  CHECK(std::abs(frac - 0.3) < 4 * std::sqrt(0.3 * 0.7 / calls));  // 4 binomial standard errors
+  auto stats = routing_stats(logits, top_k_softmax(logits, 2), 4, router->sinkhorn_tally());
+  CHECK(stats.sinkhorn_frac == Approx(frac));
+  CHECK(stats.sinkhorn_iters == Approx(1.0));
+  // Seeded runs repeat exactly: the same sequence of Sinkhorn forwards.
+  auto flags = [&](uint64_t seed) {
+    auto r2 = build({{"name", "ssr"}, {"p", 0.3}, {"max_iter", 1}}, 8, 4, 2);
+    auto g2 = cpu_gen(seed);
+    std::vector<bool> used;
+    for (int i = 0; i < 100; ++i) used.push_back(r2->route(logits, torch::zeros({8, 8}), Mode::Train, g2).used_sinkhorn);
+    return used;
+  };
+  CHECK(flags(4) == flags(4));
+  CHECK(flags(4) != flags(5));
+}
+
+TEST_CASE("ssr: eval runs no Sinkhorn, draws no noise, and is batch-independent", "[routers]") {
+  auto batch = random_logits(50, 16, 2.0, 71);  // (50, 16)
+  auto hidden = torch::zeros({50, 8});
+  for (const char* cfg_cost : {"linear", "softmax"}) {
+    auto router = build({{"name", "ssr"}, {"p", 1.0}, {"cost", cfg_cost}, {"noise", 1.0}, {"noise_scope", "all"}}, 8, 16, 2);
+    auto gen = cpu_gen(8);
+    auto before = gen.get_state();
+    auto whole = router->route(batch, hidden, Mode::Eval, gen);
+    CHECK_FALSE(whole.used_sinkhorn);
+    CHECK(gen.get_state().equal(before));
+    for (int64_t i : {0, 17, 49}) {
+      auto alone = router->route(batch.narrow(0, i, 1), hidden.narrow(0, i, 1), Mode::Eval, gen);
+      CHECK(same(alone.experts, whole.experts.narrow(0, i, 1)));
+      CHECK(alone.weights.allclose(whole.weights.narrow(0, i, 1)));
+    }
+    // The paper's other inference modes are options.
+    auto keep = build({{"name", "ssr"}, {"p", 1.0}, {"cost", cfg_cost}, {"eval_mode", "sinkhorn"}}, 8, 16, 2);
+    CHECK(keep->route(batch, hidden, Mode::Eval, gen).used_sinkhorn);
+  }
+}
+
+TEST_CASE("ssr: an overflowing plain plan gives NaN weights, not garbage", "[routers]") {
+  auto logits = random_logits(1024, 16, 5.0, 3);  // (1024, 16)
+  auto router = build({{"name", "ssr"}, {"p", 1.0}, {"xi", 0.05}, {"numerics", "plain"}}, 8, 16, 2);
+  auto gen = cpu_gen(1);
+  auto r = router->route(logits, torch::zeros({1024, 8}), Mode::Train, gen);
+  CHECK(r.used_sinkhorn);
+  CHECK_FALSE(r.sinkhorn_finite);
+  CHECK(torch::isnan(r.weights).all().item<bool>());
+  // The log domain routes the same input.
+  auto stable = build({{"name", "ssr"}, {"p", 1.0}, {"xi", 0.05}, {"numerics", "log"}}, 8, 16, 2);
+  auto rl = stable->route(logits, torch::zeros({1024, 8}), Mode::Train, gen);
+  CHECK(rl.sinkhorn_finite);
+  CHECK(torch::isfinite(rl.weights).all().item<bool>());
+}
+
+TEST_CASE("Prop. 4.1: SSR weights minimise KL(alpha || Pi_i) over k-sparse alpha", "[routers]") {
+  const int64_t n = 5, k = 2;
+  auto logits = random_logits(40, n, 1.5, 81, torch::kFloat64);  // (40, 5)
+  auto router = build({{"name", "ssr"}, {"p", 1.0}, {"delta", 1e-10}, {"max_iter", 10000}}, 8, n, k);
+  auto gen = cpu_gen(1);
+  auto r = router->route(logits, torch::zeros({40, 8}), Mode::Train, gen);
+  SinkhornOptions o;
+  o.delta = 1e-10;
+  o.max_iter = 10000;
+  auto plan = sinkhorn(logits, o).plan;  // (40, 5)
+  auto search = cpu_gen(2);
+  for (int64_t i = 0; i < 8; ++i) {
+    auto pi = plan[i];  // (5)
+    auto kl = [&](const std::vector<double>& a) {
+      double s = 0;
+      for (int64_t j = 0; j < n; ++j)
+        if (a[j] > 0) s += a[j] * std::log(a[j] / pi[j].item<double>());
+      return s;
+    };
+    std::vector<double> ssr_a(n, 0.0);
+    for (int64_t r2 = 0; r2 < k; ++r2) ssr_a[r.experts[i][r2].item<int64_t>()] = r.weights[i][r2].item<double>();
+    const double best = kl(ssr_a);
+    // Every support of size 1 or 2, each with 200 random weightings on the simplex.
+    for (int64_t a = 0; a < n; ++a) {
+      for (int64_t b = a; b < n; ++b) {
+        for (int t = 0; t < 200; ++t) {
+          std::vector<double> alpha(n, 0.0);
+          double w = a == b ? 1.0 : torch::rand({1}, search, torch::kFloat64).item<double>();
+          alpha[a] += w;
+          alpha[b] += 1 - w;
+          CHECK(kl(alpha) >= best - 1e-12);
+        }
+      }
+    }
+  }
+}
+
+namespace {
+// Exact P(expert i is the top-1 of g + alpha * eps), eps ~ N(0, sigma^2) iid, by integrating over
+// eps_i (trapezoid on [-10, 10] standard deviations): prod_j Phi((g_i - g_j + a s z) / (a s)) phi(z).
+double exact_top1(const std::vector<double>& g, int64_t i, double alpha, double sigma) {
+  const int steps = 8000;
+  const double lo = -10, hi = 10, h = (hi - lo) / steps;
+  double acc = 0;
+  for (int t = 0; t <= steps; ++t) {
+    const double z = lo + t * h;
+    double prod = std::exp(-0.5 * z * z) / std::sqrt(2 * M_PI);
+    for (size_t j = 0; j < g.size(); ++j)
+      if (static_cast<int64_t>(j) != i) prod *= normal_cdf((g[i] - g[j] + alpha * sigma * z) / (alpha * sigma));
+    acc += (t == 0 || t == steps ? 0.5 : 1.0) * prod;
+  }
+  return acc * h;
+}
+// The paper's product formula, which treats the pairwise events as independent.
+double paper_top1(const std::vector<double>& g, int64_t i, double alpha, double sigma) {
+  double prod = 1;
+  for (size_t j = 0; j < g.size(); ++j)
+    if (static_cast<int64_t>(j) != i) prod *= normal_cdf((g[i] - g[j]) / (std::sqrt(2.0) * sigma * alpha));
+  return prod;
+}
+}  // namespace
+
+TEST_CASE("Prop. 4.3: top-1 frequency under cost noise", "[routers]") {
+  // The router under test: SSR with p = 0, k = 1 and noise_scope all, i.e. experts = top-1 of
+  // S + alpha * N(0, sigma^2); m copies of one token give m independent draws.
+  struct Row { std::vector<double> g; double alpha, sigma; };
+  const std::vector<Row> table = {{{0.3, -0.2}, 1.0, 1.0},
+                                  {{1.0, 0.0, -0.5, 0.2}, 0.5, 1.0},
+                                  {{0.8, 0.7, -1.0, 0.0, 0.3}, 1.0, 0.6}};
+  const int64_t m = 40000;
+  for (const auto& row : table) {
+    const int64_t n = static_cast<int64_t>(row.g.size());
+    auto router = build({{"name", "ssr"}, {"p", 0.0}, {"noise", row.alpha}, {"noise_std", row.sigma},
+                         {"noise_scope", "all"}}, 8, n, 1);
+    auto logits = torch::tensor(row.g, torch::kFloat32).unsqueeze(0).expand({m, n}).contiguous();  // (m, n)
+    auto gen = cpu_gen(12);
+    auto r = router->route(logits, torch::zeros({m, 8}), Mode::Train, gen);
+    auto counts = torch::bincount(r.experts.reshape(-1), {}, n);  // (n)
+    double exact_sum = 0, paper_sum = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double exact = exact_top1(row.g, i, row.alpha, row.sigma);
+      const double paper = paper_top1(row.g, i, row.alpha, row.sigma);
+      const double freq = counts[i].item<double>() / m;
+      const double se = std::sqrt(exact * (1 - exact) / m);
+      INFO("n " << n << " expert " << i << " freq " << freq << " exact " << exact << " paper " << paper);
+      CHECK(std::abs(freq - exact) < 4 * se + 1e-4);  // 4 standard errors
+      CHECK(paper <= exact + 1e-9);  // the pairwise events are positively correlated (shared eps_i)
+      if (n == 2) CHECK(paper == Approx(exact).margin(1e-7));  // a single pair: the formula is exact
+      exact_sum += exact;
+      paper_sum += paper;
+    }
+    CHECK(exact_sum == Approx(1.0).margin(1e-6));
+    // For n > 2 the product is an approximation (a lower bound); its probabilities do not even sum to 1.
+    if (n > 2) CHECK(paper_sum < 0.9);
+  }
+  // How far the product is from the truth, as numbers, for the 4-expert row: the leader 0.819
+  // exact vs 0.789 by the product; expert 1 0.059 vs 0.023, 30 sampling standard errors apart at
+  // m = 40000, so the measured frequencies reject the paper's formula for n > 2.
+  const std::vector<double> g = {1.0, 0.0, -0.5, 0.2};
+  CHECK(exact_top1(g, 0, 0.5, 1.0) - paper_top1(g, 0, 0.5, 1.0) == Approx(0.0304).margin(0.001));
+  CHECK(exact_top1(g, 1, 0.5, 1.0) / paper_top1(g, 1, 0.5, 1.0) == Approx(2.55).margin(0.05));
+}
+
+TEST_CASE("gradients flow where they should", "[routers]") {
+  auto gen = cpu_gen(1);
+  auto hidden = torch::zeros({32, 8});
+  struct Row { const char* name; bool weights_grad; bool aux_grad; };
+  const std::vector<Row> table = {{"vanilla", true, false}, {"lb", true, true}, {"zloss", true, true},
+                                  {"noisy", true, true},    {"sinkhorn", true, false}};
+  for (const auto& row : table) {
+    auto logits = random_logits(32, 4, 1.0, 91).requires_grad_(true);  // (32, 4)
+    auto r = build({{"name", row.name}}, 8, 4, 2)->route(logits, hidden, Mode::Train, gen);
+    INFO(row.name);
+    CHECK(r.weights.requires_grad() == row.weights_grad);
+    CHECK(r.aux_loss.requires_grad() == row.aux_grad);
+    if (row.aux_grad) {
+      auto g = torch::autograd::grad({r.aux_loss}, {logits})[0];  // (32, 4)
+      CHECK(g.abs().sum().item<double>() > 0);
+    }
+  }
+  // The lb importance gradient matches central finite differences (float64).
+  auto logits = random_logits(6, 3, 1.0, 92, torch::kFloat64).requires_grad_(true);  // (6, 3)
+  auto experts = top_k_softmax(logits.detach(), 2).experts;
+  auto g = torch::autograd::grad({load_balance_loss(logits, experts, LbForm::Reference)}, {logits})[0];
+  auto z = torch::autograd::grad({z_loss(logits)}, {logits})[0];
+  const double h = 1e-6;
+  for (int64_t i = 0; i < 6; ++i)
+    for (int64_t j = 0; j < 3; ++j) {
+      auto up = logits.detach().clone(), dn = logits.detach().clone();
+      up[i][j] += h;
+      dn[i][j] -= h;
+      double fd = (load_balance_loss(up, experts, LbForm::Reference) - load_balance_loss(dn, experts, LbForm::Reference)).item<double>() / (2 * h);
+      double fz = (z_loss(up) - z_loss(dn)).item<double>() / (2 * h);
+      CHECK(g[i][j].item<double>() == Approx(fd).margin(1e-7));
+      CHECK(z[i][j].item<double>() == Approx(fz).margin(1e-7));
+    }
+}
+
+TEST_CASE("routing_stats: loads, dead experts, entropy", "[routers]") {
+  Routing r;
+  r.experts = torch::tensor({0, 1, 0, 1, 0, 2}, torch::kInt64).reshape({3, 2});  // (3, 2)
+  auto logits = torch::zeros({3, 4});  // (3, 4) uniform: entropy log 4
+  auto s = routing_stats(logits, r, 4);
+  CHECK(s.tokens_per_expert == std::vector<int64_t>{3, 2, 1, 0});
+  CHECK(s.dead_experts == 1);
+  CHECK(s.max_over_mean == Approx(2.0));
+  CHECK(s.load_cv == Approx(std::sqrt(1.25) / 1.5));
+  CHECK(s.entropy == Approx(std::log(4.0)));
+  CHECK(s.sinkhorn_frac == 0.0);
+}
+
+TEST_CASE("router configs: every experiments/router file builds its router", "[routers]") {
+  const fs::path dir = fs::path(SSR_SOURCE_DIR) / "experiments" / "router";
+  const fs::path empty = fs::temp_directory_path() / "ssr_test_routers_empty.yaml";
+  std::ofstream(empty) << "{}\n";
+  int files = 0;
+  auto gen = cpu_gen(1);
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    if (entry.path().extension() != ".yaml") continue;
+    ++files;
+    const std::string name = entry.path().stem().string();
+    INFO(name);
+    auto cfg = ssr::config::resolve(empty.string(), {"router=" + name});
+    auto router = make_router(cfg, 8, 16, 2);
+    auto r = router->route(random_logits(64, 16, 1.0, 5), torch::zeros({64, 8}), Mode::Train, gen);
+    CHECK(r.experts.sizes() == torch::IntArrayRef({64, 2}));
+    CHECK(torch::isfinite(r.weights).all().item<bool>());
+  }
+  CHECK(files >= 9);
+  CHECK_THROWS_AS(build({{"name", "vanilla"}}, 8, 2, 3), ssr::config::ConfigError);
+}

@@ -1,0 +1,196 @@
+// Sinkhorn solver: marginals, plain vs log vs Newton, exact double-precision references, overflow.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+
+#include "routers/sinkhorn.hpp"
+
+using namespace ssr::routers;
+
+namespace {
+
+torch::Tensor random_logits(int64_t m, int64_t n, double scale, uint64_t seed,
+                            torch::Dtype dtype = torch::kFloat32) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  return scale * torch::randn({m, n}, gen, torch::TensorOptions().dtype(dtype));  // (m, n)
+}
+
+SinkhornOptions opts(double xi, Numerics num, double delta, int64_t max_iter, int64_t check_every = 10) {
+  SinkhornOptions o;
+  o.xi = xi;
+  o.numerics = num;
+  o.delta = delta;
+  o.max_iter = max_iter;
+  o.check_every = check_every;
+  return o;
+}
+
+// Marginal error recomputed in double, independently of marginal_error().
+double error_double(const torch::Tensor& plan) {
+  auto p = plan.to(torch::kFloat64);  // (m, n)
+  const double m = static_cast<double>(p.size(0)), n = static_cast<double>(p.size(1));
+  double rows = (p.sum(1) - 1.0).abs().mean().item<double>();
+  double cols = (p.sum(0) - m / n).abs().sum().item<double>() / m;
+  return std::max(rows, cols);
+}
+
+double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+}  // namespace
+
+TEST_CASE("sinkhorn: marginals within delta for every xi, cost and numerics", "[sinkhorn]") {
+  struct Row { double xi; bool softmax; Numerics num; };
+  std::vector<Row> table;
+  for (double xi : {0.05, 0.1, 0.5, 1.0})
+    for (bool sm : {false, true})
+      for (Numerics num : {Numerics::Plain, Numerics::Log}) table.push_back({xi, sm, num});
+  auto logits = random_logits(256, 8, 1.0, 7);  // (256, 8), |S| < ~4: plain does not overflow here
+  for (const auto& row : table) {
+    auto cost = row.softmax ? logits.softmax(-1) : logits;
+    auto res = sinkhorn(cost, opts(row.xi, row.num, 1e-4, 20000));
+    INFO("xi " << row.xi << " softmax " << row.softmax << " plain " << (row.num == Numerics::Plain));
+    REQUIRE(res.finite);
+    CHECK(res.converged);
+    CHECK(res.error <= 1e-4);
+    CHECK(error_double(res.plan) <= 1e-4 + 1e-6);  // float32 sums: a little slack
+    // Pi > 0 holds exactly, but entries below ~1e-38 underflow to 0 in float32 for xi = 0.05.
+    CHECK((res.plan >= 0).all().item<bool>());
+  }
+}
+
+TEST_CASE("sinkhorn: log and plain agree where plain is finite", "[sinkhorn]") {
+  for (double xi : {0.1, 0.5, 1.0}) {
+    auto cost = random_logits(128, 16, 1.0, 11, torch::kFloat64);  // (128, 16)
+    auto plain = sinkhorn(cost, opts(xi, Numerics::Plain, 1e-10, 50000));
+    auto logd = sinkhorn(cost, opts(xi, Numerics::Log, 1e-10, 50000));
+    INFO("xi " << xi);
+    REQUIRE(plain.finite);
+    REQUIRE(plain.converged);
+    REQUIRE(logd.converged);
+    CHECK((plain.plan - logd.plan).abs().max().item<double>() < 1e-8);
+  }
+}
+
+TEST_CASE("sinkhorn: 2x2 matches the closed form", "[sinkhorn]") {
+  // Rows sum to 1, columns to 1: Pi = [[a, 1-a], [1-a, a]]; stationarity gives
+  // log(Pi11 Pi22 / (Pi12 Pi21)) = (C11 + C22 - C12 - C21) / xi, so a = sigmoid(D / (2 xi)).
+  struct Row { double c11, c12, c21, c22, xi; };
+  const std::vector<Row> table = {{1.0, 0.0, 0.0, 1.0, 0.5}, {2.0, -1.0, 0.5, 0.3, 1.0},
+                                  {0.2, 0.9, -0.4, 0.1, 0.05}, {3.0, 3.0, 3.0, 3.0, 0.1}};
+  for (const auto& r : table) {
+    auto cost = torch::tensor({r.c11, r.c12, r.c21, r.c22}, torch::kFloat64).reshape({2, 2});  // (2, 2)
+    const double a = sigmoid((r.c11 + r.c22 - r.c12 - r.c21) / (2 * r.xi));
+    for (Numerics num : {Numerics::Plain, Numerics::Log}) {
+      auto res = sinkhorn(cost, opts(r.xi, num, 1e-13, 100000, 1));
+      INFO("xi " << r.xi << " a " << a);
+      REQUIRE(res.converged);
+      auto p = res.plan;
+      CHECK(p[0][0].item<double>() == Approx(a).margin(1e-10));
+      CHECK(p[0][1].item<double>() == Approx(1 - a).margin(1e-10));
+      CHECK(p[1][0].item<double>() == Approx(1 - a).margin(1e-10));
+      CHECK(p[1][1].item<double>() == Approx(a).margin(1e-10));
+    }
+  }
+}
+
+TEST_CASE("sinkhorn: m x 2 plans match a double-precision bisection on the dual", "[sinkhorn]") {
+  // With two experts Pi_i1 = sigmoid((C_i1 - C_i2) / xi + d) for one scalar d fixed by the
+  // column constraint sum_i Pi_i1 = m / 2, which is monotone in d: bisection is exact to 1e-15.
+  for (int64_t m : {3, 5, 9}) {
+    for (double xi : {0.1, 0.5, 1.0}) {
+      auto cost = random_logits(m, 2, 1.5, 100 + m, torch::kFloat64);  // (m, 2)
+      auto c = cost.accessor<double, 2>();
+      auto col1 = [&](double d) {
+        double s = 0;
+        for (int64_t i = 0; i < m; ++i) s += sigmoid((c[i][0] - c[i][1]) / xi + d);
+        return s;
+      };
+      double lo = -200, hi = 200;
+      for (int it = 0; it < 200; ++it) {
+        double mid = 0.5 * (lo + hi);
+        (col1(mid) < m / 2.0 ? lo : hi) = mid;
+      }
+      const double d = 0.5 * (lo + hi);
+      auto res = sinkhorn(cost, opts(xi, Numerics::Log, 1e-13, 200000, 1));
+      SinkhornOptions newton = opts(xi, Numerics::Log, 1e-13, 0, 1);
+      newton.newton_steps = 50;
+      auto res_n = sinkhorn(cost, newton);
+      INFO("m " << m << " xi " << xi);
+      REQUIRE(res.converged);
+      REQUIRE(res_n.converged);
+      for (int64_t i = 0; i < m; ++i) {
+        const double ref = sigmoid((c[i][0] - c[i][1]) / xi + d);
+        CHECK(res.plan[i][0].item<double>() == Approx(ref).margin(1e-10));
+        CHECK(res_n.plan[i][0].item<double>() == Approx(ref).margin(1e-10));
+        CHECK(res.plan[i][1].item<double>() == Approx(1 - ref).margin(1e-10));
+      }
+    }
+  }
+}
+
+TEST_CASE("sinkhorn: plain reports non-finite for xi 0.05 on large linear costs", "[sinkhorn]") {
+  // exp(C / 0.05 - 1) overflows float32 once C exceeds ~4.5: the paper's Table 6 NaN.
+  auto cost = random_logits(1024, 16, 5.0, 3);  // (1024, 16), max |S| ~ 18
+  auto plain = sinkhorn(cost, opts(0.05, Numerics::Plain, 1e-4, 100));
+  CHECK_FALSE(plain.finite);
+  CHECK_FALSE(plain.converged);
+  CHECK_FALSE(std::isfinite(plain.error));
+  CHECK(plain.iters <= 10);  // stops at the first check instead of iterating on NaN
+  // The log domain stays finite on the same input, and SNS converges in a few steps.
+  auto logd = sinkhorn(cost, opts(0.05, Numerics::Log, 1e-4, 100));
+  CHECK(logd.finite);
+  CHECK(torch::isfinite(logd.plan).all().item<bool>());
+  SinkhornOptions sns = opts(0.05, Numerics::Log, 1e-4, 0, 1);
+  sns.newton_steps = 30;
+  auto newton = sinkhorn(cost, sns);
+  CHECK(newton.converged);
+  CHECK(error_double(newton.plan) <= 1e-4 + 1e-6);
+}
+
+TEST_CASE("sinkhorn: Newton (SNS) converges in few steps and matches converged Sinkhorn", "[sinkhorn]") {
+  for (double xi : {0.05, 0.1, 0.5, 1.0}) {
+    for (bool softmax : {false, true}) {
+      auto logits = random_logits(256, 16, 2.0, 21, torch::kFloat64);  // (256, 16)
+      auto cost = softmax ? logits.softmax(-1) : logits;
+      SinkhornOptions sns = opts(xi, Numerics::Log, 1e-9, 0, 1);
+      sns.newton_steps = 30;
+      auto n = sinkhorn(cost, sns);
+      auto ref = sinkhorn(cost, opts(xi, Numerics::Log, 1e-11, 200000));
+      INFO("xi " << xi << " softmax " << softmax << " newton iters " << n.iters << " sinkhorn iters " << ref.iters);
+      REQUIRE(ref.converged);
+      REQUIRE(n.converged);
+      CHECK(n.iters <= sns.newton_warmup + 15);
+      CHECK((n.plan - ref.plan).abs().max().item<double>() < 1e-7);
+    }
+  }
+}
+
+TEST_CASE("sinkhorn: iteration count and checks", "[sinkhorn]") {
+  auto cost = random_logits(300, 16, 1.0, 5);  // (300, 16)
+  auto every = sinkhorn(cost, opts(0.5, Numerics::Log, 1e-4, 1000, 1));
+  REQUIRE(every.converged);
+  REQUIRE(every.iters > 1);
+  // check_every = 1 reports the first converged sweep: one sweep fewer is not converged.
+  auto fewer = sinkhorn(cost, opts(0.5, Numerics::Log, 1e-4, every.iters - 1, 1));
+  CHECK_FALSE(fewer.converged);
+  // Sparse checks stop at the next multiple of check_every (or at max_iter).
+  auto sparse = sinkhorn(cost, opts(0.5, Numerics::Log, 1e-4, 1000, 10));
+  CHECK(sparse.iters == (every.iters + 9) / 10 * 10);
+  auto capped = sinkhorn(cost, opts(0.5, Numerics::Log, 1e-12, 7, 10));
+  CHECK(capped.iters == 7);
+  CHECK_FALSE(capped.converged);
+}
+
+TEST_CASE("sinkhorn: the plan carries no gradient", "[sinkhorn]") {
+  auto cost = random_logits(16, 4, 1.0, 9).requires_grad_(true);  // (16, 4)
+  auto res = sinkhorn(cost, opts(0.5, Numerics::Log, 1e-4, 100));
+  CHECK_FALSE(res.plan.requires_grad());
+}
+
+TEST_CASE("sinkhorn: Newton with plain numerics is a config error", "[sinkhorn]") {
+  ssr::config::Config cfg;
+  cfg.set("router.numerics", "plain", "test");
+  cfg.set("router.newton_steps", 4, "test");
+  CHECK_THROWS_AS(sinkhorn_options(cfg), ssr::config::ConfigError);
+  CHECK_THROWS_WITH(sinkhorn_options(cfg), Catch::Contains("router.numerics"));
+}

@@ -101,12 +101,6 @@ torch::Tensor MoEImpl::forward(const torch::Tensor& x, torch::Tensor& aux, torch
     for (int64_t e = 0; e < n_experts_; ++e) acc_.tokens_per_expert[e] += s.tokens_per_expert[e];
     acc_.entropy_sum += s.entropy * static_cast<double>(n);
     acc_.tokens += n;
-    acc_.calls += 1;
-    if (routing.used_sinkhorn) {
-      acc_.sinkhorn_calls += 1;
-      acc_.sinkhorn_iters_sum += static_cast<double>(routing.sinkhorn_iters);
-      acc_.sinkhorn_error_sum += routing.sinkhorn_error;
-    }
     acc_.output_norm_sum += out.norm(2, -1).sum().item<double>();
     acc_.norm_tokens += n;
   }
@@ -132,11 +126,15 @@ routers::RouterStats MoEImpl::take_stats() {
   }
   s.dead_experts = (load == 0).sum().item<int64_t>();
   if (acc_.tokens > 0) s.entropy = acc_.entropy_sum / static_cast<double>(acc_.tokens);
-  if (acc_.calls > 0) s.sinkhorn_frac = static_cast<double>(acc_.sinkhorn_calls) / static_cast<double>(acc_.calls);
-  if (acc_.sinkhorn_calls > 0) {
-    s.sinkhorn_iters = acc_.sinkhorn_iters_sum / static_cast<double>(acc_.sinkhorn_calls);
-    s.sinkhorn_error = acc_.sinkhorn_error_sum / static_cast<double>(acc_.sinkhorn_calls);
+  // Sinkhorn use is rare (SSR's p ~ 1e-3), so it is counted over every call since the last
+  // logging step (the router's tally), not only over the calls that collected statistics.
+  const auto& t = router->sinkhorn_tally();
+  if (t.calls > 0) s.sinkhorn_frac = static_cast<double>(t.sinkhorn_calls) / static_cast<double>(t.calls);
+  if (t.sinkhorn_calls > 0) {
+    s.sinkhorn_iters = static_cast<double>(t.iters_sum) / static_cast<double>(t.sinkhorn_calls);
+    s.sinkhorn_error = t.error_sum / static_cast<double>(t.sinkhorn_calls);
   }
+  router->reset_sinkhorn_tally();
   const double norm_sum = acc_.output_norm_sum;
   const int64_t norm_tokens = acc_.norm_tokens;
   acc_ = MoEStatsAccumulator{};

@@ -29,9 +29,6 @@ struct MoEStatsAccumulator {
   std::vector<int64_t> tokens_per_expert;  // (experts) summed over calls
   double entropy_sum = 0;                  // sum over calls of mean entropy x tokens
   int64_t tokens = 0;                      // tokens routed
-  int64_t calls = 0;
-  int64_t sinkhorn_calls = 0;
-  double sinkhorn_iters_sum = 0, sinkhorn_error_sum = 0;
   double output_norm_sum = 0;  // sum over tokens of ||MoE(x)||_2 (paper Fig. 2)
   int64_t norm_tokens = 0;     // tokens in output_norm_sum
 };

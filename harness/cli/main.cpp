@@ -1,261 +1,31 @@
-// `ssr`: the one command-line entry point. Subcommands parse flags and call into the harness;
-// no training, SQL or report logic lives here.
-#include <CLI/CLI.hpp>
-#include <fmt/format.h>
-
-#include <cmath>
-#include <cstdio>
+// `ssr`: the one command-line entry point. Each command group registers itself
+// (harness/cli/*_commands.cpp); no training, SQL or report logic lives here.
 #include <iostream>
 
+#include "harness/cli/commands.hpp"
 #include "harness/config/config.hpp"
-#include "harness/store/query.hpp"
 #include "harness/store/store.hpp"
-#include "harness/train/progress.hpp"
-#include "harness/train/trainer.hpp"
-
-namespace {
-
-using ssr::config::ConfigError;
-using json = nlohmann::json;
-
-constexpr int kBadInput = 2;
-
-std::string fmt_time(double t) {
-  if (!(t > 0)) return "-";
-  std::time_t s = static_cast<std::time_t>(t);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M", std::localtime(&s));
-  return buf;
-}
-
-std::string fmt_num(double v) {
-  if (std::isnan(v)) return "NaN";
-  return fmt::format("{:.3f}", v);
-}
-
-// The headline result of a split (ppl or bpc), "-" when absent.
-std::string headline(const std::vector<ssr::store::Result>& results, const std::string& split) {
-  for (const auto& r : results)
-    if (r.split == split && (r.name == "ppl" || r.name == "bpc")) return fmt_num(r.value);
-  return "-";
-}
-
-void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {
-  std::vector<size_t> w(header.size());
-  for (size_t c = 0; c < header.size(); ++c) {
-    w[c] = header[c].size();
-    for (const auto& r : rows) w[c] = std::max(w[c], r[c].size());
-  }
-  auto line = [&](const std::vector<std::string>& r) {
-    std::string s;
-    for (size_t c = 0; c < r.size(); ++c) s += fmt::format("{:<{}}", r[c], c + 1 < r.size() ? w[c] + 2 : 0);
-    std::cout << s << "\n";
-  };
-  line(header);
-  for (const auto& r : rows) line(r);
-}
-
-std::string csv_field(const std::string& s) {
-  if (s.find_first_of(",\"\n") == std::string::npos) return s;
-  std::string q = "\"";
-  for (char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return q + "\"";
-}
-
-int cmd_runs(const std::string& db, const std::string& where, const std::string& format, double stale_after) {
-  ssr::store::Store store(db);
-  auto runs = ssr::store::filter_runs(store.runs(), where, stale_after);
-  const std::vector<std::string> header = {"id", "status", "router", "model", "hash", "seed", "step",
-                                           "valid", "test", "started", "took", "name"};
-  std::vector<std::vector<std::string>> rows;
-  json all = json::array();
-  for (const auto& r : runs) {
-    auto results = store.results(r.id);
-    double end = r.ended_at > 0 ? r.ended_at : r.heartbeat_at;
-    rows.push_back({std::to_string(r.id), r.shown_status(stale_after), ssr::store::router_label(r),
-                    ssr::store::lookup(r, "model", 0).value_or(""), r.config_hash, std::to_string(r.seed),
-                    std::to_string(r.step), headline(results, "valid"), headline(results, "test"),
-                    fmt_time(r.started_at), r.started_at > 0 ? ssr::train::format_duration(end - r.started_at) : "-",
-                    ssr::store::lookup(r, "run.name", 0).value_or("")});
-    json j = {{"id", r.id}, {"status", r.shown_status(stale_after)}, {"config_hash", r.config_hash},
-              {"seed", r.seed}, {"step", r.step}, {"git_rev", r.info.git_rev}, {"host", r.info.host},
-              {"device", r.info.device}, {"started_at", r.started_at}, {"ended_at", r.ended_at},
-              {"heartbeat_at", r.heartbeat_at}, {"error", r.error}, {"config", r.config}};
-    if (r.sweep_id) j["sweep_id"] = *r.sweep_id;
-    if (r.job_num) j["job_num"] = *r.job_num;
-    for (const auto& res : results) j["results"][res.split][res.name] = std::isnan(res.value) ? json("NaN") : json(res.value);
-    all.push_back(j);
-  }
-  if (format == "json") {
-    std::cout << all.dump(2) << "\n";
-  } else if (format == "csv") {
-    std::string h;
-    for (const auto& c : header) h += (h.empty() ? "" : ",") + c;
-    std::cout << h << "\n";
-    for (const auto& r : rows) {
-      std::string s;
-      for (size_t c = 0; c < r.size(); ++c) s += (c ? "," : "") + csv_field(r[c]);
-      std::cout << s << "\n";
-    }
-  } else {
-    print_table(header, rows);
-    if (rows.empty()) std::cout << "(no runs" << (where.empty() ? "" : " match " + where) << " in " << db << ")\n";
-  }
-  return 0;
-}
-
-int cmd_show(const std::string& db, int64_t id, const std::string& format, double stale_after) {
-  ssr::store::Store store(db);
-  auto run = store.run(id);
-  if (!run) throw ConfigError(fmt::format("RUN_ID: no run {} in {} (ssr runs lists them)", id, db));
-  const auto& r = *run;
-  auto results = store.results(id);
-  auto metrics = store.metrics(id);
-  auto timings = store.timings(id);
-  // Mean seconds per phase over the logged steps (the first step includes warm-up effects).
-  std::map<std::string, std::pair<double, int64_t>> phase;
-  for (const auto& t : timings) {
-    phase[t.phase].first += t.seconds;
-    phase[t.phase].second += 1;
-  }
-  // Last value of each training curve.
-  std::map<std::pair<std::string, std::string>, ssr::store::Metric> last;
-  for (const auto& m : metrics) last[{m.split, m.name}] = m;
-
-  if (format == "json") {
-    json j = {{"id", r.id}, {"status", r.shown_status(stale_after)}, {"config_hash", r.config_hash},
-              {"config", r.config}, {"seed", r.seed}, {"git_rev", r.info.git_rev}, {"host", r.info.host},
-              {"device", r.info.device}, {"torch_version", r.info.torch_version}, {"step", r.step},
-              {"error", r.error}};
-    for (const auto& res : results) j["results"][res.split][res.name] = std::isnan(res.value) ? json("NaN") : json(res.value);
-    for (const auto& [p, v] : phase) j["timings_mean_s"][p] = v.first / v.second;
-    std::cout << j.dump(2) << "\n";
-    return 0;
-  }
-  std::cout << fmt::format("run {}  status {}  hash {}  seed {}  step {}\n", r.id, r.shown_status(stale_after),
-                           r.config_hash, r.seed, r.step);
-  std::cout << fmt::format("git {}  host {}  device {}  torch {}\n", r.info.git_rev, r.info.host, r.info.device,
-                           r.info.torch_version);
-  std::cout << fmt::format("started {}  ended {}  heartbeat {}\n", fmt_time(r.started_at), fmt_time(r.ended_at),
-                           fmt_time(r.heartbeat_at));
-  if (!r.error.empty()) std::cout << "error: " << r.error << "\n";
-  std::cout << "\nresults:\n";
-  for (const auto& res : results) std::cout << fmt::format("  {:<8} {:<10} {}\n", res.split, res.name, fmt_num(res.value));
-  if (results.empty()) std::cout << "  (none)\n";
-  std::cout << "\ntimings (mean seconds per step):\n";
-  for (const auto& [p, v] : phase) std::cout << fmt::format("  {:<10} {:.4f}  over {} steps\n", p, v.first / v.second, v.second);
-  std::cout << "\nlast logged metrics:\n";
-  for (const auto& [k, m] : last)
-    if (k.second.find('/') == std::string::npos)
-      std::cout << fmt::format("  {:<6} {:<14} {:<12} step {}\n", k.first, k.second, fmt_num(m.value), m.step);
-  std::cout << "\nconfig:\n" << ssr::config::Config::from_json(r.config).to_yaml();
-  return 0;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"ssr: routing research harness for sparse Mixture-of-Experts (Selective Sinkhorn Routing)"};
   app.require_subcommand(1);
   app.footer("Run `ssr SUBCOMMAND --help` for examples.");
-  std::string db = "results/runs.db";
-  double stale_after = 60;
-
-  // ---- train
-  auto* train = app.add_subcommand("train", "Train, evaluate and store one run");
-  std::string train_cfg;
-  std::vector<std::string> train_over;
-  bool quiet = false;
-  train->add_option("config", train_cfg, "experiment YAML")->required();
-  train->add_option("overrides", train_over, "key=value overrides, group=choice, +tags.key=value");
-  train->add_option("--db", db, "run store (default: run.db of the config, results/runs.db)");
-  train->add_flag("--quiet", quiet, "no progress output");
-  train->footer(
-      "Examples:\n"
-      "  ssr train experiments/demo.yaml\n"
-      "  ssr train experiments/demo.yaml router=ssr_l router.p=1e-2 run.seed=2\n"
-      "  ssr train experiments/demo.yaml train.steps=50 +tags.note=smoke --db /tmp/runs.db");
-
-  // ---- runs
-  auto* runs = app.add_subcommand("runs", "List stored runs");
-  std::string where, format = "table";
-  runs->add_option("--where", where, "conditions key=value or key!=value, comma-separated");
-  runs->add_option("--format", format, "table, csv or json")->check(CLI::IsMember({"table", "csv", "json"}));
-  runs->add_option("--db", db, "run store")->capture_default_str();
-  runs->add_option("--stale-after", stale_after, "seconds without heartbeat before a running run is stale")
-      ->capture_default_str();
-  runs->footer(
-      "Examples:\n"
-      "  ssr runs\n"
-      "  ssr runs --where router=ssr_l,status=finished\n"
-      "  ssr runs --where 'router.p=0.001,run.seed!=1' --format csv\n"
-      "  sqlite3 results/runs.db \"SELECT id, status, config_hash FROM runs\"");
-
-  // ---- show
-  auto* show = app.add_subcommand("show", "One run: resolved config, results, timings");
-  int64_t show_id = 0;
-  std::string show_format = "text";
-  show->add_option("run_id", show_id, "run id (see ssr runs)")->required();
-  show->add_option("--db", db, "run store")->capture_default_str();
-  show->add_option("--format", show_format, "text or json")->check(CLI::IsMember({"text", "json"}));
-  show->add_option("--stale-after", stale_after, "seconds without heartbeat before a running run is stale");
-  show->footer("Examples:\n  ssr show 3\n  ssr show 3 --format json | jq .results");
-
-  // ---- config
-  auto* cfgcmd = app.add_subcommand("config", "Print the fully resolved config (every key, defaults included)");
-  std::string cfg_file;
-  std::vector<std::string> cfg_over;
-  bool doc = false, hash_only = false;
-  cfgcmd->add_option("config", cfg_file, "experiment YAML");
-  cfgcmd->add_option("overrides", cfg_over, "key=value overrides, group=choice");
-  cfgcmd->add_flag("--doc", doc, "print every key with type, default, range and documentation");
-  cfgcmd->add_flag("--hash", hash_only, "print only the configuration hash");
-  cfgcmd->footer(
-      "Examples:\n"
-      "  ssr config --doc\n"
-      "  ssr config experiments/demo.yaml router=ssr_s router.xi=0.1\n"
-      "  ssr config experiments/demo.yaml --hash");
-
+  ssr::cli::Context ctx;
+  ssr::cli::add_run_commands(app, ctx);
+  ssr::cli::add_bench_commands(app, ctx);
   try {
     app.parse(argc, argv);
+    return ctx.exit_code;
   } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : kBadInput;
-  }
-
-  try {
-    if (*train) {
-      auto cfg = ssr::config::resolve(train_cfg, train_over);
-      if (train->count("--db")) cfg.set("run.db", db, "--db");
-      ssr::store::Store store(cfg.s("run.db"));
-      ssr::train::Options opts;
-      opts.quiet = quiet;
-      auto out = ssr::train::train(cfg, store, opts);
-      std::cerr << fmt::format("run {} {}: stored in {}\n  ssr show {} --db {}\n  ssr runs --db {}\n", out.run_id,
-                               out.status, store.path(), out.run_id, store.path(), store.path());
-      return out.status == "failed" ? 1 : 0;
-    }
-    if (*runs) return cmd_runs(db, where, format, stale_after);
-    if (*show) return cmd_show(db, show_id, show_format, stale_after);
-    if (*cfgcmd) {
-      if (doc) {
-        std::cout << ssr::config::schema_doc();
-        return 0;
-      }
-      if (cfg_file.empty()) throw ConfigError("config: give CONFIG.yaml (or --doc)");
-      auto cfg = ssr::config::resolve(cfg_file, cfg_over);
-      if (hash_only) std::cout << cfg.hash() << "\n";
-      else std::cout << "# config hash " << cfg.hash() << "\n" << cfg.to_yaml();
-      return 0;
-    }
-  } catch (const ConfigError& e) {
+    return app.exit(e) == 0 ? 0 : ssr::cli::kBadInput;
+  } catch (const ssr::config::ConfigError& e) {
     std::cerr << "error: " << e.what() << "\n";
-    return kBadInput;
+    return ssr::cli::kBadInput;
   } catch (const ssr::store::StoreError& e) {
     std::cerr << "error: " << e.what() << "\n";
-    return kBadInput;
+    return ssr::cli::kBadInput;
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 1;
   }
-  return 0;
 }

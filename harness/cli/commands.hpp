@@ -1,0 +1,20 @@
+// `ssr` subcommands, one registration function per group of commands. Each adds its subcommand
+// to the app with a callback that does the work; errors propagate as exceptions to main().
+#pragma once
+#include <CLI/CLI.hpp>
+#include <string>
+
+namespace ssr::cli {
+
+struct Context {
+  std::string db = "results/runs.db";  // --db of the command that ran
+  int exit_code = 0;                   // set by a command's callback
+};
+
+// Bad input (config, flags, files): one line on stderr and this exit code.
+constexpr int kBadInput = 2;
+
+void add_run_commands(CLI::App& app, Context& ctx);    // train, runs, show, config, params, data
+void add_bench_commands(CLI::App& app, Context& ctx);  // bench
+
+}  // namespace ssr::cli

@@ -22,7 +22,8 @@ const std::string kDemo = std::string(SSR_SOURCE_DIR) + "/experiments/demo.yaml"
 // Small enough for a test, big enough that learning shows: 16 streams x 32 tokens per step.
 const std::string kSmall =
     "train.steps=40 train.batch_size=8 train.seq_len=32 train.warmup=5 eval.batch_size=8 run.log_every=5 "
-    "run.threads=1";
+    "run.threads=1 eval.max_segments=4 train.eval_every=20 train.eval_segments=2 train.checkpoint_every=10 "
+    "run.out_dir=" + (fs::temp_directory_path() / ("ssr_ckpt_" + std::to_string(::getpid()))).string();
 
 std::string temp_db(const std::string& name) {
   auto dir = fs::temp_directory_path() / ("ssr_train_" + std::to_string(::getpid()));
@@ -123,7 +124,8 @@ TEST_CASE("a run killed mid-training keeps its rows and shows as stale", "[train
   if (pid == 0) {
     if (chdir(SSR_SOURCE_DIR) != 0) _exit(127);
     execl(kBin.c_str(), kBin.c_str(), "train", kDemo.c_str(), "train.steps=100000", "train.batch_size=4",
-          "train.seq_len=16", "run.log_every=1", "run.threads=1", "--db", db.c_str(), "--quiet", (char*)nullptr);
+          "train.seq_len=16", "run.log_every=1", "run.threads=1", "train.eval_every=0", "--db", db.c_str(),
+          "--quiet", (char*)nullptr);
     _exit(127);
   }
   // Wait until the run has written some metrics, then kill it without warning.
@@ -149,4 +151,48 @@ TEST_CASE("a run killed mid-training keeps its rows and shows as stale", "[train
   CHECK(s.run(r.id)->shown_status(1.0) == "stale");
   auto listed = run(fmt::format("runs --db {} --stale-after 1", db));
   CHECK(listed.out.find("stale") != std::string::npos);
+}
+
+TEST_CASE("a killed run resumed from its checkpoint repeats the uninterrupted losses", "[train]") {
+  const auto db_a = temp_db("resume_a.db"), db_b = temp_db("resume_b.db");
+  const std::string args = kSmall + " train.steps=30 run.log_every=1 router=ssr_l router.p=0.3";
+  auto a = run(fmt::format("train {} {} --db {} --quiet", kDemo, args, db_a));
+  INFO(a.out);
+  REQUIRE(a.code == 0);
+
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const std::string cmd = fmt::format("cd '{}' && exec '{}' train {} {} --db {} --quiet", SSR_SOURCE_DIR, kBin, kDemo,
+                                        args, db_b);
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
+    _exit(127);
+  }
+  // Kill once the checkpoint of step 10 exists (step 12 has been logged).
+  int64_t step = 0;
+  for (int i = 0; i < 1200 && step < 12; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (!fs::exists(db_b)) continue;
+    ssr::store::Store s(db_b);
+    auto runs = s.runs();
+    if (!runs.empty()) step = runs[0].step;
+  }
+  kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  REQUIRE(step >= 12);
+  REQUIRE(step < 30);
+
+  auto resumed = run(fmt::format("train --resume 1 --db {} --quiet", db_b));
+  INFO(resumed.out);
+  REQUIRE(resumed.code == 0);
+  ssr::store::Store sa(db_a), sb(db_b);
+  const auto ra = sa.runs().at(0), rb = sb.runs().at(0);
+  CHECK(rb.status == "finished");
+  const auto la = losses(sa, ra.id), lb = losses(sb, rb.id);
+  REQUIRE(la.size() == 30);
+  CHECK(la == lb);
+  CHECK(sa.results(ra.id).size() == sb.results(rb.id).size());
+  for (size_t i = 0; i < sa.results(ra.id).size(); ++i)
+    CHECK(sa.results(ra.id)[i].value == sb.results(rb.id)[i].value);
 }

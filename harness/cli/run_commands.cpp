@@ -167,6 +167,7 @@ void add_run_commands(CLI::App& app, Context& ctx) {
     std::vector<std::string> train_over, cfg_over;
     bool quiet = false, doc = false, hash_only = false;
     int64_t show_id = 0;
+    int64_t resume = 0;
   };
   auto st = std::make_shared<State>();
   auto& db = ctx.db;
@@ -185,15 +186,17 @@ void add_run_commands(CLI::App& app, Context& ctx) {
 
   // ---- train
   auto* train = app.add_subcommand("train", "Train, evaluate and store one run");
-  train->add_option("config", train_cfg, "experiment YAML")->required();
+  train->add_option("config", train_cfg, "experiment YAML");
   train->add_option("overrides", train_over, "key=value overrides, group=choice, +tags.key=value");
   train->add_option("--db", db, "run store (default: run.db of the config, results/runs.db)");
   train->add_flag("--quiet", quiet, "no progress output");
+  train->add_option("--resume", st->resume, "continue stored run RUN_ID from its last checkpoint, with its stored config");
   train->footer(
       "Examples:\n"
       "  ssr train experiments/demo.yaml\n"
       "  ssr train experiments/demo.yaml router=ssr_l router.p=1e-2 run.seed=2\n"
-      "  ssr train experiments/demo.yaml train.steps=50 +tags.note=smoke --db /tmp/runs.db");
+      "  ssr train experiments/demo.yaml train.steps=50 +tags.note=smoke --db /tmp/runs.db\n"
+      "  ssr train --resume 7");
 
   // ---- runs
   auto* runs = app.add_subcommand("runs", "List stored runs");
@@ -230,11 +233,24 @@ void add_run_commands(CLI::App& app, Context& ctx) {
       "  ssr config experiments/demo.yaml --hash");
 
   train->callback([st, &ctx, train] {
-    auto cfg = ssr::config::resolve(st->train_cfg, st->train_over);
-    if (train->count("--db")) cfg.set("run.db", ctx.db, "--db");
-    ssr::store::Store store(cfg.s("run.db"));
     ssr::train::Options opts;
     opts.quiet = st->quiet;
+    ssr::config::Config cfg;
+    if (train->count("--resume")) {
+      if (!st->train_cfg.empty() || !st->train_over.empty())
+        throw ConfigError("--resume: a resumed run keeps its stored config; drop CONFIG and overrides");
+      ssr::store::Store store(ctx.db);
+      auto run = store.run(st->resume);
+      if (!run) throw ConfigError(fmt::format("--resume: no run {} in {}", st->resume, ctx.db));
+      if (run->status == "finished") throw ConfigError(fmt::format("--resume: run {} already finished", st->resume));
+      cfg = ssr::config::Config::from_json(run->config);
+      opts.resume_run = st->resume;
+    } else {
+      if (st->train_cfg.empty()) throw ConfigError("train: give CONFIG.yaml (or --resume RUN_ID)");
+      cfg = ssr::config::resolve(st->train_cfg, st->train_over);
+    }
+    if (train->count("--db") || opts.resume_run) cfg.set("run.db", ctx.db, "--db");
+    ssr::store::Store store(cfg.s("run.db"));
     auto out = ssr::train::train(cfg, store, opts);
     std::cerr << fmt::format("run {} {}: stored in {}\n  ssr show {} --db {}\n  ssr runs --db {}\n", out.run_id,
                              out.status, store.path(), out.run_id, store.path(), store.path());

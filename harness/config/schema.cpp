@@ -102,10 +102,15 @@ std::vector<Key> build() {
       F("train.beta2", 0.999, 0, 1, "Adam beta2"),
       F("train.weight_decay", 0, 0, kInf, "Adam L2 weight decay"),
       F("train.clip", 0, 0, kInf, "gradient-norm clipping (0 = off, like the reference)"),
+      I("train.eval_every", 1000, 0, 1LL << 40, "steps between partial validations (0 = none); the best one's checkpoint is kept"),
+      I("train.eval_segments", 100, 1, 1LL << 40, "segments of the validation stream per partial validation (own cache and position)"),
+      I("train.checkpoint_every", 1000, 0, 1LL << 40, "steps between resumable checkpoints (0 = only at the end)", false),
 
       // ---- eval.*: evaluation
       I("eval.batch_size", 48, 1, 1 << 20, "streams in evaluation (reference: the training batch)"),
-      SL("eval.splits", {"valid", "test"}, "splits evaluated at the end of the run"),
+      SL("eval.splits", {"valid", "test"}, "splits evaluated at the end of the run (valid-attacked, test-attacked after `ssr data attack`)"),
+      I("eval.max_segments", 0, 0, 1LL << 40, "segments evaluated per split at the end (0 = the whole split, as the reference)"),
+      C("eval.checkpoint", "best", {"best", "last"}, "final evaluation of the best partial-validation checkpoint (reference) or the last step"),
   };
 }
 

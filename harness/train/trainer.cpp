@@ -6,10 +6,14 @@
 #include <atomic>
 #include <cmath>
 #include <csignal>
+#include <cstdio>
+#include <filesystem>
 
 #include "harness/data/corpus.hpp"
 #include "harness/train/progress.hpp"
 #include "models/switch_lm.hpp"
+
+namespace fs = std::filesystem;
 
 namespace ssr::train {
 namespace {
@@ -48,28 +52,103 @@ std::vector<std::pair<int64_t, int64_t>> row_groups(int64_t streams, int64_t par
   return out;
 }
 
-// Mean NLL over the evaluation walk of a split (spec section 4): zero caches, segments in order,
-// mean of per-segment means. `max_segments` < 0 walks the whole split.
-double evaluate(models::SwitchLM& model, const torch::Tensor& ids, int64_t streams, int64_t seq_len,
-                int64_t max_segments, torch::Device device, torch::Generator& gen) {
+void to_device(models::LMState& s, torch::Device device) {
+  for (auto& c : s.cache) c = c.to(device);
+}
+
+// Token-weighted mean NLL over segments [first, first + count) of an evaluation walk, carrying
+// `state` across them (spec section 4: zero caches at segment 0, segments in order).
+double evaluate(models::SwitchLM& model, const data::StreamBatcher& walk, int64_t first, int64_t count,
+                models::LMState& state, torch::Device device, torch::Generator& gen) {
   torch::NoGradGuard no_grad;
   model->eval();
-  data::StreamBatcher batcher(ids, streams, seq_len);
-  int64_t n = batcher.eval_segments();
-  if (max_segments >= 0) n = std::min(n, max_segments);
-  if (n == 0)
-    throw config::ConfigError(fmt::format(
-        "eval.batch_size: {} streams of {} tokens leave no full segment in a split of {} tokens; lower it",
-        streams, seq_len, ids.numel()));
-  auto state = model->initial_state(streams);
-  double total = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    auto batch = batcher.segment(i);
+  double total = 0, tokens = 0;
+  for (int64_t i = first; i < first + count; ++i) {
+    const int64_t seg = i % walk.eval_segments();
+    auto batch = walk.segment(seg);
+    if (batch.reset)
+      for (auto& c : state.cache) c.zero_();
     auto out = model->forward(batch.tokens.to(device), batch.targets.to(device), state, gen);
-    total += out.nll.item<double>();
+    const double n = static_cast<double>(batch.targets.numel());
+    total += out.nll.item<double>() * n;
+    tokens += n;
   }
   model->train();
-  return total / static_cast<double>(n);
+  return total / tokens;
+}
+
+// Everything a bit-for-bit continuation needs: weights, optimiser moments, RNG states, data
+// position and the per-stream caches. Written to a temporary file and renamed, so a kill during
+// the write leaves the previous checkpoint intact.
+struct Snapshot {
+  int64_t step = 0, train_pos = 0, valid_next = 0;
+  double best_valid = INFINITY;
+  int64_t best_step = 0;
+};
+
+void save_checkpoint(const fs::path& path, models::SwitchLM& model, torch::optim::Adam& opt, torch::Generator& gen,
+                     const std::vector<models::LMState>& states, const models::LMState& valid_state,
+                     const Snapshot& snap) {
+  torch::serialize::OutputArchive ar, m, o;
+  model->save(m);
+  opt.save(o);
+  ar.write("model", m);
+  ar.write("optimizer", o);
+  ar.write("gen_state", gen.get_state());
+  ar.write("default_gen_state", at::detail::getDefaultCPUGenerator().get_state());
+  ar.write("counters", torch::tensor({snap.step, snap.train_pos, snap.valid_next, snap.best_step}));
+  ar.write("best_valid", torch::tensor(snap.best_valid, torch::kDouble));
+  for (size_t j = 0; j < states.size(); ++j)
+    for (size_t l = 0; l < states[j].cache.size(); ++l) ar.write(fmt::format("cache_{}_{}", j, l), states[j].cache[l]);
+  for (size_t l = 0; l < valid_state.cache.size(); ++l) ar.write(fmt::format("valid_cache_{}", l), valid_state.cache[l]);
+  fs::create_directories(path.parent_path());
+  const std::string tmp = path.string() + ".tmp";
+  ar.save_to(tmp);
+  if (std::rename(tmp.c_str(), path.c_str()) != 0)
+    throw std::runtime_error(fmt::format("{}: cannot write checkpoint", path.string()));
+}
+
+Snapshot load_checkpoint(const fs::path& path, models::SwitchLM& model, torch::optim::Adam* opt,
+                         torch::Generator* gen, std::vector<models::LMState>* states, models::LMState* valid_state,
+                         torch::Device device) {
+  torch::serialize::InputArchive ar, m;
+  ar.load_from(path.string(), device);
+  ar.read("model", m);
+  model->load(m);
+  Snapshot snap;
+  torch::Tensor counters, best;
+  ar.read("counters", counters);
+  ar.read("best_valid", best);
+  snap.step = counters[0].item<int64_t>();
+  snap.train_pos = counters[1].item<int64_t>();
+  snap.valid_next = counters[2].item<int64_t>();
+  snap.best_step = counters[3].item<int64_t>();
+  snap.best_valid = best.item<double>();
+  if (opt) {
+    torch::serialize::InputArchive o;
+    ar.read("optimizer", o);
+    opt->load(o);
+  }
+  if (gen) {
+    torch::Tensor g, d;
+    ar.read("gen_state", g);
+    ar.read("default_gen_state", d);
+    gen->set_state(g.cpu());
+    at::Generator default_gen = at::detail::getDefaultCPUGenerator();  // shares the global state
+    default_gen.set_state(d.cpu());
+  }
+  if (states)
+    for (size_t j = 0; j < states->size(); ++j)
+      for (size_t l = 0; l < (*states)[j].cache.size(); ++l) ar.read(fmt::format("cache_{}_{}", j, l), (*states)[j].cache[l]);
+  if (valid_state)
+    for (size_t l = 0; l < valid_state->cache.size(); ++l) ar.read(fmt::format("valid_cache_{}", l), valid_state->cache[l]);
+  return snap;
+}
+
+int64_t parameter_total(models::SwitchLM& model) {
+  int64_t n = 0;
+  for (const auto& p : model->parameters()) n += p.numel();
+  return n;
 }
 
 }  // namespace
@@ -88,6 +167,9 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
   if (split > B)
     throw config::ConfigError(fmt::format("train.batch_split: {} micro-batches need at least as many streams "
                                           "(train.batch_size is {})", split, B));
+  for (const auto& name : cfg.strings("eval.splits"))
+    if (!corpus.splits.count(name))
+      throw config::ConfigError(fmt::format("eval.splits: no split '{}' in {}", name, cfg.s("data.dir")));
   models::SwitchLM model(cfg, corpus.vocab_size());
   model->to(device);
   torch::optim::Adam optimizer(model->parameters(),
@@ -95,15 +177,40 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
                                    .betas({cfg.f("train.beta1"), cfg.f("train.beta2")})
                                    .weight_decay(cfg.f("train.weight_decay")));
   data::StreamBatcher batcher(corpus.splits.at("train"), B, M);
+  const int64_t eval_every = cfg.i("train.eval_every");
+  std::optional<data::StreamBatcher> valid_walk;
+  if (eval_every > 0) {
+    if (!corpus.splits.count("valid"))
+      throw config::ConfigError("train.eval_every: partial validation needs a valid split (set data.valid or data.holdout, or train.eval_every=0)");
+    valid_walk.emplace(corpus.splits.at("valid"), B, M);
+  }
+  const auto groups = row_groups(B, split);
+  std::vector<models::LMState> states;
+  for (const auto& [lo, rows] : groups) states.push_back(model->initial_state(rows));
+  models::LMState valid_state = model->initial_state(B);
+  for (auto& s : states) to_device(s, device);
+  to_device(valid_state, device);
 
   const store::RunInfo info = store::this_machine(cfg.s("run.device"));
   int64_t run_id;
-  if (opts.queued_run) {
+  Snapshot snap;
+  if (opts.resume_run) {
+    run_id = *opts.resume_run;
+    const fs::path last = fs::path(cfg.s("run.out_dir")) / std::to_string(run_id) / "last.pt";
+    if (!fs::exists(last))
+      throw config::ConfigError(fmt::format("--resume {}: no checkpoint at {} (train.checkpoint_every was not reached?)",
+                                            run_id, last.string()));
+    snap = load_checkpoint(last, model, &optimizer, &gen, &states, &valid_state, device);
+    batcher.set_position(snap.train_pos);
+    store.truncate_after(run_id, snap.step);
+    store.start_run(run_id, info);
+  } else if (opts.queued_run) {
     run_id = *opts.queued_run;
     store.start_run(run_id, info);
   } else {
     run_id = store.create_run(cfg.hash(), cfg.to_json(), seed, info);
   }
+  const fs::path ckpt_dir = fs::path(cfg.s("run.out_dir")) / std::to_string(run_id);
 
   g_signal = 0;
   auto old_int = std::signal(SIGINT, on_signal);
@@ -114,21 +221,13 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
   } restore{old_int, old_term};
 
   Progress progress(steps, cfg.i("run.log_every"), opts.quiet);
-  progress.message(fmt::format("run {}: {} steps of {} x {} tokens, {} parameters, config {}", run_id, steps, B, M,
-                               [&] {
-                                 int64_t n = 0;
-                                 for (const auto& p : model->parameters()) n += p.numel();
-                                 return n;
-                               }(),
-                               cfg.hash()));
-  const auto groups = row_groups(B, split);
-  std::vector<models::LMState> states;
-  for (const auto& [lo, rows] : groups) states.push_back(model->initial_state(rows));
-  for (auto& s : states)
-    for (auto& c : s.cache) c = c.to(device);
+  progress.message(fmt::format("run {}: {} steps of {} x {} tokens, {} parameters, config {}{}", run_id, steps, B, M,
+                               parameter_total(model), cfg.hash(),
+                               snap.step > 0 ? fmt::format(", resumed at step {}", snap.step) : ""));
 
-  const int64_t log_every = cfg.i("run.log_every");
+  const int64_t log_every = cfg.i("run.log_every"), ckpt_every = cfg.i("train.checkpoint_every");
   const double heartbeat_s = cfg.f("run.heartbeat_s");
+  const double warmup = static_cast<double>(cfg.i("train.warmup"));
   const auto t_start = Clock::now();
   auto last_heartbeat = Clock::now();
   std::vector<store::Metric> metrics;
@@ -144,10 +243,15 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
     store.heartbeat(run_id, step);
     last_heartbeat = Clock::now();
   };
+  auto snapshot = [&](int64_t step) {
+    snap.step = step;
+    snap.train_pos = batcher.position();
+    return snap;
+  };
 
   try {
     model->train();
-    for (int64_t step = 1; step <= steps; ++step) {
+    for (int64_t step = snap.step + 1; step <= steps; ++step) {
       if (g_signal) {
         flush(step - 1);
         store.finish_run(run_id, "failed", fmt::format("interrupted by signal {} at step {}", int(g_signal), step - 1));
@@ -156,7 +260,7 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       }
       const bool log_step = step % log_every == 0 || step == steps;
       model->collect_router_stats(log_step);
-      const double warmup = static_cast<double>(cfg.i("train.warmup"));
+      // The reference steps its LambdaLR before the optimizer: update s uses lr * min(1, s / warmup).
       const double lr = cfg.f("train.lr") * (warmup > 0 ? std::min(1.0, step / warmup) : 1.0);
       for (auto& g : optimizer.param_groups()) static_cast<torch::optim::AdamOptions&>(g.options()).lr(lr);
 
@@ -201,8 +305,8 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       timings.push_back({step, "step", t_fwd + t_bwd + t_opt});
       progress.update(step, nll, B * M);
 
+      const double wall = seconds_since(t_start);
       if (log_step) {
-        const double wall = seconds_since(t_start);
         metrics.push_back({step, "train", "loss", nll, wall});
         metrics.push_back({step, "train", "aux", aux_sum / groups.size(), wall});
         metrics.push_back({step, "train", "lr", lr, wall});
@@ -220,18 +324,56 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
           metrics.push_back({step, "train", p + "sinkhorn_error", s.sinkhorn_error, wall});
         }
       }
+      if (valid_walk && (step % eval_every == 0 || step == steps)) {
+        // Partial validation on the next train.eval_segments segments of the validation stream.
+        const int64_t K = cfg.i("train.eval_segments");
+        const double v = evaluate(model, *valid_walk, snap.valid_next, K, valid_state, device, gen);
+        snap.valid_next += K;
+        const auto [name, value] = headline(cfg, v);
+        metrics.push_back({step, "valid", "loss", v, wall});
+        metrics.push_back({step, "valid", name, value, wall});
+        progress.message(fmt::format("run {}: step {} partial valid {} {:.3f}", run_id, step, name, value));
+        if (v < snap.best_valid) {
+          snap.best_valid = v;
+          snap.best_step = step;
+          save_checkpoint(ckpt_dir / "best.pt", model, optimizer, gen, states, valid_state, snapshot(step));
+        }
+      }
+      if ((ckpt_every > 0 && step % ckpt_every == 0) || step == steps)
+        save_checkpoint(ckpt_dir / "last.pt", model, optimizer, gen, states, valid_state, snapshot(step));
       if (log_step || seconds_since(last_heartbeat) > heartbeat_s) flush(step);
     }
     flush(steps);
     progress.finish();
 
+    // Final evaluation: the best partial-validation checkpoint, like the reference's
+    // --resume --full-eval-mode, unless eval.checkpoint=last.
+    if (cfg.s("eval.checkpoint") == "best" && fs::exists(ckpt_dir / "best.pt")) {
+      load_checkpoint(ckpt_dir / "best.pt", model, nullptr, nullptr, nullptr, nullptr, device);
+      store.set_result(run_id, "train", "best_step", static_cast<double>(snap.best_step));
+    }
+    const int64_t EB = cfg.i("eval.batch_size"), max_seg = cfg.i("eval.max_segments");
     for (const auto& split_name : cfg.strings("eval.splits")) {
-      if (!corpus.splits.count(split_name))
-        throw config::ConfigError(fmt::format("eval.splits: no split '{}' in data.dir {}", split_name, cfg.s("data.dir")));
-      const double loss = evaluate(model, corpus.splits.at(split_name), cfg.i("eval.batch_size"), M, -1, device, gen);
+      data::StreamBatcher walk(corpus.splits.at(split_name), EB, M, cfg.b("data.eval_every_token"));
+      const int64_t n = max_seg > 0 ? std::min(max_seg, walk.eval_segments()) : walk.eval_segments();
+      auto state = model->initial_state(EB);
+      to_device(state, device);
+      const bool norms = split_name == "valid";  // paper Fig. 2: MoE output norm per layer
+      if (norms) model->take_moe_output_norms();  // drop what training steps accumulated
+      model->collect_router_stats(norms);
+      const double loss = evaluate(model, walk, 0, n, state, device, gen);
+      model->collect_router_stats(false);
       const auto [metric, value] = headline(cfg, loss);
       store.set_result(run_id, split_name, "loss", loss);
       store.set_result(run_id, split_name, metric, value);
+      store.set_result(run_id, split_name, "segments", static_cast<double>(n));
+      if (norms) {
+        model->take_router_stats();
+        const auto out_norms = model->take_moe_output_norms();
+        for (size_t l = 0; l < out_norms.size(); ++l)
+          metrics.push_back({steps, "valid", fmt::format("layer{}/output_norm", l), out_norms[l], seconds_since(t_start)});
+        flush(steps);
+      }
       progress.message(fmt::format("run {}: {} {} {:.3f}", run_id, split_name, metric, value));
       if (!std::isfinite(loss)) {
         store.finish_run(run_id, "nan", fmt::format("{} loss is {}", split_name, loss));

@@ -2,9 +2,18 @@
 // Sinkhorn-Newton (SNS) variant on the semi-dual. See sinkhorn.hpp; nothing is differentiated.
 #include "routers/sinkhorn.hpp"
 
+#include <fmt/format.h>
+
 #include <cmath>
+#include <stdexcept>
 
 #include "routers/util.hpp"
+
+#ifdef SSR_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+
+#include "routers/cuda/sinkhorn_fused.cuh"
+#endif
 
 namespace ssr::routers {
 namespace {
@@ -115,6 +124,29 @@ SinkhornResult solve_newton(const torch::Tensor& log_k, const SinkhornOptions& o
   return finish(pi, it, o.delta);
 }
 
+#ifdef SSR_WITH_CUDA
+// Log-domain sweeps in one kernel launch; the convergence check runs on the device every sweep.
+SinkhornResult solve_fused(const torch::Tensor& log_k, const SinkhornOptions& o) {
+  const int64_t m = log_k.size(0), n = log_k.size(1);
+  if (!log_k.is_cuda() || n > cuda::kFusedMaxExperts)
+    throw std::invalid_argument(fmt::format(
+        "router.solver: fused needs the cost on a CUDA device and at most {} experts (got {}, {} experts); "
+        "use router.solver=eager", cuda::kFusedMaxExperts, log_k.device().str(), n));
+  auto lk = log_k.to(torch::kFloat32).contiguous();  // (tokens, experts)
+  const int blocks = cuda::fused_sinkhorn_blocks(m);
+  auto plan = torch::empty_like(lk);                  // (tokens, experts)
+  auto stats = torch::empty({2}, lk.options());       // (sweeps, column error)
+  auto scratch = torch::empty({cuda::fused_sinkhorn_scratch_floats(blocks, static_cast<int>(n))}, lk.options());
+  auto status = cuda::fused_log_sinkhorn(lk.data_ptr<float>(), plan.data_ptr<float>(), stats.data_ptr<float>(),
+                                         scratch.data_ptr<float>(), blocks, m, static_cast<int>(n),
+                                         static_cast<float>(o.delta), static_cast<int>(o.max_iter),
+                                         c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(status == cudaSuccess, "fused Sinkhorn kernel: ", cudaGetErrorString(status));
+  const auto sweeps = static_cast<int64_t>(stats[0].item<float>());
+  return finish(plan.to(log_k.scalar_type()), sweeps, o.delta);
+}
+#endif
+
 }  // namespace
 
 torch::Tensor marginal_error(const torch::Tensor& plan) {
@@ -128,6 +160,9 @@ SinkhornResult sinkhorn(const torch::Tensor& cost, const SinkhornOptions& opt) {
   TORCH_CHECK(cost.dim() == 2 && cost.size(0) > 0 && cost.size(1) > 0, "sinkhorn: cost must be (tokens, experts)");
   torch::NoGradGuard no_grad;
   auto log_k = at_least_float(cost.detach()) / opt.xi - 1.0;  // (tokens, experts)
+#ifdef SSR_WITH_CUDA
+  if (opt.solver == Solver::Fused) return solve_fused(log_k, opt);
+#endif
   if (opt.newton_steps > 0) return solve_newton(log_k, opt);
   return opt.numerics == Numerics::Plain ? solve_plain(log_k, opt) : solve_log(log_k, opt);
 }
@@ -141,6 +176,16 @@ SinkhornOptions sinkhorn_options(const config::Config& cfg) {
   o.check_every = cfg.i("router.check_every");
   o.newton_steps = cfg.i("router.newton_steps");
   o.newton_warmup = cfg.i("router.newton_warmup");
+  o.solver = cfg.s("router.solver") == "fused" ? Solver::Fused : Solver::Eager;
+  if (o.solver == Solver::Fused) {
+#ifndef SSR_WITH_CUDA
+    throw config::ConfigError(
+        "router.solver: fused is a CUDA kernel and this ssr was built without CUDA (make build CUDA=ON); use eager");
+#endif
+    if (o.numerics == Numerics::Plain || o.newton_steps > 0)
+      throw config::ConfigError(
+          "router.solver: fused runs log-domain sweeps only; set router.numerics=log and router.newton_steps=0");
+  }
   if (o.newton_steps > 0 && o.numerics == Numerics::Plain)
     throw config::ConfigError(
         "router.numerics: plain cannot be combined with router.newton_steps > 0 (the Newton stage is log-domain)");

@@ -9,6 +9,11 @@
 
 namespace ssr::routers {
 
+enum class Solver {
+  Eager,  // LibTorch ops, on the cost's device (CPU or CUDA)
+  Fused,  // one cooperative CUDA kernel, log domain, experts <= 64, no host sync inside (CUDA builds)
+};
+
 enum class Numerics {
   Plain,  // scaling vectors u, v in the plain domain, like the reference; overflows for small xi
   Log,    // potentials in the log domain (logsumexp updates); stable for every xi
@@ -22,6 +27,7 @@ struct SinkhornOptions {
   int64_t check_every = 10;   // sweeps between convergence checks: each check is one host sync
   int64_t newton_steps = 0;   // > 0: SNS, newton_warmup log sweeps then up to this many Newton steps
   int64_t newton_warmup = 3;  // log-domain sweeps before the Newton stage
+  Solver solver = Solver::Eager;
 };
 
 struct SinkhornResult {
@@ -40,7 +46,7 @@ SinkhornResult sinkhorn(const torch::Tensor& cost, const SinkhornOptions& opt);
 // plan: (tokens, experts); returns a () tensor on the plan's device (no host sync).
 torch::Tensor marginal_error(const torch::Tensor& plan);
 
-// Reads router.xi, delta, max_iter, numerics, check_every, newton_steps, newton_warmup.
+// Reads router.xi, delta, max_iter, numerics, check_every, newton_steps, newton_warmup, solver.
 SinkhornOptions sinkhorn_options(const config::Config& cfg);
 
 }  // namespace ssr::routers

@@ -308,35 +308,3 @@ TEST_CASE("router statistics and MoE output norms are collected on request", "[m
   CHECK(norms[0] > 0);
   CHECK(lm->take_moe_output_norms()[0] == 0);
 }
-
-// Timings for the report, not a check: `ssr_tests "[bench]"`.
-TEST_CASE("forward and backward timings on CPU", "[.][bench]") {
-  struct Row {
-    std::string preset;
-    int64_t vocab, streams, seq_len;
-    bool backward;
-  };
-  const std::vector<Row> rows = {{"tiny", 1000, 4, 16, true},
-                                 {"small", 10000, 4, 128, true},
-                                 {"wt103-medium", 267735, 1, 512, false}};
-  for (const auto& r : rows) {
-    torch::manual_seed(0);
-    SwitchLM lm(with({"model=" + r.preset}), r.vocab);
-    auto gen = cpu_gen(0);
-    auto tokens = torch::randint(r.vocab, {r.streams, r.seq_len}, torch::kInt64);
-    auto state = lm->initial_state(r.streams);
-    auto step = [&] {
-      std::optional<torch::NoGradGuard> no_grad;
-      if (!r.backward) no_grad.emplace();
-      auto out = lm->forward(tokens, tokens, state, gen);
-      if (r.backward) out.nll.backward();
-    };
-    step();  // warm-up
-    const int reps = 3;
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < reps; ++i) step();
-    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
-    WARN(r.preset << ": " << r.streams << "x" << r.seq_len << " tokens, " << (r.backward ? "forward+backward " : "forward ")
-                  << ms << " ms, " << torch::get_num_threads() << " threads");
-  }
-}

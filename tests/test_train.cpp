@@ -193,6 +193,9 @@ TEST_CASE("a killed run resumed from its checkpoint repeats the uninterrupted lo
   REQUIRE(la.size() == 30);
   CHECK(la == lb);
   CHECK(sa.results(ra.id).size() == sb.results(rb.id).size());
-  for (size_t i = 0; i < sa.results(ra.id).size(); ++i)
+  for (size_t i = 0; i < sa.results(ra.id).size(); ++i) {
+    INFO(sa.results(ra.id)[i].split << " " << sa.results(ra.id)[i].name);
+    if (sa.results(ra.id)[i].name == "seconds") continue;  // wall time
     CHECK(sa.results(ra.id)[i].value == sb.results(rb.id)[i].value);
+  }
 }

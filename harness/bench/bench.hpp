@@ -34,4 +34,34 @@ Timing time_it(const std::function<void()>& fn, int warmup, int repeats,
 // xi in {0.05, 0.1, 0.5, 1}, both costs, plain vs log vs Newton (SNS). Returns the exit code.
 int run_router_bench(const BenchArgs& args, std::ostream& out);
 
+struct SinkhornBenchArgs {
+  int64_t tokens = 6144, experts = 16;  // --tokens, --experts
+  double xi = 0.5, delta = 1e-4;        // --xi, --delta
+  int64_t max_iter = 1000;              // --max-iter: sweep cap of every solver
+  std::string cost = "linear";          // --cost: linear (SSR-L) or softmax (SSR-S)
+  double scale = 1.0;                   // --scale: standard deviation of the logits
+  std::string device = "cpu";           // --device
+  int threads = 0, warmup = 3, repeats = 20;
+  uint64_t seed = 1;
+};
+// `ssr bench sinkhorn`: one solve with every solver of this build (plain, log, SNS, fused CUDA).
+int run_sinkhorn_bench(const SinkhornBenchArgs& args, std::ostream& out);
+
+struct StepBenchArgs {
+  std::string config;                  // CONFIG.yaml
+  std::vector<std::string> overrides;  // key=value
+  std::vector<std::string> routers;    // --routers: router groups (default: the paper's nine)
+  int64_t vocab = 267735;              // --vocab: WikiText-103's, padded rows excluded
+  int threads = 0, warmup = 2, repeats = 10;
+  uint64_t seed = 1;
+  std::string csv;  // --csv: per-round times, tidy
+};
+// `ssr bench step`: training-step time of every router, overhead vs vanilla with a 95 % CI.
+int run_step_bench(const StepBenchArgs& args, std::ostream& out);
+
+struct MeanCI {
+  double mean = 0, half_width = 0;  // mean +- half_width is the 95 % t-interval
+};
+MeanCI mean_ci(const std::vector<double>& x);
+
 }  // namespace ssr::bench

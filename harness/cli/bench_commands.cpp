@@ -22,6 +22,39 @@ void add_bench_commands(CLI::App& app, Context& ctx) {
   routers->add_option("--experts", args->experts, "expert counts n (default 16 32)");
   routers->footer("Examples:\n  ssr bench routers --threads 1\n  ssr bench routers --quick\n  ssr bench routers --tokens 6144 --experts 16 --device cuda");
   routers->callback([args, &ctx] { ctx.exit_code = bench::run_router_bench(*args, std::cout); });
+
+  auto sk = std::make_shared<bench::SinkhornBenchArgs>();
+  auto* sinkhorn = bench->add_subcommand("sinkhorn", "One routing OT solve with every Sinkhorn solver of this build");
+  sinkhorn->add_option("--tokens", sk->tokens, "tokens m (rows)")->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+  sinkhorn->add_option("--experts", sk->experts, "experts n (columns)")->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  sinkhorn->add_option("--xi", sk->xi, "entropic regularisation")->capture_default_str()->check(CLI::Range(1e-6, 1e6));
+  sinkhorn->add_option("--delta", sk->delta, "tolerance on the marginal error")->capture_default_str();
+  sinkhorn->add_option("--max-iter", sk->max_iter, "sweep cap")->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  sinkhorn->add_option("--cost", sk->cost, "linear (SSR-L) or softmax (SSR-S)")->check(CLI::IsMember({"linear", "softmax"}))->capture_default_str();
+  sinkhorn->add_option("--scale", sk->scale, "standard deviation of the random logits")->capture_default_str();
+  sinkhorn->add_option("--device", sk->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  sinkhorn->add_option("--threads", sk->threads, "intra-op CPU threads (0 = LibTorch default)")->capture_default_str();
+  sinkhorn->add_option("--warmup", sk->warmup, "untimed solves")->capture_default_str();
+  sinkhorn->add_option("--repeats", sk->repeats, "timed solves; the median is reported")->capture_default_str();
+  sinkhorn->add_option("--seed", sk->seed, "seed of the logits")->capture_default_str();
+  sinkhorn->footer("Examples:\n  ssr bench sinkhorn --threads 1\n  ssr bench sinkhorn --device cuda\n  ssr bench sinkhorn --xi 0.05 --scale 3");
+  sinkhorn->callback([sk, &ctx] { ctx.exit_code = bench::run_sinkhorn_bench(*sk, std::cout); });
+
+  auto st = std::make_shared<bench::StepBenchArgs>();
+  auto* step = bench->add_subcommand("step", "Training-step time of every router on one model config; overhead vs vanilla");
+  step->add_option("config", st->config, "experiment YAML (model, batch, device)")->required()->check(CLI::ExistingFile);
+  step->add_option("overrides", st->overrides, "key=value overrides");
+  step->add_option("--routers", st->routers, "router groups to time (default: the paper's nine; vanilla is always added)")->delimiter(',');
+  step->add_option("--vocab", st->vocab, "vocabulary size of the synthetic token ids")->capture_default_str()->check(CLI::Range(int64_t{2}, int64_t{1} << 30));
+  step->add_option("--threads", st->threads, "intra-op CPU threads (0 = LibTorch default)")->capture_default_str();
+  step->add_option("--warmup", st->warmup, "untimed rounds")->capture_default_str();
+  step->add_option("--repeats", st->repeats, "timed rounds (each times every router once)")->capture_default_str()->check(CLI::Range(1, 1000000));
+  step->add_option("--seed", st->seed, "seed of the weights and token ids")->capture_default_str();
+  step->add_option("--csv", st->csv, "also write every round's time as tidy CSV to this file");
+  step->footer("Examples:\n  ssr bench step experiments/demo.yaml model=wt103-medium train.batch_size=48 train.seq_len=512 train.batch_split=2 run.device=cuda\n"
+               "  ssr bench step experiments/demo.yaml --vocab 10000 --routers vanilla,sinkhorn,ssr_l --threads 1\n"
+               "  ssr bench step experiments/demo.yaml --csv results/bench/step.csv");
+  step->callback([st, &ctx] { ctx.exit_code = bench::run_step_bench(*st, std::cout); });
 }
 
 }  // namespace ssr::cli

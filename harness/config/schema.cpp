@@ -89,6 +89,7 @@ std::vector<Key> build() {
       I("router.check_every", 10, 1, 1000000, "Sinkhorn iterations between convergence checks (each check syncs with the host)"),
       I("router.newton_steps", 0, 0, 1000, "Newton steps on the dual potential after the Sinkhorn sweeps (0 = off; SNS; needs numerics log)"),
       I("router.newton_warmup", 3, 0, 1000, "log-domain Sinkhorn sweeps before the Newton stage"),
+      C("router.solver", "eager", {"eager", "fused"}, "Sinkhorn implementation: eager LibTorch ops, or one fused CUDA kernel (log domain, <= 64 experts, CUDA builds)"),
       C("router.eval_mode", "none", {"none", "sinkhorn", "noise", "both"}, "SSR at inference: none (vanilla), or keep Sinkhorn / noise / both (paper Table 3)"),
 
       // ---- train.*: optimisation (reference: Adam 7e-4, warm-up 4000, constant, no clipping)

@@ -10,7 +10,15 @@ TORCH_VERSION := 2.11.0
 APT_PACKAGES := build-essential cmake git python3-venv libyaml-cpp-dev libsqlite3-dev libfmt-dev \
   libcli11-dev catch2 nlohmann-json3-dev libssl-dev libbenchmark-dev sqlite3 gnuplot-nox
 
-.PHONY: deps build test demo clean
+# The GPU machine has no package registry: `make offline-bundle` (here) downloads the Debian
+# packages the build needs into .offline/debs; carried there, `make offline-build` unpacks them
+# into a private prefix and builds with CUDA against that machine's own PyTorch (python3).
+OFFLINE_PACKAGES := libyaml-cpp-dev libyaml-cpp0.7 libsqlite3-dev libsqlite3-0 libcli11-dev catch2 \
+  nlohmann-json3-dev libssl-dev libssl3 zlib1g-dev libturbojpeg0-dev libturbojpeg0
+OFFLINE_ROOT := $(CURDIR)/.offline/root
+PY ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
+
+.PHONY: deps build test demo clean offline-bundle offline-build
 
 deps: $(VENV)/.torch-$(TORCH_VERSION)
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
@@ -24,7 +32,7 @@ $(VENV)/.torch-$(TORCH_VERSION):
 
 $(BUILD)/CMakeCache.txt:
 	cmake -S . -B $(BUILD) -DSSR_CUDA=$(CUDA) \
-	  -DCMAKE_PREFIX_PATH="$$($(VENV)/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 
 build: $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS)
@@ -34,6 +42,19 @@ test: build
 
 demo: build
 	$(SSR) train experiments/demo.yaml --db $(DB)
+
+offline-bundle:
+	mkdir -p .offline/debs
+	cd .offline/debs && apt-get download $(OFFLINE_PACKAGES)
+	@du -sh .offline/debs
+
+offline-build:
+	@ls .offline/debs/*.deb >/dev/null 2>&1 || { echo "error: .offline/debs is empty: run 'make offline-bundle' where apt works and carry .offline"; exit 2; }
+	mkdir -p $(OFFLINE_ROOT)
+	for f in .offline/debs/*.deb; do dpkg -x $$f $(OFFLINE_ROOT); done
+	cmake -S . -B $(BUILD) -DSSR_CUDA=$(CUDA) \
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)');$(OFFLINE_ROOT)/usr"
+	cmake --build $(BUILD) -j $(JOBS)
 
 clean:
 	rm -rf $(BUILD)

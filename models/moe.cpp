@@ -1,5 +1,7 @@
 #include "models/moe.hpp"
 
+#include <fmt/format.h>
+
 #include <cmath>
 
 namespace ssr::models {
@@ -27,9 +29,22 @@ torch::Tensor grouped_linear(const torch::Tensor& x_sorted, const std::vector<in
   return torch::cat(outs);  // (rows, out)
 }
 
+torch::Tensor grouped_linear_gemm(const torch::Tensor& x_sorted, const torch::Tensor& offsets,
+                                  const torch::Tensor& row_expert, const torch::Tensor& weight,
+                                  const torch::Tensor& bias) {
+  auto y = at::_grouped_mm(x_sorted, weight.transpose(1, 2), offsets);  // (rows, out)
+  return y + bias.index_select(0, row_expert);                          // (rows, out)
+}
+
 MoEImpl::MoEImpl(const config::Config& cfg)
-    : n_experts_(cfg.i("model.n_experts")), dropout_(cfg.f("model.dropout")) {
+    : n_experts_(cfg.i("model.n_experts")),
+      dropout_(cfg.f("model.dropout")),
+      grouped_gemm_(cfg.s("model.expert_impl") == "grouped") {
   const int64_t d = cfg.i("model.d_model"), inner = cfg.i("model.d_inner"), e = n_experts_;
+  if (grouped_gemm_ && (d % 8 != 0 || inner % 8 != 0))
+    throw config::ConfigError(fmt::format(
+        "model.expert_impl: grouped needs model.d_model and model.d_inner to be multiples of 8 (got {} and {}); use loop", d,
+        inner));
   gate = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(d, e).bias(true)));
   w1 = register_parameter("w1", torch::empty({e, inner, d}));
   b1 = register_parameter("b1", torch::zeros({e, inner}));
@@ -84,14 +99,25 @@ torch::Tensor MoEImpl::forward(const torch::Tensor& x, torch::Tensor& aux, torch
   auto order = torch::argsort(slot_expert, /*stable=*/true);          // (tokens*k) sorted -> slot
   auto inverse = torch::empty_like(order).scatter_(
       0, order, torch::arange(n * k, order.options()));               // (tokens*k) slot -> sorted
-  auto counts = torch::bincount(slot_expert, {}, n_experts_).cpu();   // (experts) one host sync
-  std::vector<int64_t> sizes(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + n_experts_);
+  auto counts = torch::bincount(slot_expert, {}, n_experts_);         // (experts)
 
   // Gathering through a permutation of the expanded slots (rather than index_select with repeated
   // token ids) keeps the backward free of colliding atomic adds, so CUDA runs stay bitwise
   // reproducible.
   auto x_slots = x.unsqueeze(1).expand({n, k, d}).reshape({n * k, d});  // (tokens*k, d_model)
-  auto y_sorted = experts_sorted(x_slots.index_select(0, order), sizes, gen);  // (tokens*k, d_model)
+  auto x_sorted = x_slots.index_select(0, order);                        // (tokens*k, d_model)
+  torch::Tensor y_sorted;                                                // (tokens*k, d_model)
+  if (grouped_gemm_) {
+    auto offsets = counts.cumsum(0).to(torch::kInt32);          // (experts) group ends, on the device
+    auto row_expert = slot_expert.index_select(0, order);       // (tokens*k)
+    auto h = grouped_linear_gemm(x_sorted, offsets, row_expert, w1, b1).relu_();  // (tokens*k, d_inner)
+    h = dropout(h, dropout_, is_training(), gen);
+    y_sorted = grouped_linear_gemm(h, offsets, row_expert, w2, b2);
+  } else {
+    counts = counts.cpu();  // one host sync: the loop needs the group sizes
+    std::vector<int64_t> sizes(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + n_experts_);
+    y_sorted = experts_sorted(x_sorted, sizes, gen);
+  }
   auto y = y_sorted.index_select(0, inverse).view({n, k, d});           // (tokens, k, d_model)
   auto out = (routing.weights.unsqueeze(-1).to(y.scalar_type()) * y).sum(1);  // (tokens, d_model)
 

@@ -24,6 +24,14 @@ torch::Tensor dropout(const torch::Tensor& x, double p, bool training, torch::Ge
 torch::Tensor grouped_linear(const torch::Tensor& x_sorted, const std::vector<int64_t>& group_sizes,
                              const torch::Tensor& weight, const torch::Tensor& bias);
 
+// The same map as one grouped GEMM (at::_grouped_mm): no per-expert loop and no host sync, since
+// the group ends stay on the device. offsets (experts) int32 cumulative row counts; row_expert
+// (rows) the expert of each sorted row (for the bias). Needs in and out multiples of 8 (the
+// kernel wants 16-byte-aligned rows in every dtype it takes).
+torch::Tensor grouped_linear_gemm(const torch::Tensor& x_sorted, const torch::Tensor& offsets,
+                                  const torch::Tensor& row_expert, const torch::Tensor& weight,
+                                  const torch::Tensor& bias);
+
 // Accumulated routing statistics of one MoE layer between two take_stats() calls.
 struct MoEStatsAccumulator {
   std::vector<int64_t> tokens_per_expert;  // (experts) summed over calls
@@ -36,7 +44,7 @@ struct MoEStatsAccumulator {
 class MoEImpl : public torch::nn::Module {
  public:
   // Reads model.d_model, model.d_inner, model.n_experts, model.top_k, model.dropout,
-  // model.expert_init and the router.* keys (through routers::make_router).
+  // model.expert_init, model.expert_impl and the router.* keys (through routers::make_router).
   explicit MoEImpl(const config::Config& cfg);
 
   // x: (tokens, d_model) -> (tokens, d_model) = sum_k w_k * expert_{e_k}(x). Adds the router's
@@ -69,6 +77,7 @@ class MoEImpl : public torch::nn::Module {
 
   int64_t n_experts_;
   double dropout_;
+  bool grouped_gemm_;  // model.expert_impl == grouped
   bool collect_ = false;
   MoEStatsAccumulator acc_;
 };

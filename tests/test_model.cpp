@@ -127,26 +127,33 @@ TEST_CASE("attention equals a naive per-query loop over the L previous positions
 }
 
 TEST_CASE("MoE dispatch by sorting equals every expert on every token", "[model][moe]") {
-  for (const std::string init : {"reference", "linear"}) {
-    SECTION(init) {
-      torch::manual_seed(5);
-      auto cfg = tiny({"model.expert_init=" + init, "model.n_experts=5", "model.top_k=2"});
-      models::MoE moe(cfg);
-      moe->eval();
-      auto gen = cpu_gen(2);
-      auto x = torch::randn({37, 32}, torch::requires_grad());  // (tokens, d_model)
-      auto aux = torch::zeros({});
-      auto sparse = moe->forward(x, aux, gen);  // (tokens, d_model)
-      auto dense = moe->dense_reference(x, moe->route(x, gen));
-      REQUIRE(sparse.sizes() == x.sizes());
-      CHECK(close(sparse, dense, 1e-6));
+  struct Row { std::string init, impl; int64_t experts, tokens; };
+  // 16 experts for 3 tokens leaves most experts empty: empty groups must work in both paths.
+  const std::vector<Row> table = {{"reference", "loop", 5, 37},   {"linear", "loop", 5, 37},
+                                  {"reference", "grouped", 5, 37}, {"linear", "grouped", 5, 37},
+                                  {"linear", "loop", 16, 3},       {"linear", "grouped", 16, 3}};
+  for (const auto& r : table) {
+    INFO(r.init << " " << r.impl << " " << r.experts << " experts " << r.tokens << " tokens");
+    torch::manual_seed(5);
+    auto cfg = tiny({"model.expert_init=" + r.init, "model.expert_impl=" + r.impl,
+                     "model.n_experts=" + std::to_string(r.experts), "model.top_k=2"});
+    models::MoE moe(cfg);
+    moe->eval();
+    auto gen = cpu_gen(2);
+    auto x = torch::randn({r.tokens, 32}, torch::requires_grad());  // (tokens, d_model)
+    auto aux = torch::zeros({});
+    auto sparse = moe->forward(x, aux, gen);  // (tokens, d_model)
+    auto dense = moe->dense_reference(x, moe->route(x, gen));
+    REQUIRE(sparse.sizes() == x.sizes());
+    CHECK(close(sparse, dense, 1e-6));
 
-      auto probe = torch::randn_like(sparse);
-      auto g_sparse = torch::autograd::grad({(sparse * probe).sum()}, {x, moe->w1, moe->b2, moe->gate->weight});
-      auto g_dense = torch::autograd::grad({(dense * probe).sum()}, {x, moe->w1, moe->b2, moe->gate->weight});
-      for (size_t i = 0; i < g_sparse.size(); ++i) CHECK(close(g_sparse[i], g_dense[i], 1e-6));
-    }
+    auto probe = torch::randn_like(sparse);
+    auto g_sparse = torch::autograd::grad({(sparse * probe).sum()}, {x, moe->w1, moe->b1, moe->b2, moe->gate->weight});
+    auto g_dense = torch::autograd::grad({(dense * probe).sum()}, {x, moe->w1, moe->b1, moe->b2, moe->gate->weight});
+    for (size_t i = 0; i < g_sparse.size(); ++i) CHECK(close(g_sparse[i], g_dense[i], 1e-6));
   }
+  CHECK_THROWS_WITH(models::MoE(tiny({"model.expert_impl=grouped", "model.d_inner=30"})),
+                    Catch::Contains("model.expert_impl"));
 }
 
 TEST_CASE("reference expert init is U(+-1/sqrt(out*in)) with zero biases", "[model][moe]") {

@@ -15,20 +15,28 @@ namespace {
 struct ChunkedNLL : torch::autograd::Function<ChunkedNLL> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& h,
                                const torch::Tensor& weight, const torch::Tensor& bias,
-                               const torch::Tensor& targets, int64_t chunk, bool need_grad) {
-    const int64_t rows = h.size(0);
+                               const torch::Tensor& targets, int64_t chunk, bool need_grad, int64_t multiple) {
+    const int64_t rows = h.size(0), vocab = weight.size(0);
+    // Padded vocabulary rows are zero weights with a -inf bias: their logits are -inf, so they
+    // add nothing to the logsumexp and get zero gradient, and the GEMM sees a friendly width.
+    const int64_t pad = multiple > 1 ? (multiple - vocab % multiple) % multiple : 0;
+    torch::Tensor w = weight, b = bias;  // (vocab + pad, d), (vocab + pad)
+    if (pad > 0) {
+      w = torch::cat({weight, weight.new_zeros({pad, weight.size(1)})});
+      b = torch::cat({bias, torch::full({pad}, -INFINITY, bias.options())});
+    }
     auto total = torch::zeros({}, h.options());  // ()
     torch::Tensor grad_h, grad_w, grad_b;
     if (need_grad) {
       grad_h = torch::empty_like(h);       // (rows, d)
-      grad_w = torch::zeros_like(weight);  // (vocab, d)
-      grad_b = torch::zeros_like(bias);    // (vocab)
+      grad_w = torch::zeros_like(w);       // (vocab + pad, d)
+      grad_b = torch::zeros_like(b);       // (vocab + pad)
     }
     for (int64_t start = 0; start < rows; start += chunk) {
       const int64_t n = std::min(chunk, rows - start);
       auto hc = h.narrow(0, start, n);                                // (n, d)
       auto tc = targets.narrow(0, start, n).unsqueeze(1);             // (n, 1)
-      auto logits = torch::addmm(bias, hc, weight.t());               // (n, vocab)
+      auto logits = torch::addmm(b, hc, w.t());                       // (n, vocab + pad)
       auto lse = logits.logsumexp(-1, /*keepdim=*/true);              // (n, 1)
       total += (lse - logits.gather(1, tc)).sum();
       if (!need_grad) continue;
@@ -36,14 +44,14 @@ struct ChunkedNLL : torch::autograd::Function<ChunkedNLL> {
       auto g = logits.sub_(lse).exp_();                                // (n, vocab)
       g.scatter_add_(1, tc, torch::full({n, 1}, -1.0, g.options()));
       auto grad_hc = grad_h.narrow(0, start, n);                       // (n, d)
-      torch::mm_out(grad_hc, g, weight);
+      torch::mm_out(grad_hc, g, w);
       grad_w.addmm_(g.t(), hc);                                       // (vocab, d)
       grad_b += g.sum(0);                                             // (vocab)
     }
     if (need_grad) {
       ctx->saved_data["grad_h"] = grad_h;
-      ctx->saved_data["grad_w"] = grad_w;
-      ctx->saved_data["grad_b"] = grad_b;
+      ctx->saved_data["grad_w"] = grad_w.narrow(0, 0, vocab);
+      ctx->saved_data["grad_b"] = grad_b.narrow(0, 0, vocab);
     }
     return total;
   }
@@ -52,17 +60,18 @@ struct ChunkedNLL : torch::autograd::Function<ChunkedNLL> {
                                                  torch::autograd::variable_list grad_out) {
     const auto& g = grad_out[0];  // ()
     return {ctx->saved_data["grad_h"].toTensor() * g, ctx->saved_data["grad_w"].toTensor() * g,
-            ctx->saved_data["grad_b"].toTensor() * g, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+            ctx->saved_data["grad_b"].toTensor() * g, torch::Tensor(), torch::Tensor(), torch::Tensor(),
+            torch::Tensor()};
   }
 };
 
 }  // namespace
 
 torch::Tensor chunked_nll_sum(const torch::Tensor& h, const torch::Tensor& weight, const torch::Tensor& bias,
-                              const torch::Tensor& targets, int64_t chunk) {
+                              const torch::Tensor& targets, int64_t chunk, int64_t vocab_multiple) {
   const bool need_grad = torch::GradMode::is_enabled() &&
                          (h.requires_grad() || weight.requires_grad() || bias.requires_grad());
-  return ChunkedNLL::apply(h, weight, bias, targets, chunk, need_grad);
+  return ChunkedNLL::apply(h, weight, bias, targets, chunk, need_grad, vocab_multiple);
 }
 
 torch::Tensor unskew(const torch::Tensor& x, int64_t span) {
@@ -157,6 +166,7 @@ SwitchLMImpl::SwitchLMImpl(const config::Config& cfg, int64_t vocab_size)
     : d_model_(cfg.i("model.d_model")),
       span_(cfg.i("model.attn_span")),
       loss_chunk_(cfg.i("model.loss_chunk")),
+      vocab_multiple_(cfg.i("model.vocab_multiple")),
       momentum_block_(cfg.s("model.block") == "momentum") {
   const int64_t heads = cfg.i("model.n_heads");
   if (d_model_ % heads != 0)
@@ -202,7 +212,7 @@ LMOutput SwitchLMImpl::forward(const torch::Tensor& tokens, const torch::Tensor&
   auto aux = torch::zeros({}, key_pe.options().requires_grad(false));  // ()
   auto h = hidden(tokens, state, aux, gen);                            // (streams, M, d_model)
   auto flat = h.reshape({-1, d_model_});                               // (streams*M, d_model)
-  auto nll = chunked_nll_sum(flat, out->weight, out->bias, targets.reshape({-1}), loss_chunk_) /
+  auto nll = chunked_nll_sum(flat, out->weight, out->bias, targets.reshape({-1}), loss_chunk_, vocab_multiple_) /
              static_cast<double>(flat.size(0));
   return LMOutput{nll, aux};
 }

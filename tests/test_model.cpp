@@ -176,12 +176,15 @@ TEST_CASE("chunked output layer + NLL equals the full computation", "[model][los
       torch::addmm(b, h, w.t()), targets,
       torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
   auto g_full = torch::autograd::grad({full * 0.5}, {h, w, b});
-  for (int64_t chunk : {1, 7, 37, 100}) {
-    SECTION("chunk " + std::to_string(chunk)) {
-      auto got = models::chunked_nll_sum(h, w, b, targets, chunk);
-      CHECK(got.item<double>() == Approx(full.item<double>()).epsilon(1e-5));
-      auto g = torch::autograd::grad({got * 0.5}, {h, w, b});
-      for (size_t i = 0; i < g.size(); ++i) CHECK(close(g[i], g_full[i]));
+  struct Row { int64_t chunk, vocab_multiple; };  // multiples 64 and 7 pad 50 to 64 and 56; 10 divides it
+  for (const Row r : {Row{1, 1}, Row{7, 1}, Row{37, 1}, Row{100, 1}, Row{7, 64}, Row{37, 7}, Row{37, 10}}) {
+    INFO("chunk " << r.chunk << " vocab multiple " << r.vocab_multiple);
+    auto got = models::chunked_nll_sum(h, w, b, targets, r.chunk, r.vocab_multiple);
+    CHECK(got.item<double>() == Approx(full.item<double>()).epsilon(1e-5));
+    auto g = torch::autograd::grad({got * 0.5}, {h, w, b});
+    for (size_t i = 0; i < g.size(); ++i) {
+      REQUIRE(g[i].sizes() == g_full[i].sizes());
+      CHECK(close(g[i], g_full[i]));
     }
   }
   SECTION("no gradient bookkeeping without grad mode") {

@@ -70,6 +70,7 @@ std::vector<Key> build() {
       C("model.expert_init", "reference", {"reference", "linear"}, "expert weights: reference U(+-1/sqrt(out*in)), zero biases (fastmoe quirk); linear: nn.Linear default per expert"),
       B("model.unused_norm", true, "register the reference's never-applied third LayerNorm per layer (parameter count 215,679,863)"),
       C("model.expert_impl", "loop", {"loop", "grouped"}, "expert FFN compute: loop of per-expert matmuls, or one grouped GEMM (at::_grouped_mm; no host sync; dims multiple of 8)", false),
+      I("model.vocab_multiple", 1, 1, 4096, "pad the output layer's vocabulary to a multiple of this in the matmuls (masked, same loss; 64 suits cuBLAS)", false),
       I("model.loss_chunk", 2048, 1, 1 << 30, "tokens per output-layer + cross-entropy chunk (bounds the logits memory)", false),
 
       // ---- router.*: token-to-expert routing (routers/)

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <chrono>
 #include <cmath>
 
 namespace ssr::models {
@@ -39,7 +40,8 @@ torch::Tensor grouped_linear_gemm(const torch::Tensor& x_sorted, const torch::Te
 MoEImpl::MoEImpl(const config::Config& cfg)
     : n_experts_(cfg.i("model.n_experts")),
       dropout_(cfg.f("model.dropout")),
-      grouped_gemm_(cfg.s("model.expert_impl") == "grouped") {
+      grouped_gemm_(cfg.s("model.expert_impl") == "grouped"),
+      group_tokens_(cfg.i("router.group_tokens")) {
   const int64_t d = cfg.i("model.d_model"), inner = cfg.i("model.d_inner"), e = n_experts_;
   if (grouped_gemm_ && (d % 8 != 0 || inner % 8 != 0))
     throw config::ConfigError(fmt::format(
@@ -76,7 +78,44 @@ routers::Routing MoEImpl::route(const torch::Tensor& x, torch::Generator& gen) {
 }
 
 routers::Routing MoEImpl::route_logits(const torch::Tensor& logits, const torch::Tensor& x, torch::Generator& gen) {
-  return router->route(logits, x, is_training() ? routers::Mode::Train : routers::Mode::Eval, gen);
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto mode = is_training() ? routers::Mode::Train : routers::Mode::Eval;
+  const int64_t n = logits.size(0);
+  routers::Routing r;
+  if (group_tokens_ <= 0 || n <= group_tokens_) {
+    r = router->route(logits, x, mode, gen);
+  } else {
+    // Consecutive groups routed by separate calls, as the reference's routers each saw one GPU's
+    // micro-batch: Sinkhorn marginals, balance losses and SSR's draw are per group.
+    std::vector<torch::Tensor> experts, weights;
+    torch::Tensor aux = torch::zeros({}, logits.options());
+    int64_t groups = 0;
+    for (int64_t start = 0; start < n; start += group_tokens_, ++groups) {
+      const int64_t len = std::min(group_tokens_, n - start);
+      auto g = router->route(logits.narrow(0, start, len), x.narrow(0, start, len), mode, gen);
+      experts.push_back(g.experts);  // (len, k)
+      weights.push_back(g.weights);  // (len, k)
+      aux = aux + g.aux_loss;
+      r.used_sinkhorn = r.used_sinkhorn || g.used_sinkhorn;
+      r.sinkhorn_iters = std::max(r.sinkhorn_iters, g.sinkhorn_iters);
+      r.sinkhorn_error = std::max(r.sinkhorn_error, g.sinkhorn_error);
+      r.sinkhorn_finite = r.sinkhorn_finite && g.sinkhorn_finite;
+    }
+    r.experts = torch::cat(experts);  // (tokens, k)
+    r.weights = torch::cat(weights);  // (tokens, k)
+    r.aux_loss = aux / static_cast<double>(groups);  // like averaging over data-parallel ranks
+  }
+  if (time_router_) {
+    if (logits.is_cuda()) torch::cuda::synchronize();
+    router_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  return r;
+}
+
+double MoEImpl::take_router_seconds() {
+  const double s = router_seconds_;
+  router_seconds_ = 0;
+  return s;
 }
 
 torch::Tensor MoEImpl::experts_sorted(const torch::Tensor& x_sorted, const std::vector<int64_t>& group_sizes,

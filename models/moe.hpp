@@ -61,6 +61,10 @@ class MoEImpl : public torch::nn::Module {
   routers::Routing route(const torch::Tensor& x, torch::Generator& gen);
 
   void collect_stats(bool on) { collect_ = on; }
+  // Time the router calls (gate logits to routing decision; on CUDA each timed call syncs).
+  void time_router(bool on) { time_router_ = on; }
+  // Seconds spent in router calls since the last call, then reset.
+  double take_router_seconds();
   // Statistics since the last call, then reset.
   routers::RouterStats take_stats();
   // Mean L2 norm of this layer's MoE output per token since the last call (0 if none), then reset.
@@ -77,7 +81,10 @@ class MoEImpl : public torch::nn::Module {
 
   int64_t n_experts_;
   double dropout_;
-  bool grouped_gemm_;  // model.expert_impl == grouped
+  bool grouped_gemm_;     // model.expert_impl == grouped
+  int64_t group_tokens_;  // router.group_tokens: tokens per router call (0 = the whole call)
+  bool time_router_ = false;
+  double router_seconds_ = 0;
   bool collect_ = false;
   MoEStatsAccumulator acc_;
 };

@@ -233,6 +233,16 @@ std::vector<double> SwitchLMImpl::take_moe_output_norms() {
   return norms;
 }
 
+void SwitchLMImpl::time_routers(bool on) {
+  for (auto& layer : layers) layer->moe->time_router(on);
+}
+
+double SwitchLMImpl::take_router_seconds() {
+  double s = 0;
+  for (auto& layer : layers) s += layer->moe->take_router_seconds();
+  return s;
+}
+
 std::vector<ParamCount> SwitchLMImpl::parameter_count() const {
   std::vector<ParamCount> rows = {{"embedding"}, {"output"},  {"attention"},   {"experts"},
                                   {"gates"},     {"routers"}, {"layer_norms"}, {"key_pe"}};

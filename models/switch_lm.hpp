@@ -113,6 +113,9 @@ class SwitchLMImpl : public torch::nn::Module {
   // Per-layer mean L2 norm of the MoE output per token, accumulated while collecting statistics
   // (paper Fig. 2), then reset.
   std::vector<double> take_moe_output_norms();
+  // Router timing of every MoE layer (see MoEImpl::time_router); seconds summed over layers.
+  void time_routers(bool on);
+  double take_router_seconds();
 
   // Parameters by component, in a fixed order, ending with "total" (what `ssr params` prints).
   std::vector<ParamCount> parameter_count() const;

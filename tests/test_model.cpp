@@ -318,3 +318,30 @@ TEST_CASE("router statistics and MoE output norms are collected on request", "[m
   CHECK(norms[0] > 0);
   CHECK(lm->take_moe_output_norms()[0] == 0);
 }
+
+TEST_CASE("router.group_tokens routes consecutive groups by separate router calls", "[model][moe]") {
+  struct Row { std::string router; int64_t group; };
+  // Vanilla routing is per token: grouping changes nothing. Sinkhorn's plan depends on the whole
+  // call: grouped routing must equal routing each group alone.
+  for (const Row r : {Row{"vanilla", 8}, Row{"sinkhorn", 8}, Row{"sinkhorn", 13}, Row{"sinkhorn", 0}}) {
+    INFO(r.router << " group " << r.group);
+    torch::manual_seed(3);
+    auto cfg = tiny({"router=" + r.router, "router.group_tokens=" + std::to_string(r.group), "model.n_experts=4"});
+    models::MoE moe(cfg);
+    moe->eval();
+    auto x = torch::randn({30, 32});  // (tokens, d_model)
+    auto gen = cpu_gen(1);
+    auto got = moe->route(x, gen);
+    REQUIRE(got.experts.sizes() == std::vector<int64_t>{30, 2});
+    auto alone_cfg = tiny({"router=" + r.router, "model.n_experts=4"});
+    auto logits = moe->gate->forward(x);  // (tokens, experts)
+    auto router = routers::make_router(alone_cfg, 32, 4, 2);
+    const int64_t g = r.group > 0 ? r.group : 30;
+    for (int64_t start = 0; start < 30; start += g) {
+      const int64_t len = std::min(g, 30 - start);
+      auto want = router->route(logits.narrow(0, start, len), x.narrow(0, start, len), routers::Mode::Eval, gen);
+      CHECK(torch::equal(got.experts.narrow(0, start, len), want.experts));
+      CHECK(close(got.weights.narrow(0, start, len), want.weights, 1e-6));
+    }
+  }
+}

@@ -1,6 +1,7 @@
 // End to end through the `ssr` binary: training on real WikiText-103 text lowers the loss, a
 // seeded run is reproducible, rejected input writes nothing, a killed run is left stale.
 #include <catch2/catch.hpp>
+#include <set>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -83,7 +84,9 @@ TEST_CASE("training on real text lowers the loss and a seeded run repeats exactl
   bool has_test_ppl = false;
   for (const auto& r : res) has_test_ppl |= r.split == "test" && r.name == "ppl" && r.value > 1;
   CHECK(has_test_ppl);
-  CHECK(!s.timings(runs[0].id).empty());
+  std::set<std::string> phases;
+  for (const auto& t : s.timings(runs[0].id)) phases.insert(t.phase);
+  CHECK(phases == std::set<std::string>{"forward", "backward", "optimizer", "router", "step"});
 
   auto listed = run(fmt::format("runs --db {} --where run.seed=2 --format csv", db));
   CHECK(listed.code == 0);

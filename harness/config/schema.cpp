@@ -14,7 +14,7 @@ Key I(std::string n, int64_t d, double lo, double hi, std::string doc, bool hash
 Key F(std::string n, double d, double lo, double hi, std::string doc, bool hashed = true) {
   return Key{std::move(n), Type::Float, d, std::move(doc), lo, hi, {}, hashed};
 }
-[[maybe_unused]] Key B(std::string n, bool d, std::string doc, bool hashed = true) {
+Key B(std::string n, bool d, std::string doc, bool hashed = true) {
   return Key{std::move(n), Type::Bool, d, std::move(doc), -kInf, kInf, {}, hashed};
 }
 Key S(std::string n, std::string d, std::string doc, bool hashed = true) {
@@ -91,6 +91,7 @@ std::vector<Key> build() {
       I("router.check_every", 10, 1, 1000000, "Sinkhorn iterations between convergence checks (each check syncs with the host)"),
       I("router.newton_steps", 0, 0, 1000, "Newton steps on the dual potential after the Sinkhorn sweeps (0 = off; SNS; needs numerics log)"),
       I("router.newton_warmup", 3, 0, 1000, "log-domain Sinkhorn sweeps before the Newton stage"),
+      I("router.group_tokens", 0, 0, 1LL << 40, "tokens per router call: the micro-batch is routed in consecutive groups of this many (the reference: 6,144, one GPU's micro-batch); 0 = the whole micro-batch"),
       C("router.solver", "eager", {"eager", "fused"}, "Sinkhorn implementation: eager LibTorch ops, or one fused CUDA kernel (log domain, <= 64 experts, CUDA builds)"),
       C("router.eval_mode", "none", {"none", "sinkhorn", "noise", "both"}, "SSR at inference: none (vanilla), or keep Sinkhorn / noise / both (paper Table 3)"),
 
@@ -107,6 +108,7 @@ std::vector<Key> build() {
       F("train.clip", 0, 0, kInf, "gradient-norm clipping (0 = off, like the reference)"),
       I("train.eval_every", 1000, 0, 1LL << 40, "steps between partial validations (0 = none); the best one's checkpoint is kept"),
       I("train.eval_segments", 100, 1, 1LL << 40, "segments of the validation stream per partial validation (own cache and position)"),
+      B("train.time_router", true, "time the router calls of every step (timings phase 'router'; on CUDA each MoE layer then syncs once)", false),
       I("train.checkpoint_every", 1000, 0, 1LL << 40, "steps between resumable checkpoints (0 = only at the end)", false),
 
       // ---- eval.*: evaluation

@@ -249,6 +249,8 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
     return snap;
   };
 
+  const bool time_router = cfg.b("train.time_router");
+  model->time_routers(time_router);
   try {
     model->train();
     for (int64_t step = snap.step + 1; step <= steps; ++step) {
@@ -269,6 +271,7 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
         for (auto& s : states)
           for (auto& c : s.cache) c.zero_();
       optimizer.zero_grad();
+      model->take_router_seconds();  // drop router time of evaluations since the last step
       double nll_sum = 0, aux_sum = 0, t_fwd = 0, t_bwd = 0;
       for (size_t j = 0; j < groups.size(); ++j) {
         const auto [lo, rows] = groups[j];
@@ -303,6 +306,7 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       timings.push_back({step, "backward", t_bwd});
       timings.push_back({step, "optimizer", t_opt});
       timings.push_back({step, "step", t_fwd + t_bwd + t_opt});
+      if (time_router) timings.push_back({step, "router", model->take_router_seconds()});  // part of forward
       progress.update(step, nll, B * M);
 
       const double wall = seconds_since(t_start);

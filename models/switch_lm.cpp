@@ -1,5 +1,7 @@
 #include "models/switch_lm.hpp"
 
+#include "models/precision.hpp"
+
 #include <fmt/format.h>
 
 #include <cmath>
@@ -25,6 +27,11 @@ struct ChunkedNLL : torch::autograd::Function<ChunkedNLL> {
       w = torch::cat({weight, weight.new_zeros({pad, weight.size(1)})});
       b = torch::cat({bias, torch::full({pad}, -INFINITY, bias.options())});
     }
+    // Under autocast the three GEMMs run in its dtype (they are ~90 % of a step's FLOPs at
+    // 267,735 words); logsumexp, softmax and the accumulated gradients stay float32.
+    const auto mm_dtype = matmul_dtype(h);
+    const bool cast = mm_dtype != h.scalar_type();
+    auto wm = cast ? w.to(mm_dtype) : w;  // (vocab + pad, d)
     auto total = torch::zeros({}, h.options());  // ()
     torch::Tensor grad_h, grad_w, grad_b;
     if (need_grad) {
@@ -35,18 +42,26 @@ struct ChunkedNLL : torch::autograd::Function<ChunkedNLL> {
     for (int64_t start = 0; start < rows; start += chunk) {
       const int64_t n = std::min(chunk, rows - start);
       auto hc = h.narrow(0, start, n);                                // (n, d)
+      auto hm = cast ? hc.to(mm_dtype) : hc;                          // (n, d)
       auto tc = targets.narrow(0, start, n).unsqueeze(1);             // (n, 1)
-      auto logits = torch::addmm(b, hc, w.t());                       // (n, vocab + pad)
+      auto logits = cast ? torch::mm(hm, wm.t()).to(b.scalar_type()).add_(b)  // (n, vocab + pad) float32
+                         : torch::addmm(b, hc, w.t());
       auto lse = logits.logsumexp(-1, /*keepdim=*/true);              // (n, 1)
       total += (lse - logits.gather(1, tc)).sum();
       if (!need_grad) continue;
       // d(sum nll)/d logits = softmax - onehot(target), built in place in the logits buffer.
-      auto g = logits.sub_(lse).exp_();                                // (n, vocab)
+      auto g = logits.sub_(lse).exp_();                                // (n, vocab + pad)
       g.scatter_add_(1, tc, torch::full({n, 1}, -1.0, g.options()));
+      grad_b += g.sum(0);                                             // (vocab + pad)
       auto grad_hc = grad_h.narrow(0, start, n);                       // (n, d)
-      torch::mm_out(grad_hc, g, w);
-      grad_w.addmm_(g.t(), hc);                                       // (vocab, d)
-      grad_b += g.sum(0);                                             // (vocab)
+      if (cast) {
+        auto gm = g.to(mm_dtype);                                      // (n, vocab + pad)
+        grad_hc.copy_(torch::mm(gm, wm));
+        grad_w += torch::mm(gm.t(), hm);                               // (vocab + pad, d)
+      } else {
+        torch::mm_out(grad_hc, g, w);
+        grad_w.addmm_(g.t(), hc);                                      // (vocab + pad, d)
+      }
     }
     if (need_grad) {
       ctx->saved_data["grad_h"] = grad_h;
@@ -71,7 +86,9 @@ torch::Tensor chunked_nll_sum(const torch::Tensor& h, const torch::Tensor& weigh
                               const torch::Tensor& targets, int64_t chunk, int64_t vocab_multiple) {
   const bool need_grad = torch::GradMode::is_enabled() &&
                          (h.requires_grad() || weight.requires_grad() || bias.requires_grad());
-  return ChunkedNLL::apply(h, weight, bias, targets, chunk, need_grad, vocab_multiple);
+  // Under autocast h may arrive in bfloat16; the loss works in the parameters' dtype.
+  auto hw = h.scalar_type() == weight.scalar_type() ? h : h.to(weight.scalar_type());  // (rows, d)
+  return ChunkedNLL::apply(hw, weight, bias, targets, chunk, need_grad, vocab_multiple);
 }
 
 torch::Tensor unskew(const torch::Tensor& x, int64_t span) {

@@ -9,6 +9,7 @@
 
 #include "harness/config/config.hpp"
 #include "models/moe.hpp"
+#include "models/precision.hpp"
 #include "models/switch_lm.hpp"
 
 using namespace ssr;
@@ -343,5 +344,33 @@ TEST_CASE("router.group_tokens routes consecutive groups by separate router call
       CHECK(torch::equal(got.experts.narrow(0, start, len), want.experts));
       CHECK(close(got.weights.narrow(0, start, len), want.weights, 1e-6));
     }
+  }
+}
+
+TEST_CASE("bf16 autocast runs the matmuls in bfloat16 and stays close to float32", "[model][precision]") {
+  torch::manual_seed(7);
+  SwitchLM lm(tiny({"model.dropout=0"}), 97);
+  auto tokens = torch::randint(97, {2, 16}, torch::kInt64);   // (streams, seq_len)
+  auto targets = torch::randint(97, {2, 16}, torch::kInt64);  // (streams, seq_len)
+  auto run = [&](bool bf16) {
+    auto state = lm->initial_state(2);
+    auto gen = cpu_gen(3);
+    models::LMOutput out;
+    {
+      models::AutocastGuard autocast(torch::kCPU, bf16);
+      out = lm->forward(tokens, targets, state, gen);
+    }
+    auto grads = torch::autograd::grad({out.nll}, {lm->out->weight, lm->embed->weight});
+    return std::make_pair(out.nll.item<double>(), grads);
+  };
+  const auto [fp32, g32] = run(false);
+  const auto [bf16, g16] = run(true);
+  CHECK_FALSE(at::autocast::is_autocast_enabled(torch::kCPU));  // the guard restored the state
+  CHECK(bf16 != fp32);                                           // bfloat16 really ran
+  CHECK(std::abs(bf16 - fp32) <= 0.01 * fp32);
+  for (size_t i = 0; i < g32.size(); ++i) {
+    CHECK(g16[i].scalar_type() == torch::kFloat32);
+    const double rel = ((g16[i] - g32[i]).norm() / g32[i].norm()).item<double>();
+    CHECK(rel < 0.05);
   }
 }

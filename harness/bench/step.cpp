@@ -14,6 +14,7 @@
 
 #include "harness/bench/bench.hpp"
 #include "harness/config/config.hpp"
+#include "models/precision.hpp"
 #include "models/switch_lm.hpp"
 
 namespace ssr::bench {
@@ -92,7 +93,11 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
   auto step = [&](Case& c) {
     c.opt->zero_grad();
     for (auto& s : c.states) {
-      auto o = c.model->forward(inputs, targets, s, gen);
+      models::LMOutput o;
+      {
+        models::AutocastGuard autocast(device, c.cfg.s("train.precision") == "bf16");
+        o = c.model->forward(inputs, targets, s, gen);
+      }
       ((o.nll + o.aux) / static_cast<double>(split)).backward();
     }
     c.opt->step();
@@ -105,9 +110,9 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
     return n;
   }();
   out << fmt::format("# ssr bench step: {} ({} parameters with vanilla), {} x {} tokens in {} micro-batch(es), vocab {}, "
-                     "device {}, {} threads; {} warm-up + {} timed rounds, routers interleaved\n\n",
+                     "device {}, {}, {} threads; {} warm-up + {} timed rounds, routers interleaved\n\n",
                      args.config, params, B / split * split, M, split, args.vocab, base.s("run.device"),
-                     torch::get_num_threads(), args.warmup, args.repeats);
+                     base.s("train.precision"), torch::get_num_threads(), args.warmup, args.repeats);
   for (int w = 0; w < args.warmup; ++w)
     for (auto& c : cases) step(c);
   for (int r = 0; r < args.repeats; ++r)

@@ -108,6 +108,7 @@ std::vector<Key> build() {
       F("train.clip", 0, 0, kInf, "gradient-norm clipping (0 = off, like the reference)"),
       I("train.eval_every", 1000, 0, 1LL << 40, "steps between partial validations (0 = none); the best one's checkpoint is kept"),
       I("train.eval_segments", 100, 1, 1LL << 40, "segments of the validation stream per partial validation (own cache and position)"),
+      C("train.precision", "fp32", {"fp32", "bf16"}, "fp32 (the paper's) or bf16 autocast of the forward (matmuls in bfloat16; parameters, loss reductions and Adam in float32)"),
       B("train.time_router", true, "time the router calls of every step (timings phase 'router'; on CUDA each MoE layer then syncs once)", false),
       I("train.checkpoint_every", 1000, 0, 1LL << 40, "steps between resumable checkpoints (0 = only at the end)", false),
 

@@ -11,6 +11,7 @@
 
 #include "harness/data/corpus.hpp"
 #include "harness/train/progress.hpp"
+#include "models/precision.hpp"
 #include "models/switch_lm.hpp"
 
 namespace fs = std::filesystem;
@@ -59,8 +60,9 @@ void to_device(models::LMState& s, torch::Device device) {
 // Token-weighted mean NLL over segments [first, first + count) of an evaluation walk, carrying
 // `state` across them (spec section 4: zero caches at segment 0, segments in order).
 double evaluate(models::SwitchLM& model, const data::StreamBatcher& walk, int64_t first, int64_t count,
-                models::LMState& state, torch::Device device, torch::Generator& gen) {
+                models::LMState& state, torch::Device device, torch::Generator& gen, bool bf16) {
   torch::NoGradGuard no_grad;
+  models::AutocastGuard autocast(device, bf16);
   model->eval();
   double total = 0, tokens = 0;
   for (int64_t i = first; i < first + count; ++i) {
@@ -250,6 +252,7 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
   };
 
   const bool time_router = cfg.b("train.time_router");
+  const bool bf16 = cfg.s("train.precision") == "bf16";
   model->time_routers(time_router);
   try {
     model->train();
@@ -278,7 +281,11 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
         auto tokens = batch.tokens.narrow(0, lo, rows).to(device);    // (rows, seq_len)
         auto targets = batch.targets.narrow(0, lo, rows).to(device);  // (rows, seq_len)
         auto t0 = Clock::now();
-        auto out = model->forward(tokens, targets, states[j], gen);
+        models::LMOutput out;
+        {
+          models::AutocastGuard autocast(device, bf16);  // the forward only: backward follows the forward's dtypes
+          out = model->forward(tokens, targets, states[j], gen);
+        }
         auto loss = (out.nll + out.aux) / static_cast<double>(groups.size());
         sync();
         t_fwd += seconds_since(t0);
@@ -331,7 +338,7 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       if (valid_walk && (step % eval_every == 0 || step == steps)) {
         // Partial validation on the next train.eval_segments segments of the validation stream.
         const int64_t K = cfg.i("train.eval_segments");
-        const double v = evaluate(model, *valid_walk, snap.valid_next, K, valid_state, device, gen);
+        const double v = evaluate(model, *valid_walk, snap.valid_next, K, valid_state, device, gen, bf16);
         snap.valid_next += K;
         const auto [name, value] = headline(cfg, v);
         metrics.push_back({step, "valid", "loss", v, wall});
@@ -365,7 +372,7 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       const bool norms = split_name == "valid";  // paper Fig. 2: MoE output norm per layer
       if (norms) model->take_moe_output_norms();  // drop what training steps accumulated
       model->collect_router_stats(norms);
-      const double loss = evaluate(model, walk, 0, n, state, device, gen);
+      const double loss = evaluate(model, walk, 0, n, state, device, gen, bf16);
       model->collect_router_stats(false);
       const auto [metric, value] = headline(cfg, loss);
       store.set_result(run_id, split_name, "loss", loss);

@@ -18,7 +18,7 @@ OFFLINE_PACKAGES := libyaml-cpp-dev libyaml-cpp0.7 libsqlite3-dev libsqlite3-0 l
 OFFLINE_ROOT := $(CURDIR)/.offline/root
 PY ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 
-.PHONY: deps build test demo clean offline-bundle offline-build
+.PHONY: deps build test demo clean offline-bundle offline-build paper demo-paper
 
 deps: $(VENV)/.torch-$(TORCH_VERSION)
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
@@ -42,6 +42,29 @@ test: build
 
 demo: build
 	$(SSR) train experiments/demo.yaml --db $(DB)
+
+# Paper tables and figures from the run store (SCALE=paper by default; demo for the CPU study).
+# Each reads the runs of its experiment file (ssr report --list) and writes results/tables/NAME.*
+# or results/figures/NAME.{csv,png,pdf}; missing runs are shown as – and listed.
+SCALE   ?= paper
+TABLES  := table1 table3 table4 table5 table6 table7 table8 table9
+FIGURES := fig2 fig3 fig4 fig5
+.PHONY: $(TABLES) $(FIGURES)
+$(TABLES): build
+	$(SSR) report $@ --db $(DB) --scale $(SCALE)
+$(FIGURES): build
+	$(SSR) report $@ --db $(DB) --scale $(SCALE) > /dev/null
+	gnuplot $(dir $(DB))figures/$@.gp
+paper: $(TABLES) $(FIGURES)
+
+# The demo study on CPU: Table 1 (nine methods x conventional/momentum, 2 seeds) and the Table 5
+# p-ablation at demo scale, then their tables and Figure 4.
+DEMO_JOBS ?= $(JOBS)
+demo-paper: build
+	$(SSR) data attack experiments/lm-demo.yaml > /dev/null
+	$(SSR) sweep experiments/table1.yaml --scale demo --jobs $(DEMO_JOBS) --db $(DB)
+	$(SSR) sweep experiments/table5-p-ssr-l-noise.yaml --scale demo --jobs $(DEMO_JOBS) --db $(DB)
+	$(MAKE) --no-print-directory table1 table5 fig2 fig4 SCALE=demo
 
 offline-bundle:
 	mkdir -p .offline/debs

@@ -1,5 +1,7 @@
 #include "models/switch_lm.hpp"
 
+#include "routers/ssr.hpp"
+
 #include "models/precision.hpp"
 
 #include <fmt/format.h>
@@ -248,6 +250,16 @@ std::vector<double> SwitchLMImpl::take_moe_output_norms() {
   std::vector<double> norms;
   for (auto& layer : layers) norms.push_back(layer->moe->take_output_norm());
   return norms;
+}
+
+bool SwitchLMImpl::set_router_eval_mode(const std::string& mode) {
+  const auto m = routers::eval_mode_named(mode);
+  for (auto& layer : layers) {
+    auto* ssr = dynamic_cast<routers::SsrRouter*>(layer->moe->router.get());
+    if (!ssr) return false;
+    ssr->set_eval_mode(m);
+  }
+  return true;
 }
 
 void SwitchLMImpl::time_routers(bool on) {

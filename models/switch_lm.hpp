@@ -116,6 +116,8 @@ class SwitchLMImpl : public torch::nn::Module {
   // Router timing of every MoE layer (see MoEImpl::time_router); seconds summed over layers.
   void time_routers(bool on);
   double take_router_seconds();
+  // Sets SSR's inference mode in every layer; false when the routers are not SSR.
+  bool set_router_eval_mode(const std::string& mode);
 
   // Parameters by component, in a fixed order, ending with "total" (what `ssr params` prints).
   std::vector<ParamCount> parameter_count() const;

@@ -24,13 +24,17 @@ SsrOptions ssr_options(const config::Config& cfg) {
   o.noise_std = cfg.f("router.noise_std");
   const auto& scope = cfg.s("router.noise_scope");
   o.noise_scope = scope == "all" ? NoiseScope::All : NoiseScope::Sinkhorn;
-  const auto& ev = cfg.s("router.eval_mode");
-  o.eval_mode = ev == "sinkhorn" ? EvalMode::Sinkhorn
-                : ev == "noise"  ? EvalMode::Noise
-                : ev == "both"   ? EvalMode::Both
-                                 : EvalMode::None;
+  o.eval_mode = eval_mode_named(cfg.s("router.eval_mode"));
   o.sinkhorn = sinkhorn_options(cfg);
   return o;
+}
+
+EvalMode eval_mode_named(const std::string& ev) {
+  if (ev == "none") return EvalMode::None;
+  if (ev == "sinkhorn") return EvalMode::Sinkhorn;
+  if (ev == "noise") return EvalMode::Noise;
+  if (ev == "both") return EvalMode::Both;
+  throw config::ConfigError(fmt::format("inference mode '{}': expected none, sinkhorn, noise or both", ev));
 }
 
 SsrRouter::SsrRouter(int64_t top_k, SsrOptions opt) : k_(top_k), opt_(opt) {}
@@ -42,7 +46,8 @@ Routing SsrRouter::route(const torch::Tensor& logits, const torch::Tensor&, Mode
   const bool noise_on = opt_.noise > 0 && (train || opt_.eval_mode == EvalMode::Noise || opt_.eval_mode == EvalMode::Both);
   // p = 0 and p = 1 draw nothing, so p = 0 is exactly vanilla, generator included.
   const bool use_sinkhorn = sinkhorn_on && opt_.p > 0 && (opt_.p >= 1 || draw_uniform(gen) < opt_.p);
-  const bool noisy_cost = noise_on && (use_sinkhorn || opt_.noise_scope == NoiseScope::All);
+  // Inference "w/ noise" (Table 3) perturbs the selection itself, whatever the training scope.
+  const bool noisy_cost = noise_on && (use_sinkhorn || opt_.noise_scope == NoiseScope::All || !train);
 
   if (!use_sinkhorn && !noisy_cost) {
     auto r = top_k_softmax(logits, k_);

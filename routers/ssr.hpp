@@ -25,6 +25,8 @@ struct SsrOptions {
 
 // Reads router.p, cost, noise, noise_std, noise_scope, eval_mode and the Sinkhorn keys.
 SsrOptions ssr_options(const config::Config& cfg);
+// "none" | "sinkhorn" | "noise" | "both" (router.eval_mode, eval.router_modes).
+EvalMode eval_mode_named(const std::string& name);
 
 // Selective Sinkhorn Routing (paper Algorithm 2).
 class SsrRouter : public RouterImpl {
@@ -32,6 +34,8 @@ class SsrRouter : public RouterImpl {
   SsrRouter(int64_t top_k, SsrOptions opt);
   Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode,
                 torch::Generator& gen) override;
+  // Switches what stays on at inference, so one trained model is evaluated several ways (Table 3).
+  void set_eval_mode(EvalMode m) { opt_.eval_mode = m; }
 
  private:
   int64_t k_;

@@ -1,6 +1,7 @@
 // End to end through the `ssr` binary: training on real WikiText-103 text lowers the loss, a
 // seeded run is reproducible, rejected input writes nothing, a killed run is left stale.
 #include <catch2/catch.hpp>
+#include <map>
 #include <set>
 #include <signal.h>
 #include <sys/wait.h>
@@ -108,6 +109,9 @@ TEST_CASE("rejected input exits 2 with one line and writes nothing", "[train]") 
       {fmt::format("train {} data.dir=/nonexistent", kDemo), "/nonexistent"},
       {"show 999", "no run 999"},
       {"runs --where colour=red", "unknown key 'colour'"},
+      {fmt::format("train {} eval.router_modes=[sinkhorn]", kDemo), "eval.router_modes: only the ssr router"},
+      {fmt::format("train {} router=ssr_l eval.router_modes=[sinkhron]", kDemo), "inference mode 'sinkhron'"},
+      {fmt::format("train {}/experiments/table1.yaml", SSR_SOURCE_DIR), "is a sweep file"},
   };
   for (const auto& c : cases) {
     auto r = run(c.args + " --db " + db);
@@ -201,4 +205,21 @@ TEST_CASE("a killed run resumed from its checkpoint repeats the uninterrupted lo
     if (sa.results(ra.id)[i].name == "seconds") continue;  // wall time
     CHECK(sa.results(ra.id)[i].value == sb.results(rb.id)[i].value);
   }
+}
+
+TEST_CASE("one trained SSR model is evaluated under every requested inference mode", "[train]") {
+  const auto db = temp_db("modes.db");
+  // p = 1: Sinkhorn routes every training forward, so keeping it at inference changes the routing.
+  auto r = run(fmt::format("train {} {} train.steps=10 router=ssr_l_noise router.p=1 "
+                           "eval.router_modes=[sinkhorn,noise,both] --db {} --quiet", kDemo, kSmall, db));
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  ssr::store::Store s(db);
+  std::map<std::string, double> ppl;
+  for (const auto& x : s.results(s.runs().at(0).id))
+    if (x.name == "ppl") ppl[x.split] = x.value;
+  for (const char* split : {"valid", "test", "valid@sinkhorn", "test@sinkhorn", "valid@noise", "test@both"})
+    CHECK(ppl.count(split));
+  CHECK(ppl["valid@sinkhorn"] != ppl["valid"]);
+  CHECK(ppl["valid@noise"] != ppl["valid"]);
 }

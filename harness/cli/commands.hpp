@@ -16,5 +16,7 @@ constexpr int kBadInput = 2;
 
 void add_run_commands(CLI::App& app, Context& ctx);    // train, runs, show, config, params, data
 void add_bench_commands(CLI::App& app, Context& ctx);  // bench
+void add_sweep_commands(CLI::App& app, Context& ctx);  // sweep, sweep run, sweep status
+void add_report_commands(CLI::App& app, Context& ctx); // report
 
 }  // namespace ssr::cli

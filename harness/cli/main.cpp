@@ -13,6 +13,8 @@ int main(int argc, char** argv) {
   ssr::cli::Context ctx;
   ssr::cli::add_run_commands(app, ctx);
   ssr::cli::add_bench_commands(app, ctx);
+  ssr::cli::add_sweep_commands(app, ctx);
+  ssr::cli::add_report_commands(app, ctx);
   try {
     app.parse(argc, argv);
     return ctx.exit_code;

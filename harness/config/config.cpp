@@ -423,6 +423,10 @@ Config resolve(const std::string& config_file, const std::vector<std::string>& o
   json tree = yaml_to_json(load_yaml(config_file));
   if (tree.is_null()) tree = json::object();
   if (!tree.is_object()) throw ConfigError(fmt::format("{}: expected a map of keys", config_file));
+  for (const char* k : {"base", "variants", "grid", "scales", "seeds", "random"})
+    if (tree.contains(k))
+      throw ConfigError(fmt::format("{} is a sweep file ({}:), not a run config: run it with `ssr sweep {}`", config_file, k,
+                                    config_file));
 
   // Groups named on the command line replace the file's defaults.
   std::map<std::string, std::string> chosen;

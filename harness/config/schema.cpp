@@ -116,6 +116,7 @@ std::vector<Key> build() {
       I("eval.batch_size", 48, 1, 1 << 20, "streams in evaluation (reference: the training batch)"),
       SL("eval.splits", {"valid", "test"}, "splits evaluated at the end of the run (valid-attacked, test-attacked after `ssr data attack`)"),
       I("eval.max_segments", 0, 0, 1LL << 40, "segments evaluated per split at the end (0 = the whole split, as the reference)"),
+      SL("eval.router_modes", {}, "SSR only: evaluate every split again with these inference modes (none, sinkhorn, noise, both); results stored as SPLIT@MODE (paper Table 3)"),
       C("eval.checkpoint", "best", {"best", "last"}, "final evaluation of the best partial-validation checkpoint (reference) or the last step"),
   };
 }

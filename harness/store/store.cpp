@@ -407,4 +407,111 @@ void Store::truncate_after(int64_t run, int64_t step) {
   tx.commit();
 }
 
+
+std::pair<int64_t, bool> Store::plan_sweep(const std::string& name, const json& spec, const std::string& plan_hash,
+                                           const std::vector<PlannedJob>& jobs) {
+  Transaction tx(db_);
+  {
+    Stmt f(db_, "SELECT id FROM sweeps WHERE name=? AND json_extract(spec_json, '$.plan_hash')=? ORDER BY id DESC LIMIT 1");
+    f.bind(1, name).bind(2, plan_hash);
+    if (f.step()) return {f.i64(0), false};
+  }
+  Stmt s(db_, "INSERT INTO sweeps (name, spec_json, created_at) VALUES (?,?,?)");
+  s.bind(1, name).bind(2, spec.dump()).bind(3, now());
+  s.step();
+  const int64_t id = sqlite3_last_insert_rowid(db_);
+  Stmt done(db_, "SELECT 1 FROM runs WHERE config_hash=? AND status IN ('finished','nan') LIMIT 1");
+  Stmt ins(db_,
+           "INSERT INTO runs (sweep_id, job_num, config_hash, config_json, status, seed, created_at) "
+           "VALUES (?,?,?,?,'queued',?,?)");
+  const double t = now();
+  for (const auto& j : jobs) {
+    done.bind(1, j.config_hash);
+    const bool skip = done.step();
+    done.reset();
+    if (skip) continue;
+    ins.bind(1, id).bind(2, j.num).bind(3, j.config_hash).bind(4, j.config.dump()).bind(5, j.seed).bind(6, t);
+    ins.step();
+    ins.reset();
+  }
+  tx.commit();
+  return {id, true};
+}
+
+std::optional<Sweep> Store::sweep(int64_t id) const {
+  Stmt s(db_, "SELECT id, name, spec_json, created_at FROM sweeps WHERE id=?");
+  s.bind(1, id);
+  if (!s.step()) return std::nullopt;
+  return Sweep{s.i64(0), s.text(1), json::parse(s.text(2)), s.f64(3)};
+}
+
+std::vector<Sweep> Store::sweeps() const {
+  Stmt s(db_, "SELECT id, name, spec_json, created_at FROM sweeps ORDER BY id");
+  std::vector<Sweep> out;
+  while (s.step()) out.push_back({s.i64(0), s.text(1), json::parse(s.text(2)), s.f64(3)});
+  return out;
+}
+
+std::vector<Run> Store::sweep_runs(int64_t sweep) const {
+  Stmt s(db_, fmt::format("SELECT {} FROM runs WHERE sweep_id=? ORDER BY job_num", kRunColumns));
+  s.bind(1, sweep);
+  std::vector<Run> out;
+  while (s.step()) out.push_back(read_run(s));
+  return out;
+}
+
+std::optional<int64_t> Store::done_run(const std::string& config_hash) const {
+  Stmt s(db_, "SELECT id FROM runs WHERE config_hash=? AND status IN ('finished','nan') ORDER BY id DESC LIMIT 1");
+  s.bind(1, config_hash);
+  if (!s.step()) return std::nullopt;
+  return s.i64(0);
+}
+
+std::optional<Run> Store::claim_job(int64_t sweep, std::optional<int64_t> job, const RunInfo& info) {
+  Transaction tx(db_);
+  std::optional<int64_t> id;
+  for (;;) {
+    Stmt pick(db_, job ? "SELECT id, config_hash FROM runs WHERE sweep_id=? AND status='queued' AND job_num=?"
+                       : "SELECT id, config_hash FROM runs WHERE sweep_id=? AND status='queued' ORDER BY job_num LIMIT 1");
+    pick.bind(1, sweep);
+    if (job) pick.bind(2, *job);
+    if (!pick.step()) break;
+    const int64_t candidate = pick.i64(0);
+    Stmt done(db_, "SELECT 1 FROM runs WHERE config_hash=? AND status IN ('finished','nan') AND id!=?");
+    done.bind(1, pick.text(1)).bind(2, candidate);
+    if (!done.step()) {
+      id = candidate;
+      break;
+    }
+    Stmt drop(db_, "DELETE FROM runs WHERE id=?");
+    drop.bind(1, candidate);
+    drop.step();
+  }
+  if (!id) {
+    tx.commit();
+    return std::nullopt;
+  }
+  Stmt s(db_,
+         "UPDATE runs SET status='running', git_rev=?, host=?, device=?, torch_version=?, world_size=?, "
+         "backend=?, started_at=?, heartbeat_at=?, ended_at=NULL, error=NULL WHERE id=?");
+  const double t = now();
+  s.bind(1, info.git_rev).bind(2, info.host).bind(3, info.device).bind(4, info.torch_version)
+      .bind(5, info.world_size).bind(6, info.backend).bind(7, t).bind(8, t).bind(9, *id);
+  s.step();
+  tx.commit();
+  return run(*id);
+}
+
+int64_t Store::requeue(int64_t sweep, double stale_after, bool failed) {
+  Transaction tx(db_);
+  Stmt s(db_,
+         "UPDATE runs SET status='queued' WHERE sweep_id=? AND "
+         "((status='running' AND heartbeat_at < ?) OR (status='failed' AND ?))");
+  s.bind(1, sweep).bind(2, now() - stale_after).bind(3, int64_t{failed ? 1 : 0});
+  s.step();
+  const int64_t n = sqlite3_changes(db_);
+  tx.commit();
+  return n;
+}
+
 }  // namespace ssr::store

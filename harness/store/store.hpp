@@ -57,6 +57,21 @@ struct Timing {
   double seconds;
 };
 
+struct Sweep {
+  int64_t id = 0;
+  std::string name;
+  json spec;  // sweep::Spec::to_json(): file, scale, overrides, every job's hash and labels
+  double created_at = 0;
+};
+
+// One job of a sweep plan, as planning hands it to the store.
+struct PlannedJob {
+  int64_t num;
+  std::string config_hash;
+  json config;
+  int64_t seed;
+};
+
 class Store {
  public:
   explicit Store(const std::string& path);  // creates the file and folders, applies migrations
@@ -86,6 +101,25 @@ class Store {
   std::vector<Timing> timings(int64_t run) const;
   // Drop rows a run wrote after `step` (a resumed run continues from its checkpoint).
   void truncate_after(int64_t run, int64_t step);
+
+  // ---- sweeps
+  // In one transaction: the sweep with this name whose spec has this plan_hash if one exists
+  // (second = false), else a new sweep with a queued row per job, except jobs whose config hash
+  // already has a done run (second = true).
+  std::pair<int64_t, bool> plan_sweep(const std::string& name, const json& spec, const std::string& plan_hash,
+                                      const std::vector<PlannedJob>& jobs);
+  std::optional<Sweep> sweep(int64_t id) const;
+  std::vector<Sweep> sweeps() const;
+  std::vector<Run> sweep_runs(int64_t sweep) const;  // by job number
+  // The newest run with this config hash that ended finished or nan (a NaN is a result too).
+  std::optional<int64_t> done_run(const std::string& config_hash) const;
+  // Takes the sweep's queued job `job` (or its lowest queued job) and marks it running, in one
+  // transaction, so concurrent workers never take the same job. A queued job whose config hash
+  // has meanwhile been done by another run is dropped instead (nothing ran under it).
+  std::optional<Run> claim_job(int64_t sweep, std::optional<int64_t> job, const RunInfo& info);
+  // Back to queued: running jobs whose heartbeat is older than stale_after seconds, and failed
+  // jobs if `failed`. Returns how many.
+  int64_t requeue(int64_t sweep, double stale_after, bool failed);
 
   sqlite3* handle() const { return db_; }
 

@@ -13,6 +13,7 @@
 #include "harness/train/progress.hpp"
 #include "models/precision.hpp"
 #include "models/switch_lm.hpp"
+#include "routers/ssr.hpp"
 
 namespace fs = std::filesystem;
 
@@ -172,6 +173,10 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
   for (const auto& name : cfg.strings("eval.splits"))
     if (!corpus.splits.count(name))
       throw config::ConfigError(fmt::format("eval.splits: no split '{}' in {}", name, cfg.s("data.dir")));
+  if (!cfg.strings("eval.router_modes").empty() && cfg.s("router.name") != "ssr")
+    throw config::ConfigError(fmt::format("eval.router_modes: only the ssr router has inference modes (router.name is {})",
+                                          cfg.s("router.name")));
+  for (const auto& mode : cfg.strings("eval.router_modes")) routers::eval_mode_named(mode);  // rejects unknown modes
   models::SwitchLM model(cfg, corpus.vocab_size());
   model->to(device);
   torch::optim::Adam optimizer(model->parameters(),
@@ -364,20 +369,21 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       store.set_result(run_id, "train", "best_step", static_cast<double>(snap.best_step));
     }
     const int64_t EB = cfg.i("eval.batch_size"), max_seg = cfg.i("eval.max_segments");
-    for (const auto& split_name : cfg.strings("eval.splits")) {
+    // Evaluates one split and stores its results under `stored_as`; returns the mean NLL.
+    auto final_eval = [&](const std::string& split_name, const std::string& stored_as) {
       data::StreamBatcher walk(corpus.splits.at(split_name), EB, M, cfg.b("data.eval_every_token"));
       const int64_t n = max_seg > 0 ? std::min(max_seg, walk.eval_segments()) : walk.eval_segments();
       auto state = model->initial_state(EB);
       to_device(state, device);
-      const bool norms = split_name == "valid";  // paper Fig. 2: MoE output norm per layer
+      const bool norms = stored_as == "valid";  // paper Fig. 2: MoE output norm per layer
       if (norms) model->take_moe_output_norms();  // drop what training steps accumulated
       model->collect_router_stats(norms);
       const double loss = evaluate(model, walk, 0, n, state, device, gen, bf16);
       model->collect_router_stats(false);
       const auto [metric, value] = headline(cfg, loss);
-      store.set_result(run_id, split_name, "loss", loss);
-      store.set_result(run_id, split_name, metric, value);
-      store.set_result(run_id, split_name, "segments", static_cast<double>(n));
+      store.set_result(run_id, stored_as, "loss", loss);
+      store.set_result(run_id, stored_as, metric, value);
+      store.set_result(run_id, stored_as, "segments", static_cast<double>(n));
       if (norms) {
         model->take_router_stats();
         const auto out_norms = model->take_moe_output_norms();
@@ -385,11 +391,20 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
           metrics.push_back({steps, "valid", fmt::format("layer{}/output_norm", l), out_norms[l], seconds_since(t_start)});
         flush(steps);
       }
-      progress.message(fmt::format("run {}: {} {} {:.3f}", run_id, split_name, metric, value));
+      progress.message(fmt::format("run {}: {} {} {:.3f}", run_id, stored_as, metric, value));
+      return loss;
+    };
+    for (const auto& split_name : cfg.strings("eval.splits")) {
+      const double loss = final_eval(split_name, split_name);
       if (!std::isfinite(loss)) {
         store.finish_run(run_id, "nan", fmt::format("{} loss is {}", split_name, loss));
         return {run_id, "nan"};
       }
+    }
+    // The same model under SSR's other inference modes (paper Table 3): SPLIT@MODE.
+    for (const auto& mode : cfg.strings("eval.router_modes")) {
+      model->set_router_eval_mode(mode);
+      for (const auto& split_name : cfg.strings("eval.splits")) final_eval(split_name, split_name + "@" + mode);
     }
     store.set_result(run_id, "train", "seconds", seconds_since(t_start));
     store.finish_run(run_id, "finished");

@@ -1,0 +1,178 @@
+// sweep: plan a study into the store, run it locally or as a Slurm job array, resume it.
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "harness/cli/commands.hpp"
+#include "harness/config/config.hpp"
+#include "harness/store/store.hpp"
+#include "harness/sweep/launch.hpp"
+#include "harness/sweep/sweep.hpp"
+
+namespace fs = std::filesystem;
+
+namespace ssr::cli {
+namespace {
+
+using config::ConfigError;
+
+struct SweepArgs {
+  std::string file, scale, launcher = "local";
+  std::vector<std::string> overrides;
+  int jobs = 1;
+  bool dry_run = false, retry_failed = false, quiet = false;
+  int64_t resume = 0, sweep = 0, job = -1, status_id = 0;
+  double stale_after = 120;
+};
+
+// Per-sweep files live beside the database: <db folder>/logs/sweep-ID, <db folder>/sweeps/.
+fs::path beside_db(const std::string& db, const std::string& sub) { return fs::path(db).parent_path() / sub; }
+
+void print_jobs(const sweep::Spec& spec, const store::Store* store) {
+  std::cout << fmt::format("{}: {} jobs{}, base {}\n", spec.file, spec.jobs.size(),
+                           spec.scale.empty() ? "" : ", scale " + spec.scale, spec.base);
+  for (const auto& j : spec.jobs) {
+    std::string state;
+    if (store)
+      if (auto done = store->done_run(j.config.hash())) state = fmt::format("  (done: run {})", *done);
+    std::cout << fmt::format("  job {:<4} {}  {}{}\n", j.num, j.config.hash(), j.describe(), state);
+  }
+}
+
+int launch(store::Store& store, int64_t id, const SweepArgs& a) {
+  const auto sweep = *store.sweep(id);
+  const auto log_dir = (beside_db(store.path(), "logs") / fmt::format("sweep-{}", id)).string();
+  if (a.launcher == "slurm") {
+    std::vector<int64_t> pending;
+    for (const auto& r : store.sweep_runs(id))
+      if (r.status == "queued" && r.job_num) pending.push_back(*r.job_num);
+    if (pending.empty()) {
+      std::cerr << fmt::format("sweep {}: no queued jobs; nothing to submit\n", id);
+      return 0;
+    }
+    const fs::path script = beside_db(store.path(), "sweeps") / fmt::format("sweep-{}.sbatch", id);
+    fs::create_directories(script.parent_path());
+    fs::create_directories(log_dir);
+    std::ofstream(script) << sweep::slurm_script(sweep, pending, store.path(), log_dir);
+    std::cerr << fmt::format("sweep {}: wrote {} ({} array tasks)\n  submit: sbatch {}\n  watch:  ssr sweep status {} --db {}\n",
+                             id, script.string(), pending.size(), script.string(), id, store.path());
+    return 0;
+  }
+  sweep::LocalOptions opt;
+  opt.jobs = a.jobs;
+  opt.log_dir = log_dir;
+  opt.stale_after = a.stale_after;
+  opt.quiet = a.quiet;
+  const int code = sweep::run_local(store, id, opt);
+  std::cerr << fmt::format("sweep {}: {}  (ssr runs --where sweep={} --db {})\n", id,
+                           sweep::summarize(sweep::job_status(store, sweep, a.stale_after)).line(), id, store.path());
+  return code;
+}
+
+int plan_and_run(const std::string& db, const SweepArgs& a) {
+  auto spec = sweep::load(a.file, a.overrides, a.scale);
+  if (a.dry_run) {
+    // Nothing is written: the store is only read, and only if it exists.
+    std::optional<store::Store> store;
+    if (fs::exists(db)) store.emplace(db);
+    print_jobs(spec, store ? &*store : nullptr);
+    return 0;
+  }
+  std::vector<store::PlannedJob> jobs;
+  for (auto& j : spec.jobs) {
+    j.config.set("run.db", db, "--db");
+    jobs.push_back({j.num, j.config.hash(), j.config.to_json(), j.config.i("run.seed")});
+  }
+  store::Store store(db);
+  const auto [id, created] = store.plan_sweep(spec.name, spec.to_json(), spec.plan_hash(), jobs);
+  const auto status = sweep::job_status(store, *store.sweep(id), a.stale_after);
+  int64_t reused = 0;
+  for (const auto& s : status) reused += s.status == "reused";
+  std::cerr << fmt::format("sweep {} ({}{}): {} jobs, {}{}\n", id, spec.name, spec.scale.empty() ? "" : ", scale " + spec.scale,
+                           spec.jobs.size(), created ? "planned" : "already planned with the same jobs, continuing",
+                           reused ? fmt::format("; {} done by earlier runs of the same config", reused) : "");
+  return launch(store, id, a);
+}
+
+int show_status(const std::string& db, int64_t id, double stale_after) {
+  store::Store store(db);
+  if (id == 0) {
+    for (const auto& s : store.sweeps())
+      std::cout << fmt::format("sweep {:<4} {:<24} scale {:<8} {}\n", s.id, s.name, s.spec.value("scale", std::string("-")),
+                               sweep::summarize(sweep::job_status(store, s, stale_after)).line());
+    return 0;
+  }
+  const auto s = store.sweep(id);
+  if (!s) throw ConfigError(fmt::format("no sweep {} in {} (ssr sweep status lists them)", id, db));
+  const auto jobs = sweep::job_status(store, *s, stale_after);
+  std::cout << fmt::format("sweep {} ({}, {}): {}\n", s->id, s->name, s->spec.value("file", std::string()),
+                           sweep::summarize(jobs).line());
+  for (const auto& j : jobs)
+    std::cout << fmt::format("  job {:<4} {:<9} run {:<6} {}\n", j.num, j.status, j.run_id ? std::to_string(j.run_id) : "-",
+                             j.labels);
+  return 0;
+}
+
+}  // namespace
+
+void add_sweep_commands(CLI::App& app, Context& ctx) {
+  auto a = std::make_shared<SweepArgs>();
+  auto* sw = app.add_subcommand("sweep", "Plan a sweep into the run store and run it (local pool or Slurm array)");
+  sw->add_option("sweep_file", a->file, "sweep YAML (see experiments/)");
+  sw->add_option("overrides", a->overrides, "key=value for every job; key=a,b,c or key=range(0,4) adds an axis");
+  sw->add_option("--scale", a->scale, "one of the file's scales (default: its first, e.g. paper)");
+  sw->add_option("--jobs,-j", a->jobs, "worker processes at once (local launcher)")->check(CLI::Range(1, 1024));
+  sw->add_flag("--dry-run", a->dry_run, "print the jobs and their config hashes; write nothing");
+  sw->add_option("--launcher", a->launcher, "local (worker processes here) or slurm (write an sbatch array script)")
+      ->check(CLI::IsMember({"local", "slurm"}));
+  sw->add_option("--resume", a->resume, "continue sweep ID: requeue its stale running jobs, then run what is queued");
+  sw->add_flag("--retry-failed", a->retry_failed, "with --resume: requeue failed jobs too");
+  sw->add_option("--stale-after", a->stale_after, "seconds without heartbeat before a running job counts as dead")
+      ->capture_default_str();
+  sw->add_option("--db", ctx.db, "run store")->capture_default_str();
+  sw->add_flag("--quiet", a->quiet, "no live summary line");
+  sw->footer(
+      "Examples:\n"
+      "  ssr sweep experiments/table1.yaml --scale demo --jobs 2\n"
+      "  ssr sweep experiments/table5-p-ssr-l-noise.yaml router.xi=0.5,1 --dry-run\n"
+      "  ssr sweep experiments/table1.yaml --launcher slurm     # then: sbatch results/sweeps/sweep-1.sbatch\n"
+      "  ssr sweep --resume 3 --retry-failed --jobs 2\n"
+      "  ssr sweep status 3");
+
+  auto* run = sw->add_subcommand("run", "Worker: claim and train a sweep's job (what the pool and Slurm tasks run)");
+  run->add_option("--sweep", a->sweep, "sweep id")->required();
+  run->add_option("--job", a->job, "job number (default: every queued job, one after another)");
+  run->add_option("--db", ctx.db, "run store")->capture_default_str();
+  run->add_flag("--quiet", a->quiet, "no progress output");
+  run->footer("Examples:\n  ssr sweep run --sweep 3 --job $SLURM_ARRAY_TASK_ID\n  ssr sweep run --sweep 3   # a worker that drains the queue");
+
+  auto* status = sw->add_subcommand("status", "Per-job state of a sweep (no id: every sweep)");
+  status->add_option("sweep_id", a->status_id, "sweep id");
+  status->add_option("--db", ctx.db, "run store")->capture_default_str();
+  status->add_option("--stale-after", a->stale_after, "seconds without heartbeat before a running job counts as dead");
+  status->footer("Examples:\n  ssr sweep status\n  ssr sweep status 3");
+
+  run->callback([a, &ctx] {
+    store::Store store(ctx.db);
+    ctx.exit_code = sweep::work(store, a->sweep, a->job >= 0 ? std::optional<int64_t>(a->job) : std::nullopt, a->quiet);
+  });
+  status->callback([a, &ctx] { ctx.exit_code = show_status(ctx.db, a->status_id, a->stale_after); });
+  sw->callback([a, sw, &ctx] {
+    if (!sw->get_subcommands().empty()) return;  // `sweep run` / `sweep status` did the work
+    if (sw->count("--resume")) {
+      if (!a->file.empty()) throw ConfigError("--resume: a resumed sweep keeps its plan; drop SWEEP_FILE");
+      store::Store store(ctx.db);
+      if (!store.sweep(a->resume)) throw ConfigError(fmt::format("--resume: no sweep {} in {}", a->resume, ctx.db));
+      const auto n = store.requeue(a->resume, a->stale_after, a->retry_failed);
+      std::cerr << fmt::format("sweep {}: requeued {} job(s)\n", a->resume, n);
+      ctx.exit_code = launch(store, a->resume, *a);
+      return;
+    }
+    if (a->file.empty()) throw ConfigError("sweep: give SWEEP.yaml, --resume ID, or a subcommand (run, status)");
+    ctx.exit_code = plan_and_run(ctx.db, *a);
+  });
+}
+
+}  // namespace ssr::cli

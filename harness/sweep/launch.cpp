@@ -1,0 +1,246 @@
+#include "harness/sweep/launch.hpp"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <thread>
+
+#include "harness/config/config.hpp"
+#include "harness/train/trainer.hpp"
+
+extern char** environ;
+namespace fs = std::filesystem;
+
+namespace ssr::sweep {
+
+using json = nlohmann::json;
+
+namespace {
+
+std::atomic<int> g_stop{0};
+void on_stop(int sig) { g_stop = sig; }
+
+std::string self_exe() {
+  std::error_code ec;
+  auto p = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) throw std::runtime_error("cannot find the ssr binary (/proc/self/exe)");
+  return p.string();
+}
+
+std::string labels_text(const json& labels) {
+  std::string s;
+  for (const auto& kv : labels) s += (s.empty() ? "" : " ") + kv[0].get<std::string>() + "=" + kv[1].get<std::string>();
+  return s;
+}
+
+bool ended_well(const std::string& status) { return status == "finished" || status == "nan" || status == "reused"; }
+
+}  // namespace
+
+std::string Summary::line() const {
+  std::string s = fmt::format("[{}/{} done", done, total);
+  if (failed) s += fmt::format(", {} failed", failed);
+  if (running) s += fmt::format(", {} running", running);
+  if (stale) s += fmt::format(", {} stale", stale);
+  if (queued) s += fmt::format(", {} queued", queued);
+  return s + "]";
+}
+
+std::vector<JobStatus> job_status(const store::Store& store, const store::Sweep& sweep, double stale_after) {
+  std::map<int64_t, store::Run> rows;
+  for (auto& r : store.sweep_runs(sweep.id))
+    if (r.job_num) rows.emplace(*r.job_num, std::move(r));
+  std::vector<JobStatus> out;
+  for (const auto& j : sweep.spec.at("jobs")) {
+    JobStatus s;
+    s.num = j.at("num").get<int64_t>();
+    s.labels = labels_text(j.at("labels"));
+    if (auto it = rows.find(s.num); it != rows.end()) {
+      s.status = it->second.shown_status(stale_after);
+      s.run_id = it->second.id;
+    } else if (auto done = store.done_run(j.at("hash").get<std::string>())) {
+      s.status = "reused";  // an earlier run of the same config, from this or another sweep
+      s.run_id = *done;
+    } else {
+      s.status = "missing";
+    }
+    out.push_back(s);
+  }
+  return out;
+}
+
+Summary summarize(const std::vector<JobStatus>& jobs) {
+  Summary s;
+  s.total = static_cast<int64_t>(jobs.size());
+  for (const auto& j : jobs) {
+    if (ended_well(j.status)) ++s.done;
+    else if (j.status == "failed") ++s.failed;
+    else if (j.status == "running") ++s.running;
+    else if (j.status == "stale") ++s.stale;
+    else if (j.status == "queued" || j.status == "missing") ++s.queued;
+  }
+  return s;
+}
+
+int work(store::Store& store, int64_t sweep, std::optional<int64_t> job, bool quiet) {
+  if (!store.sweep(sweep)) throw config::ConfigError(fmt::format("--sweep: no sweep {} in {}", sweep, store.path()));
+  int code = 0;
+  for (;;) {
+    auto run = store.claim_job(sweep, job, store::this_machine("cpu"));
+    if (!run) {
+      if (job) {
+        const auto rows = store.sweep_runs(sweep);
+        auto it = std::find_if(rows.begin(), rows.end(), [&](const auto& r) { return r.job_num == job; });
+        std::cerr << fmt::format("sweep {} job {}: {}\n", sweep, *job,
+                                 it == rows.end() ? "nothing to run (done by an earlier run of the same config)"
+                                                  : "not queued (" + it->status + "); nothing to do");
+      }
+      return code;
+    }
+    auto cfg = config::Config::from_json(run->config);
+    cfg.set("run.db", store.path(), "--db");
+    train::Options opts;
+    opts.quiet = quiet;
+    // A job killed mid-way and requeued continues from its last checkpoint.
+    if (fs::exists(fs::path(cfg.s("run.out_dir")) / std::to_string(run->id) / "last.pt")) opts.resume_run = run->id;
+    else opts.queued_run = run->id;
+    std::cerr << fmt::format("sweep {} job {}: run {}{}\n", sweep, *run->job_num, run->id,
+                             opts.resume_run ? " (continuing from its checkpoint)" : "");
+    try {
+      const auto out = train::train(cfg, store, opts);
+      if (out.status == "failed") code = 1;
+    } catch (const std::exception& e) {
+      // The trainer has recorded the failure on the row when it got that far; a job rejected
+      // before training (e.g. missing data) is marked here, so the sweep moves on.
+      if (auto r = store.run(run->id); r && r->status == "running") store.finish_run(run->id, "failed", e.what());
+      std::cerr << fmt::format("sweep {} job {}: failed: {}\n", sweep, *run->job_num, e.what());
+      code = 1;
+    }
+    if (job) return code;
+  }
+}
+
+int run_local(store::Store& store, int64_t sweep_id, const LocalOptions& opt) {
+  const auto sweep = store.sweep(sweep_id);
+  if (!sweep) throw config::ConfigError(fmt::format("no sweep {} in {}", sweep_id, store.path()));
+  fs::create_directories(opt.log_dir);
+  const std::string exe = self_exe();
+  const bool tty = isatty(STDERR_FILENO);
+  g_stop = 0;
+  auto old_int = std::signal(SIGINT, on_stop);
+  auto old_term = std::signal(SIGTERM, on_stop);
+
+  std::vector<int64_t> pending;
+  for (const auto& r : store.sweep_runs(sweep_id))
+    if (r.status == "queued" && r.job_num) pending.push_back(*r.job_num);
+  std::map<pid_t, int64_t> children;  // pid -> job number
+  std::string last_line;
+  auto show = [&](bool force) {
+    if (opt.quiet) return;
+    const auto line = summarize(job_status(store, *sweep, opt.stale_after)).line();
+    if (tty) std::cerr << "\r\033[K" << line << std::flush;
+    else if (force || line != last_line) std::cerr << line << "\n";
+    last_line = line;
+  };
+  size_t next = 0;
+  bool stopping = false;
+  while (next < pending.size() || !children.empty()) {
+    if (g_stop && !stopping) {
+      stopping = true;  // children mark their runs failed ("interrupted") and exit
+      for (const auto& [pid, num] : children) kill(pid, SIGTERM);
+    }
+    while (!stopping && children.size() < static_cast<size_t>(opt.jobs) && next < pending.size()) {
+      const int64_t num = pending[next++];
+      const std::string log = (fs::path(opt.log_dir) / fmt::format("job-{}.log", num)).string();
+      std::vector<std::string> args = {exe, "sweep", "run", "--sweep", std::to_string(sweep_id), "--job",
+                                       std::to_string(num), "--db", store.path()};
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      posix_spawn_file_actions_t fa;
+      posix_spawn_file_actions_init(&fa);
+      posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+      posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
+      pid_t pid = 0;
+      const int rc = posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv.data(), environ);
+      posix_spawn_file_actions_destroy(&fa);
+      if (rc != 0) throw std::runtime_error(fmt::format("cannot start a worker for job {}: {}", num, strerror(rc)));
+      children[pid] = num;
+    }
+    show(false);
+    int status = 0;
+    const pid_t pid = waitpid(-1, &status, WNOHANG);
+    if (pid > 0 && children.count(pid)) {
+      const int64_t num = children[pid];
+      children.erase(pid);
+      if (WIFSIGNALED(status)) {
+        // A worker killed outright never wrote its end: record it, so the sweep shows the failure
+        // and `ssr sweep --resume ID --retry-failed` reruns it from its last checkpoint.
+        for (const auto& r : store.sweep_runs(sweep_id))
+          if (r.job_num == num && r.status == "running")
+            store.finish_run(r.id, "failed", fmt::format("worker killed by signal {}", WTERMSIG(status)));
+      }
+      continue;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  std::signal(SIGINT, old_int);
+  std::signal(SIGTERM, old_term);
+  if (tty && !opt.quiet) std::cerr << "\n";
+  const auto final_jobs = job_status(store, *sweep, opt.stale_after);
+  const auto sum = summarize(final_jobs);
+  if (!opt.quiet) {
+    if (!tty) show(true);
+    for (const auto& j : final_jobs)
+      if (j.status == "failed")
+        std::cerr << fmt::format("  job {} ({}) failed: ssr show {} --db {}; log {}/job-{}.log\n", j.num, j.labels,
+                                 j.run_id, store.path(), opt.log_dir, j.num);
+  }
+  if (g_stop) return 128 + g_stop;
+  return sum.failed || sum.queued || sum.stale ? 1 : 0;
+}
+
+std::string array_ranges(const std::vector<int64_t>& jobs) {
+  std::string out;
+  for (size_t i = 0; i < jobs.size();) {
+    size_t j = i;
+    while (j + 1 < jobs.size() && jobs[j + 1] == jobs[j] + 1) ++j;
+    out += (out.empty() ? "" : ",") + (j == i ? std::to_string(jobs[i]) : fmt::format("{}-{}", jobs[i], jobs[j]));
+    i = j + 1;
+  }
+  return out;
+}
+
+std::string slurm_script(const store::Sweep& sweep, const std::vector<int64_t>& jobs, const std::string& db,
+                         const std::string& log_dir) {
+  const json& opts = sweep.spec.value("slurm", json::object());
+  std::string array = array_ranges(jobs);
+  if (opts.contains("parallel")) array += "%" + opts["parallel"].get<std::string>();
+  std::string s = "#!/bin/bash\n";
+  const std::string scale = sweep.spec.value("scale", std::string());
+  s += fmt::format("# ssr sweep {} ({}{}): {} of its {} jobs, written by ssr sweep --launcher slurm\n", sweep.id,
+                   sweep.name, scale.empty() ? "" : ", scale " + scale, jobs.size(), sweep.spec.at("jobs").size());
+  if (!opts.contains("job-name")) s += fmt::format("#SBATCH --job-name=ssr-{}\n", sweep.name);
+  s += fmt::format("#SBATCH --array={}\n", array);
+  if (!opts.contains("output")) s += fmt::format("#SBATCH --output={}/job-%a.log\n", fs::absolute(log_dir).string());
+  for (const auto& [k, v] : opts.items()) {
+    if (k == "parallel") continue;
+    s += fmt::format("#SBATCH --{}={}\n", k, v.is_string() ? v.get<std::string>() : v.dump());
+  }
+  s += "set -euo pipefail\n";
+  s += fmt::format("cd '{}'\n", fs::current_path().string());
+  s += fmt::format("exec '{}' sweep run --sweep {} --job \"$SLURM_ARRAY_TASK_ID\" --db '{}'\n", self_exe(), sweep.id,
+                   fs::absolute(db).string());
+  return s;
+}
+
+}  // namespace ssr::sweep

@@ -1,0 +1,347 @@
+// Sweeps: expansion of every axis kind (table-driven), rejection of bad sweep files, and through
+// the `ssr` binary: idempotent planning and running, a worker killed with SIGKILL mid-job and the
+// sweep resumed, concurrent workers on one store, the Slurm script run by a local stand-in.
+#include <catch2/catch.hpp>
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fmt/format.h>
+#include <fstream>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "harness/config/config.hpp"
+#include "harness/store/store.hpp"
+#include "harness/sweep/launch.hpp"
+#include "harness/sweep/sweep.hpp"
+
+namespace fs = std::filesystem;
+using ssr::config::ConfigError;
+
+namespace {
+
+const std::string kBin = SSR_BINARY;
+const std::string kSrc = SSR_SOURCE_DIR;
+
+fs::path temp_dir(const std::string& name) {
+  auto dir = fs::temp_directory_path() / fmt::format("ssr_sweep_{}_{}", ::getpid(), name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+// A sweep file in `dir` whose jobs train the demo model for a few steps on real WikiText-103 text.
+std::string write_sweep(const fs::path& dir, const std::string& body, int steps = 6) {
+  const auto file = dir / "sweep.yaml";
+  std::ofstream(file) << fmt::format(
+      "base: {}/experiments/demo.yaml\n"
+      "overrides: [train.steps={}, train.batch_size=4, train.seq_len=16, train.warmup=2, eval.batch_size=4, "
+      "eval.max_segments=2, train.eval_every=0, run.log_every=2, run.threads=1, train.checkpoint_every=2, "
+      "run.out_dir={}]\n{}",
+      kSrc, steps, (dir / "ckpt").string(), body);
+  return file.string();
+}
+
+struct Result {
+  int code;
+  std::string out;
+};
+Result shell(const std::string& command) {
+  const std::string cmd = fmt::format("cd '{}' && OMP_NUM_THREADS=1 {} 2>&1", kSrc, command);
+  Result r{0, ""};
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p);
+  char buf[512];
+  while (fgets(buf, sizeof buf, p)) r.out += buf;
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+Result run(const std::string& args) { return shell(fmt::format("'{}' {}", kBin, args)); }
+
+std::vector<std::string> labels(const ssr::sweep::Spec& s, const std::string& axis) {
+  std::vector<std::string> v;
+  for (const auto& j : s.jobs) v.push_back(j.label(axis));
+  return v;
+}
+
+// Job number -> how many rows of the sweep finished it.
+std::map<int64_t, int> finished_per_job(const ssr::store::Store& s, int64_t sweep) {
+  std::map<int64_t, int> n;
+  for (const auto& r : s.sweep_runs(sweep))
+    if (r.status == "finished") ++n[*r.job_num];
+  return n;
+}
+
+// Pids of processes whose command line contains every one of `parts`.
+std::vector<pid_t> pids_with(const std::vector<std::string>& parts) {
+  std::vector<pid_t> out;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const auto name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream f(e.path() / "cmdline");
+    std::string cmd((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    std::replace(cmd.begin(), cmd.end(), '\0', ' ');
+    bool all = true;
+    for (const auto& p : parts) all = all && cmd.find(p) != std::string::npos;
+    if (all) out.push_back(std::stoi(name));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("comma lists, ranges and their bracket rules", "[sweep]") {
+  struct Case {
+    std::string text;
+    std::vector<std::string> values;
+  };
+  const std::vector<Case> lists = {
+      {"1e-4,1e-3,1e-2", {"1e-4", "1e-3", "1e-2"}},
+      {"a, b ,c", {"a", "b", "c"}},
+      {"[valid,test],[test]", {"[valid,test]", "[test]"}},
+      {"single", {"single"}},
+  };
+  for (const auto& c : lists) CHECK(ssr::sweep::split_top_level(c.text) == c.values);
+  const std::vector<Case> ranges = {
+      {"range(0,4)", {"0", "1", "2", "3"}},
+      {"range(1, 10, 4)", {"1", "5", "9"}},
+      {"range(3,0,-1)", {"3", "2", "1"}},
+      {"range(0.1,0.4,0.1)", {"0.1", "0.2", "0.30000000000000004"}},
+  };
+  for (const auto& c : ranges) CHECK(*ssr::sweep::expand_range(c.text) == c.values);
+  CHECK(!ssr::sweep::expand_range("1,2"));
+  for (const char* bad : {"range(1)", "range(0,4,0)", "range(0,4,-1)", "range(a,4)"})
+    CHECK_THROWS_AS(ssr::sweep::expand_range(bad), ConfigError);
+}
+
+TEST_CASE("a sweep expands variants, grid, command-line axes and seeds in a fixed order", "[sweep]") {
+  const auto dir = temp_dir("expand");
+  const auto file = write_sweep(dir,
+                                "variants:\n  vanilla: [router=vanilla]\n  ssr_l: [router=ssr_l]\n"
+                                "  noisy: {overrides: [router=noisy], cross: [run.seed]}\n"
+                                "grid:\n  router.xi: [0.5, 1]\nseeds: [1, 2]\n");
+  const auto s = ssr::sweep::load(file, {"router.p=1e-3,1e-2", "train.lr=1e-3"});
+  // vanilla and ssr_l: 2 xi x 2 p x 2 seeds each; noisy: only its 2 seeds.
+  REQUIRE(s.jobs.size() == 18);
+  CHECK(s.jobs[0].describe() == "variant=vanilla router.xi=0.5 router.p=1e-3 run.seed=1");
+  CHECK(s.jobs[1].describe() == "variant=vanilla router.xi=0.5 router.p=1e-3 run.seed=2");
+  CHECK(s.jobs[8].describe() == "variant=ssr_l router.xi=0.5 router.p=1e-3 run.seed=1");
+  CHECK(s.jobs[16].describe() == "variant=noisy run.seed=1");
+  CHECK(s.jobs[9].config.f("router.p") == 1e-3);
+  CHECK(s.jobs[10].config.f("router.p") == 1e-2);
+  CHECK(s.jobs[12].config.f("router.xi") == 1.0);
+  for (const auto& j : s.jobs) CHECK(j.config.f("train.lr") == 1e-3);  // a plain override reaches every job
+  CHECK(s.jobs[16].config.s("router.name") == "noisy");
+  std::set<std::string> hashes;
+  for (const auto& j : s.jobs) hashes.insert(j.config.hash());
+  CHECK(hashes.size() == 18);
+  CHECK(ssr::sweep::load(file, {"router.p=1e-3,1e-2", "train.lr=1e-3"}).plan_hash() == s.plan_hash());
+  CHECK(ssr::sweep::load(file, {"router.p=1e-3,1e-2"}).plan_hash() != s.plan_hash());
+}
+
+TEST_CASE("seeded random search is reproducible and stays within its bounds", "[sweep]") {
+  const auto dir = temp_dir("random");
+  auto body = [](int seed) {
+    return fmt::format(
+        "random:\n  n: 20\n  seed: {}\n  params:\n    router.p: {{log_uniform: [1e-5, 1e-1]}}\n"
+        "    router.xi: {{uniform: [0.1, 1]}}\n    router.max_iter: {{int_uniform: [10, 12]}}\n"
+        "    router.cost: {{values: [linear, softmax]}}\n",
+        seed);
+  };
+  const auto a = ssr::sweep::load(write_sweep(dir, body(7)), {});
+  const auto b = ssr::sweep::load(write_sweep(dir, body(7)), {});
+  const auto c = ssr::sweep::load(write_sweep(dir, body(8)), {});
+  REQUIRE(a.jobs.size() == 20);
+  CHECK(labels(a, "router.p") == labels(b, "router.p"));
+  CHECK(labels(a, "router.p") != labels(c, "router.p"));
+  std::set<int64_t> iters;
+  std::set<std::string> costs;
+  for (const auto& j : a.jobs) {
+    CHECK(j.config.f("router.p") >= 1e-5);
+    CHECK(j.config.f("router.p") <= 1e-1);
+    CHECK(j.config.f("router.xi") >= 0.1);
+    CHECK(j.config.f("router.xi") <= 1);
+    iters.insert(j.config.i("router.max_iter"));
+    costs.insert(j.config.s("router.cost"));
+  }
+  CHECK(iters == std::set<int64_t>{10, 11, 12});
+  CHECK(costs == std::set<std::string>{"linear", "softmax"});
+}
+
+TEST_CASE("bad sweep files are rejected with the file, key or job named", "[sweep]") {
+  const auto dir = temp_dir("bad");
+  struct Case {
+    std::string body, message;
+  };
+  const std::vector<Case> cases = {
+      {"gird:\n  router.p: [1]\n", "unknown sweep key 'gird'"},
+      {"grid:\n  router.pp: [1, 2]\n", "router.pp"},
+      {"grid:\n  router.p: [0.1, 2]\n", "job 1 (router.p=2)"},  // p in [0, 1]
+      {"random:\n  n: 2\n  params:\n    router.p: {gauss: [0, 1]}\n", "unknown distribution 'gauss'"},
+      {"random:\n  n: 2\n  params:\n    router.p: {log_uniform: [0, 1]}\n", "bounds must be positive"},
+      {"variants:\n  a: {overrides: [router=lb], crosss: []}\n", "variants.a.crosss: unknown key"},
+      {"scales:\n  demo: [train.steps=2]\n", ""},  // valid: scales alone are fine
+  };
+  for (const auto& c : cases) {
+    const auto file = write_sweep(dir, c.body);
+    INFO(c.body);
+    if (c.message.empty()) {
+      CHECK_NOTHROW(ssr::sweep::load(file, {}));
+      CHECK_THROWS_WITH(ssr::sweep::load(file, {}, "paper"), Catch::Contains("no such scale"));
+      continue;
+    }
+    CHECK_THROWS_WITH(ssr::sweep::load(file, {}), Catch::Contains(c.message));
+  }
+  CHECK_THROWS_WITH(ssr::sweep::load((dir / "none.yaml").string(), {}), Catch::Contains("sweep file not found"));
+  // The CLI: exit code 2, one line, nothing written.
+  const auto db = (dir / "runs.db").string();
+  auto r = run(fmt::format("sweep {} --db {}", write_sweep(dir, "gird: {}\n"), db));
+  CHECK(r.code == 2);
+  CHECK(!fs::exists(db));
+  r = run(fmt::format("sweep {} router.p=0.1,0.2 --dry-run --db {}", write_sweep(dir, ""), db));
+  CHECK(r.code == 0);
+  CHECK(r.out.find("job 1") != std::string::npos);
+  CHECK(!fs::exists(db));
+}
+
+TEST_CASE("planning and running a sweep is idempotent; equal configs are reused across sweeps", "[sweep]") {
+  const auto dir = temp_dir("idem");
+  const auto db = (dir / "runs.db").string();
+  const auto file = write_sweep(dir, "grid:\n  router.name: [vanilla, lb]\nseeds: [1, 2]\n");
+  auto r = run(fmt::format("sweep {} --jobs 2 --db {} --quiet", file, db));
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  {
+    ssr::store::Store s(db);
+    REQUIRE(s.runs().size() == 4);
+    CHECK(finished_per_job(s, 1) == std::map<int64_t, int>{{0, 1}, {1, 1}, {2, 1}, {3, 1}});
+  }
+  r = run(fmt::format("sweep {} --jobs 2 --db {}", file, db));
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("already planned") != std::string::npos);
+  // A second study sharing two of these configs runs only the new ones.
+  const auto file2 = write_sweep(dir, "grid:\n  router.name: [lb, zloss]\nseeds: [1, 2]\n");
+  r = run(fmt::format("sweep {} --jobs 2 --db {}", file2, db));
+  REQUIRE(r.code == 0);
+  ssr::store::Store s(db);
+  CHECK(s.runs().size() == 6);
+  const auto st = ssr::sweep::job_status(s, *s.sweep(2), 60);
+  std::vector<std::string> states;
+  for (const auto& j : st) states.push_back(j.status);
+  CHECK(states == std::vector<std::string>{"reused", "reused", "finished", "finished"});
+}
+
+TEST_CASE("a sweep whose worker is killed with SIGKILL mid-job resumes and finishes every job once", "[sweep]") {
+  const auto dir = temp_dir("kill");
+  const auto db = (dir / "runs.db").string();
+  const auto file = write_sweep(dir, "grid:\n  router.name: [vanilla, lb, zloss]\n", 60);
+  const pid_t sweep_pid = fork();
+  REQUIRE(sweep_pid >= 0);
+  if (sweep_pid == 0) {
+    const int fd = ::open((dir / "sweep.log").c_str(), O_WRONLY | O_CREAT, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    execl(kBin.c_str(), kBin.c_str(), "sweep", file.c_str(), "--jobs", "1", "--db", db.c_str(), "--quiet", nullptr);
+    _exit(127);
+  }
+  // Wait until the first job has trained a few steps, then kill its worker outright.
+  bool killed = false;
+  for (int i = 0; i < 600 && !killed; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (!fs::exists(db)) continue;
+    ssr::store::Store s(db);
+    for (const auto& r : s.runs())
+      if (r.status == "running" && r.step >= 4)
+        for (pid_t pid : pids_with({"sweep run --sweep", db})) {
+          kill(pid, SIGKILL);
+          killed = true;
+        }
+  }
+  REQUIRE(killed);
+  int status = 0;
+  waitpid(sweep_pid, &status, 0);
+  CHECK(WEXITSTATUS(status) == 1);  // the pool finished the others and reports the failure
+  {
+    ssr::store::Store s(db);
+    auto jobs = ssr::sweep::job_status(s, *s.sweep(1), 60);
+    CHECK(ssr::sweep::summarize(jobs).failed == 1);
+    CHECK(ssr::sweep::summarize(jobs).done == 2);
+  }
+  auto r = run(fmt::format("sweep --resume 1 --retry-failed --db {}", db));
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("requeued 1 job") != std::string::npos);
+  ssr::store::Store s(db);
+  CHECK(s.runs().size() == 3);  // the killed job reran in its own row
+  CHECK(finished_per_job(s, 1) == std::map<int64_t, int>{{0, 1}, {1, 1}, {2, 1}});
+}
+
+TEST_CASE("concurrent workers on one store take every job exactly once", "[sweep]") {
+  const auto dir = temp_dir("workers");
+  const auto db = (dir / "runs.db").string();
+  const auto file = write_sweep(dir, "grid:\n  router.name: [vanilla, lb, zloss]\nseeds: [1, 2]\n", 4);
+  // Plan only: the slurm launcher writes the rows and a script.
+  auto r = run(fmt::format("sweep {} --launcher slurm --db {}", file, db));
+  REQUIRE(r.code == 0);
+  std::vector<pid_t> kids;
+  for (int w = 0; w < 3; ++w) {
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      const int fd = ::open("/dev/null", O_WRONLY);
+      dup2(fd, 1);
+      dup2(fd, 2);
+      execl(kBin.c_str(), kBin.c_str(), "sweep", "run", "--sweep", "1", "--db", db.c_str(), "--quiet", nullptr);
+      _exit(127);
+    }
+    kids.push_back(pid);
+  }
+  for (pid_t pid : kids) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CHECK(WEXITSTATUS(status) == 0);
+  }
+  ssr::store::Store s(db);
+  CHECK(s.runs().size() == 6);
+  CHECK(finished_per_job(s, 1) == std::map<int64_t, int>{{0, 1}, {1, 1}, {2, 1}, {3, 1}, {4, 1}, {5, 1}});
+}
+
+TEST_CASE("the Slurm array script names its jobs and runs under a local stand-in", "[sweep]") {
+  CHECK(ssr::sweep::array_ranges({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8");
+  CHECK(ssr::sweep::array_ranges({3}) == "3");
+  const auto dir = temp_dir("slurm");
+  const auto db = (dir / "runs.db").string();
+  const auto file = write_sweep(dir,
+                                "grid:\n  router.name: [vanilla, lb, zloss]\n"
+                                "slurm: {time: \"01:00:00\", partition: gpu, gpus-per-task: 1, parallel: 2}\n", 4);
+  auto r = run(fmt::format("sweep {} --launcher slurm --db {}", file, db));
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  const auto script = dir / "sweeps" / "sweep-1.sbatch";
+  REQUIRE(fs::exists(script));
+  std::ifstream f(script);
+  const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  for (const char* line : {"#SBATCH --array=0-2%2\n", "#SBATCH --time=01:00:00\n", "#SBATCH --partition=gpu\n",
+                           "#SBATCH --gpus-per-task=1\n", "#SBATCH --job-name=ssr-sweep\n",
+                           "sweep run --sweep 1 --job \"$SLURM_ARRAY_TASK_ID\""})
+    CHECK(text.find(line) != std::string::npos);
+  CHECK(text.find("parallel") == std::string::npos);
+  // The stand-in runs the script once per array index with SLURM_ARRAY_TASK_ID set, as sbatch would.
+  r = shell(fmt::format("bash tests/slurm_standin.sh {}", script.string()));
+  REQUIRE(r.code == 0);
+  ssr::store::Store s(db);
+  CHECK(finished_per_job(s, 1) == std::map<int64_t, int>{{0, 1}, {1, 1}, {2, 1}});
+  // Everything done: a second script has nothing to submit; a task of a done job exits 0.
+  r = run(fmt::format("sweep {} --launcher slurm --db {}", file, db));
+  CHECK(r.out.find("nothing to submit") != std::string::npos);
+  r = run(fmt::format("sweep run --sweep 1 --job 0 --db {}", db));
+  CHECK(r.code == 0);
+  CHECK(r.out.find("not queued (finished)") != std::string::npos);
+}

@@ -16,6 +16,12 @@ torch::Tensor dropout(const torch::Tensor& x, double p, bool training, torch::Ge
   return x * keep.div_(1 - p);
 }
 
+void trunc_normal_(torch::Tensor t, double std) {
+  torch::NoGradGuard no_grad;
+  const double lo = std::erf(-2.0 / std::sqrt(2.0));  // 2 Phi(-2) - 1
+  t.uniform_(lo, -lo).erfinv_().mul_(std * std::sqrt(2.0)).clamp_(-2 * std, 2 * std);
+}
+
 torch::Tensor grouped_linear(const torch::Tensor& x_sorted, const std::vector<int64_t>& group_sizes,
                              const torch::Tensor& weight, const torch::Tensor& bias) {
   std::vector<torch::Tensor> outs;  // one (rows_e, out) block per non-empty expert, in expert order
@@ -38,22 +44,31 @@ torch::Tensor grouped_linear_gemm(const torch::Tensor& x_sorted, const torch::Te
 }
 
 MoEImpl::MoEImpl(const config::Config& cfg)
+    : MoEImpl(cfg, MoEShape{cfg.i("model.d_model"), cfg.i("model.d_inner")}) {}
+
+MoEImpl::MoEImpl(const config::Config& cfg, const MoEShape& shape)
     : n_experts_(cfg.i("model.n_experts")),
+      activation_(shape.activation),
       dropout_(cfg.f("model.dropout")),
       grouped_gemm_(cfg.s("model.expert_impl") == "grouped"),
       group_tokens_(cfg.i("router.group_tokens")) {
-  const int64_t d = cfg.i("model.d_model"), inner = cfg.i("model.d_inner"), e = n_experts_;
+  const int64_t d = shape.d_model, inner = shape.d_inner, e = n_experts_;
   if (grouped_gemm_ && (d % 8 != 0 || inner % 8 != 0))
     throw config::ConfigError(fmt::format(
         "model.expert_impl: grouped needs model.d_model and model.d_inner to be multiples of 8 (got {} and {}); use loop", d,
         inner));
-  gate = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(d, e).bias(true)));
+  gate = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(d, e).bias(shape.gate_bias)));
   w1 = register_parameter("w1", torch::empty({e, inner, d}));
   b1 = register_parameter("b1", torch::zeros({e, inner}));
   w2 = register_parameter("w2", torch::empty({e, d, inner}));
   b2 = register_parameter("b2", torch::zeros({e, d}));
   torch::NoGradGuard no_grad;
-  if (cfg.s("model.expert_init") == "reference") {
+  if (shape.init_std > 0) {
+    const double s = shape.init_std;
+    trunc_normal_(w1, s);
+    trunc_normal_(w2, s);
+    b2.requires_grad_(false);
+  } else if (cfg.s("model.expert_init") == "reference") {
     // fastmoe's kaiming_uniform_(a=sqrt(5)) on the 3-D (E, out, in) tensor takes fan_in = out*in,
     // so the bound is 1/sqrt(out*in) (1/352 for the medium model), biases stay zero (spec 1.5).
     const double bound = 1.0 / std::sqrt(static_cast<double>(inner * d));
@@ -112,6 +127,10 @@ routers::Routing MoEImpl::route_logits(const torch::Tensor& logits, const torch:
   return r;
 }
 
+torch::Tensor MoEImpl::activate(const torch::Tensor& h) const {
+  return activation_ == Activation::Gelu ? torch::gelu(h) : h.relu();
+}
+
 double MoEImpl::take_router_seconds() {
   const double s = router_seconds_;
   router_seconds_ = 0;
@@ -120,7 +139,7 @@ double MoEImpl::take_router_seconds() {
 
 torch::Tensor MoEImpl::experts_sorted(const torch::Tensor& x_sorted, const std::vector<int64_t>& group_sizes,
                                       torch::Generator& gen) {
-  auto h = grouped_linear(x_sorted, group_sizes, w1, b1).relu_();  // (rows, d_inner)
+  auto h = activate(grouped_linear(x_sorted, group_sizes, w1, b1));  // (rows, d_inner)
   h = dropout(h, dropout_, is_training(), gen);
   return grouped_linear(h, group_sizes, w2, b2);  // (rows, d_model)
 }
@@ -149,7 +168,7 @@ torch::Tensor MoEImpl::forward(const torch::Tensor& x, torch::Tensor& aux, torch
   if (grouped_gemm_) {
     auto offsets = counts.cumsum(0).to(torch::kInt32);          // (experts) group ends, on the device
     auto row_expert = slot_expert.index_select(0, order);       // (tokens*k)
-    auto h = grouped_linear_gemm(x_sorted, offsets, row_expert, w1, b1).relu_();  // (tokens*k, d_inner)
+    auto h = activate(grouped_linear_gemm(x_sorted, offsets, row_expert, w1, b1));  // (tokens*k, d_inner)
     h = dropout(h, dropout_, is_training(), gen);
     y_sorted = grouped_linear_gemm(h, offsets, row_expert, w2, b2);
   } else {
@@ -174,7 +193,7 @@ torch::Tensor MoEImpl::forward(const torch::Tensor& x, torch::Tensor& aux, torch
 
 torch::Tensor MoEImpl::dense_reference(const torch::Tensor& x, const routers::Routing& routing) {
   auto h = torch::matmul(x.unsqueeze(0), w1.transpose(1, 2)) + b1.unsqueeze(1);  // (experts, tokens, d_inner)
-  auto y = torch::matmul(h.relu(), w2.transpose(1, 2)) + b2.unsqueeze(1);         // (experts, tokens, d_model)
+  auto y = torch::matmul(activate(h), w2.transpose(1, 2)) + b2.unsqueeze(1);      // (experts, tokens, d_model)
   auto dense_w = torch::zeros({x.size(0), n_experts_}, routing.weights.options())
                      .scatter_add(1, routing.experts, routing.weights);          // (tokens, experts)
   return torch::einsum("te,etd->td", {dense_w.to(y.scalar_type()), y});           // (tokens, d_model)

@@ -1,6 +1,7 @@
 // Sparse mixture-of-experts feed-forward layer (reference: fastmoe FMoE with world_size 1, spec
-// section 1.5): a linear gate, a router from routers/, E two-layer ReLU experts, no capacity limit,
-// no dropped tokens. Tokens are dispatched by sorting their (token, choice) slots by expert id so
+// section 1.5): a linear gate, a router from routers/, E two-layer experts (ReLU; GELU for
+// Swin-MoE's Tutel layer, spec section 5). The layer has no capacity limit of its own: a router
+// that drops a slot (swin-moe) gives it weight 0. Tokens are dispatched by sorting their (token, choice) slots by expert id so
 // that every expert sees one contiguous block of rows.
 #pragma once
 #include <torch/torch.h>
@@ -17,6 +18,10 @@ namespace ssr::models {
 // from torch's default generator of that device (seeded by torch::manual_seed). Identity when
 // not training or p == 0.
 torch::Tensor dropout(const torch::Tensor& x, double p, bool training, torch::Generator& gen);
+
+// Fills t with N(0, std^2) truncated to +-2 std (timm's trunc_normal_, which LibTorch lacks),
+// by the inverse CDF of a uniform draw from torch's default generator.
+void trunc_normal_(torch::Tensor t, double std);
 
 // Per-expert affine map on rows already sorted by expert: rows [o_e, o_e + group_sizes[e]) go
 // through expert e. This is the seam for a grouped-GEMM kernel: replace the body, keep the
@@ -41,11 +46,25 @@ struct MoEStatsAccumulator {
   int64_t norm_tokens = 0;     // tokens in output_norm_sum
 };
 
+enum class Activation { Relu, Gelu };
+
+// What differs between the LM's MoE layers and Swin-MoE's (whose width changes by stage).
+struct MoEShape {
+  int64_t d_model = 0, d_inner = 0;
+  Activation activation = Activation::Relu;
+  bool gate_bias = true;  // Tutel's gate is Linear(d, E, bias=False)
+  // > 0: Tutel's init, expert weights trunc-normal(std) in +-2 std, zero biases, fc2 bias frozen;
+  // 0: model.expert_init decides.
+  double init_std = 0;
+};
+
 class MoEImpl : public torch::nn::Module {
  public:
   // Reads model.d_model, model.d_inner, model.n_experts, model.top_k, model.dropout,
   // model.expert_init, model.expert_impl and the router.* keys (through routers::make_router).
   explicit MoEImpl(const config::Config& cfg);
+  // The same keys except model.d_model and model.d_inner, which `shape` gives.
+  MoEImpl(const config::Config& cfg, const MoEShape& shape);
 
   // x: (tokens, d_model) -> (tokens, d_model) = sum_k w_k * expert_{e_k}(x). Adds the router's
   // auxiliary loss of this call to `aux` (a () tensor).
@@ -79,7 +98,10 @@ class MoEImpl : public torch::nn::Module {
   // logits (tokens, experts) of x (tokens, d_model) -> the router's decision in the module's mode.
   routers::Routing route_logits(const torch::Tensor& logits, const torch::Tensor& x, torch::Generator& gen);
 
+  torch::Tensor activate(const torch::Tensor& h) const;  // (rows, d_inner) -> same
+
   int64_t n_experts_;
+  Activation activation_;
   double dropout_;
   bool grouped_gemm_;     // model.expert_impl == grouped
   int64_t group_tokens_;  // router.group_tokens: tokens per router call (0 = the whole call)

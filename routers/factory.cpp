@@ -5,6 +5,7 @@
 #include "routers/router.hpp"
 #include "routers/sinkhorn_router.hpp"
 #include "routers/ssr.hpp"
+#include "routers/swin_moe_gate.hpp"
 #include "routers/vanilla.hpp"
 #include "routers/zloss.hpp"
 
@@ -24,6 +25,9 @@ Router make_router(const config::Config& cfg, int64_t d_model, int64_t n_experts
   if (name == "sinkhorn")
     return std::make_shared<SinkhornRouter>(top_k, cost_kind(cfg.s("router.cost")), sinkhorn_options(cfg));
   if (name == "ssr") return std::make_shared<SsrRouter>(top_k, ssr_options(cfg));
+  if (name == "swin-moe")
+    return std::make_shared<SwinMoeGate>(top_k, cfg.f("router.gate_noise"), cfg.f("router.capacity_factor"),
+                                         cfg.f("router.lb_coef"));
   throw config::ConfigError(fmt::format("router.name: '{}' is not a router", name));
 }
 

@@ -13,6 +13,7 @@
 #include "harness/store/store.hpp"
 #include "harness/train/progress.hpp"
 #include "harness/train/trainer.hpp"
+#include "models/swin_moe.hpp"
 #include "models/switch_lm.hpp"
 
 namespace ssr::cli {
@@ -277,6 +278,11 @@ void add_run_commands(CLI::App& app, Context& ctx) {
   params->footer("Examples:\n  ssr params experiments/demo.yaml model=wt103-medium data=wikitext103");
   params->callback([params_cfg] {
     auto cfg = ssr::config::resolve(params_cfg->first, params_cfg->second);
+    if (cfg.s("model.arch") == "swin_moe") {
+      for (const auto& row : ssr::models::swin_parameter_count(cfg))
+        std::cout << fmt::format("{:<14} {:>14L}\n", row.component, row.count);
+      return;
+    }
     const int64_t vocab = ssr::data::load_corpus(cfg).vocab_size();
     std::cout << fmt::format("vocabulary {}\n", vocab);
     for (const auto& row : ssr::models::parameter_count(cfg, vocab))

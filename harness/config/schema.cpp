@@ -24,6 +24,12 @@ Key C(std::string n, std::string d, std::vector<std::string> choices, std::strin
       bool hashed = true) {
   return Key{std::move(n), Type::Choice, d, std::move(doc), -kInf, kInf, std::move(choices), hashed};
 }
+Key IL(std::string n, std::vector<int64_t> d, double lo, double hi, std::string doc) {
+  return Key{std::move(n), Type::IntList, d, std::move(doc), lo, hi, {}, true};
+}
+Key FL(std::string n, std::vector<double> d, double lo, double hi, std::string doc) {
+  return Key{std::move(n), Type::FloatList, d, std::move(doc), lo, hi, {}, true};
+}
 Key SL(std::string n, std::vector<std::string> d, std::string doc) {
   return Key{std::move(n), Type::StringList, d, std::move(doc), -kInf, kInf, {}, true};
 }
@@ -41,7 +47,7 @@ std::vector<Key> build() {
       F("run.heartbeat_s", 10, 0.1, 3600, "seconds between heartbeats of a running run", false),
 
       // ---- data.*: corpus and splits
-      C("data.format", "word", {"word", "byte"}, "word: whitespace tokens + <eos> per line (WikiText); byte: one token per byte (enwik8)"),
+      C("data.format", "word", {"word", "byte", "idx", "imagefolder"}, "word: whitespace tokens + <eos> per line (WikiText); byte: one token per byte (enwik8); idx: IDX image/label files (Fashion-MNIST; split = file prefix, e.g. t10k); imagefolder: <split>/<class>/* JPEGs (ImageNet)"),
       S("data.dir", "../shared/data/wikitext-103", "folder holding the split files (relative paths are from the working directory)"),
       S("data.train", "train.txt", "training split file in data.dir"),
       S("data.valid", "valid.txt", "validation split file in data.dir ('' with data.holdout > 0)"),
@@ -49,20 +55,29 @@ std::vector<Key> build() {
       F("data.holdout", 0, 0, 0.5, "if > 0 and data.valid is '': validation = this final fraction of the training file (lines; bytes for format byte); if data.test is also '' the test split is carved the same way after it (enwik8: 0.05 gives 90M/5M/5M)"),
       S("data.cache_dir", "results/cache", "folder for encoded-corpus caches, keyed by the source files' paths, sizes and mtimes", false),
       B("data.eval_every_token", false, "evaluation also scores each stream's tail after the last full segment (reference: false, the tail is skipped)"),
+      FL("data.mean", {0.485, 0.456, 0.406}, 0, 1, "images: per-channel mean subtracted after scaling pixels to [0, 1] (ImageNet's)"),
+      FL("data.std", {0.229, 0.224, 0.225}, 1e-6, kInf, "images: per-channel std divided by after the mean"),
+      B("data.hflip", true, "images: random horizontal flip of training images (p 0.5)"),
+      F("data.crop_scale", 0.08, 0.01, 1, "imagefolder: smallest area fraction of the training random resized crop (upper bound 1, ratio 3/4..4/3)"),
+      I("data.eval_resize", 256, 1, 1 << 16, "imagefolder: eval images are resized to this shorter side, then centre-cropped to model.image_size"),
+      S("data.imagenet_a", "", "imagefolder: ImageNet-A folder (<wnid>/*), eval split imagenet-a: top-1 over its 200 classes ('' = none)"),
+      S("data.imagenet_r", "", "imagefolder: ImageNet-R folder (<wnid>/*), eval split imagenet-r: top-1 over its 200 classes ('' = none)"),
+      S("data.imagenet_o", "", "imagefolder: ImageNet-O folder (<wnid>/*), eval split imagenet-o: OOD detection against the valid images of its 200 classes ('' = none)"),
+      I("data.workers", 2, 1, 256, "imagefolder: background threads decoding images", false),
       S("data.attack_dir", "results/attacked/wikitext-103", "folder of the attacked valid/test files (written by `ssr data attack`, read as splits valid-attacked/test-attacked)", false),
       F("data.attack_rate", 0.025, 0, 1, "attack: fraction of each line's words swapped (at least one per line with a swappable word)"),
       I("data.attack_seed", 1, 0, 2147483647, "attack: seed of the word choice"),
       S("data.attack_word", "AAA", "attack: the word that replaces the chosen words"),
 
       // ---- model.*: the Switch-style LM (reference "medium" of WikiText-103)
-      C("model.arch", "switch_lm", {"switch_lm"}, "model family"),
+      C("model.arch", "switch_lm", {"switch_lm", "swin_moe"}, "model family: the Switch-style LM, or the Swin(-MoE) image classifier (model.embed_dim etc.)"),
       I("model.n_layers", 6, 1, 128, "layers, each attention + SMoE block"),
       I("model.d_model", 352, 8, 65536, "hidden size"),
       I("model.n_heads", 8, 1, 256, "attention heads (d_model must be divisible)"),
       I("model.d_inner", 352, 1, 1 << 20, "inner size of each expert FFN"),
       I("model.n_experts", 16, 1, 4096, "experts per SMoE block"),
       I("model.top_k", 2, 1, 64, "experts per token"),
-      F("model.dropout", 0.1, 0, 1, "dropout on attention probabilities, inside experts, on the SMoE output"),
+      F("model.dropout", 0.1, 0, 1, "dropout on attention probabilities, inside experts, on the SMoE output (swin_moe: inside experts only, Tutel's MOE_DROP)"),
       I("model.attn_span", 1024, 1, 1 << 20, "tokens each query attends to (previous positions, via cache)"),
       C("model.block", "vanilla", {"vanilla", "momentum"}, "SMoE block: vanilla residual or heavy-ball momentum (MomentumSMoE)"),
       F("model.mu", 0.7, 0, 1, "momentum coefficient of the heavy-ball block"),
@@ -71,11 +86,25 @@ std::vector<Key> build() {
       B("model.unused_norm", true, "register the reference's never-applied third LayerNorm per layer (parameter count 215,679,863)"),
       C("model.expert_impl", "loop", {"loop", "grouped"}, "expert FFN compute: loop of per-expert matmuls, or one grouped GEMM (at::_grouped_mm; no host sync; dims multiple of 8)", false),
       I("model.vocab_multiple", 1, 1, 4096, "pad the output layer's vocabulary to a multiple of this in the matmuls (masked, same loss; 64 suits cuBLAS)", false),
+      I("model.image_size", 224, 1, 1 << 16, "swin_moe: input images are image_size x image_size"),
+      I("model.in_chans", 3, 1, 64, "swin_moe: image channels"),
+      I("model.patch_size", 4, 1, 64, "swin_moe: patch embedding stride and kernel"),
+      I("model.embed_dim", 96, 1, 1 << 16, "swin_moe: channels of stage 1 (doubled by each patch merging)"),
+      IL("model.depths", {2, 2, 18, 2}, 1, 1024, "swin_moe: blocks per stage"),
+      IL("model.swin_heads", {3, 6, 12, 24}, 1, 1024, "swin_moe: attention heads per stage"),
+      I("model.window", 7, 1, 1024, "swin_moe: attention window side (shrunk to the resolution where that is smaller)"),
+      F("model.mlp_ratio", 4.0, 0.01, 1024, "swin_moe: MLP and expert hidden size / channels"),
+      F("model.drop_path", 0.2, 0, 1, "swin_moe: stochastic depth rate of the last block (linear from 0 over all blocks)"),
+      IL("model.moe_every", {0, 0, 2, 2}, 0, 1024, "swin_moe: per stage, block b is MoE when m > 0 and b % m == m - 1 (0 = dense stage; Swin-MoE: [0,0,2,2] = blocks 1,3,.. of stage 3, block 1 of stage 4)"),
+      I("model.num_classes", 1000, 2, 1 << 20, "swin_moe: classes of the classifier head"),
+      F("model.init_std", 0.005, 0, 1, "swin_moe: truncated-normal std of expert weights (Tutel INIT_STD; biases 0, fc2 bias frozen)"),
       I("model.loss_chunk", 2048, 1, 1 << 30, "tokens per output-layer + cross-entropy chunk (bounds the logits memory)", false),
 
       // ---- router.*: token-to-expert routing (routers/)
-      C("router.name", "vanilla", {"vanilla", "lb", "zloss", "noisy", "sinkhorn", "ssr"}, "routing method"),
-      F("router.lb_coef", 0.01, 0, kInf, "load-balancing loss coefficient (lb, zloss)"),
+      C("router.name", "vanilla", {"vanilla", "lb", "zloss", "noisy", "sinkhorn", "ssr", "swin-moe"}, "routing method"),
+      F("router.lb_coef", 0.01, 0, kInf, "load-balancing loss coefficient (lb, zloss, swin-moe)"),
+      F("router.gate_noise", 1.0, 1e-6, kInf, "swin-moe: training noise gate_noise * N(0,1) / E on the logits; also the load loss's normal std * E"),
+      F("router.capacity_factor", 1.25, 0.01, kInf, "swin-moe: expert capacity k * int(factor * ceil(tokens / experts)); the overflow is dropped"),
       C("router.lb_form", "reference", {"reference", "switch"}, "lb normalisation: reference divides importance by N*k; switch by N"),
       F("router.z_coef", 0.001, 0, kInf, "router z-loss coefficient (zloss)"),
       F("router.noisy_coef", 0.01, 0, kInf, "importance+load loss coefficient of noisy top-k gating"),
@@ -104,7 +133,12 @@ std::vector<Key> build() {
       I("train.warmup", 4000, 0, 1LL << 40, "linear warm-up steps (lr * min(1, step / warmup))"),
       F("train.beta1", 0.9, 0, 1, "Adam beta1"),
       F("train.beta2", 0.999, 0, 1, "Adam beta2"),
-      F("train.weight_decay", 0, 0, kInf, "Adam L2 weight decay"),
+      F("train.weight_decay", 0, 0, kInf, "Adam L2 weight decay; adamw: decoupled decay (vision: not on biases, norms, position tables)"),
+      C("train.optimizer", "adam", {"adam", "adamw"}, "vision trainer: optimizer (the LM trainer always uses Adam)"),
+      C("train.schedule", "constant", {"constant", "cosine"}, "vision trainer: after the warm-up, constant lr or cosine decay to train.min_lr at train.steps"),
+      F("train.min_lr", 0, 0, kInf, "vision trainer: final lr of the cosine schedule"),
+      F("train.warmup_lr", 0, 0, kInf, "vision trainer: lr at step 0 of the linear warm-up (the LM trainer warms up from 0)"),
+      F("train.label_smoothing", 0, 0, 1, "vision trainer: label smoothing of the cross-entropy"),
       F("train.clip", 0, 0, kInf, "gradient-norm clipping (0 = off, like the reference)"),
       I("train.eval_every", 1000, 0, 1LL << 40, "steps between partial validations (0 = none); the best one's checkpoint is kept"),
       I("train.eval_segments", 100, 1, 1LL << 40, "segments of the validation stream per partial validation (own cache and position)"),

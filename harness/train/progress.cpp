@@ -15,8 +15,8 @@ std::string format_duration(double s) {
   return fmt::format("{}s", t);
 }
 
-Progress::Progress(int64_t total_steps, int64_t every, bool quiet)
-    : total_(total_steps), every_(every), quiet_(quiet), tty_(isatty(STDERR_FILENO) != 0) {
+Progress::Progress(int64_t total_steps, int64_t every, bool quiet, std::string unit)
+    : total_(total_steps), every_(every), quiet_(quiet), tty_(isatty(STDERR_FILENO) != 0), unit_(std::move(unit)) {
   start_ = last_draw_ = std::chrono::steady_clock::now();
 }
 
@@ -35,8 +35,8 @@ void Progress::update(int64_t step, double loss, int64_t tokens) {
   last_draw_ = t;
   const double per_step = elapsed / static_cast<double>(step - first_step_);
   const std::string line =
-      fmt::format("step {}/{}  loss {:.4f}  {:.0f} tok/s  ETA {}", step, total_, loss,
-                  tokens_ / std::max(elapsed, 1e-9), format_duration(per_step * (total_ - step)));
+      fmt::format("step {}/{}  loss {:.4f}  {:.0f} {}/s  ETA {}", step, total_, loss,
+                  tokens_ / std::max(elapsed, 1e-9), unit_, format_duration(per_step * (total_ - step)));
   if (tty_) {
     std::fprintf(stderr, "\r\033[K%s", line.c_str());
     dirty_ = true;

@@ -7,8 +7,9 @@ namespace ssr::train {
 
 class Progress {
  public:
-  Progress(int64_t total_steps, int64_t every, bool quiet);
-  // Called after each step; `tokens` is the number of tokens the step consumed.
+  // unit: what a step consumes, shown per second ("tok", "img").
+  Progress(int64_t total_steps, int64_t every, bool quiet, std::string unit = "tok");
+  // Called after each step; `tokens` is the number of units the step consumed.
   void update(int64_t step, double loss, int64_t tokens);
   void message(const std::string& line);  // a line that stays (clears a redrawn line first)
   void finish();
@@ -16,6 +17,7 @@ class Progress {
  private:
   int64_t total_, every_;
   bool quiet_, tty_;
+  std::string unit_;
   bool dirty_ = false;
   std::chrono::steady_clock::time_point start_, last_draw_;
   int64_t first_step_ = -1, tokens_ = 0;

@@ -11,6 +11,7 @@
 
 #include "harness/data/corpus.hpp"
 #include "harness/train/progress.hpp"
+#include "harness/train/vision_trainer.hpp"
 #include "models/precision.hpp"
 #include "models/switch_lm.hpp"
 #include "routers/ssr.hpp"
@@ -157,6 +158,7 @@ int64_t parameter_total(models::SwitchLM& model) {
 }  // namespace
 
 Outcome train(const config::Config& cfg, store::Store& store, const Options& opts) {
+  if (cfg.s("model.arch") == "swin_moe") return train_vision(cfg, store, opts);
   if (cfg.i("run.threads") > 0) torch::set_num_threads(static_cast<int>(cfg.i("run.threads")));
   const torch::Device device = device_of(cfg);
   const int64_t seed = cfg.i("run.seed");

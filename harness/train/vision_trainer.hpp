@@ -1,0 +1,17 @@
+// The trainer of model.arch=swin_moe: image classification with the Swin-MoE recipe
+// (reference-setup 5: AdamW, warm-up + cosine, label smoothing, clipping), stored like LM runs.
+#pragma once
+#include "harness/train/trainer.hpp"
+
+namespace ssr::train {
+
+// Same contract as train(): input errors throw before the run row exists, afterwards every
+// failure is recorded on it. Results: valid/test top1, top5 (percent), imagenet-a/-r top1,
+// imagenet-o aupr, auroc, fpr95 (percent).
+Outcome train_vision(const config::Config& cfg, store::Store& store, const Options& opts);
+
+// lr of update `step` (1-based): linear from train.warmup_lr to train.lr over train.warmup
+// steps, then constant or cosine down to train.min_lr at train.steps.
+double vision_lr(const config::Config& cfg, int64_t step);
+
+}  // namespace ssr::train

@@ -8,14 +8,14 @@ DB    ?= results/runs.db
 SSR   := $(BUILD)/ssr
 TORCH_VERSION := 2.11.0
 APT_PACKAGES := build-essential cmake git python3-venv libyaml-cpp-dev libsqlite3-dev libfmt-dev \
-  libcli11-dev catch2 nlohmann-json3-dev libssl-dev libbenchmark-dev sqlite3 gnuplot-nox \
+  libcli11-dev catch2 nlohmann-json3-dev libssl-dev libbenchmark-dev sqlite3 gnuplot-nox libgloo-dev \
   zlib1g-dev libturbojpeg0-dev dataset-fashion-mnist
 
 # The GPU machine has no package registry: `make offline-bundle` (here) downloads the Debian
 # packages the build needs into .offline/debs; carried there, `make offline-build` unpacks them
 # into a private prefix and builds with CUDA against that machine's own PyTorch (python3).
 OFFLINE_PACKAGES := libyaml-cpp-dev libyaml-cpp0.7 libsqlite3-dev libsqlite3-0 libcli11-dev catch2 \
-  nlohmann-json3-dev libssl-dev libssl3 zlib1g-dev libturbojpeg0-dev libturbojpeg0 dataset-fashion-mnist
+  nlohmann-json3-dev libssl-dev libssl3 zlib1g-dev libturbojpeg0-dev libturbojpeg0 dataset-fashion-mnist libgloo-dev
 OFFLINE_ROOT := $(CURDIR)/.offline/root
 PY ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 

@@ -51,7 +51,8 @@ MoEImpl::MoEImpl(const config::Config& cfg, const MoEShape& shape)
       activation_(shape.activation),
       dropout_(cfg.f("model.dropout")),
       grouped_gemm_(cfg.s("model.expert_impl") == "grouped"),
-      group_tokens_(cfg.i("router.group_tokens")) {
+      group_tokens_(cfg.i("router.group_tokens")),
+      gather_hidden_(cfg.s("router.name") == "noisy") {
   const int64_t d = shape.d_model, inner = shape.d_inner, e = n_experts_;
   if (grouped_gemm_ && (d % 8 != 0 || inner % 8 != 0))
     throw config::ConfigError(fmt::format(
@@ -92,7 +93,26 @@ routers::Routing MoEImpl::route(const torch::Tensor& x, torch::Generator& gen) {
   return route_logits(gate->forward(x), x, gen);
 }
 
+void MoEImpl::route_globally(Gather gather, int64_t rank, torch::Generator gen) {
+  gather_ = std::move(gather);
+  rank_ = rank;
+  global_gen_ = std::move(gen);
+}
+
 routers::Routing MoEImpl::route_logits(const torch::Tensor& logits, const torch::Tensor& x, torch::Generator& gen) {
+  if (!gather_) return route_rows(logits, x, gen);
+  const int64_t n = logits.size(0);
+  auto all_logits = gather_(logits);  // (ranks * tokens, experts)
+  // Only noisy gating reads the hidden states; the others get a zero-width stand-in of the
+  // right row count instead of a d_model-wide all-gather.
+  auto all_x = gather_hidden_ ? gather_(x) : x.new_empty({all_logits.size(0), 0});  // (ranks * tokens, d_model or 0)
+  auto r = route_rows(all_logits, all_x, global_gen_);
+  r.experts = r.experts.narrow(0, rank_ * n, n);  // (tokens, k)
+  r.weights = r.weights.narrow(0, rank_ * n, n);  // (tokens, k)
+  return r;
+}
+
+routers::Routing MoEImpl::route_rows(const torch::Tensor& logits, const torch::Tensor& x, torch::Generator& gen) {
   const auto t0 = std::chrono::steady_clock::now();
   const auto mode = is_training() ? routers::Mode::Train : routers::Mode::Eval;
   const int64_t n = logits.size(0);

@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "harness/config/config.hpp"
@@ -79,6 +80,14 @@ class MoEImpl : public torch::nn::Module {
   // Routes x (tokens, d_model) without computing experts.
   routers::Routing route(const torch::Tensor& x, torch::Generator& gen);
 
+  // Every data-parallel rank's rows concatenated in rank order, with autograd
+  // (dist::Group::gather_rows).
+  using Gather = std::function<torch::Tensor(const torch::Tensor&)>;
+  // router.global_batch: route the global micro-batch. The gate logits of all ranks are gathered
+  // and every rank runs the router on all of them with `gen`, seeded alike on every rank so that
+  // all ranks decide alike; each keeps its own rows (this is rank `rank`).
+  void route_globally(Gather gather, int64_t rank, torch::Generator gen);
+
   void collect_stats(bool on) { collect_ = on; }
   // Time the router calls (gate logits to routing decision; on CUDA each timed call syncs).
   void time_router(bool on) { time_router_ = on; }
@@ -97,6 +106,8 @@ class MoEImpl : public torch::nn::Module {
  private:
   // logits (tokens, experts) of x (tokens, d_model) -> the router's decision in the module's mode.
   routers::Routing route_logits(const torch::Tensor& logits, const torch::Tensor& x, torch::Generator& gen);
+  // The router on one call's rows, in groups of router.group_tokens.
+  routers::Routing route_rows(const torch::Tensor& logits, const torch::Tensor& x, torch::Generator& gen);
 
   torch::Tensor activate(const torch::Tensor& h) const;  // (rows, d_inner) -> same
 
@@ -105,6 +116,10 @@ class MoEImpl : public torch::nn::Module {
   double dropout_;
   bool grouped_gemm_;     // model.expert_impl == grouped
   int64_t group_tokens_;  // router.group_tokens: tokens per router call (0 = the whole call)
+  bool gather_hidden_;    // the router reads hidden states (noisy gating), so they are gathered too
+  Gather gather_;         // set by route_globally
+  int64_t rank_ = 0;
+  torch::Generator global_gen_;
   bool time_router_ = false;
   double router_seconds_ = 0;
   bool collect_ = false;

@@ -262,6 +262,10 @@ bool SwitchLMImpl::set_router_eval_mode(const std::string& mode) {
   return true;
 }
 
+void SwitchLMImpl::route_globally(const MoEImpl::Gather& gather, int64_t rank, const torch::Generator& gen) {
+  for (auto& layer : layers) layer->moe->route_globally(gather, rank, gen);
+}
+
 void SwitchLMImpl::time_routers(bool on) {
   for (auto& layer : layers) layer->moe->time_router(on);
 }

@@ -3,12 +3,14 @@
 #pragma once
 #include <CLI/CLI.hpp>
 #include <string>
+#include <vector>
 
 namespace ssr::cli {
 
 struct Context {
   std::string db = "results/runs.db";  // --db of the command that ran
   int exit_code = 0;                   // set by a command's callback
+  std::vector<std::string> argv;       // the command line (ssr train --nproc re-executes it per rank)
 };
 
 // Bad input (config, flags, files): one line on stderr and this exit code.

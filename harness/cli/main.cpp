@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.footer("Run `ssr SUBCOMMAND --help` for examples.");
   ssr::cli::Context ctx;
+  ctx.argv.assign(argv, argv + argc);
   ssr::cli::add_run_commands(app, ctx);
   ssr::cli::add_bench_commands(app, ctx);
   ssr::cli::add_sweep_commands(app, ctx);

@@ -9,6 +9,8 @@
 #include "harness/config/config.hpp"
 #include "harness/data/attack.hpp"
 #include "harness/data/corpus.hpp"
+#include "harness/dist/dist.hpp"
+#include "harness/dist/launch.hpp"
 #include "harness/store/query.hpp"
 #include "harness/store/store.hpp"
 #include "harness/train/progress.hpp"
@@ -22,8 +24,8 @@ namespace {
 using ssr::config::ConfigError;
 using json = nlohmann::json;
 
-using ssr::config::ConfigError;
-using json = nlohmann::json;
+// Seconds the --nproc launcher gives the other ranks to stop after one failed, before SIGKILL.
+constexpr double kStopGraceS = 10;
 
 std::string fmt_time(double t) {
   if (!(t > 0)) return "-";
@@ -169,6 +171,7 @@ void add_run_commands(CLI::App& app, Context& ctx) {
     bool quiet = false, doc = false, hash_only = false;
     int64_t show_id = 0;
     int64_t resume = 0;
+    int64_t nproc = 1;
   };
   auto st = std::make_shared<State>();
   auto& db = ctx.db;
@@ -192,12 +195,16 @@ void add_run_commands(CLI::App& app, Context& ctx) {
   train->add_option("--db", db, "run store (default: run.db of the config, results/runs.db)");
   train->add_flag("--quiet", quiet, "no progress output");
   train->add_option("--resume", st->resume, "continue stored run RUN_ID from its last checkpoint, with its stored config");
+  train->add_option("--nproc", st->nproc, "data-parallel ranks started on this machine (sets run.nproc)")
+      ->check(CLI::Range(int64_t{1}, int64_t{65536}));
   train->footer(
       "Examples:\n"
       "  ssr train experiments/demo.yaml\n"
       "  ssr train experiments/demo.yaml router=ssr_l router.p=1e-2 run.seed=2\n"
       "  ssr train experiments/demo.yaml train.steps=50 +tags.note=smoke --db /tmp/runs.db\n"
-      "  ssr train --resume 7");
+      "  ssr train --resume 7\n"
+      "  ssr train experiments/demo.yaml --nproc 2\n"
+      "  srun -n 4 ssr train experiments/demo.yaml   # one rank per task (RANK/WORLD_SIZE or SLURM_* variables)");
 
   // ---- runs
   auto* runs = app.add_subcommand("runs", "List stored runs");
@@ -250,11 +257,28 @@ void add_run_commands(CLI::App& app, Context& ctx) {
       if (st->train_cfg.empty()) throw ConfigError("train: give CONFIG.yaml (or --resume RUN_ID)");
       cfg = ssr::config::resolve(st->train_cfg, st->train_over);
     }
+    if (train->count("--nproc")) {
+      if (opts.resume_run && cfg.i("run.nproc") != st->nproc)
+        throw ConfigError(fmt::format("--nproc: run {} was trained on {} ranks; resume it with --nproc {}", st->resume,
+                                      cfg.i("run.nproc"), cfg.i("run.nproc")));
+      cfg.set("run.nproc", st->nproc, "--nproc");
+    }
     if (train->count("--db") || opts.resume_run) cfg.set("run.db", ctx.db, "--db");
+    const auto env = ssr::dist::environment();
+    if (env.source.empty() && cfg.i("run.nproc") > 1) {
+      // Reported once here, not by every rank.
+      ssr::dist::backend_for(cfg);
+      ssr::dist::check_shares(cfg);
+      ctx.exit_code = ssr::dist::launch(static_cast<int>(cfg.i("run.nproc")), ctx.argv, cfg.s("run.db"), kStopGraceS);
+      return;
+    }
+    ssr::dist::check_world(cfg, env);
+    opts.dist = env;
     ssr::store::Store store(cfg.s("run.db"));
     auto out = ssr::train::train(cfg, store, opts);
-    std::cerr << fmt::format("run {} {}: stored in {}\n  ssr show {} --db {}\n  ssr runs --db {}\n", out.run_id,
-                             out.status, store.path(), out.run_id, store.path(), store.path());
+    if (env.rank == 0)
+      std::cerr << fmt::format("run {} {}: stored in {}\n  ssr show {} --db {}\n  ssr runs --db {}\n", out.run_id,
+                               out.status, store.path(), out.run_id, store.path(), store.path());
     ctx.exit_code = out.status == "failed" ? 1 : 0;
   });
   runs->callback([st, &ctx] { ctx.exit_code = cmd_runs(ctx.db, st->where, st->format, st->stale_after); });

@@ -224,7 +224,7 @@ std::string Config::canonical() const {
   json j = json::object();
   for (const auto& [name, v] : values_) {
     const Key* k = find_key(name);
-    if (k && k->hashed) j[name] = v;
+    if (k && k->hashed && (k->hashed_at_default || v != k->def)) j[name] = v;
   }
   return j.dump();
 }
@@ -469,7 +469,7 @@ std::string schema_doc() {
       for (const auto& c : k.choices) type += (type.empty() ? "" : "|") + c;
     }
     out += fmt::format("  {:<22} {:<28} default {:<18} {}{}\n", k.name, type + range_text(k),
-                       shown(k.def), k.doc, k.hashed ? "" : " [not hashed]");
+                       shown(k.def), k.doc, !k.hashed ? " [not hashed]" : !k.hashed_at_default ? " [hashed unless default]" : "");
   }
   out += "\ngroups: model=NAME, router=NAME, data=NAME load experiments/<group>/NAME.yaml\n";
   out += "tags.*: free-form labels, added with +tags.KEY=VALUE (not hashed)\n";

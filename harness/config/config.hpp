@@ -25,6 +25,8 @@ struct Key {
   double min = -1e300, max = 1e300;  // inclusive range for Int/Float (and list elements)
   std::vector<std::string> choices;  // for Choice
   bool hashed = true;  // false: bookkeeping that cannot change a result (db path, log interval)
+  // false: the default value is left out of the hash, so configs that predate the key keep theirs.
+  bool hashed_at_default = true;
 };
 
 // Every key, declared once (harness/config/schema.cpp).

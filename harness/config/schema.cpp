@@ -30,6 +30,10 @@ Key IL(std::string n, std::vector<int64_t> d, double lo, double hi, std::string 
 Key FL(std::string n, std::vector<double> d, double lo, double hi, std::string doc) {
   return Key{std::move(n), Type::FloatList, d, std::move(doc), lo, hi, {}, true};
 }
+Key unhashed_at_default(Key k) {
+  k.hashed_at_default = false;
+  return k;
+}
 Key SL(std::string n, std::vector<std::string> d, std::string doc) {
   return Key{std::move(n), Type::StringList, d, std::move(doc), -kInf, kInf, {}, true};
 }
@@ -45,6 +49,11 @@ std::vector<Key> build() {
       I("run.threads", 0, 0, 1024, "intra-op CPU threads (0 = LibTorch default)", false),
       I("run.log_every", 10, 1, 1000000, "steps between metric rows in the store and progress lines", false),
       F("run.heartbeat_s", 10, 0.1, 3600, "seconds between heartbeats of a running run", false),
+      // Ranks change results (each rank's routers see batch_size / nproc streams, each rank draws
+      // its own dropout and router noise), so nproc > 1 is hashed; 1 is not, and old hashes hold.
+      unhashed_at_default(I("run.nproc", 1, 1, 65536, "data-parallel ranks (also --nproc; set from WORLD_SIZE or SLURM_NTASKS when srun/torchrun start the ranks); each reads train.batch_size / nproc contiguous streams")),
+      C("run.backend", "auto", {"auto", "gloo", "nccl"}, "process-group backend with nproc > 1: auto = nccl for run.device=cuda in CUDA builds, else gloo", false),
+      F("run.dist_timeout_s", 300, 1, 86400, "seconds a rank waits for the others (rendezvous, each collective) before the run fails; a rank that dies fails it at once", false),
 
       // ---- data.*: corpus and splits
       C("data.format", "word", {"word", "byte", "idx", "imagefolder"}, "word: whitespace tokens + <eos> per line (WikiText); byte: one token per byte (enwik8); idx: IDX image/label files (Fashion-MNIST; split = file prefix, e.g. t10k); imagefolder: <split>/<class>/* JPEGs (ImageNet)"),
@@ -122,6 +131,7 @@ std::vector<Key> build() {
       I("router.newton_warmup", 3, 0, 1000, "log-domain Sinkhorn sweeps before the Newton stage"),
       I("router.group_tokens", 0, 0, 1LL << 40, "tokens per router call: the micro-batch is routed in consecutive groups of this many (the reference: 6,144, one GPU's micro-batch); 0 = the whole micro-batch"),
       C("router.solver", "eager", {"eager", "fused"}, "Sinkhorn implementation: eager LibTorch ops, or one fused CUDA kernel (log domain, <= 64 experts, CUDA builds)"),
+      unhashed_at_default(B("router.global_batch", false, "with run.nproc > 1: all-gather the gate logits so routers (Sinkhorn marginals, balance losses, SSR's draw) see the global micro-batch, not one rank's (timing phase 'gather')")),
       C("router.eval_mode", "none", {"none", "sinkhorn", "noise", "both"}, "SSR at inference: none (vanilla), or keep Sinkhorn / noise / both (paper Table 3)"),
 
       // ---- train.*: optimisation (reference: Adam 7e-4, warm-up 4000, constant, no clipping)

@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "harness/data/corpus.hpp"
+#include "harness/dist/launch.hpp"
 #include "harness/train/progress.hpp"
 #include "harness/train/vision_trainer.hpp"
 #include "models/precision.hpp"
@@ -30,11 +31,12 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-torch::Device device_of(const config::Config& cfg) {
+torch::Device device_of(const config::Config& cfg, int local_rank) {
   if (cfg.s("run.device") == "cuda") {
     if (!torch::cuda::is_available())
       throw config::ConfigError("run.device: cuda requested but no CUDA device is available (use run.device=cpu)");
-    return torch::Device(torch::kCUDA);
+    const auto n = static_cast<int>(torch::cuda::device_count());
+    return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank % n));
   }
   return torch::Device(torch::kCPU);
 }
@@ -59,10 +61,28 @@ void to_device(models::LMState& s, torch::Device device) {
   for (auto& c : s.cache) c = c.to(device);
 }
 
+// Where this process's rows sit in the global batch (one process: all of them, no group).
+struct Layout {
+  dist::Group* group = nullptr;
+  int rank = 0, world = 1;
+  int64_t split = 1;           // micro-batches per rank (train.batch_split)
+  int64_t row0 = 0, rows = 0;  // this rank's training and partial-validation streams
+};
+
+// What each rank draws. Dropout and routers: a generator per rank (rank 0's is the one of a
+// one-process run). Data wrap offsets must agree across ranks: one process keeps drawing them
+// from its only generator, so its losses reproduce; several ranks share a generator seeded alike.
+// router.global_batch routing runs the same router call on every rank: a third one, also alike.
+struct Rngs {
+  torch::Generator model, data, shared;  // shared is undefined unless router.global_batch
+};
+
 // Token-weighted mean NLL over segments [first, first + count) of an evaluation walk, carrying
-// `state` across them (spec section 4: zero caches at segment 0, segments in order).
+// `state` across them (spec section 4: zero caches at segment 0, segments in order). This rank
+// scores rows [row0, row0 + rows) of every segment; the sums are reduced over ranks.
 double evaluate(models::SwitchLM& model, const data::StreamBatcher& walk, int64_t first, int64_t count,
-                models::LMState& state, torch::Device device, torch::Generator& gen, bool bf16) {
+                models::LMState& state, torch::Device device, torch::Generator& gen, bool bf16, int64_t row0,
+                int64_t rows, dist::Group* group) {
   torch::NoGradGuard no_grad;
   models::AutocastGuard autocast(device, bf16);
   model->eval();
@@ -72,12 +92,19 @@ double evaluate(models::SwitchLM& model, const data::StreamBatcher& walk, int64_
     auto batch = walk.segment(seg);
     if (batch.reset)
       for (auto& c : state.cache) c.zero_();
-    auto out = model->forward(batch.tokens.to(device), batch.targets.to(device), state, gen);
-    const double n = static_cast<double>(batch.targets.numel());
+    auto tokens_in = batch.tokens.narrow(0, row0, rows).to(device);   // (rows, seq_len)
+    auto targets = batch.targets.narrow(0, row0, rows).to(device);    // (rows, seq_len)
+    auto out = model->forward(tokens_in, targets, state, gen);
+    const double n = static_cast<double>(targets.numel());
     total += out.nll.item<double>() * n;
     tokens += n;
   }
   model->train();
+  if (group) {
+    const auto sums = group->sum({total, tokens});
+    total = sums[0];
+    tokens = sums[1];
+  }
   return total / tokens;
 }
 
@@ -90,21 +117,43 @@ struct Snapshot {
   int64_t best_step = 0;
 };
 
-void save_checkpoint(const fs::path& path, models::SwitchLM& model, torch::optim::Adam& opt, torch::Generator& gen,
+// Rank r's generator and micro-batch caches are stored under the names a one-process run over
+// the same global batch with world * batch_split micro-batches would use (its group r * split + j
+// holds the same streams), so rank 0's names are those of a one-process checkpoint.
+std::string gen_key(int rank) { return rank == 0 ? "gen_state" : fmt::format("gen_state_rank{}", rank); }
+
+// Called by every rank (the state travels to rank 0); only rank 0 writes the file.
+void save_checkpoint(const fs::path& path, models::SwitchLM& model, torch::optim::Adam& opt, const Rngs& rng,
                      const std::vector<models::LMState>& states, const models::LMState& valid_state,
-                     const Snapshot& snap) {
+                     const Snapshot& snap, const Layout& lay) {
+  auto gathered = [&](const torch::Tensor& t) {
+    return lay.group ? lay.group->all_gather(t) : std::vector<torch::Tensor>{t};
+  };
+  const auto gen_states = gathered(rng.model.get_state());
+  std::vector<std::pair<std::string, torch::Tensor>> caches;
+  for (size_t j = 0; j < states.size(); ++j)
+    for (size_t l = 0; l < states[j].cache.size(); ++l) {
+      const auto parts = gathered(states[j].cache[l]);  // per rank (rows / split, span, d_model)
+      for (int r = 0; r < lay.world; ++r)
+        caches.emplace_back(fmt::format("cache_{}_{}", r * lay.split + static_cast<int64_t>(j), l), parts[r]);
+    }
+  std::vector<torch::Tensor> valid_caches;
+  for (const auto& c : valid_state.cache) valid_caches.push_back(torch::cat(gathered(c)));  // (streams, span, d_model)
+  if (lay.rank != 0) return;
+
   torch::serialize::OutputArchive ar, m, o;
   model->save(m);
   opt.save(o);
   ar.write("model", m);
   ar.write("optimizer", o);
-  ar.write("gen_state", gen.get_state());
+  for (int r = 0; r < lay.world; ++r) ar.write(gen_key(r), gen_states[r]);
+  if (lay.world > 1) ar.write("data_gen_state", rng.data.get_state());
+  if (rng.shared.defined()) ar.write("router_gen_state", rng.shared.get_state());
   ar.write("default_gen_state", at::detail::getDefaultCPUGenerator().get_state());
   ar.write("counters", torch::tensor({snap.step, snap.train_pos, snap.valid_next, snap.best_step}));
   ar.write("best_valid", torch::tensor(snap.best_valid, torch::kDouble));
-  for (size_t j = 0; j < states.size(); ++j)
-    for (size_t l = 0; l < states[j].cache.size(); ++l) ar.write(fmt::format("cache_{}_{}", j, l), states[j].cache[l]);
-  for (size_t l = 0; l < valid_state.cache.size(); ++l) ar.write(fmt::format("valid_cache_{}", l), valid_state.cache[l]);
+  for (const auto& [name, c] : caches) ar.write(name, c);
+  for (size_t l = 0; l < valid_caches.size(); ++l) ar.write(fmt::format("valid_cache_{}", l), valid_caches[l]);
   fs::create_directories(path.parent_path());
   const std::string tmp = path.string() + ".tmp";
   ar.save_to(tmp);
@@ -112,9 +161,9 @@ void save_checkpoint(const fs::path& path, models::SwitchLM& model, torch::optim
     throw std::runtime_error(fmt::format("{}: cannot write checkpoint", path.string()));
 }
 
-Snapshot load_checkpoint(const fs::path& path, models::SwitchLM& model, torch::optim::Adam* opt,
-                         torch::Generator* gen, std::vector<models::LMState>* states, models::LMState* valid_state,
-                         torch::Device device) {
+Snapshot load_checkpoint(const fs::path& path, models::SwitchLM& model, torch::optim::Adam* opt, Rngs* rng,
+                         std::vector<models::LMState>* states, models::LMState* valid_state, torch::Device device,
+                         const Layout& lay) {
   torch::serialize::InputArchive ar, m;
   ar.load_from(path.string(), device);
   ar.read("model", m);
@@ -133,19 +182,32 @@ Snapshot load_checkpoint(const fs::path& path, models::SwitchLM& model, torch::o
     ar.read("optimizer", o);
     opt->load(o);
   }
-  if (gen) {
+  if (rng) {
     torch::Tensor g, d;
-    ar.read("gen_state", g);
+    ar.read(gen_key(lay.rank), g);
     ar.read("default_gen_state", d);
-    gen->set_state(g.cpu());
+    rng->model.set_state(g.cpu());
     at::Generator default_gen = at::detail::getDefaultCPUGenerator();  // shares the global state
     default_gen.set_state(d.cpu());
+    if (lay.world > 1) {
+      ar.read("data_gen_state", g);
+      rng->data.set_state(g.cpu());
+    }
+    if (rng->shared.defined()) {
+      ar.read("router_gen_state", g);
+      rng->shared.set_state(g.cpu());
+    }
   }
   if (states)
     for (size_t j = 0; j < states->size(); ++j)
-      for (size_t l = 0; l < (*states)[j].cache.size(); ++l) ar.read(fmt::format("cache_{}_{}", j, l), (*states)[j].cache[l]);
+      for (size_t l = 0; l < (*states)[j].cache.size(); ++l)
+        ar.read(fmt::format("cache_{}_{}", lay.rank * lay.split + static_cast<int64_t>(j), l), (*states)[j].cache[l]);
   if (valid_state)
-    for (size_t l = 0; l < valid_state->cache.size(); ++l) ar.read(fmt::format("valid_cache_{}", l), valid_state->cache[l]);
+    for (size_t l = 0; l < valid_state->cache.size(); ++l) {
+      torch::Tensor all;  // (streams, span, d_model)
+      ar.read(fmt::format("valid_cache_{}", l), all);
+      valid_state->cache[l] = all.narrow(0, lay.row0, lay.rows).contiguous();
+    }
   return snap;
 }
 
@@ -160,18 +222,28 @@ int64_t parameter_total(models::SwitchLM& model) {
 Outcome train(const config::Config& cfg, store::Store& store, const Options& opts) {
   if (cfg.s("model.arch") == "swin_moe") return train_vision(cfg, store, opts);
   if (cfg.i("run.threads") > 0) torch::set_num_threads(static_cast<int>(cfg.i("run.threads")));
-  const torch::Device device = device_of(cfg);
+  const int rank = opts.dist.rank, world = opts.dist.world;
+  const bool lead = rank == 0;  // the only rank that writes the store and checkpoints
+  const torch::Device device = device_of(cfg, opts.dist.local_rank);
   const int64_t seed = cfg.i("run.seed");
   torch::manual_seed(static_cast<uint64_t>(seed));
-  torch::Generator gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seed));
+  auto generator = [](uint64_t s) { return at::make_generator<at::CPUGeneratorImpl>(s); };
+  Rngs rng;
+  rng.model = generator(dist::stream_seed(seed, rank));
+  rng.data = world == 1 ? rng.model : generator(dist::stream_seed(seed, dist::kDataStream));
+  torch::Generator& gen = rng.model;
 
   // Everything that can reject the job happens before the run row exists.
   data::Corpus corpus = data::load_corpus(cfg);
   const int64_t B = cfg.i("train.batch_size"), M = cfg.i("train.seq_len");
   const int64_t steps = cfg.i("train.steps"), split = cfg.i("train.batch_split");
-  if (split > B)
-    throw config::ConfigError(fmt::format("train.batch_split: {} micro-batches need at least as many streams "
-                                          "(train.batch_size is {})", split, B));
+  if (cfg.i("run.nproc") != world)
+    throw config::ConfigError(fmt::format("run.nproc: {} ranks asked, but this process is one of {}; `ssr train` "
+                                          "starts the ranks (or srun/torchrun with RANK and WORLD_SIZE)",
+                                          cfg.i("run.nproc"), world));
+  dist::check_shares(cfg);
+  const auto [row0, rows] = dist::share(B, rank, world, "train.batch_size");
+  const auto [eval_row0, eval_rows] = dist::share(cfg.i("eval.batch_size"), rank, world, "eval.batch_size");
   for (const auto& name : cfg.strings("eval.splits"))
     if (!corpus.splits.count(name))
       throw config::ConfigError(fmt::format("eval.splits: no split '{}' in {}", name, cfg.s("data.dir")));
@@ -193,15 +265,29 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       throw config::ConfigError("train.eval_every: partial validation needs a valid split (set data.valid or data.holdout, or train.eval_every=0)");
     valid_walk.emplace(corpus.splits.at("valid"), B, M);
   }
-  const auto groups = row_groups(B, split);
+  auto groups = row_groups(rows, split);  // this rank's micro-batches, as rows of the global batch
+  for (auto& g : groups) g.first += row0;
   std::vector<models::LMState> states;
-  for (const auto& [lo, rows] : groups) states.push_back(model->initial_state(rows));
-  models::LMState valid_state = model->initial_state(B);
+  for (const auto& [lo, n] : groups) states.push_back(model->initial_state(n));
+  models::LMState valid_state = model->initial_state(rows);
   for (auto& s : states) to_device(s, device);
   to_device(valid_state, device);
 
-  const store::RunInfo info = store::this_machine(cfg.s("run.device"));
-  int64_t run_id;
+  std::unique_ptr<dist::Group> group;
+  if (world > 1) {
+    group = std::make_unique<dist::Group>(opts.dist, dist::backend_for(cfg), device, cfg.f("run.dist_timeout_s"));
+    dist::broadcast_module(*group, *model);
+    if (cfg.b("router.global_batch")) {
+      rng.shared = generator(dist::stream_seed(seed, dist::kSharedStream));
+      model->route_globally([g = group.get()](const torch::Tensor& t) { return g->gather_rows(t); }, rank, rng.shared);
+    }
+  }
+  const Layout lay{group.get(), rank, world, split, row0, rows};
+
+  store::RunInfo info = store::this_machine(cfg.s("run.device"));
+  info.world_size = world;
+  if (group) info.backend = group->backend();
+  int64_t run_id = 0;
   Snapshot snap;
   if (opts.resume_run) {
     run_id = *opts.resume_run;
@@ -209,16 +295,20 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
     if (!fs::exists(last))
       throw config::ConfigError(fmt::format("--resume {}: no checkpoint at {} (train.checkpoint_every was not reached?)",
                                             run_id, last.string()));
-    snap = load_checkpoint(last, model, &optimizer, &gen, &states, &valid_state, device);
+    snap = load_checkpoint(last, model, &optimizer, &rng, &states, &valid_state, device, lay);
     batcher.set_position(snap.train_pos);
-    store.truncate_after(run_id, snap.step);
-    store.start_run(run_id, info);
+    if (lead) {
+      store.truncate_after(run_id, snap.step);
+      store.start_run(run_id, info);
+    }
   } else if (opts.queued_run) {
     run_id = *opts.queued_run;
-    store.start_run(run_id, info);
-  } else {
+    if (lead) store.start_run(run_id, info);
+  } else if (lead) {
     run_id = store.create_run(cfg.hash(), cfg.to_json(), seed, info);
   }
+  if (group) run_id = static_cast<int64_t>(group->sum({static_cast<double>(lead ? run_id : 0)})[0]);
+  if (lead) dist::announce_run(run_id);
   const fs::path ckpt_dir = fs::path(cfg.s("run.out_dir")) / std::to_string(run_id);
 
   g_signal = 0;
@@ -229,7 +319,7 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
     ~Restore() { std::signal(SIGINT, i); std::signal(SIGTERM, t); }
   } restore{old_int, old_term};
 
-  Progress progress(steps, cfg.i("run.log_every"), opts.quiet);
+  Progress progress(steps, cfg.i("run.log_every"), opts.quiet || !lead);
   progress.message(fmt::format("run {}: {} steps of {} x {} tokens, {} parameters, config {}{}", run_id, steps, B, M,
                                parameter_total(model), cfg.hash(),
                                snap.step > 0 ? fmt::format(", resumed at step {}", snap.step) : ""));
@@ -245,12 +335,17 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
     if (device.is_cuda()) torch::cuda::synchronize();
   };
   auto flush = [&](int64_t step) {
-    store.add_metrics(run_id, metrics);
-    store.add_timings(run_id, timings);
+    if (lead) {
+      store.add_metrics(run_id, metrics);
+      store.add_timings(run_id, timings);
+      store.heartbeat(run_id, step);
+    }
     metrics.clear();
     timings.clear();
-    store.heartbeat(run_id, step);
     last_heartbeat = Clock::now();
+  };
+  auto finish = [&](const std::string& status, const std::string& error) {
+    if (lead) store.finish_run(run_id, status, error);
   };
   auto snapshot = [&](int64_t step) {
     snap.step = step;
@@ -266,7 +361,7 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
     for (int64_t step = snap.step + 1; step <= steps; ++step) {
       if (g_signal) {
         flush(step - 1);
-        store.finish_run(run_id, "failed", fmt::format("interrupted by signal {} at step {}", int(g_signal), step - 1));
+        finish("failed", fmt::format("interrupted by signal {} at step {}", int(g_signal), step - 1));
         progress.finish();
         return {run_id, "failed"};
       }
@@ -276,7 +371,7 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       const double lr = cfg.f("train.lr") * (warmup > 0 ? std::min(1.0, step / warmup) : 1.0);
       for (auto& g : optimizer.param_groups()) static_cast<torch::optim::AdamOptions&>(g.options()).lr(lr);
 
-      auto batch = batcher.next(gen);
+      auto batch = batcher.next(rng.data);
       if (batch.reset)
         for (auto& s : states)
           for (auto& c : s.cache) c.zero_();
@@ -303,15 +398,24 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
         nll_sum += out.nll.item<double>();
         aux_sum += out.aux.item<double>();
       }
+      auto t0 = Clock::now();
+      if (group) {
+        // The global batch's loss (every rank then takes the same nan decision) and gradient.
+        const auto sums = group->sum({nll_sum, aux_sum});
+        nll_sum = sums[0] / world;
+        aux_sum = sums[1] / world;
+      }
       const double nll = nll_sum / static_cast<double>(groups.size());
       if (!std::isfinite(nll) || !std::isfinite(aux_sum)) {
         metrics.push_back({step, "train", "loss", nll, seconds_since(t_start)});
         flush(step);
-        store.finish_run(run_id, "nan", fmt::format("loss became {} at step {}", nll, step));
+        finish("nan", fmt::format("loss became {} at step {}", nll, step));
         progress.message(fmt::format("run {}: loss became {} at step {}; recorded as nan", run_id, nll, step));
         return {run_id, "nan"};
       }
-      auto t0 = Clock::now();
+      if (group) group->average_gradients(model->parameters());
+      const double t_sync = seconds_since(t0);
+      t0 = Clock::now();
       if (cfg.f("train.clip") > 0) torch::nn::utils::clip_grad_norm_(model->parameters(), cfg.f("train.clip"));
       optimizer.step();
       sync();
@@ -319,8 +423,10 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       timings.push_back({step, "forward", t_fwd});
       timings.push_back({step, "backward", t_bwd});
       timings.push_back({step, "optimizer", t_opt});
-      timings.push_back({step, "step", t_fwd + t_bwd + t_opt});
+      timings.push_back({step, "step", t_fwd + t_bwd + t_sync + t_opt});
       if (time_router) timings.push_back({step, "router", model->take_router_seconds()});  // part of forward
+      if (group) timings.push_back({step, "allreduce", t_sync});  // loss and gradients
+      if (rng.shared.defined()) timings.push_back({step, "gather", group->take_gather_seconds()});  // in forward and backward
       progress.update(step, nll, B * M);
 
       const double wall = seconds_since(t_start);
@@ -328,7 +434,7 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
         metrics.push_back({step, "train", "loss", nll, wall});
         metrics.push_back({step, "train", "aux", aux_sum / groups.size(), wall});
         metrics.push_back({step, "train", "lr", lr, wall});
-        metrics.push_back({step, "train", "tokens_per_s", B * M / (t_fwd + t_bwd + t_opt), wall});
+        metrics.push_back({step, "train", "tokens_per_s", B * M / (t_fwd + t_bwd + t_sync + t_opt), wall});
         const auto stats = model->take_router_stats();
         for (size_t l = 0; l < stats.size(); ++l) {
           const auto& s = stats[l];
@@ -345,7 +451,8 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       if (valid_walk && (step % eval_every == 0 || step == steps)) {
         // Partial validation on the next train.eval_segments segments of the validation stream.
         const int64_t K = cfg.i("train.eval_segments");
-        const double v = evaluate(model, *valid_walk, snap.valid_next, K, valid_state, device, gen, bf16);
+        const double v =
+            evaluate(model, *valid_walk, snap.valid_next, K, valid_state, device, gen, bf16, row0, rows, group.get());
         snap.valid_next += K;
         const auto [name, value] = headline(cfg, v);
         metrics.push_back({step, "valid", "loss", v, wall});
@@ -354,11 +461,11 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
         if (v < snap.best_valid) {
           snap.best_valid = v;
           snap.best_step = step;
-          save_checkpoint(ckpt_dir / "best.pt", model, optimizer, gen, states, valid_state, snapshot(step));
+          save_checkpoint(ckpt_dir / "best.pt", model, optimizer, rng, states, valid_state, snapshot(step), lay);
         }
       }
       if ((ckpt_every > 0 && step % ckpt_every == 0) || step == steps)
-        save_checkpoint(ckpt_dir / "last.pt", model, optimizer, gen, states, valid_state, snapshot(step));
+        save_checkpoint(ckpt_dir / "last.pt", model, optimizer, rng, states, valid_state, snapshot(step), lay);
       if (log_step || seconds_since(last_heartbeat) > heartbeat_s) flush(step);
     }
     flush(steps);
@@ -366,26 +473,32 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
 
     // Final evaluation: the best partial-validation checkpoint, like the reference's
     // --resume --full-eval-mode, unless eval.checkpoint=last.
-    if (cfg.s("eval.checkpoint") == "best" && fs::exists(ckpt_dir / "best.pt")) {
-      load_checkpoint(ckpt_dir / "best.pt", model, nullptr, nullptr, nullptr, nullptr, device);
-      store.set_result(run_id, "train", "best_step", static_cast<double>(snap.best_step));
+    // Rank 0 reads it and broadcasts the weights: the ranks need not share a file system here.
+    bool use_best = lead && cfg.s("eval.checkpoint") == "best" && fs::exists(ckpt_dir / "best.pt");
+    if (group) use_best = group->sum({use_best ? 1.0 : 0.0})[0] > 0;
+    if (use_best) {
+      if (lead) load_checkpoint(ckpt_dir / "best.pt", model, nullptr, nullptr, nullptr, nullptr, device, lay);
+      if (group) dist::broadcast_module(*group, *model);
+      if (lead) store.set_result(run_id, "train", "best_step", static_cast<double>(snap.best_step));
     }
     const int64_t EB = cfg.i("eval.batch_size"), max_seg = cfg.i("eval.max_segments");
     // Evaluates one split and stores its results under `stored_as`; returns the mean NLL.
     auto final_eval = [&](const std::string& split_name, const std::string& stored_as) {
       data::StreamBatcher walk(corpus.splits.at(split_name), EB, M, cfg.b("data.eval_every_token"));
       const int64_t n = max_seg > 0 ? std::min(max_seg, walk.eval_segments()) : walk.eval_segments();
-      auto state = model->initial_state(EB);
+      auto state = model->initial_state(eval_rows);
       to_device(state, device);
       const bool norms = stored_as == "valid";  // paper Fig. 2: MoE output norm per layer
       if (norms) model->take_moe_output_norms();  // drop what training steps accumulated
       model->collect_router_stats(norms);
-      const double loss = evaluate(model, walk, 0, n, state, device, gen, bf16);
+      const double loss = evaluate(model, walk, 0, n, state, device, gen, bf16, eval_row0, eval_rows, group.get());
       model->collect_router_stats(false);
       const auto [metric, value] = headline(cfg, loss);
-      store.set_result(run_id, stored_as, "loss", loss);
-      store.set_result(run_id, stored_as, metric, value);
-      store.set_result(run_id, stored_as, "segments", static_cast<double>(n));
+      if (lead) {
+        store.set_result(run_id, stored_as, "loss", loss);
+        store.set_result(run_id, split_name, metric, value);
+        store.set_result(run_id, stored_as, "segments", static_cast<double>(n));
+      }
       if (norms) {
         model->take_router_stats();
         const auto out_norms = model->take_moe_output_norms();
@@ -399,7 +512,7 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
     for (const auto& split_name : cfg.strings("eval.splits")) {
       const double loss = final_eval(split_name, split_name);
       if (!std::isfinite(loss)) {
-        store.finish_run(run_id, "nan", fmt::format("{} loss is {}", split_name, loss));
+        finish("nan", fmt::format("{} loss is {}", split_name, loss));
         return {run_id, "nan"};
       }
     }
@@ -408,12 +521,12 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       model->set_router_eval_mode(mode);
       for (const auto& split_name : cfg.strings("eval.splits")) final_eval(split_name, split_name + "@" + mode);
     }
-    store.set_result(run_id, "train", "seconds", seconds_since(t_start));
-    store.finish_run(run_id, "finished");
+    if (lead) store.set_result(run_id, "train", "seconds", seconds_since(t_start));
+    finish("finished", "");
     return {run_id, "finished"};
   } catch (const std::exception& e) {
     progress.finish();
-    store.finish_run(run_id, "failed", e.what());
+    finish("failed", e.what());
     throw;
   }
 }

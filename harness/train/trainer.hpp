@@ -3,6 +3,7 @@
 #include <string>
 
 #include "harness/config/config.hpp"
+#include "harness/dist/dist.hpp"
 #include "harness/store/store.hpp"
 
 namespace ssr::train {
@@ -13,6 +14,9 @@ struct Options {
   // Train an already planned (queued) row, e.g. a sweep job.
   std::optional<int64_t> queued_run;
   bool quiet = false;  // no progress output
+  // This process's rank in a data-parallel job (dist::environment()); one process by default.
+  // Only rank 0 writes the store and checkpoints.
+  dist::Env dist;
 };
 
 struct Outcome {

@@ -1,0 +1,360 @@
+// Data-parallel training on c10d Gloo, end to end through `ssr train --nproc 2` on real text:
+// two ranks over a global batch train the same model as one process over it, global-batch
+// routing equals one router call over all streams, and a killed rank fails the run (one row,
+// no hang) which then resumes to the uninterrupted losses.
+#include <catch2/catch.hpp>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fmt/format.h>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "harness/config/config.hpp"
+#include "harness/dist/dist.hpp"
+#include "harness/store/store.hpp"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kBin = SSR_BINARY;
+const std::string kDemo = std::string(SSR_SOURCE_DIR) + "/experiments/demo.yaml";
+// 8 streams of 16 tokens; no dropout, so that rank 1's own dropout stream cannot make the
+// two-rank run differ from the one-process run.
+const std::string kTiny =
+    "train.batch_size=8 train.seq_len=16 train.warmup=2 eval.batch_size=8 run.log_every=1 run.threads=1 "
+    "eval.max_segments=3 train.eval_every=4 train.eval_segments=2 model.dropout=0 run.dist_timeout_s=60 "
+    "run.out_dir=" + (fs::temp_directory_path() / ("ssr_dist_ckpt_" + std::to_string(::getpid()))).string();
+
+std::string temp_db(const std::string& name) {
+  auto dir = fs::temp_directory_path() / ("ssr_dist_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  auto p = (dir / name).string();
+  for (const char* ext : {"", "-wal", "-shm"}) fs::remove(p + ext);
+  return p;
+}
+
+struct Result {
+  int code;
+  std::string out;
+};
+Result run(const std::string& args) {
+  const std::string cmd = fmt::format("cd '{}' && '{}' {} 2>&1", SSR_SOURCE_DIR, kBin, args);
+  Result r{0, ""};
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p);
+  char buf[512];
+  while (fgets(buf, sizeof buf, p)) r.out += buf;
+  int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+std::vector<double> series(ssr::store::Store& s, int64_t run, const std::string& split, const std::string& name) {
+  std::vector<double> v;
+  for (const auto& m : s.metrics(run))
+    if (m.split == split && m.name == name) v.push_back(m.value);
+  return v;
+}
+
+// The one run of a store that must hold exactly one.
+ssr::store::Run only_run(ssr::store::Store& s) {
+  auto runs = s.runs();
+  REQUIRE(runs.size() == 1);
+  return runs[0];
+}
+
+void check_close(const std::vector<double>& a, const std::vector<double>& b, double tol) {
+  REQUIRE(a.size() == b.size());
+  REQUIRE(!a.empty());
+  for (size_t i = 0; i < a.size(); ++i) {
+    INFO("index " << i << ": " << a[i] << " vs " << b[i]);
+    CHECK(std::abs(a[i] - b[i]) <= tol * std::max(1.0, std::abs(a[i])));
+  }
+}
+
+double result(ssr::store::Store& s, int64_t run, const std::string& split, const std::string& name) {
+  for (const auto& r : s.results(run))
+    if (r.split == split && r.name == name) return r.value;
+  FAIL("no result " << split << "/" << name);
+  return 0;
+}
+
+// Trains `args` once in one process and once on two ranks, each into its own store.
+struct Pair {
+  ssr::store::Store one, two;
+  ssr::store::Run r1, r2;
+};
+std::unique_ptr<Pair> train_pair(const std::string& name, const std::string& one_args, const std::string& two_args) {
+  const auto db1 = temp_db(name + "_1.db"), db2 = temp_db(name + "_2.db");
+  auto a = run(fmt::format("train {} {} {} --db {} --quiet", kDemo, kTiny, one_args, db1));
+  INFO(a.out);
+  REQUIRE(a.code == 0);
+  auto b = run(fmt::format("train {} {} {} --nproc 2 --db {} --quiet", kDemo, kTiny, two_args, db2));
+  INFO(b.out);
+  REQUIRE(b.code == 0);
+  std::unique_ptr<Pair> p(new Pair{ssr::store::Store(db1), ssr::store::Store(db2), {}, {}});
+  p->r1 = only_run(p->one);
+  p->r2 = only_run(p->two);
+  return p;
+}
+
+// Pids of the processes whose parent is `parent`, by their RANK variable.
+std::map<int, pid_t> ranks_of(pid_t parent) {
+  std::map<int, pid_t> out;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(e.path() / "stat");
+    std::string text((std::istreambuf_iterator<char>(stat)), {});
+    const auto close = text.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(text.substr(close + 2));
+    std::string state;
+    pid_t ppid = 0;
+    rest >> state >> ppid;
+    if (ppid != parent) continue;
+    std::ifstream env(e.path() / "environ");
+    std::string var;
+    while (std::getline(env, var, '\0'))
+      if (var.rfind("RANK=", 0) == 0) out[std::stoi(var.substr(5))] = std::stoi(name);
+  }
+  return out;
+}
+
+pid_t spawn(const std::vector<std::string>& args) {
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    if (chdir(SSR_SOURCE_DIR) != 0) _exit(127);
+    std::vector<char*> argv{const_cast<char*>(kBin.c_str())};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(kBin.c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+std::vector<std::string> words(const std::string& s) {
+  std::istringstream in(s);
+  std::vector<std::string> out;
+  for (std::string w; in >> w;) out.push_back(w);
+  return out;
+}
+
+// Waits (at most `limit_s`) until the launcher exits; its exit code, or -1 if it did not.
+int wait_exit(pid_t pid, double limit_s) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(limit_s);
+  while (std::chrono::steady_clock::now() < end) {
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  return -1;
+}
+
+// Polls the store until its run has logged `step`, or the launcher has ended.
+int64_t wait_step(const std::string& db, pid_t launcher, int64_t step) {
+  int64_t seen = 0;
+  for (int i = 0; i < 1200 && seen < step; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (waitpid(launcher, nullptr, WNOHANG) == launcher) break;
+    if (!fs::exists(db)) continue;
+    ssr::store::Store s(db);
+    auto runs = s.runs();
+    if (!runs.empty()) seen = runs[0].step;
+  }
+  return seen;
+}
+
+}  // namespace
+
+TEST_CASE("two Gloo ranks train what one process trains over the same global batch", "[dist]") {
+  // One process routes 2 micro-batches of 4 streams; two ranks route their own 4 streams each.
+  // router=lb: its balance loss depends on which tokens share a router call.
+  auto p = train_pair("equal", "train.steps=8 router=lb train.batch_split=2", "train.steps=8 router=lb train.batch_split=1");
+  CHECK(p->r1.status == "finished");
+  CHECK(p->r2.status == "finished");
+  CHECK(p->r1.info.world_size == 1);
+  CHECK(p->r2.info.world_size == 2);
+  CHECK(p->r2.info.backend == "gloo");
+  CHECK(p->r1.config_hash != p->r2.config_hash);  // run.nproc = 2 is hashed
+  const auto l1 = series(p->one, p->r1.id, "train", "loss"), l2 = series(p->two, p->r2.id, "train", "loss");
+  REQUIRE(l1.size() == 8);
+  check_close(l1, l2, 1e-5);
+  check_close(series(p->one, p->r1.id, "train", "aux"), series(p->two, p->r2.id, "train", "aux"), 1e-5);
+  check_close(series(p->one, p->r1.id, "valid", "loss"), series(p->two, p->r2.id, "valid", "loss"), 1e-5);
+  for (const char* split : {"valid", "test"})
+    check_close({result(p->one, p->r1.id, split, "loss")}, {result(p->two, p->r2.id, split, "loss")}, 1e-5);
+  std::set<std::string> phases;
+  for (const auto& t : p->two.timings(p->r2.id)) phases.insert(t.phase);
+  CHECK(phases == std::set<std::string>{"allreduce", "backward", "forward", "optimizer", "router", "step"});
+}
+
+TEST_CASE("router.global_batch routes the ranks' streams as one router call", "[dist]") {
+  // The Sinkhorn baseline picks experts from a transport plan over all tokens of a call, so its
+  // choices depend on the whole call: gathered over 2 ranks it must equal one call over 8 streams.
+  auto g = train_pair("global", "train.steps=6 router=sinkhorn train.batch_split=1",
+                      "train.steps=6 router=sinkhorn train.batch_split=1 router.global_batch=true");
+  const auto l1 = series(g->one, g->r1.id, "train", "loss"), l2 = series(g->two, g->r2.id, "train", "loss");
+  check_close(l1, l2, 1e-5);
+  std::set<std::string> phases;
+  for (const auto& t : g->two.timings(g->r2.id)) phases.insert(t.phase);
+  CHECK(phases.count("gather") == 1);
+
+  // Without it each rank's router sees only its 4 streams: the same as one process in 2 micro-batches.
+  auto l = train_pair("local", "train.steps=6 router=sinkhorn train.batch_split=2",
+                      "train.steps=6 router=sinkhorn train.batch_split=1");
+  check_close(series(l->one, l->r1.id, "train", "loss"), series(l->two, l->r2.id, "train", "loss"), 1e-5);
+  CHECK(series(l->one, l->r1.id, "train", "loss") != l1);  // the call size matters for this router
+}
+
+TEST_CASE("a killed rank fails the run without a hang, and the run resumes to the same losses", "[dist]") {
+  const auto db_a = temp_db("kill_ref.db"), db_b = temp_db("kill.db");
+  // Dropout on: each rank draws its own masks, and the resumed run must restore both streams.
+  const std::string args = kTiny + " model.dropout=0.1 train.steps=60 train.checkpoint_every=10 router=ssr_l router.p=0.3";
+  auto a = run(fmt::format("train {} {} --nproc 2 --db {} --quiet", kDemo, args, db_a));
+  INFO(a.out);
+  REQUIRE(a.code == 0);
+
+  std::vector<std::string> cmd = {"train", kDemo};
+  for (const auto& w : words(args)) cmd.push_back(w);
+  for (const auto& w : words(fmt::format("--nproc 2 --db {} --quiet", db_b))) cmd.push_back(w);
+  const pid_t launcher = spawn(cmd);
+  const int64_t step = wait_step(db_b, launcher, 12);  // the checkpoint of step 10 exists
+  const auto ranks = ranks_of(launcher);
+  REQUIRE(ranks.count(1) == 1);
+  kill(ranks.at(1), SIGKILL);
+  const int code = wait_exit(launcher, 120);
+  REQUIRE(step >= 12);
+  REQUIRE(step < 60);
+  CHECK(code == 1);
+
+  {
+    ssr::store::Store s(db_b);
+    const auto r = only_run(s);
+    CHECK(r.status == "failed");
+    INFO(r.error);
+    CHECK_THAT(r.error, Catch::Contains("rank 1 was killed by signal 9"));
+  }
+  auto resumed = run(fmt::format("train --resume 1 --nproc 2 --db {} --quiet", db_b));
+  INFO(resumed.out);
+  REQUIRE(resumed.code == 0);
+  ssr::store::Store sa(db_a), sb(db_b);
+  const auto ra = only_run(sa), rb = only_run(sb);
+  CHECK(rb.status == "finished");
+  CHECK(rb.info.world_size == 2);
+  const auto la = series(sa, ra.id, "train", "loss"), lb = series(sb, rb.id, "train", "loss");
+  REQUIRE(la.size() == 60);
+  CHECK(la == lb);
+  CHECK(result(sa, ra.id, "test", "loss") == result(sb, rb.id, "test", "loss"));
+
+  auto wrong = run(fmt::format("train --resume 1 --nproc 3 --db {}", db_b));
+  CHECK(wrong.code == 2);
+}
+
+TEST_CASE("when rank 0 dies the launcher marks its run failed", "[dist]") {
+  const auto db = temp_db("kill0.db");
+  std::vector<std::string> cmd = {"train", kDemo};
+  for (const auto& w : words(kTiny + " train.steps=100000")) cmd.push_back(w);
+  for (const auto& w : words(fmt::format("--nproc 2 --db {} --quiet", db))) cmd.push_back(w);
+  const pid_t launcher = spawn(cmd);
+  const int64_t step = wait_step(db, launcher, 3);
+  const auto ranks = ranks_of(launcher);
+  REQUIRE(ranks.count(0) == 1);
+  kill(ranks.at(0), SIGKILL);
+  const int code = wait_exit(launcher, 120);
+  REQUIRE(step >= 3);
+  CHECK(code == 1);
+  ssr::store::Store s(db);
+  const auto r = only_run(s);
+  CHECK(r.status == "failed");
+  CHECK_THAT(r.error, Catch::Contains("rank 0 was killed by signal 9"));
+}
+
+TEST_CASE("distributed input errors stop before any rank starts, with one line", "[dist]") {
+  const auto db = temp_db("rejected.db");
+  struct Case {
+    std::string args, expect;
+  };
+  const std::vector<Case> cases = {
+      {"--nproc 3", "train.batch_size: 8 streams do not split evenly over 3 ranks"},
+      {"--nproc 2 eval.batch_size=5", "eval.batch_size: 5 streams do not split evenly over 2 ranks"},
+      {"--nproc 2 run.backend=nccl", "run.backend: nccl needs"},
+      {"--nproc 2 train.batch_split=5", "train.batch_split: 5 micro-batches need at least as many streams per rank"},
+  };
+  for (const auto& c : cases) {
+    auto r = run(fmt::format("train {} {} {} --db {}", kDemo, kTiny, c.args, db));
+    INFO(c.args << "\n" << r.out);
+    CHECK(r.code == 2);
+    CHECK_THAT(r.out, Catch::Contains(c.expect));
+    CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+  }
+  ssr::store::Store s(db);
+  CHECK(s.runs().empty());
+}
+
+TEST_CASE("ranks come from the launcher's, torchrun's or Slurm's environment", "[dist]") {
+  const std::vector<const char*> vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
+                                         "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST",
+                                         "SLURM_NODELIST", "SLURM_JOB_ID"};
+  std::map<std::string, std::optional<std::string>> saved;
+  for (const char* v : vars) {
+    if (const char* x = std::getenv(v)) saved[v] = x;
+    else saved[v] = std::nullopt;
+    unsetenv(v);
+  }
+  auto e = ssr::dist::environment();
+  CHECK(e.world == 1);
+  CHECK(e.source.empty());
+
+  setenv("WORLD_SIZE", "4", 1);
+  setenv("RANK", "2", 1);
+  setenv("LOCAL_RANK", "0", 1);
+  setenv("MASTER_ADDR", "node7", 1);
+  setenv("MASTER_PORT", "29400", 1);
+  e = ssr::dist::environment();
+  CHECK(e.world == 4);
+  CHECK(e.rank == 2);
+  CHECK(e.local_rank == 0);
+  CHECK(e.master_addr == "node7");
+  CHECK(e.master_port == 29400);
+  setenv("RANK", "4", 1);
+  CHECK_THROWS_WITH(ssr::dist::environment(), Catch::Contains("RANK: expected an integer in [0, 3]"));
+  for (const char* v : vars) unsetenv(v);
+
+  setenv("SLURM_NTASKS", "2", 1);
+  setenv("SLURM_PROCID", "1", 1);
+  setenv("SLURM_LOCALID", "1", 1);
+  setenv("SLURM_JOB_NODELIST", "gpu[03-05,07]", 1);
+  setenv("SLURM_JOB_ID", "123456", 1);
+  e = ssr::dist::environment();
+  CHECK(e.world == 2);
+  CHECK(e.rank == 1);
+  CHECK(e.local_rank == 1);
+  CHECK(e.master_addr == "gpu03");
+  CHECK(e.master_port == 15000 + 123456 % 20000);
+  CHECK(e.source == "SLURM_NTASKS");
+
+  ssr::config::Config cfg;
+  cfg.set("run.nproc", 3, "test");
+  CHECK_THROWS_WITH(ssr::dist::check_world(cfg, e), Catch::Contains("run.nproc: 3 ranks asked, but SLURM_NTASKS says 2"));
+  cfg.set("run.nproc", 1, "test");
+  ssr::dist::check_world(cfg, e);
+  CHECK(cfg.i("run.nproc") == 2);
+
+  for (const char* v : vars) unsetenv(v);
+  for (const auto& [k, v] : saved)
+    if (v) setenv(k.c_str(), v->c_str(), 1);
+}

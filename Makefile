@@ -19,7 +19,7 @@ OFFLINE_PACKAGES := libyaml-cpp-dev libyaml-cpp0.7 libsqlite3-dev libsqlite3-0 l
 OFFLINE_ROOT := $(CURDIR)/.offline/root
 PY ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 
-.PHONY: deps build test demo clean offline-bundle offline-build paper demo-paper
+.PHONY: deps build test demo clean offline-bundle offline-build paper demo-paper demo-vision
 
 deps: $(VENV)/.torch-$(TORCH_VERSION)
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
@@ -48,7 +48,7 @@ demo: build
 # Each reads the runs of its experiment file (ssr report --list) and writes results/tables/NAME.*
 # or results/figures/NAME.{csv,png,pdf}; missing runs are shown as – and listed.
 SCALE   ?= paper
-TABLES  := table1 table3 table4 table5 table6 table7 table8 table9
+TABLES  := table1 table2 table3 table4 table5 table6 table7 table8 table9
 FIGURES := fig2 fig3 fig4 fig5
 .PHONY: $(TABLES) $(FIGURES)
 $(TABLES): build
@@ -59,13 +59,18 @@ $(FIGURES): build
 paper: $(TABLES) $(FIGURES)
 
 # The demo study on CPU: Table 1 (nine methods x conventional/momentum, 2 seeds) and the Table 5
-# p-ablation at demo scale, then their tables and Figure 4.
+# p-ablation at demo scale, then their tables and Figures 2 and 4.
 DEMO_JOBS ?= $(JOBS)
 demo-paper: build
 	$(SSR) data attack experiments/lm-demo.yaml > /dev/null
 	$(SSR) sweep experiments/table1.yaml --scale demo --jobs $(DEMO_JOBS) --db $(DB)
 	$(SSR) sweep experiments/table5-p-ssr-l-noise.yaml --scale demo --jobs $(DEMO_JOBS) --db $(DB)
 	$(MAKE) --no-print-directory table1 table5 fig2 fig4 SCALE=demo
+
+# Table 2 at demo scale: five routers on Fashion-MNIST (one job at a time: each uses 2 threads).
+demo-vision: build
+	$(SSR) sweep experiments/table2.yaml --scale demo --jobs 1 --db $(DB)
+	$(MAKE) --no-print-directory table2 SCALE=demo
 
 offline-bundle:
 	mkdir -p .offline/debs

@@ -358,3 +358,37 @@ TEST_CASE("ranks come from the launcher's, torchrun's or Slurm's environment", "
   for (const auto& [k, v] : saved)
     if (v) setenv(k.c_str(), v->c_str(), 1);
 }
+
+TEST_CASE("a sweep job with run.nproc=2 trains on two ranks into its one row, and its Slurm task asks for one node", "[dist][sweep]") {
+  const auto db = temp_db("sweep.db");
+  const auto file = fs::path(db).parent_path() / "dp-sweep.yaml";
+  std::string overrides;
+  std::istringstream tokens(kTiny);
+  for (std::string t; tokens >> t;) overrides += t + ", ";
+  std::ofstream(file) << fmt::format(
+      "base: {}\noverrides: [{}train.steps=4, run.nproc=2]\nvariants:\n  vanilla: [router=vanilla]\n"
+      "  lb: [router=lb]\nslurm: {{time: \"01:00:00\"}}\n",
+      kDemo, overrides);
+  auto r = run(fmt::format("sweep {} --jobs 1 --db {}", file.string(), db));
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  ssr::store::Store s(db);
+  const auto rows = s.sweep_runs(1);
+  REQUIRE(rows.size() == 2);  // one row per job, written by rank 0 only
+  for (const auto& row : rows) {
+    CHECK(row.status == "finished");
+    CHECK(row.info.world_size == 2);
+    CHECK(row.info.backend == "gloo");
+    CHECK(series(s, row.id, "train", "loss").size() == 4);
+  }
+  CHECK(s.runs().size() == 2);
+
+  r = run(fmt::format("sweep {} run.seed=2 --launcher slurm --db {}", file.string(), db));
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  std::ifstream f(fs::path(db).parent_path() / "sweeps" / "sweep-2.sbatch");
+  const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  for (const char* line : {"#SBATCH --nodes=1\n", "#SBATCH --ntasks=1\n", "#SBATCH --time=01:00:00\n"})
+    CHECK(text.find(line) != std::string::npos);
+  CHECK(text.find("gpus-per-task") == std::string::npos);  // a CPU job asks for no GPU
+}

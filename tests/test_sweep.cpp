@@ -211,7 +211,7 @@ TEST_CASE("bad sweep files are rejected with the file, key or job named", "[swee
   CHECK(!fs::exists(db));
 }
 
-TEST_CASE("planning and running a sweep is idempotent; equal configs are reused across sweeps", "[sweep]") {
+TEST_CASE("planning and running a sweep is idempotent, and equal configs are reused across sweeps", "[sweep]") {
   const auto dir = temp_dir("idem");
   const auto db = (dir / "runs.db").string();
   const auto file = write_sweep(dir, "grid:\n  router.name: [vanilla, lb]\nseeds: [1, 2]\n");

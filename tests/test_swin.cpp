@@ -7,9 +7,13 @@
 #include <turbojpeg.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "harness/data/images.hpp"
 #include "harness/store/store.hpp"
@@ -157,7 +161,7 @@ TEST_CASE("Swin modules: shapes, drop path, a tiny model's logits", "[swin]") {
   }
 }
 
-TEST_CASE("parameter counts: Swin-S matches the published 49,606,258; MoE blocks by hand", "[swin]") {
+TEST_CASE("parameter counts: Swin-S matches the published 49,606,258, MoE blocks by hand", "[swin]") {
   auto count = [](const config::Config& cfg) {
     std::map<std::string, int64_t> m;
     for (const auto& r : models::swin_parameter_count(cfg)) m[r.component] = r.count;
@@ -406,4 +410,61 @@ TEST_CASE("a short seeded Fashion-MNIST run lowers the loss and repeats exactly"
   CHECK(res.at("valid/images") == 600);
   CHECK(res.at("valid/top1") > 20);  // 10 classes: chance is 10 %
   CHECK(res.at("valid/top5") >= res.at("valid/top1"));
+}
+
+TEST_CASE("an interrupted Fashion-MNIST run resumed from its checkpoint repeats the uninterrupted losses", "[swin][train]") {
+  const auto dir = temp_dir("resume");
+  // router=noisy: its noise draws from the run's generator, so that must be restored too.
+  const std::vector<std::string> small = {
+      "data.dir=" + fmnist_dir(), "train.steps=60", "train.batch_size=16", "train.warmup=4", "run.log_every=1",
+      "run.threads=1", "data.holdout=0.01", "eval.splits=[valid]", "train.eval_every=8", "train.checkpoint_every=8",
+      "eval.checkpoint=best", "run.out_dir=" + (dir / "ckpt").string(), "router=noisy"};
+  const auto cfg = resolve("fmnist-demo.yaml", small);
+  const auto db_a = (dir / "a.db").string(), db_b = (dir / "b.db").string();
+  train::Options opts;
+  opts.quiet = true;
+  store::Store sa(db_a), sb(db_b);
+  const auto a = train::train(cfg, sa, opts);
+  REQUIRE(a.status == "finished");
+
+  // SIGINT once step 12 is stored: the run stops at a step boundary, its last checkpoint at step 8.
+  std::atomic<bool> stop{false};
+  std::thread interrupter([&] {
+    store::Store watch(db_b);
+    while (!stop) {
+      const auto runs = watch.runs();
+      if (!runs.empty() && runs[0].step >= 12) {
+        std::raise(SIGINT);
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  });
+  const auto b = train::train(cfg, sb, opts);
+  stop = true;
+  interrupter.join();
+  REQUIRE(b.status == "failed");
+  REQUIRE(sb.run(b.run_id)->step < 60);
+
+  opts.run = b.run_id;
+  const auto c = train::train(cfg, sb, opts);
+  REQUIRE(c.status == "finished");
+  CHECK(c.run_id == b.run_id);
+  CHECK(sb.runs().size() == 1);
+  auto series = [](store::Store& s, int64_t run, const std::string& split, const std::string& name) {
+    std::vector<double> v;
+    for (const auto& m : s.metrics(run))
+      if (m.split == split && m.name == name) v.push_back(m.value);
+    return v;
+  };
+  const auto la = series(sa, a.run_id, "train", "loss");
+  REQUIRE(la.size() == 60);
+  CHECK(la == series(sb, c.run_id, "train", "loss"));
+  CHECK(series(sa, a.run_id, "valid", "top1") == series(sb, c.run_id, "valid", "top1"));
+  const auto ra = sa.results(a.run_id), rb = sb.results(c.run_id);
+  REQUIRE(ra.size() == rb.size());
+  for (size_t i = 0; i < ra.size(); ++i) {
+    INFO(ra[i].split << " " << ra[i].name);
+    if (ra[i].name != "seconds") CHECK(ra[i].value == rb[i].value);  // seconds: wall time
+  }
 }

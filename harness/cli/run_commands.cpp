@@ -24,8 +24,6 @@ namespace {
 using ssr::config::ConfigError;
 using json = nlohmann::json;
 
-// Seconds the --nproc launcher gives the other ranks to stop after one failed, before SIGKILL.
-constexpr double kStopGraceS = 10;
 
 std::string fmt_time(double t) {
   if (!(t > 0)) return "-";
@@ -194,7 +192,7 @@ void add_run_commands(CLI::App& app, Context& ctx) {
   train->add_option("overrides", train_over, "key=value overrides, group=choice, +tags.key=value");
   train->add_option("--db", db, "run store (default: run.db of the config, results/runs.db)");
   train->add_flag("--quiet", quiet, "no progress output");
-  train->add_option("--resume", st->resume, "continue stored run RUN_ID from its last checkpoint, with its stored config");
+  train->add_option("--resume", st->resume, "continue stored run RUN_ID from its last checkpoint (from step 0 when it has none), with its stored config");
   train->add_option("--nproc", st->nproc, "data-parallel ranks started on this machine (sets run.nproc)")
       ->check(CLI::Range(int64_t{1}, int64_t{65536}));
   train->footer(
@@ -252,24 +250,24 @@ void add_run_commands(CLI::App& app, Context& ctx) {
       if (!run) throw ConfigError(fmt::format("--resume: no run {} in {}", st->resume, ctx.db));
       if (run->status == "finished") throw ConfigError(fmt::format("--resume: run {} already finished", st->resume));
       cfg = ssr::config::Config::from_json(run->config);
-      opts.resume_run = st->resume;
+      opts.run = st->resume;
     } else {
       if (st->train_cfg.empty()) throw ConfigError("train: give CONFIG.yaml (or --resume RUN_ID)");
       cfg = ssr::config::resolve(st->train_cfg, st->train_over);
     }
     if (train->count("--nproc")) {
-      if (opts.resume_run && cfg.i("run.nproc") != st->nproc)
+      if (opts.run && cfg.i("run.nproc") != st->nproc)
         throw ConfigError(fmt::format("--nproc: run {} was trained on {} ranks; resume it with --nproc {}", st->resume,
                                       cfg.i("run.nproc"), cfg.i("run.nproc")));
       cfg.set("run.nproc", st->nproc, "--nproc");
     }
-    if (train->count("--db") || opts.resume_run) cfg.set("run.db", ctx.db, "--db");
+    if (train->count("--db") || opts.run) cfg.set("run.db", ctx.db, "--db");
     const auto env = ssr::dist::environment();
     if (env.source.empty() && cfg.i("run.nproc") > 1) {
       // Reported once here, not by every rank.
       ssr::dist::backend_for(cfg);
       ssr::dist::check_shares(cfg);
-      ctx.exit_code = ssr::dist::launch(static_cast<int>(cfg.i("run.nproc")), ctx.argv, cfg.s("run.db"), kStopGraceS);
+      ctx.exit_code = ssr::dist::launch(static_cast<int>(cfg.i("run.nproc")), ctx.argv, cfg.s("run.db"));
       return;
     }
     ssr::dist::check_world(cfg, env);

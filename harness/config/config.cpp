@@ -291,9 +291,6 @@ std::vector<std::string> search_path(const std::string& config_file) {
   return dirs;
 }
 
-namespace {
-
-// YAML scalars stay strings here; the schema decides their type.
 json yaml_to_json(const YAML::Node& n) {
   switch (n.Type()) {
     case YAML::NodeType::Scalar: return n.Scalar();
@@ -311,17 +308,19 @@ json yaml_to_json(const YAML::Node& n) {
   }
 }
 
-YAML::Node load_yaml(const std::string& path) {
-  if (!fs::exists(path)) throw ConfigError(fmt::format("{}: config file not found", path));
+YAML::Node load_yaml(const std::string& path, const std::string& what) {
+  if (!fs::exists(path)) throw ConfigError(fmt::format("{}: {} not found", path, what));
   try {
     return YAML::LoadFile(path);
   } catch (const YAML::ParserException& e) {
     throw ConfigError(fmt::format("{}:{}:{}: YAML syntax error: {}", path, e.mark.line + 1,
                                   e.mark.column + 1, e.msg));
   } catch (const YAML::BadFile&) {
-    throw ConfigError(fmt::format("{}: cannot read config file", path));
+    throw ConfigError(fmt::format("{}: cannot read {}", path, what));
   }
 }
+
+namespace {
 
 // Sets every leaf of `node` under `prefix`; a map whose dotted path is a declared key is a value.
 void apply_tree(Config& cfg, const json& node, const std::string& prefix, const std::string& where) {

@@ -6,6 +6,10 @@
 #include <string>
 #include <vector>
 
+namespace YAML {
+class Node;
+}
+
 namespace ssr::config {
 
 using json = nlohmann::json;
@@ -78,6 +82,11 @@ class Config {
 
 // Where group files are searched: the config file's folder, then the project's experiments/.
 std::vector<std::string> search_path(const std::string& config_file);
+
+// Parses a YAML file; a missing or malformed file throws ConfigError naming it as `what`.
+YAML::Node load_yaml(const std::string& path, const std::string& what = "config file");
+// YAML to JSON with every scalar kept a string: the schema decides the types.
+json yaml_to_json(const YAML::Node& node);
 
 // Resolves CONFIG.yaml plus `key=value` overrides. Throws ConfigError on any bad input.
 Config resolve(const std::string& config_file, const std::vector<std::string>& overrides);

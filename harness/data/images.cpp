@@ -303,6 +303,12 @@ void ImageLoader::refill() {
   }
 }
 
+void ImageLoader::seek(int64_t taken, int64_t skipped) {
+  if (!train_ || !queue_.empty() || taken_ > 0) throw std::logic_error("ImageLoader::seek: only before a training pass starts");
+  launched_ = taken_ = taken;
+  skipped_ = skipped;
+}
+
 bool ImageLoader::next(ImageBatch& out) {
   refill();
   if (queue_.empty()) return false;

@@ -71,6 +71,9 @@ class ImageLoader {
 
   // Eval: false after the last batch. Train: always true.
   bool next(ImageBatch& out);
+  // Continues a training pass after `taken` batches (a resumed run): batch t depends on t alone.
+  // Call before the first next().
+  void seek(int64_t taken, int64_t skipped);
   int64_t batches() const { return batches_; }  // per pass (train: per epoch)
   int64_t skipped() const { return skipped_; }  // unreadable images so far
 

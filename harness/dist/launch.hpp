@@ -14,9 +14,12 @@ constexpr const char* kRunIdFileVar = "SSR_RUN_ID_FILE";
 // Called by rank 0 once its run row exists; a no-op without a launcher.
 void announce_run(int64_t run_id);
 
+// Seconds the launcher gives the other ranks to stop after one failed, before SIGKILL.
+constexpr double kStopGraceS = 10;
+
 // Runs `argv` (the launcher's own command line, which the ranks parse again) as `nproc` local
 // ranks; `db` is the run store the ranks write. Returns the launcher's exit code: 0 when every
 // rank succeeded, else the first failing rank's code (1 when it was killed by a signal).
-int launch(int nproc, const std::vector<std::string>& argv, const std::string& db, double grace_s);
+int launch(int nproc, const std::vector<std::string>& argv, const std::string& db, double grace_s = kStopGraceS);
 
 }  // namespace ssr::dist

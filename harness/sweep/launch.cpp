@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "harness/config/config.hpp"
+#include "harness/dist/launch.hpp"
 #include "harness/train/trainer.hpp"
 
 extern char** environ;
@@ -110,14 +111,21 @@ int work(store::Store& store, int64_t sweep, std::optional<int64_t> job, bool qu
     cfg.set("run.db", store.path(), "--db");
     train::Options opts;
     opts.quiet = quiet;
-    // A job killed mid-way and requeued continues from its last checkpoint.
-    if (fs::exists(fs::path(cfg.s("run.out_dir")) / std::to_string(run->id) / "last.pt")) opts.resume_run = run->id;
-    else opts.queued_run = run->id;
+    opts.run = run->id;  // a job killed mid-way and requeued continues from its last checkpoint
+    const int64_t nproc = cfg.i("run.nproc");
     std::cerr << fmt::format("sweep {} job {}: run {}{}\n", sweep, *run->job_num, run->id,
-                             opts.resume_run ? " (continuing from its checkpoint)" : "");
+                             nproc > 1 ? fmt::format(" on {} ranks", nproc) : "");
     try {
-      const auto out = train::train(cfg, store, opts);
-      if (out.status == "failed") code = 1;
+      if (nproc > 1) {
+        // The ranks are `ssr train --resume RUN` processes of this binary, like `ssr train --nproc`.
+        dist::backend_for(cfg);
+        dist::check_shares(cfg);
+        std::vector<std::string> argv = {self_exe(), "train", "--resume", std::to_string(run->id), "--db", store.path()};
+        if (quiet) argv.push_back("--quiet");
+        if (dist::launch(static_cast<int>(nproc), argv, store.path()) != 0) code = 1;
+      } else if (train::train(cfg, store, opts).status == "failed") {
+        code = 1;
+      }
     } catch (const std::exception& e) {
       // The trainer has recorded the failure on the row when it got that far; a job rejected
       // before training (e.g. missing data) is marked here, so the sweep moves on.
@@ -235,6 +243,24 @@ std::string slurm_script(const store::Sweep& sweep, const std::vector<int64_t>& 
   for (const auto& [k, v] : opts.items()) {
     if (k == "parallel") continue;
     s += fmt::format("#SBATCH --{}={}\n", k, v.is_string() ? v.get<std::string>() : v.dump());
+  }
+  // Data-parallel jobs: the task's one `ssr sweep run` starts the job's ranks on its node (as
+  // `ssr train --nproc` does), so it needs one node, and with CUDA one GPU per rank.
+  int64_t nproc = 1;
+  bool cuda = false;
+  for (const auto& j : sweep.spec.at("jobs"))
+    if (std::find(jobs.begin(), jobs.end(), j.at("num").get<int64_t>()) != jobs.end()) {
+      nproc = std::max(nproc, j.value("nproc", int64_t{1}));
+      cuda = cuda || j.value("device", std::string("cpu")) == "cuda";
+    }
+  auto ask = [&](const std::string& key, const std::string& value) {
+    if (!opts.contains(key)) s += fmt::format("#SBATCH --{}={}\n", key, value);
+  };
+  if (nproc > 1) {
+    s += fmt::format("# jobs of up to {} data-parallel ranks, started by ssr on the task's node\n", nproc);
+    ask("nodes", "1");
+    ask("ntasks", "1");
+    if (cuda) ask("gpus-per-task", std::to_string(nproc));
   }
   s += "set -euo pipefail\n";
   s += fmt::format("cd '{}'\n", fs::current_path().string());

@@ -135,32 +135,6 @@ Axis random_axis(const YAML::Node& r, const std::string& file) {
   return a;
 }
 
-YAML::Node load_file(const std::string& file) {
-  if (!fs::exists(file)) throw ConfigError(fmt::format("{}: sweep file not found", file));
-  try {
-    return YAML::LoadFile(file);
-  } catch (const YAML::ParserException& e) {
-    throw ConfigError(fmt::format("{}:{}:{}: YAML syntax error: {}", file, e.mark.line + 1, e.mark.column + 1, e.msg));
-  }
-}
-
-json yaml_json(const YAML::Node& n) {
-  switch (n.Type()) {
-    case YAML::NodeType::Scalar: return n.Scalar();
-    case YAML::NodeType::Sequence: {
-      json a = json::array();
-      for (const auto& e : n) a.push_back(yaml_json(e));
-      return a;
-    }
-    case YAML::NodeType::Map: {
-      json o = json::object();
-      for (const auto& kv : n) o[kv.first.Scalar()] = yaml_json(kv.second);
-      return o;
-    }
-    default: return nullptr;
-  }
-}
-
 }  // namespace
 
 std::string Job::label(const std::string& axis) const {
@@ -224,7 +198,7 @@ std::optional<std::vector<std::string>> expand_range(const std::string& raw) {
 }
 
 Spec load(const std::string& file, const std::vector<std::string>& cli, const std::string& scale) {
-  const YAML::Node root = load_file(file);
+  const YAML::Node root = config::load_yaml(file, "sweep file");
   if (!root.IsMap()) throw ConfigError(fmt::format("{}: expected a sweep (a map with base:, variants:, grid: ...)", file));
   static const std::vector<std::string> known = {"name", "base", "overrides", "scales", "variants", "grid",
                                                  "random", "seeds", "slurm", "reports"};
@@ -244,9 +218,9 @@ Spec load(const std::string& file, const std::vector<std::string>& cli, const st
   spec.cli_overrides = cli;
   if (root["slurm"]) {
     if (!root["slurm"].IsMap()) throw ConfigError(fmt::format("{}: slurm: expected a map of sbatch options", file));
-    spec.slurm = yaml_json(root["slurm"]);
+    spec.slurm = config::yaml_to_json(root["slurm"]);
   }
-  if (root["reports"]) spec.reports = yaml_json(root["reports"]);
+  if (root["reports"]) spec.reports = config::yaml_to_json(root["reports"]);
 
   std::vector<std::string> common = override_list(root["overrides"], file + ": overrides");
   std::optional<YAML::Node> scale_seeds;  // a scale may set its own seeds
@@ -367,7 +341,8 @@ json Spec::to_json() const {
   for (const auto& j : jobs) {
     json labels = json::array();
     for (const auto& [k, v] : j.labels) labels.push_back({k, v});
-    jobs_j.push_back({{"num", j.num}, {"hash", j.config.hash()}, {"labels", labels}, {"overrides", j.overrides}});
+    jobs_j.push_back({{"num", j.num}, {"hash", j.config.hash()}, {"labels", labels}, {"overrides", j.overrides},
+                      {"nproc", j.config.i("run.nproc")}, {"device", j.config.s("run.device")}});
   }
   return {{"file", file}, {"name", name}, {"scale", scale}, {"base", base}, {"cli_overrides", cli_overrides},
           {"plan_hash", plan_hash()}, {"slurm", slurm}, {"jobs", jobs_j}};

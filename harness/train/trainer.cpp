@@ -3,15 +3,15 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>
 
-#include <atomic>
 #include <cmath>
-#include <csignal>
 #include <cstdio>
 #include <filesystem>
 
 #include "harness/data/corpus.hpp"
 #include "harness/dist/launch.hpp"
+#include "harness/train/checkpoint.hpp"
 #include "harness/train/progress.hpp"
+#include "harness/train/run_log.hpp"
 #include "harness/train/vision_trainer.hpp"
 #include "models/precision.hpp"
 #include "models/switch_lm.hpp"
@@ -22,8 +22,6 @@ namespace fs = std::filesystem;
 namespace ssr::train {
 namespace {
 
-std::atomic<int> g_signal{0};
-void on_signal(int sig) { g_signal = sig; }
 
 using Clock = std::chrono::steady_clock;
 
@@ -109,8 +107,7 @@ double evaluate(models::SwitchLM& model, const data::StreamBatcher& walk, int64_
 }
 
 // Everything a bit-for-bit continuation needs: weights, optimiser moments, RNG states, data
-// position and the per-stream caches. Written to a temporary file and renamed, so a kill during
-// the write leaves the previous checkpoint intact.
+// position and the per-stream caches.
 struct Snapshot {
   int64_t step = 0, train_pos = 0, valid_next = 0;
   double best_valid = INFINITY;
@@ -154,11 +151,7 @@ void save_checkpoint(const fs::path& path, models::SwitchLM& model, torch::optim
   ar.write("best_valid", torch::tensor(snap.best_valid, torch::kDouble));
   for (const auto& [name, c] : caches) ar.write(name, c);
   for (size_t l = 0; l < valid_caches.size(); ++l) ar.write(fmt::format("valid_cache_{}", l), valid_caches[l]);
-  fs::create_directories(path.parent_path());
-  const std::string tmp = path.string() + ".tmp";
-  ar.save_to(tmp);
-  if (std::rename(tmp.c_str(), path.c_str()) != 0)
-    throw std::runtime_error(fmt::format("{}: cannot write checkpoint", path.string()));
+  save_atomically(ar, path);
 }
 
 Snapshot load_checkpoint(const fs::path& path, models::SwitchLM& model, torch::optim::Adam* opt, Rngs* rng,
@@ -287,37 +280,21 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
   store::RunInfo info = store::this_machine(cfg.s("run.device"));
   info.world_size = world;
   if (group) info.backend = group->backend();
-  int64_t run_id = 0;
   Snapshot snap;
-  if (opts.resume_run) {
-    run_id = *opts.resume_run;
-    const fs::path last = fs::path(cfg.s("run.out_dir")) / std::to_string(run_id) / "last.pt";
-    if (!fs::exists(last))
-      throw config::ConfigError(fmt::format("--resume {}: no checkpoint at {} (train.checkpoint_every was not reached?)",
-                                            run_id, last.string()));
-    snap = load_checkpoint(last, model, &optimizer, &rng, &states, &valid_state, device, lay);
-    batcher.set_position(snap.train_pos);
-    if (lead) {
-      store.truncate_after(run_id, snap.step);
-      store.start_run(run_id, info);
+  if (opts.run) {
+    // Rank 0 decides, so that every rank takes the same path even without a shared file system.
+    const fs::path last = fs::path(cfg.s("run.out_dir")) / std::to_string(*opts.run) / "last.pt";
+    bool resume = lead && fs::exists(last);
+    if (group) resume = group->sum({resume ? 1.0 : 0.0})[0] > 0;
+    if (resume) {
+      snap = load_checkpoint(last, model, &optimizer, &rng, &states, &valid_state, device, lay);
+      batcher.set_position(snap.train_pos);
     }
-  } else if (opts.queued_run) {
-    run_id = *opts.queued_run;
-    if (lead) store.start_run(run_id, info);
-  } else if (lead) {
-    run_id = store.create_run(cfg.hash(), cfg.to_json(), seed, info);
   }
-  if (group) run_id = static_cast<int64_t>(group->sum({static_cast<double>(lead ? run_id : 0)})[0]);
+  RunLog log(store, cfg, lead);
+  const int64_t run_id = log.open(info, opts.run, snap.step, group.get());
   if (lead) dist::announce_run(run_id);
   const fs::path ckpt_dir = fs::path(cfg.s("run.out_dir")) / std::to_string(run_id);
-
-  g_signal = 0;
-  auto old_int = std::signal(SIGINT, on_signal);
-  auto old_term = std::signal(SIGTERM, on_signal);
-  struct Restore {
-    decltype(old_int) i, t;
-    ~Restore() { std::signal(SIGINT, i); std::signal(SIGTERM, t); }
-  } restore{old_int, old_term};
 
   Progress progress(steps, cfg.i("run.log_every"), opts.quiet || !lead);
   progress.message(fmt::format("run {}: {} steps of {} x {} tokens, {} parameters, config {}{}", run_id, steps, B, M,
@@ -325,27 +302,9 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
                                snap.step > 0 ? fmt::format(", resumed at step {}", snap.step) : ""));
 
   const int64_t log_every = cfg.i("run.log_every"), ckpt_every = cfg.i("train.checkpoint_every");
-  const double heartbeat_s = cfg.f("run.heartbeat_s");
   const double warmup = static_cast<double>(cfg.i("train.warmup"));
-  const auto t_start = Clock::now();
-  auto last_heartbeat = Clock::now();
-  std::vector<store::Metric> metrics;
-  std::vector<store::Timing> timings;
   auto sync = [&] {
     if (device.is_cuda()) torch::cuda::synchronize();
-  };
-  auto flush = [&](int64_t step) {
-    if (lead) {
-      store.add_metrics(run_id, metrics);
-      store.add_timings(run_id, timings);
-      store.heartbeat(run_id, step);
-    }
-    metrics.clear();
-    timings.clear();
-    last_heartbeat = Clock::now();
-  };
-  auto finish = [&](const std::string& status, const std::string& error) {
-    if (lead) store.finish_run(run_id, status, error);
   };
   auto snapshot = [&](int64_t step) {
     snap.step = step;
@@ -359,9 +318,9 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
   try {
     model->train();
     for (int64_t step = snap.step + 1; step <= steps; ++step) {
-      if (g_signal) {
-        flush(step - 1);
-        finish("failed", fmt::format("interrupted by signal {} at step {}", int(g_signal), step - 1));
+      if (const int sig = log.interrupted()) {
+        log.flush(step - 1);
+        log.finish("failed", fmt::format("interrupted by signal {} at step {}", sig, step - 1));
         progress.finish();
         return {run_id, "failed"};
       }
@@ -407,9 +366,9 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       }
       const double nll = nll_sum / static_cast<double>(groups.size());
       if (!std::isfinite(nll) || !std::isfinite(aux_sum)) {
-        metrics.push_back({step, "train", "loss", nll, seconds_since(t_start)});
-        flush(step);
-        finish("nan", fmt::format("loss became {} at step {}", nll, step));
+        log.metric(step, "train", "loss", nll);
+        log.flush(step);
+        log.finish("nan", fmt::format("loss became {} at step {}", nll, step));
         progress.message(fmt::format("run {}: loss became {} at step {}; recorded as nan", run_id, nll, step));
         return {run_id, "nan"};
       }
@@ -420,33 +379,21 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       optimizer.step();
       sync();
       const double t_opt = seconds_since(t0);
-      timings.push_back({step, "forward", t_fwd});
-      timings.push_back({step, "backward", t_bwd});
-      timings.push_back({step, "optimizer", t_opt});
-      timings.push_back({step, "step", t_fwd + t_bwd + t_sync + t_opt});
-      if (time_router) timings.push_back({step, "router", model->take_router_seconds()});  // part of forward
-      if (group) timings.push_back({step, "allreduce", t_sync});  // loss and gradients
-      if (rng.shared.defined()) timings.push_back({step, "gather", group->take_gather_seconds()});  // in forward and backward
+      log.timing(step, "forward", t_fwd);
+      log.timing(step, "backward", t_bwd);
+      log.timing(step, "optimizer", t_opt);
+      log.timing(step, "step", t_fwd + t_bwd + t_sync + t_opt);
+      if (time_router) log.timing(step, "router", model->take_router_seconds());  // part of forward
+      if (group) log.timing(step, "allreduce", t_sync);  // loss and gradients
+      if (rng.shared.defined()) log.timing(step, "gather", group->take_gather_seconds());  // in forward and backward
       progress.update(step, nll, B * M);
 
-      const double wall = seconds_since(t_start);
       if (log_step) {
-        metrics.push_back({step, "train", "loss", nll, wall});
-        metrics.push_back({step, "train", "aux", aux_sum / groups.size(), wall});
-        metrics.push_back({step, "train", "lr", lr, wall});
-        metrics.push_back({step, "train", "tokens_per_s", B * M / (t_fwd + t_bwd + t_sync + t_opt), wall});
-        const auto stats = model->take_router_stats();
-        for (size_t l = 0; l < stats.size(); ++l) {
-          const auto& s = stats[l];
-          const std::string p = fmt::format("layer{}/", l);
-          metrics.push_back({step, "train", p + "load_cv", s.load_cv, wall});
-          metrics.push_back({step, "train", p + "max_over_mean", s.max_over_mean, wall});
-          metrics.push_back({step, "train", p + "dead_experts", double(s.dead_experts), wall});
-          metrics.push_back({step, "train", p + "entropy", s.entropy, wall});
-          metrics.push_back({step, "train", p + "sinkhorn_frac", s.sinkhorn_frac, wall});
-          metrics.push_back({step, "train", p + "sinkhorn_iters", s.sinkhorn_iters, wall});
-          metrics.push_back({step, "train", p + "sinkhorn_error", s.sinkhorn_error, wall});
-        }
+        log.metric(step, "train", "loss", nll);
+        log.metric(step, "train", "aux", aux_sum / groups.size());
+        log.metric(step, "train", "lr", lr);
+        log.metric(step, "train", "tokens_per_s", B * M / (t_fwd + t_bwd + t_sync + t_opt));
+        log.router_stats(step, model->take_router_stats());
       }
       if (valid_walk && (step % eval_every == 0 || step == steps)) {
         // Partial validation on the next train.eval_segments segments of the validation stream.
@@ -455,8 +402,8 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
             evaluate(model, *valid_walk, snap.valid_next, K, valid_state, device, gen, bf16, row0, rows, group.get());
         snap.valid_next += K;
         const auto [name, value] = headline(cfg, v);
-        metrics.push_back({step, "valid", "loss", v, wall});
-        metrics.push_back({step, "valid", name, value, wall});
+        log.metric(step, "valid", "loss", v);
+        log.metric(step, "valid", name, value);
         progress.message(fmt::format("run {}: step {} partial valid {} {:.3f}", run_id, step, name, value));
         if (v < snap.best_valid) {
           snap.best_valid = v;
@@ -466,9 +413,10 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       }
       if ((ckpt_every > 0 && step % ckpt_every == 0) || step == steps)
         save_checkpoint(ckpt_dir / "last.pt", model, optimizer, rng, states, valid_state, snapshot(step), lay);
-      if (log_step || seconds_since(last_heartbeat) > heartbeat_s) flush(step);
+      if (log_step) log.flush(step);
+      else log.flush_if_due(step);
     }
-    flush(steps);
+    log.flush(steps);
     progress.finish();
 
     // Final evaluation: the best partial-validation checkpoint, like the reference's
@@ -479,7 +427,7 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
     if (use_best) {
       if (lead) load_checkpoint(ckpt_dir / "best.pt", model, nullptr, nullptr, nullptr, nullptr, device, lay);
       if (group) dist::broadcast_module(*group, *model);
-      if (lead) store.set_result(run_id, "train", "best_step", static_cast<double>(snap.best_step));
+      log.result("train", "best_step", static_cast<double>(snap.best_step));
     }
     const int64_t EB = cfg.i("eval.batch_size"), max_seg = cfg.i("eval.max_segments");
     // Evaluates one split and stores its results under `stored_as`; returns the mean NLL.
@@ -494,17 +442,15 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       const double loss = evaluate(model, walk, 0, n, state, device, gen, bf16, eval_row0, eval_rows, group.get());
       model->collect_router_stats(false);
       const auto [metric, value] = headline(cfg, loss);
-      if (lead) {
-        store.set_result(run_id, stored_as, "loss", loss);
-        store.set_result(run_id, split_name, metric, value);
-        store.set_result(run_id, stored_as, "segments", static_cast<double>(n));
-      }
+      log.result(stored_as, "loss", loss);
+      log.result(stored_as, metric, value);
+      log.result(stored_as, "segments", static_cast<double>(n));
       if (norms) {
         model->take_router_stats();
         const auto out_norms = model->take_moe_output_norms();
         for (size_t l = 0; l < out_norms.size(); ++l)
-          metrics.push_back({steps, "valid", fmt::format("layer{}/output_norm", l), out_norms[l], seconds_since(t_start)});
-        flush(steps);
+          log.metric(steps, "valid", fmt::format("layer{}/output_norm", l), out_norms[l]);
+        log.flush(steps);
       }
       progress.message(fmt::format("run {}: {} {} {:.3f}", run_id, stored_as, metric, value));
       return loss;
@@ -512,7 +458,7 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
     for (const auto& split_name : cfg.strings("eval.splits")) {
       const double loss = final_eval(split_name, split_name);
       if (!std::isfinite(loss)) {
-        finish("nan", fmt::format("{} loss is {}", split_name, loss));
+        log.finish("nan", fmt::format("{} loss is {}", split_name, loss));
         return {run_id, "nan"};
       }
     }
@@ -521,12 +467,12 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       model->set_router_eval_mode(mode);
       for (const auto& split_name : cfg.strings("eval.splits")) final_eval(split_name, split_name + "@" + mode);
     }
-    if (lead) store.set_result(run_id, "train", "seconds", seconds_since(t_start));
-    finish("finished", "");
+    log.result("train", "seconds", log.wall());
+    log.finish("finished");
     return {run_id, "finished"};
   } catch (const std::exception& e) {
     progress.finish();
-    finish("failed", e.what());
+    log.finish("failed", e.what());
     throw;
   }
 }

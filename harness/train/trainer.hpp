@@ -9,10 +9,9 @@
 namespace ssr::train {
 
 struct Options {
-  // Continue this run from its checkpoint instead of creating a new row (ssr train --resume).
-  std::optional<int64_t> resume_run;
-  // Train an already planned (queued) row, e.g. a sweep job.
-  std::optional<int64_t> queued_run;
+  // Train this existing row instead of creating one (a sweep job, ssr train --resume): from its
+  // last checkpoint when it has one, else from step 0.
+  std::optional<int64_t> run;
   bool quiet = false;  // no progress output
   // This process's rank in a data-parallel job (dist::environment()); one process by default.
   // Only rank 0 writes the store and checkpoints.

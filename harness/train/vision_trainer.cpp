@@ -3,24 +3,21 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>
 
-#include <atomic>
 #include <cmath>
-#include <csignal>
 #include <filesystem>
 #include <numbers>
 
 #include "harness/data/images.hpp"
 #include "harness/train/metrics.hpp"
+#include "harness/train/checkpoint.hpp"
 #include "harness/train/progress.hpp"
+#include "harness/train/run_log.hpp"
 #include "models/swin_moe.hpp"
 
 namespace fs = std::filesystem;
 
 namespace ssr::train {
 namespace {
-
-std::atomic<int> g_signal{0};
-void on_signal(int sig) { g_signal = sig; }
 
 using Clock = std::chrono::steady_clock;
 
@@ -85,6 +82,54 @@ SplitScores evaluate(models::SwinMoE& model, const data::ImageSplit& split, cons
 
 double top1_of(const SplitScores& s) { return s.images > 0 ? 100.0 * s.top1 / s.images : NAN; }
 
+// What a bit-for-bit continuation needs besides weights and optimiser moments: the loader draws
+// batch t from t alone, so the step is its position.
+struct Snapshot {
+  int64_t step = 0, best_step = 0, skipped = 0;
+  double best_valid = -1;  // best partial-validation top-1 so far
+};
+
+void save_checkpoint(const fs::path& path, models::SwinMoE& model, torch::optim::Optimizer& opt,
+                     const torch::Generator& gen, const Snapshot& snap) {
+  torch::serialize::OutputArchive ar, m, o;
+  model->save(m);
+  opt.save(o);
+  ar.write("model", m);
+  ar.write("optimizer", o);
+  ar.write("gen_state", gen.get_state());
+  ar.write("default_gen_state", at::detail::getDefaultCPUGenerator().get_state());
+  ar.write("counters", torch::tensor({snap.step, snap.best_step, snap.skipped}));
+  ar.write("best_valid", torch::tensor(snap.best_valid, torch::kDouble));
+  save_atomically(ar, path);
+}
+
+// Weights only without `opt` (the final evaluation of best.pt).
+Snapshot load_checkpoint(const fs::path& path, models::SwinMoE& model, torch::optim::Optimizer* opt,
+                         torch::Generator* gen, torch::Device device) {
+  torch::serialize::InputArchive ar, m;
+  ar.load_from(path.string(), device);
+  ar.read("model", m);
+  model->load(m);
+  Snapshot snap;
+  if (!opt) return snap;
+  torch::serialize::InputArchive o;
+  ar.read("optimizer", o);
+  opt->load(o);
+  torch::Tensor g, d, counters, best;
+  ar.read("gen_state", g);
+  ar.read("default_gen_state", d);
+  gen->set_state(g.cpu());
+  at::Generator default_gen = at::detail::getDefaultCPUGenerator();  // shares the global state
+  default_gen.set_state(d.cpu());
+  ar.read("counters", counters);
+  ar.read("best_valid", best);
+  snap.step = counters[0].item<int64_t>();
+  snap.best_step = counters[1].item<int64_t>();
+  snap.skipped = counters[2].item<int64_t>();
+  snap.best_valid = best.item<double>();
+  return snap;
+}
+
 }  // namespace
 
 double vision_lr(const config::Config& cfg, int64_t step) {
@@ -97,8 +142,9 @@ double vision_lr(const config::Config& cfg, int64_t step) {
 }
 
 Outcome train_vision(const config::Config& cfg, store::Store& store, const Options& opts) {
-  if (opts.resume_run)
-    throw config::ConfigError("--resume: model.arch=swin_moe runs keep no resumable checkpoint; start a new run");
+  if (cfg.i("run.nproc") > 1)
+    throw config::ConfigError("run.nproc: data-parallel training is implemented for the language model only; "
+                              "train model.arch=swin_moe with run.nproc=1");
   if (cfg.i("run.threads") > 0) torch::set_num_threads(static_cast<int>(cfg.i("run.threads")));
   if (cfg.s("run.device") == "cuda" && !torch::cuda::is_available())
     throw config::ConfigError("run.device: cuda requested but no CUDA device is available (use run.device=cpu)");
@@ -126,54 +172,36 @@ Outcome train_vision(const config::Config& cfg, store::Store& store, const Optio
   int64_t n_params = 0;
   for (const auto& p : model->parameters()) n_params += p.numel();
 
-  const store::RunInfo info = store::this_machine(cfg.s("run.device"));
-  int64_t run_id;
-  if (opts.queued_run) {
-    run_id = *opts.queued_run;
-    store.start_run(run_id, info);
-  } else {
-    run_id = store.create_run(cfg.hash(), cfg.to_json(), seed, info);
+  Snapshot snap;
+  if (opts.run) {
+    const fs::path last = fs::path(cfg.s("run.out_dir")) / std::to_string(*opts.run) / "last.pt";
+    if (fs::exists(last)) {
+      snap = load_checkpoint(last, model, optimizer.get(), &gen, device);
+      loader.seek(snap.step, snap.skipped);
+    }
   }
+  RunLog log(store, cfg, /*lead=*/true);
+  const int64_t run_id = log.open(store::this_machine(cfg.s("run.device")), opts.run, snap.step);
   const fs::path ckpt_dir = fs::path(cfg.s("run.out_dir")) / std::to_string(run_id);
-
-  g_signal = 0;
-  auto old_int = std::signal(SIGINT, on_signal);
-  auto old_term = std::signal(SIGTERM, on_signal);
-  struct Restore {
-    decltype(old_int) i, t;
-    ~Restore() { std::signal(SIGINT, i); std::signal(SIGTERM, t); }
-  } restore{old_int, old_term};
+  auto snapshot = [&](int64_t step) {
+    snap.step = step;
+    snap.skipped = loader.skipped();
+    return snap;
+  };
 
   Progress progress(steps, cfg.i("run.log_every"), opts.quiet, "img");
   progress.message(fmt::format("run {}: {} steps of {} images ({} per epoch), {} parameters, config {}", run_id, steps,
                                B, data.splits.at("train").size(), n_params, cfg.hash()));
 
-  const int64_t log_every = cfg.i("run.log_every");
-  const double heartbeat_s = cfg.f("run.heartbeat_s"), clip = cfg.f("train.clip");
+  const int64_t log_every = cfg.i("run.log_every"), ckpt_every = cfg.i("train.checkpoint_every");
+  const double clip = cfg.f("train.clip");
   const auto ce = torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(cfg.f("train.label_smoothing"));
-  const auto t_start = Clock::now();
-  auto last_heartbeat = Clock::now();
-  std::vector<store::Metric> metrics;
-  std::vector<store::Timing> timings;
-  auto sync = [&] {
-    if (device.is_cuda()) torch::cuda::synchronize();
-  };
-  auto flush = [&](int64_t step) {
-    store.add_metrics(run_id, metrics);
-    store.add_timings(run_id, timings);
-    metrics.clear();
-    timings.clear();
-    store.heartbeat(run_id, step);
-    last_heartbeat = Clock::now();
-  };
-
   try {
     model->train();
-    double best_valid = -1;
-    for (int64_t step = 1; step <= steps; ++step) {
-      if (g_signal) {
-        flush(step - 1);
-        store.finish_run(run_id, "failed", fmt::format("interrupted by signal {} at step {}", int(g_signal), step - 1));
+    for (int64_t step = snap.step + 1; step <= steps; ++step) {
+      if (const int sig = log.interrupted()) {
+        log.flush(step - 1);
+        log.finish("failed", fmt::format("interrupted by signal {} at step {}", sig, step - 1));
         progress.finish();
         return {run_id, "failed"};
       }
@@ -197,9 +225,9 @@ Outcome train_vision(const config::Config& cfg, store::Store& store, const Optio
       const double t_fwd = seconds_since(t0);
       const double ce_value = ce_loss.item<double>(), aux_value = aux.item<double>();
       if (!std::isfinite(ce_value) || !std::isfinite(aux_value)) {
-        metrics.push_back({step, "train", "loss", ce_value, seconds_since(t_start)});
-        flush(step);
-        store.finish_run(run_id, "nan", fmt::format("loss became {} at step {}", ce_value, step));
+        log.metric(step, "train", "loss", ce_value);
+        log.flush(step);
+        log.finish("nan", fmt::format("loss became {} at step {}", ce_value, step));
         progress.message(fmt::format("run {}: loss became {} at step {}; recorded as nan", run_id, ce_value, step));
         return {run_id, "nan"};
       }
@@ -212,87 +240,79 @@ Outcome train_vision(const config::Config& cfg, store::Store& store, const Optio
       optimizer->step();
       sync();
       const double t_opt = seconds_since(t0);
-      timings.push_back({step, "data", t_load});
-      timings.push_back({step, "forward", t_fwd});
-      timings.push_back({step, "backward", t_bwd});
-      timings.push_back({step, "optimizer", t_opt});
-      timings.push_back({step, "step", t_fwd + t_bwd + t_opt});
+      log.timing(step, "data", t_load);
+      log.timing(step, "forward", t_fwd);
+      log.timing(step, "backward", t_bwd);
+      log.timing(step, "optimizer", t_opt);
+      log.timing(step, "step", t_fwd + t_bwd + t_opt);
       progress.update(step, ce_value, batch.labels.size(0));
 
-      const double wall = seconds_since(t_start);
       if (log_step) {
-        metrics.push_back({step, "train", "loss", ce_value, wall});
-        metrics.push_back({step, "train", "aux", aux_value, wall});
-        metrics.push_back({step, "train", "lr", lr, wall});
-        metrics.push_back({step, "train", "images_per_s", batch.labels.size(0) / (t_fwd + t_bwd + t_opt), wall});
-        metrics.push_back({step, "train", "skipped_images", static_cast<double>(loader.skipped()), wall});
-        const auto stats = model->take_router_stats();
-        for (size_t l = 0; l < stats.size(); ++l) {
-          const auto& s = stats[l];
-          const std::string p = fmt::format("layer{}/", l);
-          metrics.push_back({step, "train", p + "load_cv", s.load_cv, wall});
-          metrics.push_back({step, "train", p + "max_over_mean", s.max_over_mean, wall});
-          metrics.push_back({step, "train", p + "dead_experts", double(s.dead_experts), wall});
-          metrics.push_back({step, "train", p + "entropy", s.entropy, wall});
-          metrics.push_back({step, "train", p + "sinkhorn_frac", s.sinkhorn_frac, wall});
-        }
+        log.metric(step, "train", "loss", ce_value);
+        log.metric(step, "train", "aux", aux_value);
+        log.metric(step, "train", "lr", lr);
+        log.metric(step, "train", "images_per_s", batch.labels.size(0) / (t_fwd + t_bwd + t_opt));
+        log.metric(step, "train", "skipped_images", static_cast<double>(loader.skipped()));
+        log.router_stats(step, model->take_router_stats());
       }
       if (eval_every > 0 && (step % eval_every == 0 || step == steps)) {
         const auto v = evaluate(model, data.splits.at("valid"), cfg, device, gen);
         const double top1 = top1_of(v);
-        metrics.push_back({step, "valid", "top1", top1, wall});
-        metrics.push_back({step, "valid", "loss", v.nll / static_cast<double>(v.images), wall});
+        log.metric(step, "valid", "top1", top1);
+        log.metric(step, "valid", "loss", v.nll / static_cast<double>(v.images));
         progress.message(fmt::format("run {}: step {} valid top1 {:.2f} %", run_id, step, top1));
-        if (top1 > best_valid) {
-          best_valid = top1;
-          fs::create_directories(ckpt_dir);
-          torch::save(model, (ckpt_dir / "best.pt").string());
-          store.set_result(run_id, "train", "best_step", static_cast<double>(step));
+        if (top1 > snap.best_valid) {
+          snap.best_valid = top1;
+          snap.best_step = step;
+          save_checkpoint(ckpt_dir / "best.pt", model, *optimizer, gen, snapshot(step));
         }
       }
-      if (log_step || seconds_since(last_heartbeat) > heartbeat_s) flush(step);
+      if ((ckpt_every > 0 && step % ckpt_every == 0) || step == steps)
+        save_checkpoint(ckpt_dir / "last.pt", model, *optimizer, gen, snapshot(step));
+      if (log_step) log.flush(step);
+      else log.flush_if_due(step);
     }
-    flush(steps);
+    log.flush(steps);
     progress.finish();
-    fs::create_directories(ckpt_dir);
-    torch::save(model, (ckpt_dir / "last.pt").string());
 
     // Final evaluation of the best partial-validation checkpoint (eval.checkpoint=best) or the last step.
-    if (cfg.s("eval.checkpoint") == "best" && fs::exists(ckpt_dir / "best.pt"))
-      torch::load(model, (ckpt_dir / "best.pt").string(), device);
+    if (cfg.s("eval.checkpoint") == "best" && fs::exists(ckpt_dir / "best.pt")) {
+      load_checkpoint(ckpt_dir / "best.pt", model, nullptr, nullptr, device);
+      log.result("train", "best_step", static_cast<double>(snap.best_step));
+    }
     for (const auto& name : cfg.strings("eval.splits")) {
       const auto& split = data.splits.at(name);
       const auto s = evaluate(model, split, cfg, device, gen);
-      store.set_result(run_id, name, "images", static_cast<double>(s.images));
-      store.set_result(run_id, name, "skipped_images", static_cast<double>(s.skipped));
+      log.result(name, "images", static_cast<double>(s.images));
+      log.result(name, "skipped_images", static_cast<double>(s.skipped));
       if (name == "imagenet-o") {
         const auto m = ood_metrics(torch::cat(s.ood_score), torch::cat(s.ood_positive));
-        store.set_result(run_id, name, "aupr", m.aupr);
-        store.set_result(run_id, name, "auroc", m.auroc);
-        store.set_result(run_id, name, "fpr95", m.fpr95);
+        log.result(name, "aupr", m.aupr);
+        log.result(name, "auroc", m.auroc);
+        log.result(name, "fpr95", m.fpr95);
         progress.message(fmt::format("run {}: {} aupr {:.2f} auroc {:.2f} fpr95 {:.2f}", run_id, name, m.aupr,
                                      m.auroc, m.fpr95));
         continue;
       }
       const double top1 = top1_of(s), top5 = s.images > 0 ? 100.0 * s.top5 / s.images : NAN;
-      store.set_result(run_id, name, "top1", top1);
+      log.result(name, "top1", top1);
       if (split.class_subset.empty()) {
-        store.set_result(run_id, name, "top5", top5);
-        store.set_result(run_id, name, "loss", s.nll / static_cast<double>(s.images));
+        log.result(name, "top5", top5);
+        log.result(name, "loss", s.nll / static_cast<double>(s.images));
       }
       progress.message(fmt::format("run {}: {} top1 {:.2f} % top5 {:.2f} %{}", run_id, name, top1, top5,
                                    s.skipped > 0 ? fmt::format(" ({} unreadable images skipped)", s.skipped) : ""));
       if (!std::isfinite(s.nll)) {
-        store.finish_run(run_id, "nan", fmt::format("{} loss is {}", name, s.nll));
+        log.finish("nan", fmt::format("{} loss is {}", name, s.nll));
         return {run_id, "nan"};
       }
     }
-    store.set_result(run_id, "train", "seconds", seconds_since(t_start));
-    store.finish_run(run_id, "finished");
+    log.result("train", "seconds", log.wall());
+    log.finish("finished");
     return {run_id, "finished"};
   } catch (const std::exception& e) {
     progress.finish();
-    store.finish_run(run_id, "failed", e.what());
+    log.finish("failed", e.what());
     throw;
   }
 }

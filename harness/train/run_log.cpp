@@ -1,0 +1,91 @@
+#include "harness/train/run_log.hpp"
+
+#include <fmt/format.h>
+
+#include <atomic>
+
+namespace ssr::train {
+namespace {
+
+std::atomic<int> g_signal{0};
+void on_signal(int sig) { g_signal = sig; }
+
+}  // namespace
+
+RunLog::RunLog(store::Store& store, const config::Config& cfg, bool lead)
+    : store_(store), cfg_(cfg), lead_(lead), heartbeat_s_(cfg.f("run.heartbeat_s")) {
+  g_signal = 0;
+  old_int_ = std::signal(SIGINT, on_signal);
+  old_term_ = std::signal(SIGTERM, on_signal);
+  start_ = last_flush_ = Clock::now();
+}
+
+RunLog::~RunLog() {
+  std::signal(SIGINT, old_int_);
+  std::signal(SIGTERM, old_term_);
+}
+
+int64_t RunLog::open(const store::RunInfo& info, std::optional<int64_t> existing, int64_t resumed_step,
+                     dist::Group* group) {
+  if (lead_) {
+    if (existing) {
+      id_ = *existing;
+      store_.truncate_after(id_, resumed_step);
+      store_.start_run(id_, info);
+    } else {
+      id_ = store_.create_run(cfg_.hash(), cfg_.to_json(), cfg_.i("run.seed"), info);
+    }
+  }
+  if (group) id_ = static_cast<int64_t>(group->sum({static_cast<double>(id_)})[0]);
+  start_ = last_flush_ = Clock::now();
+  return id_;
+}
+
+double RunLog::wall() const { return std::chrono::duration<double>(Clock::now() - start_).count(); }
+
+void RunLog::metric(int64_t step, const std::string& split, const std::string& name, double value) {
+  metrics_.push_back({step, split, name, value, wall()});
+}
+
+void RunLog::router_stats(int64_t step, const std::vector<routers::RouterStats>& layers) {
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const auto& s = layers[l];
+    const std::string p = fmt::format("layer{}/", l);
+    metric(step, "train", p + "load_cv", s.load_cv);
+    metric(step, "train", p + "max_over_mean", s.max_over_mean);
+    metric(step, "train", p + "dead_experts", static_cast<double>(s.dead_experts));
+    metric(step, "train", p + "entropy", s.entropy);
+    metric(step, "train", p + "sinkhorn_frac", s.sinkhorn_frac);
+    metric(step, "train", p + "sinkhorn_iters", s.sinkhorn_iters);
+    metric(step, "train", p + "sinkhorn_error", s.sinkhorn_error);
+  }
+}
+
+void RunLog::timing(int64_t step, const std::string& phase, double seconds) { timings_.push_back({step, phase, seconds}); }
+
+void RunLog::result(const std::string& split, const std::string& name, double value) {
+  if (lead_) store_.set_result(id_, split, name, value);
+}
+
+void RunLog::flush(int64_t step) {
+  if (lead_) {
+    store_.add_metrics(id_, metrics_);
+    store_.add_timings(id_, timings_);
+    store_.heartbeat(id_, step);
+  }
+  metrics_.clear();
+  timings_.clear();
+  last_flush_ = Clock::now();
+}
+
+void RunLog::flush_if_due(int64_t step) {
+  if (std::chrono::duration<double>(Clock::now() - last_flush_).count() > heartbeat_s_) flush(step);
+}
+
+int RunLog::interrupted() const { return g_signal; }
+
+void RunLog::finish(const std::string& status, const std::string& error) {
+  if (lead_) store_.finish_run(id_, status, error);
+}
+
+}  // namespace ssr::train

@@ -9,7 +9,9 @@ set style fill solid 0.85 border -1
 set boxwidth 0.8 / ns
 set key top left
 set grid ytics
-set yrange [0:*]
+# Overheads can be negative (noise, or a method faster than the baseline): 0 is always in range.
+set yrange [*<0:0<*]
+set xzeroaxis lt -1
 set xrange [-0.6:nx - 0.4]
 eval 'set xtics ' . xtics_bars . ' rotate by -30 left'
 w = 0.8 / ns

@@ -1,6 +1,6 @@
 # Lines with 95 % error bars from a report's tidy csv (ssr report figN writes figN.csv and figN.gp,
 # which sets the variables below and loads this file). Writes figN.png and figN.pdf.
-# Needs: base, title, xlabel, ylabel, ns (series), series[ns], logx (0 or 1).
+# Needs: base, title, xlabel, ylabel, ns (series), series[ns], logx (0 or 1), integer_x (0 or 1).
 set datafile separator ','
 set title title
 set xlabel xlabel
@@ -8,6 +8,9 @@ set ylabel ylabel
 set key outside right
 set grid
 if (logx) set logscale x
+if (integer_x) set xtics 1
+# Points at the first and last x stay clear of the frame.
+set offsets graph 0.03, graph 0.03, graph 0.05, graph 0.05
 draw = 'plot for [k=0:ns-1] base.".csv" skip 1 using (column(6) == k ? column(2) : NaN):3:4 with yerrorlines pointsize 0.8 title series[k + 1]'
 set terminal pngcairo size 1000,560 font ',11'
 set output base . '.png'

@@ -560,10 +560,14 @@ Output build_figure(const Data& d, const json& spec, const std::string& name) {
     for (char c : s) r += c == '"' ? std::string("\\\"") : std::string(1, c);
     return "\"" + r + "\"";
   };
-  out.gnuplot = fmt::format("title = {}\nxlabel = {}\nylabel = {}\nns = {}\nnx = {}\nlogx = {}\narray series[{}]\n",
-                            q(str(spec, "title", name)), q(str(spec, "xlabel", x_axis)),
-                            q(str(spec, "ylabel", y.label.empty() ? y.metric : y.label)), series_names.size(), xs.size(),
-                            str(spec, "logx", "false") == "true" ? 1 : 0, std::max<size_t>(1, series_names.size()));
+  const bool integer_x = std::all_of(xs.begin(), xs.end(), [](const std::string& x) {
+    return !x.empty() && x.find_first_not_of("-0123456789") == std::string::npos;
+  });
+  out.gnuplot = fmt::format(
+      "title = {}\nxlabel = {}\nylabel = {}\nns = {}\nnx = {}\nlogx = {}\ninteger_x = {}\narray series[{}]\n",
+      q(str(spec, "title", name)), q(str(spec, "xlabel", x_axis)),
+      q(str(spec, "ylabel", y.label.empty() ? y.metric : y.label)), series_names.size(), xs.size(),
+      str(spec, "logx", "false") == "true" ? 1 : 0, integer_x ? 1 : 0, std::max<size_t>(1, series_names.size()));
   for (size_t i = 0; i < series_names.size(); ++i) out.gnuplot += fmt::format("series[{}] = {}\n", i + 1, q(series_names[i]));
   std::string tics;
   for (size_t i = 0; i < xs.size(); ++i)

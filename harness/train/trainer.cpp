@@ -144,7 +144,7 @@ void save_checkpoint(const fs::path& path, models::SwitchLM& model, torch::optim
   ar.write("model", m);
   ar.write("optimizer", o);
   for (int r = 0; r < lay.world; ++r) ar.write(gen_key(r), gen_states[r]);
-  if (lay.world > 1) ar.write("data_gen_state", rng.data.get_state());
+  ar.write("data_gen_state", rng.data.get_state());
   if (rng.shared.defined()) ar.write("router_gen_state", rng.shared.get_state());
   ar.write("default_gen_state", at::detail::getDefaultCPUGenerator().get_state());
   ar.write("counters", torch::tensor({snap.step, snap.train_pos, snap.valid_next, snap.best_step}));
@@ -182,10 +182,8 @@ Snapshot load_checkpoint(const fs::path& path, models::SwitchLM& model, torch::o
     rng->model.set_state(g.cpu());
     at::Generator default_gen = at::detail::getDefaultCPUGenerator();  // shares the global state
     default_gen.set_state(d.cpu());
-    if (lay.world > 1) {
-      ar.read("data_gen_state", g);
-      rng->data.set_state(g.cpu());
-    }
+    ar.read("data_gen_state", g);
+    rng->data.set_state(g.cpu());
     if (rng->shared.defined()) {
       ar.read("router_gen_state", g);
       rng->shared.set_state(g.cpu());
@@ -223,7 +221,9 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
   auto generator = [](uint64_t s) { return at::make_generator<at::CPUGeneratorImpl>(s); };
   Rngs rng;
   rng.model = generator(dist::stream_seed(seed, rank));
-  rng.data = world == 1 ? rng.model : generator(dist::stream_seed(seed, dist::kDataStream));
+  // The data stream has its own generator (the reference's Python `random`), so a router that
+  // draws (SSR's coin, noise) does not change which segments the other routers' runs see.
+  rng.data = generator(dist::stream_seed(seed, dist::kDataStream));
   torch::Generator& gen = rng.model;
 
   // Everything that can reject the job happens before the run row exists.

@@ -4,6 +4,7 @@ ylabel = "overhead"
 ns = 2
 nx = 2
 logx = 0
+integer_x = 0
 array series[2]
 series[1] = "model.block=vanilla"
 series[2] = "model.block=momentum"

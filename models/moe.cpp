@@ -96,17 +96,18 @@ routers::Routing MoEImpl::route(const torch::Tensor& x, torch::Generator& gen) {
 void MoEImpl::route_globally(Gather gather, int64_t rank, torch::Generator gen) {
   gather_ = std::move(gather);
   rank_ = rank;
-  global_gen_ = std::move(gen);
+  router_gen_ = std::move(gen);
 }
 
-routers::Routing MoEImpl::route_logits(const torch::Tensor& logits, const torch::Tensor& x, torch::Generator& gen) {
+routers::Routing MoEImpl::route_logits(const torch::Tensor& logits, const torch::Tensor& x, torch::Generator& forward_gen) {
+  torch::Generator& gen = router_gen_.defined() ? router_gen_ : forward_gen;
   if (!gather_) return route_rows(logits, x, gen);
   const int64_t n = logits.size(0);
   auto all_logits = gather_(logits);  // (ranks * tokens, experts)
   // Only noisy gating reads the hidden states; the others get a zero-width stand-in of the
   // right row count instead of a d_model-wide all-gather.
   auto all_x = gather_hidden_ ? gather_(x) : x.new_empty({all_logits.size(0), 0});  // (ranks * tokens, d_model or 0)
-  auto r = route_rows(all_logits, all_x, global_gen_);
+  auto r = route_rows(all_logits, all_x, gen);
   r.experts = r.experts.narrow(0, rank_ * n, n);  // (tokens, k)
   r.weights = r.weights.narrow(0, rank_ * n, n);  // (tokens, k)
   return r;

@@ -87,6 +87,9 @@ class MoEImpl : public torch::nn::Module {
   // and every rank runs the router on all of them with `gen`, seeded alike on every rank so that
   // all ranks decide alike; each keeps its own rows (this is rank `rank`).
   void route_globally(Gather gather, int64_t rank, torch::Generator gen);
+  // The router draws (SSR's coin, cost noise, noisy gating) from `gen` instead of the forward's
+  // generator, so that a router's draws change neither dropout masks nor any other draw.
+  void use_router_generator(torch::Generator gen) { router_gen_ = std::move(gen); }
 
   void collect_stats(bool on) { collect_ = on; }
   // Time the router calls (gate logits to routing decision; on CUDA each timed call syncs).
@@ -119,7 +122,7 @@ class MoEImpl : public torch::nn::Module {
   bool gather_hidden_;    // the router reads hidden states (noisy gating), so they are gathered too
   Gather gather_;         // set by route_globally
   int64_t rank_ = 0;
-  torch::Generator global_gen_;
+  torch::Generator router_gen_;  // undefined: the router draws from the forward's generator
   bool time_router_ = false;
   double router_seconds_ = 0;
   bool collect_ = false;

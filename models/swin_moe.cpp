@@ -214,6 +214,10 @@ void SwinMoEImpl::collect_router_stats(bool on) {
   for (auto& m : moe_layers) m->collect_stats(on);
 }
 
+void SwinMoEImpl::use_router_generator(const torch::Generator& gen) {
+  for (auto& m : moe_layers) m->use_router_generator(gen);
+}
+
 std::vector<routers::RouterStats> SwinMoEImpl::take_router_stats() {
   std::vector<routers::RouterStats> out;
   for (auto& m : moe_layers) out.push_back(m->take_stats());

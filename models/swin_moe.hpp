@@ -92,6 +92,8 @@ class SwinMoEImpl : public torch::nn::Module {
 
   // Ask the MoE layers to accumulate routing statistics during the next forwards.
   void collect_router_stats(bool on);
+  // Every MoE layer's router draws from `gen` (MoEImpl::use_router_generator); the layers share it.
+  void use_router_generator(const torch::Generator& gen);
   // Per-MoE-layer statistics since the last call (and reset them).
   std::vector<routers::RouterStats> take_router_stats();
   // By component, ending with "total" (what `ssr params` prints).

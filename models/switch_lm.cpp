@@ -266,6 +266,10 @@ void SwitchLMImpl::route_globally(const MoEImpl::Gather& gather, int64_t rank, c
   for (auto& layer : layers) layer->moe->route_globally(gather, rank, gen);
 }
 
+void SwitchLMImpl::use_router_generator(const torch::Generator& gen) {
+  for (auto& layer : layers) layer->moe->use_router_generator(gen);
+}
+
 void SwitchLMImpl::time_routers(bool on) {
   for (auto& layer : layers) layer->moe->time_router(on);
 }

@@ -115,6 +115,8 @@ class SwitchLMImpl : public torch::nn::Module {
   std::vector<double> take_moe_output_norms();
   // router.global_batch on every MoE layer (see MoEImpl::route_globally); the layers share `gen`.
   void route_globally(const MoEImpl::Gather& gather, int64_t rank, const torch::Generator& gen);
+  // Every MoE layer's router draws from `gen` (MoEImpl::use_router_generator); the layers share it.
+  void use_router_generator(const torch::Generator& gen);
   // Router timing of every MoE layer (see MoEImpl::time_router); seconds summed over layers.
   void time_routers(bool on);
   double take_router_seconds();

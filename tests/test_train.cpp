@@ -224,13 +224,13 @@ TEST_CASE("one trained SSR model is evaluated under every requested inference mo
   CHECK(ppl["valid@noise"] != ppl["valid"]);
 }
 
-TEST_CASE("a router's random draws leave the data stream alone: SSR that never fires trains vanilla's model", "[train]") {
+TEST_CASE("a router's random draws leave data and dropout alone: SSR that never fires trains vanilla's model", "[train]") {
   // The 9,000-byte enwik8 fixture in 8 streams wraps every ~17 steps of 64 bytes, and each wrap
-  // draws a random offset. Without dropout the only other draw is SSR's per-forward coin, which
-  // at p = 1e-9 never picks Sinkhorn, so both runs must see the same segments and losses.
+  // draws a random offset; dropout draws masks every step. SSR draws a coin per forward, which at
+  // p = 1e-9 never picks Sinkhorn: both runs must see the same segments, masks and losses.
   const auto db = temp_db("rng.db");
   const std::string args = fmt::format(
-      "{}/experiments/lm-demo-enwik8.yaml train.steps=40 run.log_every=1 model.dropout=0 train.eval_every=0 "
+      "{}/experiments/lm-demo-enwik8.yaml train.steps=40 run.log_every=1 model.dropout=0.1 train.eval_every=0 "
       "eval.max_segments=2 run.threads=1 run.out_dir={} --db {} --quiet",
       SSR_SOURCE_DIR, (fs::temp_directory_path() / ("ssr_rng_" + std::to_string(::getpid()))).string(), db);
   auto a = run("train " + args + " router=vanilla");

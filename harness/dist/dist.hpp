@@ -44,6 +44,7 @@ std::pair<int64_t, int64_t> share(int64_t total, int rank, int world, const std:
 uint64_t stream_seed(int64_t seed, uint64_t stream);
 constexpr uint64_t kDataStream = 1ULL << 32;    // data wrap offsets, alike on every rank
 constexpr uint64_t kSharedStream = 2ULL << 32;  // router.global_batch routing, alike on every rank
+constexpr uint64_t kRouterStream = 3ULL << 32;  // routers' own draws: kRouterStream + rank
 
 // The checks of share() for train.batch_size and eval.batch_size over run.nproc ranks, and that
 // each rank holds at least train.batch_split streams (what --nproc checks before starting ranks).

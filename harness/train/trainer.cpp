@@ -72,7 +72,9 @@ struct Layout {
 // from its only generator, so its losses reproduce; several ranks share a generator seeded alike.
 // router.global_batch routing runs the same router call on every rank: a third one, also alike.
 struct Rngs {
-  torch::Generator model, data, shared;  // shared is undefined unless router.global_batch
+  torch::Generator model;   // dropout and everything else the model draws
+  torch::Generator data;    // data wrap offsets, alike on every rank
+  torch::Generator router;  // the routers' draws: per rank, or alike on every rank with router.global_batch
 };
 
 // Token-weighted mean NLL over segments [first, first + count) of an evaluation walk, carrying
@@ -117,7 +119,7 @@ struct Snapshot {
 // Rank r's generator and micro-batch caches are stored under the names a one-process run over
 // the same global batch with world * batch_split micro-batches would use (its group r * split + j
 // holds the same streams), so rank 0's names are those of a one-process checkpoint.
-std::string gen_key(int rank) { return rank == 0 ? "gen_state" : fmt::format("gen_state_rank{}", rank); }
+std::string gen_key(const std::string& base, int rank) { return rank == 0 ? base : fmt::format("{}_rank{}", base, rank); }
 
 // Called by every rank (the state travels to rank 0); only rank 0 writes the file.
 void save_checkpoint(const fs::path& path, models::SwitchLM& model, torch::optim::Adam& opt, const Rngs& rng,
@@ -126,7 +128,7 @@ void save_checkpoint(const fs::path& path, models::SwitchLM& model, torch::optim
   auto gathered = [&](const torch::Tensor& t) {
     return lay.group ? lay.group->all_gather(t) : std::vector<torch::Tensor>{t};
   };
-  const auto gen_states = gathered(rng.model.get_state());
+  const auto gen_states = gathered(rng.model.get_state()), router_states = gathered(rng.router.get_state());
   std::vector<std::pair<std::string, torch::Tensor>> caches;
   for (size_t j = 0; j < states.size(); ++j)
     for (size_t l = 0; l < states[j].cache.size(); ++l) {
@@ -143,9 +145,11 @@ void save_checkpoint(const fs::path& path, models::SwitchLM& model, torch::optim
   opt.save(o);
   ar.write("model", m);
   ar.write("optimizer", o);
-  for (int r = 0; r < lay.world; ++r) ar.write(gen_key(r), gen_states[r]);
+  for (int r = 0; r < lay.world; ++r) {
+    ar.write(gen_key("gen_state", r), gen_states[r]);
+    ar.write(gen_key("router_gen_state", r), router_states[r]);
+  }
   ar.write("data_gen_state", rng.data.get_state());
-  if (rng.shared.defined()) ar.write("router_gen_state", rng.shared.get_state());
   ar.write("default_gen_state", at::detail::getDefaultCPUGenerator().get_state());
   ar.write("counters", torch::tensor({snap.step, snap.train_pos, snap.valid_next, snap.best_step}));
   ar.write("best_valid", torch::tensor(snap.best_valid, torch::kDouble));
@@ -177,17 +181,15 @@ Snapshot load_checkpoint(const fs::path& path, models::SwitchLM& model, torch::o
   }
   if (rng) {
     torch::Tensor g, d;
-    ar.read(gen_key(lay.rank), g);
+    ar.read(gen_key("gen_state", lay.rank), g);
     ar.read("default_gen_state", d);
     rng->model.set_state(g.cpu());
     at::Generator default_gen = at::detail::getDefaultCPUGenerator();  // shares the global state
     default_gen.set_state(d.cpu());
     ar.read("data_gen_state", g);
     rng->data.set_state(g.cpu());
-    if (rng->shared.defined()) {
-      ar.read("router_gen_state", g);
-      rng->shared.set_state(g.cpu());
-    }
+    ar.read(gen_key("router_gen_state", lay.rank), g);
+    rng->router.set_state(g.cpu());
   }
   if (states)
     for (size_t j = 0; j < states->size(); ++j)
@@ -266,14 +268,18 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
   for (auto& s : states) to_device(s, device);
   to_device(valid_state, device);
 
+  // Routers draw from their own stream, so that one router's coin or noise changes neither the
+  // dropout masks nor the data of a run (SSR that never fires trains vanilla's model). Routing the
+  // gathered global batch, every rank must decide alike: one stream for all ranks.
+  const bool global_routing = world > 1 && cfg.b("router.global_batch");
+  rng.router = generator(dist::stream_seed(seed, global_routing ? dist::kSharedStream : dist::kRouterStream + rank));
+  model->use_router_generator(rng.router);
   std::unique_ptr<dist::Group> group;
   if (world > 1) {
     group = std::make_unique<dist::Group>(opts.dist, dist::backend_for(cfg), device, cfg.f("run.dist_timeout_s"));
     dist::broadcast_module(*group, *model);
-    if (cfg.b("router.global_batch")) {
-      rng.shared = generator(dist::stream_seed(seed, dist::kSharedStream));
-      model->route_globally([g = group.get()](const torch::Tensor& t) { return g->gather_rows(t); }, rank, rng.shared);
-    }
+    if (global_routing)
+      model->route_globally([g = group.get()](const torch::Tensor& t) { return g->gather_rows(t); }, rank, rng.router);
   }
   const Layout lay{group.get(), rank, world, split, row0, rows};
 
@@ -385,7 +391,7 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       log.timing(step, "step", t_fwd + t_bwd + t_sync + t_opt);
       if (time_router) log.timing(step, "router", model->take_router_seconds());  // part of forward
       if (group) log.timing(step, "allreduce", t_sync);  // loss and gradients
-      if (rng.shared.defined()) log.timing(step, "gather", group->take_gather_seconds());  // in forward and backward
+      if (global_routing) log.timing(step, "gather", group->take_gather_seconds());  // in forward and backward
       progress.update(step, nll, B * M);
 
       if (log_step) {

@@ -90,13 +90,14 @@ struct Snapshot {
 };
 
 void save_checkpoint(const fs::path& path, models::SwinMoE& model, torch::optim::Optimizer& opt,
-                     const torch::Generator& gen, const Snapshot& snap) {
+                     const torch::Generator& gen, const torch::Generator& router_gen, const Snapshot& snap) {
   torch::serialize::OutputArchive ar, m, o;
   model->save(m);
   opt.save(o);
   ar.write("model", m);
   ar.write("optimizer", o);
   ar.write("gen_state", gen.get_state());
+  ar.write("router_gen_state", router_gen.get_state());
   ar.write("default_gen_state", at::detail::getDefaultCPUGenerator().get_state());
   ar.write("counters", torch::tensor({snap.step, snap.best_step, snap.skipped}));
   ar.write("best_valid", torch::tensor(snap.best_valid, torch::kDouble));
@@ -105,7 +106,7 @@ void save_checkpoint(const fs::path& path, models::SwinMoE& model, torch::optim:
 
 // Weights only without `opt` (the final evaluation of best.pt).
 Snapshot load_checkpoint(const fs::path& path, models::SwinMoE& model, torch::optim::Optimizer* opt,
-                         torch::Generator* gen, torch::Device device) {
+                         torch::Generator* gen, torch::Generator* router_gen, torch::Device device) {
   torch::serialize::InputArchive ar, m;
   ar.load_from(path.string(), device);
   ar.read("model", m);
@@ -115,10 +116,12 @@ Snapshot load_checkpoint(const fs::path& path, models::SwinMoE& model, torch::op
   torch::serialize::InputArchive o;
   ar.read("optimizer", o);
   opt->load(o);
-  torch::Tensor g, d, counters, best;
+  torch::Tensor g, r, d, counters, best;
   ar.read("gen_state", g);
+  ar.read("router_gen_state", r);
   ar.read("default_gen_state", d);
   gen->set_state(g.cpu());
+  router_gen->set_state(r.cpu());
   at::Generator default_gen = at::detail::getDefaultCPUGenerator();  // shares the global state
   default_gen.set_state(d.cpu());
   ar.read("counters", counters);
@@ -169,6 +172,9 @@ Outcome train_vision(const config::Config& cfg, store::Store& store, const Optio
   // The loader's shuffling and augmentation seed comes from the run's generator.
   const auto loader_seed = static_cast<uint64_t>(torch::randint(1LL << 62, {1}, gen, torch::kInt64).item<int64_t>());
   data::ImageLoader loader(data.splits.at("train"), cfg, B, /*train=*/true, loader_seed);
+  // Routers draw from their own stream, as in the LM trainer: a router's draws do not move the others'.
+  torch::Generator router_gen = at::make_generator<at::CPUGeneratorImpl>(dist::stream_seed(seed, dist::kRouterStream));
+  model->use_router_generator(router_gen);
   int64_t n_params = 0;
   for (const auto& p : model->parameters()) n_params += p.numel();
 
@@ -176,7 +182,7 @@ Outcome train_vision(const config::Config& cfg, store::Store& store, const Optio
   if (opts.run) {
     const fs::path last = fs::path(cfg.s("run.out_dir")) / std::to_string(*opts.run) / "last.pt";
     if (fs::exists(last)) {
-      snap = load_checkpoint(last, model, optimizer.get(), &gen, device);
+      snap = load_checkpoint(last, model, optimizer.get(), &gen, &router_gen, device);
       loader.seek(snap.step, snap.skipped);
     }
   }
@@ -264,11 +270,11 @@ Outcome train_vision(const config::Config& cfg, store::Store& store, const Optio
         if (top1 > snap.best_valid) {
           snap.best_valid = top1;
           snap.best_step = step;
-          save_checkpoint(ckpt_dir / "best.pt", model, *optimizer, gen, snapshot(step));
+          save_checkpoint(ckpt_dir / "best.pt", model, *optimizer, gen, router_gen, snapshot(step));
         }
       }
       if ((ckpt_every > 0 && step % ckpt_every == 0) || step == steps)
-        save_checkpoint(ckpt_dir / "last.pt", model, *optimizer, gen, snapshot(step));
+        save_checkpoint(ckpt_dir / "last.pt", model, *optimizer, gen, router_gen, snapshot(step));
       if (log_step) log.flush(step);
       else log.flush_if_due(step);
     }
@@ -277,7 +283,7 @@ Outcome train_vision(const config::Config& cfg, store::Store& store, const Optio
 
     // Final evaluation of the best partial-validation checkpoint (eval.checkpoint=best) or the last step.
     if (cfg.s("eval.checkpoint") == "best" && fs::exists(ckpt_dir / "best.pt")) {
-      load_checkpoint(ckpt_dir / "best.pt", model, nullptr, nullptr, device);
+      load_checkpoint(ckpt_dir / "best.pt", model, nullptr, nullptr, nullptr, device);
       log.result("train", "best_step", static_cast<double>(snap.best_step));
     }
     for (const auto& name : cfg.strings("eval.splits")) {

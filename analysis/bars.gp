@@ -7,7 +7,7 @@ set xlabel xlabel
 set ylabel ylabel
 set style fill solid 0.85 border -1
 set boxwidth 0.8 / ns
-set key top left
+set key above
 set grid ytics
 # Overheads can be negative (noise, or a method faster than the baseline): 0 is always in range.
 set yrange [*<0:0<*]

@@ -324,7 +324,7 @@ TEST_CASE("router.group_tokens routes consecutive groups by separate router call
   struct Row { std::string router; int64_t group; };
   // Vanilla routing is per token: grouping changes nothing. Sinkhorn's plan depends on the whole
   // call: grouped routing must equal routing each group alone.
-  for (const Row r : {Row{"vanilla", 8}, Row{"sinkhorn", 8}, Row{"sinkhorn", 13}, Row{"sinkhorn", 0}}) {
+  for (const Row& r : {Row{"vanilla", 8}, Row{"sinkhorn", 8}, Row{"sinkhorn", 13}, Row{"sinkhorn", 0}}) {
     INFO(r.router << " group " << r.group);
     torch::manual_seed(3);
     auto cfg = tiny({"router=" + r.router, "router.group_tokens=" + std::to_string(r.group), "model.n_experts=4"});

@@ -468,3 +468,72 @@ TEST_CASE("an interrupted Fashion-MNIST run resumed from its checkpoint repeats 
     if (ra[i].name != "seconds") CHECK(ra[i].value == rb[i].value);  // seconds: wall time
   }
 }
+
+TEST_CASE("mixup, cutmix and random erasing as timm defines them", "[swin][data]") {
+  // Sample i is the constant image i: every mixed pixel says which samples it came from.
+  auto batch = [] { return torch::arange(4, torch::kFloat).view({4, 1, 1, 1}).expand({4, 3, 8, 8}).contiguous(); };
+  const auto labels = torch::tensor({0, 1, 2, 3}, torch::kInt64);
+  data::AugmentOptions opt;
+  opt.classes = 5;
+  struct Case {
+    const char* name;
+    double mixup, cutmix, mix_prob, smoothing;
+  };
+  for (const Case& c : {Case{"mixup", 0.8, 0, 1, 0}, Case{"cutmix", 0, 1.0, 1, 0}, Case{"both, smoothed", 0.8, 1.0, 1, 0.1},
+                        Case{"never mixed, smoothed", 0.8, 1.0, 0, 0.1}}) {
+    INFO(c.name);
+    opt.mixup_alpha = c.mixup;
+    opt.cutmix_alpha = c.cutmix;
+    opt.mix_prob = c.mix_prob;
+    opt.label_smoothing = c.smoothing;
+    for (uint64_t seed = 1; seed <= 20; ++seed) {
+      std::mt19937_64 rng(seed);
+      auto x = batch();
+      const auto t = data::mix_batch(x, labels, opt, rng);  // (4, 5)
+      REQUIRE(t.sizes() == torch::IntArrayRef({4, 5}));
+      CHECK(t.sum(1).allclose(torch::ones({4}, torch::kDouble).to(t.dtype()), 1e-6));
+      const double off = c.smoothing / 5, lam = (t[0][0].item<double>() - off) / (1 - c.smoothing);
+      CHECK(t[0][3].item<double>() == Approx(off + (1 - lam) * (1 - c.smoothing)).margin(1e-6));
+      CHECK(t[0][1].item<double>() == Approx(off).margin(1e-7));
+      if (c.mix_prob == 0) CHECK(lam == Approx(1).margin(1e-6));
+      // Sample 0 is mixed with sample 3: mixup blends every pixel, cutmix pastes 3s over 0s.
+      const auto first = x[0];  // (3, 8, 8)
+      const bool pasted = ((first == 0) | (first == 3)).all().item<bool>();
+      if (pasted) CHECK((first == 0).to(torch::kDouble).mean().item<double>() == Approx(lam).margin(1e-6));
+      else CHECK(first.allclose(torch::full_like(first, 3 * (1 - lam)), 1e-5));
+      if (c.mixup > 0 && c.cutmix == 0) CHECK(!pasted);
+      if (c.cutmix > 0 && c.mixup == 0) CHECK(pasted);
+      std::mt19937_64 again(seed);
+      auto y = batch();
+      CHECK(data::mix_batch(y, labels, opt, again).equal(t));  // the batch's generator decides everything
+      CHECK(y.equal(x));
+    }
+  }
+  for (double p : {0.0, 1.0}) {
+    INFO("random erasing p " << p);
+    for (uint64_t seed = 1; seed <= 20; ++seed) {
+      std::mt19937_64 rng(seed);
+      auto image = torch::full({3, 32, 32}, 100.0f);
+      data::random_erase(image, p, rng);
+      const double erased = (image != 100).to(torch::kDouble).mean().item<double>();
+      if (p == 0) CHECK(erased == 0);
+      else CHECK((erased >= 0.015 && erased <= 0.34));  // one box of 2 %..1/3 of the area (rounded)
+    }
+  }
+}
+
+TEST_CASE("a Fashion-MNIST training batch with mixup and cutmix carries soft targets", "[swin][data]") {
+  auto cfg = resolve("fmnist-demo.yaml", {"data.dir=" + fmnist_dir(), "data.mixup=0.8", "data.cutmix=1.0",
+                                          "data.random_erase=0.25", "train.label_smoothing=0.1"});
+  const auto data = data::load_images(cfg);
+  data::ImageLoader loader(data.splits.at("train"), cfg, 32, /*train=*/true, 7);
+  data::ImageBatch b;
+  REQUIRE(loader.next(b));
+  REQUIRE(b.targets.defined());
+  CHECK(b.targets.sizes() == torch::IntArrayRef({32, 10}));
+  CHECK(b.targets.sum(1).allclose(torch::ones({32}), 1e-5));
+  CHECK((b.targets.argmax(1) == b.labels).any().item<bool>());
+  data::ImageLoader eval(data.splits.at("test"), cfg, 32, /*train=*/false, 7);
+  REQUIRE(eval.next(b));
+  CHECK(!b.targets.defined());  // evaluation is never augmented
+}

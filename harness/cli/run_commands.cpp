@@ -24,7 +24,6 @@ namespace {
 using ssr::config::ConfigError;
 using json = nlohmann::json;
 
-
 std::string fmt_time(double t) {
   if (!(t > 0)) return "-";
   std::time_t s = static_cast<std::time_t>(t);

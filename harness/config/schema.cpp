@@ -30,6 +30,8 @@ Key IL(std::string n, std::vector<int64_t> d, double lo, double hi, std::string 
 Key FL(std::string n, std::vector<double> d, double lo, double hi, std::string doc) {
   return Key{std::move(n), Type::FloatList, d, std::move(doc), lo, hi, {}, true};
 }
+// For keys added after runs were stored: at its default the key stays out of the hash, so every
+// earlier run keeps its configuration hash (and sweeps and reports still find it).
 Key unhashed_at_default(Key k) {
   k.hashed_at_default = false;
   return k;
@@ -67,6 +69,11 @@ std::vector<Key> build() {
       FL("data.mean", {0.485, 0.456, 0.406}, 0, 1, "images: per-channel mean subtracted after scaling pixels to [0, 1] (ImageNet's)"),
       FL("data.std", {0.229, 0.224, 0.225}, 1e-6, kInf, "images: per-channel std divided by after the mean"),
       B("data.hflip", true, "images: random horizontal flip of training images (p 0.5)"),
+      unhashed_at_default(F("data.random_erase", 0, 0, 1, "images: probability of timm's random erasing (one box of N(0,1) pixels) per training image")),
+      unhashed_at_default(F("data.mixup", 0, 0, 100, "images: mixup Beta(alpha, alpha) of each training batch with its reverse (0 = off; Swin recipe 0.8)")),
+      unhashed_at_default(F("data.cutmix", 0, 0, 100, "images: cutmix Beta(alpha, alpha) box from the reversed batch (0 = off; Swin recipe 1.0)")),
+      unhashed_at_default(F("data.mix_prob", 1, 0, 1, "images: probability that a training batch is mixed when data.mixup or data.cutmix is on")),
+      unhashed_at_default(F("data.mix_switch_prob", 0.5, 0, 1, "images: with both on, probability of cutmix rather than mixup for a batch")),
       F("data.crop_scale", 0.08, 0.01, 1, "imagefolder: smallest area fraction of the training random resized crop (upper bound 1, ratio 3/4..4/3)"),
       I("data.eval_resize", 256, 1, 1 << 16, "imagefolder: eval images are resized to this shorter side, then centre-cropped to model.image_size"),
       S("data.imagenet_a", "", "imagefolder: ImageNet-A folder (<wnid>/*), eval split imagenet-a: top-1 over its 200 classes ('' = none)"),

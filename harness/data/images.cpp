@@ -266,7 +266,8 @@ ImageLoader::ImageLoader(const ImageSplit& split, const config::Config& cfg, int
       train_(train),
       hflip_(cfg.b("data.hflip")),
       crop_scale_(cfg.f("data.crop_scale")),
-      seed_(seed) {
+      seed_(seed),
+      aug_(AugmentOptions::from(cfg)) {
   for (double v : cfg.floats("data.mean")) mean_.push_back(static_cast<float>(v));
   for (double v : cfg.floats("data.std")) std_.push_back(static_cast<float>(v));
   const int64_t n = split.size();
@@ -373,12 +374,15 @@ ImageBatch ImageLoader::make(std::vector<int64_t> rows, uint64_t batch_seed) con
       }
     }
     if (train_ && hflip_ && U(rng) < 0.5) x = x.flip({2});
-    images.push_back((x - mean) / std);
+    auto normalised = (x - mean) / std;  // (C, S, S)
+    if (train_) random_erase(normalised, aug_.erase_prob, rng);
+    images.push_back(normalised);
     labels.push_back(label[row]);
   }
   const int64_t c = static_cast<int64_t>(mean_.size());
   b.images = images.empty() ? torch::empty({0, c, size_, size_}) : torch::stack(images);  // (B, C, S, S)
   b.labels = torch::tensor(labels, torch::kInt64);                                          // (B)
+  if (train_ && aug_.mixing() && b.labels.size(0) > 0) b.targets = mix_batch(b.images, b.labels, aug_, rng);  // (B, classes)
   return b;
 }
 

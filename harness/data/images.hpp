@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "harness/config/config.hpp"
+#include "harness/data/augment.hpp"
 
 namespace ssr::data {
 
@@ -56,11 +57,12 @@ ImageData load_images(const config::Config& cfg);
 struct ImageBatch {
   torch::Tensor images;  // (B, C, S, S) float32, normalised
   torch::Tensor labels;  // (B) int64
+  torch::Tensor targets;  // (B, classes) soft targets when mixup / cutmix is on; else undefined
   int64_t skipped = 0;   // unreadable images left out of this batch
 };
 
 // Train: endless batches of an epoch-wise shuffled order (drop_last), random resized crop (folders)
-// and horizontal flip. Eval: the split in order, the last batch partial, resize + centre crop.
+// horizontal flip, then random erasing and mixup / cutmix when configured (augment.hpp). Eval: the split in order, the last batch partial, resize + centre crop.
 // Batch t is a function of (seed, t) only, so the worker threads never change a result.
 class ImageLoader {
  public:
@@ -88,6 +90,7 @@ class ImageLoader {
   double crop_scale_;
   uint64_t seed_;
   std::vector<float> mean_, std_;
+  AugmentOptions aug_;  // random erasing, mixup, cutmix (training only)
   int64_t perm_epoch_ = -1;
   std::vector<int64_t> perm_;  // (N) this epoch's order, drawn on the calling thread
   int64_t launched_ = 0, taken_ = 0, skipped_ = 0;

@@ -201,6 +201,9 @@ Outcome train_vision(const config::Config& cfg, store::Store& store, const Optio
 
   const int64_t log_every = cfg.i("run.log_every"), ckpt_every = cfg.i("train.checkpoint_every");
   const double clip = cfg.f("train.clip");
+  auto sync = [&] {
+    if (device.is_cuda()) torch::cuda::synchronize();
+  };
   const auto ce = torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(cfg.f("train.label_smoothing"));
   try {
     model->train();
@@ -225,7 +228,10 @@ Outcome train_vision(const config::Config& cfg, store::Store& store, const Optio
       optimizer->zero_grad();
       auto aux = torch::zeros({}, torch::TensorOptions().device(device));
       auto logits = model->forward(batch.images.to(device), aux, gen);  // (B, classes)
-      auto ce_loss = torch::nn::functional::cross_entropy(logits, batch.labels.to(device), ce);
+      // Mixed batches (mixup / cutmix) carry soft targets with the label smoothing folded in.
+      auto ce_loss = batch.targets.defined()
+                         ? -(batch.targets.to(device) * logits.log_softmax(-1)).sum(-1).mean()
+                         : torch::nn::functional::cross_entropy(logits, batch.labels.to(device), ce);
       auto loss = ce_loss + aux;
       sync();
       const double t_fwd = seconds_since(t0);

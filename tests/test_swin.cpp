@@ -38,7 +38,7 @@ config::Config resolve(const std::string& file, const std::vector<std::string>& 
 
 // The Debian package's files (make deps), or their copy unpacked by `make offline-build`.
 std::string fmnist_dir() {
-  for (const std::string d : {std::string("/usr/share/datasets/fashion-mnist"),
+  for (const std::string& d : {std::string("/usr/share/datasets/fashion-mnist"),
                               std::string(SSR_SOURCE_DIR) + "/.offline/root/usr/share/datasets/fashion-mnist"})
     if (fs::exists(d + "/t10k-labels-idx1-ubyte.gz")) return d;
   FAIL("Fashion-MNIST not found: apt-get install dataset-fashion-mnist (make deps)");
@@ -536,4 +536,65 @@ TEST_CASE("a Fashion-MNIST training batch with mixup and cutmix carries soft tar
   data::ImageLoader eval(data.splits.at("test"), cfg, 32, /*train=*/false, 7);
   REQUIRE(eval.next(b));
   CHECK(!b.targets.defined());  // evaluation is never augmented
+
+  // RandAugment changes the training images, and only them; the same seed repeats them.
+  auto plain_cfg = resolve("fmnist-demo.yaml", {"data.dir=" + fmnist_dir(), "data.hflip=false"});
+  auto ra_cfg = resolve("fmnist-demo.yaml", {"data.dir=" + fmnist_dir(), "data.hflip=false", "data.randaug_n=2"});
+  data::ImageBatch p, r1, r2;
+  data::ImageLoader plain(data.splits.at("train"), plain_cfg, 32, true, 7), ra1(data.splits.at("train"), ra_cfg, 32, true, 7),
+      ra2(data.splits.at("train"), ra_cfg, 32, true, 7);
+  REQUIRE((plain.next(p) && ra1.next(r1) && ra2.next(r2)));
+  CHECK(p.labels.equal(r1.labels));
+  CHECK(!p.images.equal(r1.images));
+  CHECK(r1.images.equal(r2.images));
+}
+
+TEST_CASE("RandAugment ops against hand-computed levels", "[swin][data]") {
+  using data::RandOp;
+  // A 1 x 2 x 2 image at PIL levels {51, 153, 100, 200} (in [0, 1] as the loader holds it).
+  const auto img = torch::tensor({51.f, 153.f, 100.f, 200.f}).view({1, 2, 2}) / 255;
+  auto lv = [](const torch::Tensor& x) { return (x * 255).round().flatten(); };
+  struct Case {
+    const char* name;
+    RandOp op;
+    double m;
+    bool negate;
+    std::vector<float> expected;  // levels
+  };
+  const std::vector<Case> cases = {
+      {"invert", RandOp::Invert, 5, false, {204, 102, 155, 55}},
+      {"posterize m5: 2 bits", RandOp::Posterize, 5, false, {0, 128, 64, 192}},
+      {"posterize m10: 0 bits", RandOp::Posterize, 10, false, {0, 0, 0, 0}},
+      {"solarize m5: from 128", RandOp::Solarize, 5, false, {51, 102, 100, 55}},
+      {"solarize-add m10: +110 below 128", RandOp::SolarizeAdd, 10, false, {161, 153, 210, 200}},
+      {"brightness m10: x1.9", RandOp::Brightness, 10, false, {97, 255, 190, 255}},
+      {"brightness m10 negated: x0.1", RandOp::Brightness, 10, true, {5, 15, 10, 20}},
+      {"contrast m10 about mean 126: x1.9", RandOp::Contrast, 10, false, {0, 177, 77, 255}},
+      {"autocontrast (PIL truncates: 174, 83)", RandOp::AutoContrast, 0, false, {0, 174, 83, 255}},
+      {"colour of a grey image is itself", RandOp::Color, 10, false, {51, 153, 100, 200}},
+  };
+  for (const auto& c : cases) {
+    INFO(c.name);
+    const auto got = lv(data::rand_op(img, c.op, c.m, c.negate));
+    CHECK(got.allclose(torch::tensor(c.expected), 0, 1.01));  // within one level (rounding)
+  }
+  // PIL's equalize: 300 pixels at level 10, 300 at 20, 420 at 30 map to 0, 150, 255.
+  auto eq = torch::cat({torch::full({300}, 10.f), torch::full({300}, 20.f), torch::full({420}, 30.f)}).view({1, 30, 34}) / 255;
+  const auto e = lv(data::rand_op(eq, RandOp::Equalize, 0, false));
+  CHECK(e.narrow(0, 0, 300).eq(0).all().item<bool>());
+  CHECK(e.narrow(0, 300, 300).eq(150).all().item<bool>());
+  CHECK(e.narrow(0, 600, 420).eq(255).all().item<bool>());
+  // Translation by 0.45 of a 20-pixel width is 9 pixels exactly: output column u is input u + 9.
+  const auto ramp = torch::arange(20, torch::kFloat).div(20).view({1, 1, 20}).expand({1, 20, 20}).contiguous();
+  const auto moved = data::rand_op(ramp, RandOp::TranslateX, 10, false);
+  CHECK(moved.narrow(2, 0, 11).allclose(ramp.narrow(2, 9, 11), 0, 1e-5));
+  CHECK(moved.narrow(2, 12, 8).allclose(torch::full({1, 20, 8}, 0.5f), 0, 1e-5));  // grey fill
+  for (RandOp op : {RandOp::Rotate, RandOp::ShearX, RandOp::ShearY, RandOp::Sharpness, RandOp::Contrast}) {
+    INFO("magnitude 0 is the identity for op " << static_cast<int>(op));
+    CHECK(data::rand_op(ramp, op, 0, false).allclose(ramp, 0, 1e-5));
+  }
+  // The policy: n = 0 is the identity; a seed decides everything.
+  std::mt19937_64 r0(3), r1(5), r2(5);
+  CHECK(data::rand_augment(ramp, 0, 9, 0.5, r0).equal(ramp));
+  CHECK(data::rand_augment(ramp, 2, 9, 0.5, r1).equal(data::rand_augment(ramp, 2, 9, 0.5, r2)));
 }

@@ -11,6 +11,8 @@
 namespace ssr::data {
 
 struct AugmentOptions {
+  int64_t randaug_n = 0;                  // data.randaug_n (0 = off)
+  double randaug_m = 9, randaug_mstd = 0.5;  // data.randaug_m, data.randaug_mstd
   double erase_prob = 0;                  // data.random_erase
   double mixup_alpha = 0, cutmix_alpha = 0;  // data.mixup, data.cutmix (0 = off)
   double mix_prob = 1, switch_prob = 0.5;    // data.mix_prob, data.mix_switch_prob
@@ -32,5 +34,23 @@ void random_erase(torch::Tensor& image, double p, std::mt19937_64& rng);
 // `images` (B, C, S, S) is mixed in place.
 torch::Tensor mix_batch(torch::Tensor& images, const torch::Tensor& labels, const AugmentOptions& opt,
                         std::mt19937_64& rng);
+
+}  // namespace ssr::data
+
+namespace ssr::data {
+
+// timm RandAugment with the increasing ops ("rand-mM-mstdS-inc1", Swin's recipe rand-m9-mstd0.5-
+// inc1): `n` ops drawn with replacement from the 15 below, each applied with probability 0.5 at a
+// magnitude drawn from N(m, mstd) clipped to [0, 10]. `image` is (C, H, W) in [0, 1] (before
+// normalisation); geometric ops fill with grey 0.5 (timm's 128).
+enum class RandOp {
+  AutoContrast, Equalize, Invert, Rotate, Posterize, Solarize, SolarizeAdd, Color, Contrast, Brightness,
+  Sharpness, ShearX, ShearY, TranslateX, TranslateY
+};
+constexpr int kRandOps = 15;
+// One op at magnitude m in [0, 10]; `negate` flips the sign of signed magnitudes (rotation, shear,
+// translation, enhancement factor).
+torch::Tensor rand_op(const torch::Tensor& image, RandOp op, double m, bool negate);
+torch::Tensor rand_augment(const torch::Tensor& image, int64_t n, double m, double mstd, std::mt19937_64& rng);
 
 }  // namespace ssr::data

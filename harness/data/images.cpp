@@ -374,6 +374,7 @@ ImageBatch ImageLoader::make(std::vector<int64_t> rows, uint64_t batch_seed) con
       }
     }
     if (train_ && hflip_ && U(rng) < 0.5) x = x.flip({2});
+    if (train_ && aug_.randaug_n > 0) x = rand_augment(x, aug_.randaug_n, aug_.randaug_m, aug_.randaug_mstd, rng);
     auto normalised = (x - mean) / std;  // (C, S, S)
     if (train_) random_erase(normalised, aug_.erase_prob, rng);
     images.push_back(normalised);

@@ -246,3 +246,24 @@ TEST_CASE("a router's random draws leave data and dropout alone: SSR that never 
   REQUIRE(la.size() == 40);
   CHECK(la == lb);
 }
+
+TEST_CASE("every demo base config trains on the real data here", "[train]") {
+  // The demo scales of experiments/*.yaml stand on these bases; a split too short for its
+  // streams must show here, not in the middle of a demo study.
+  const auto db = temp_db("bases.db");
+  for (const char* base : {"demo.yaml", "lm-demo.yaml", "lm-demo-enwik8.yaml"}) {
+    INFO(base);
+    auto r = run(fmt::format("train {}/experiments/{} train.steps=2 run.log_every=1 eval.max_segments=1 "
+                             "eval.splits=[valid,test] run.out_dir={} --db {} --quiet",
+                             SSR_SOURCE_DIR, base,
+                             (fs::temp_directory_path() / ("ssr_bases_" + std::to_string(::getpid()))).string(), db));
+    INFO(r.out);
+    CHECK(r.code == 0);
+  }
+  // A split too short for the eval streams is refused before training, naming the split.
+  auto r = run(fmt::format("train {}/experiments/lm-demo-enwik8.yaml eval.batch_size=64 --db {} --quiet", SSR_SOURCE_DIR, db));
+  CHECK(r.code == 2);
+  CHECK(r.out.find("valid split of ../shared/data/enwik8 (eval.batch_size streams)") != std::string::npos);
+  ssr::store::Store s(db);
+  CHECK(s.runs().size() == 3);  // nothing stored for the refused one
+}

@@ -252,14 +252,27 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
                                torch::optim::AdamOptions(cfg.f("train.lr"))
                                    .betas({cfg.f("train.beta1"), cfg.f("train.beta2")})
                                    .weight_decay(cfg.f("train.weight_decay")));
-  data::StreamBatcher batcher(corpus.splits.at("train"), B, M);
+  // Every split is batched here, so that one too short for its streams stops the job before the
+  // run row exists instead of after training.
+  auto walk = [&](const std::string& split, int64_t streams, bool every_token, const std::string& why) {
+    try {
+      return data::StreamBatcher(corpus.splits.at(split), streams, M, every_token);
+    } catch (const config::ConfigError& e) {
+      throw config::ConfigError(fmt::format("{} split of {} ({}): {}", split, cfg.s("data.dir"), why, e.what()));
+    }
+  };
+  data::StreamBatcher batcher = walk("train", B, false, "train.batch_size streams");
   const int64_t eval_every = cfg.i("train.eval_every");
   std::optional<data::StreamBatcher> valid_walk;
   if (eval_every > 0) {
     if (!corpus.splits.count("valid"))
       throw config::ConfigError("train.eval_every: partial validation needs a valid split (set data.valid or data.holdout, or train.eval_every=0)");
-    valid_walk.emplace(corpus.splits.at("valid"), B, M);
+    valid_walk.emplace(walk("valid", B, false, "partial validation every train.eval_every steps reads train.batch_size streams"));
   }
+  const int64_t EB = cfg.i("eval.batch_size");
+  std::map<std::string, data::StreamBatcher> eval_walks;
+  for (const auto& name : cfg.strings("eval.splits"))
+    eval_walks.emplace(name, walk(name, EB, cfg.b("data.eval_every_token"), "eval.batch_size streams"));
   auto groups = row_groups(rows, split);  // this rank's micro-batches, as rows of the global batch
   for (auto& g : groups) g.first += row0;
   std::vector<models::LMState> states;
@@ -435,10 +448,10 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       if (group) dist::broadcast_module(*group, *model);
       log.result("train", "best_step", static_cast<double>(snap.best_step));
     }
-    const int64_t EB = cfg.i("eval.batch_size"), max_seg = cfg.i("eval.max_segments");
+    const int64_t max_seg = cfg.i("eval.max_segments");
     // Evaluates one split and stores its results under `stored_as`; returns the mean NLL.
     auto final_eval = [&](const std::string& split_name, const std::string& stored_as) {
-      data::StreamBatcher walk(corpus.splits.at(split_name), EB, M, cfg.b("data.eval_every_token"));
+      const data::StreamBatcher& walk = eval_walks.at(split_name);
       const int64_t n = max_seg > 0 ? std::min(max_seg, walk.eval_segments()) : walk.eval_segments();
       auto state = model->initial_state(eval_rows);
       to_device(state, device);

@@ -20,12 +20,15 @@
 #include "harness/config/config.hpp"
 #include "harness/dist/dist.hpp"
 #include "harness/store/store.hpp"
+#include "tests/cli_helpers.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-const std::string kBin = SSR_BINARY;
+using ssr::testing::kBin;
+using ssr::testing::run;
+using ssr::testing::series;
 const std::string kDemo = std::string(SSR_SOURCE_DIR) + "/experiments/demo.yaml";
 // 8 streams of 16 tokens; no dropout, so that rank 1's own dropout stream cannot make the
 // two-rank run differ from the one-process run.
@@ -34,36 +37,7 @@ const std::string kTiny =
     "eval.max_segments=3 train.eval_every=4 train.eval_segments=2 model.dropout=0 run.dist_timeout_s=60 "
     "run.out_dir=" + (fs::temp_directory_path() / ("ssr_dist_ckpt_" + std::to_string(::getpid()))).string();
 
-std::string temp_db(const std::string& name) {
-  auto dir = fs::temp_directory_path() / ("ssr_dist_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  auto p = (dir / name).string();
-  for (const char* ext : {"", "-wal", "-shm"}) fs::remove(p + ext);
-  return p;
-}
-
-struct Result {
-  int code;
-  std::string out;
-};
-Result run(const std::string& args) {
-  const std::string cmd = fmt::format("cd '{}' && '{}' {} 2>&1", SSR_SOURCE_DIR, kBin, args);
-  Result r{0, ""};
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p);
-  char buf[512];
-  while (fgets(buf, sizeof buf, p)) r.out += buf;
-  int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-std::vector<double> series(ssr::store::Store& s, int64_t run, const std::string& split, const std::string& name) {
-  std::vector<double> v;
-  for (const auto& m : s.metrics(run))
-    if (m.split == split && m.name == name) v.push_back(m.value);
-  return v;
-}
+std::string temp_db(const std::string& name) { return ssr::testing::temp_db("dist", name); }
 
 // The one run of a store that must hold exactly one.
 ssr::store::Run only_run(ssr::store::Store& s) {

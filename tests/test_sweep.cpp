@@ -20,13 +20,16 @@
 #include "harness/store/store.hpp"
 #include "harness/sweep/launch.hpp"
 #include "harness/sweep/sweep.hpp"
+#include "tests/cli_helpers.hpp"
 
 namespace fs = std::filesystem;
 using ssr::config::ConfigError;
 
 namespace {
 
-const std::string kBin = SSR_BINARY;
+using ssr::testing::kBin;
+using ssr::testing::run;
+using ssr::testing::shell;
 const std::string kSrc = SSR_SOURCE_DIR;
 
 fs::path temp_dir(const std::string& name) {
@@ -48,22 +51,6 @@ std::string write_sweep(const fs::path& dir, const std::string& body, int steps 
   return file.string();
 }
 
-struct Result {
-  int code;
-  std::string out;
-};
-Result shell(const std::string& command) {
-  const std::string cmd = fmt::format("cd '{}' && OMP_NUM_THREADS=1 {} 2>&1", kSrc, command);
-  Result r{0, ""};
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p);
-  char buf[512];
-  while (fgets(buf, sizeof buf, p)) r.out += buf;
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-Result run(const std::string& args) { return shell(fmt::format("'{}' {}", kBin, args)); }
 
 std::vector<std::string> labels(const ssr::sweep::Spec& s, const std::string& axis) {
   std::vector<std::string> v;

@@ -14,12 +14,15 @@
 #include <thread>
 
 #include "harness/store/store.hpp"
+#include "tests/cli_helpers.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-const std::string kBin = SSR_BINARY;
+using ssr::testing::kBin;
+using ssr::testing::Result;
+using ssr::testing::run;
 const std::string kDemo = std::string(SSR_SOURCE_DIR) + "/experiments/demo.yaml";
 // Small enough for a test, big enough that learning shows: 16 streams x 32 tokens per step.
 const std::string kSmall =
@@ -27,36 +30,9 @@ const std::string kSmall =
     "run.threads=1 eval.max_segments=4 train.eval_every=20 train.eval_segments=2 train.checkpoint_every=10 "
     "run.out_dir=" + (fs::temp_directory_path() / ("ssr_ckpt_" + std::to_string(::getpid()))).string();
 
-std::string temp_db(const std::string& name) {
-  auto dir = fs::temp_directory_path() / ("ssr_train_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  auto p = (dir / name).string();
-  for (const char* ext : {"", "-wal", "-shm"}) fs::remove(p + ext);
-  return p;
-}
+std::string temp_db(const std::string& name) { return ssr::testing::temp_db("train", name); }
 
-struct Result {
-  int code;
-  std::string out;
-};
-Result run(const std::string& args) {
-  const std::string cmd = fmt::format("cd '{}' && '{}' {} 2>&1", SSR_SOURCE_DIR, kBin, args);
-  Result r{0, ""};
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p);
-  char buf[512];
-  while (fgets(buf, sizeof buf, p)) r.out += buf;
-  int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-std::vector<double> losses(ssr::store::Store& s, int64_t run) {
-  std::vector<double> v;
-  for (const auto& m : s.metrics(run))
-    if (m.split == "train" && m.name == "loss") v.push_back(m.value);
-  return v;
-}
+std::vector<double> losses(ssr::store::Store& s, int64_t run) { return ssr::testing::series(s, run, "train", "loss"); }
 
 }  // namespace
 

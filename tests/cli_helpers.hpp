@@ -1,0 +1,58 @@
+// What the end-to-end tests share: running the built `ssr` (or a shell command) from the source
+// tree, a fresh per-process store path, and one metric series of a stored run.
+#pragma once
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "harness/store/store.hpp"
+
+namespace ssr::testing {
+
+inline const std::string kBin = SSR_BINARY;
+
+struct Result {
+  int code;         // exit status; -1 when killed by a signal
+  std::string out;  // stdout and stderr
+};
+
+// `command` in a shell at the source root (where experiments/ and ../shared resolve).
+inline Result shell(const std::string& command) {
+  const std::string cmd = fmt::format("cd '{}' && OMP_NUM_THREADS=1 {} 2>&1", SSR_SOURCE_DIR, command);
+  Result r{0, ""};
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p);
+  char buf[512];
+  while (fgets(buf, sizeof buf, p)) r.out += buf;
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+// `ssr ARGS`.
+inline Result run(const std::string& args) { return shell(fmt::format("'{}' {}", kBin, args)); }
+
+// A store path under a directory of this test process; the file and its WAL are removed first.
+inline std::string temp_db(const std::string& suite, const std::string& name) {
+  const auto dir = std::filesystem::temp_directory_path() / fmt::format("ssr_{}_{}", suite, ::getpid());
+  std::filesystem::create_directories(dir);
+  const auto p = (dir / name).string();
+  for (const char* ext : {"", "-wal", "-shm"}) std::filesystem::remove(p + ext);
+  return p;
+}
+
+// The values of one metric of a run, in step order.
+inline std::vector<double> series(const store::Store& s, int64_t run, const std::string& split, const std::string& name) {
+  std::vector<double> v;
+  for (const auto& m : s.metrics(run))
+    if (m.split == split && m.name == name) v.push_back(m.value);
+  return v;
+}
+
+}  // namespace ssr::testing

@@ -81,17 +81,6 @@ double now() {
 
 namespace {
 
-std::string run_command(const std::string& cmd) {
-  std::string out;
-  if (FILE* p = popen(cmd.c_str(), "r")) {
-    char buf[256];
-    while (fgets(buf, sizeof buf, p)) out += buf;
-    pclose(p);
-  }
-  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-  return out;
-}
-
 std::string cpu_model() {
   std::ifstream f("/proc/cpuinfo");
   for (std::string line; std::getline(f, line);)
@@ -184,9 +173,7 @@ class Transaction {
 
 RunInfo this_machine(const std::string& device) {
   RunInfo info;
-  const std::string src = SSR_SOURCE_DIR;
-  info.git_rev = run_command(fmt::format("git -C '{}' describe --always --dirty --abbrev=12 2>/dev/null", src));
-  if (info.git_rev.empty()) info.git_rev = "unknown";
+  info.git_rev = build_git_rev();
   char host[256] = {0};
   gethostname(host, sizeof host - 1);
   info.host = host;

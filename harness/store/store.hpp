@@ -20,7 +20,10 @@ struct RunInfo {  // facts about where and how a run executes
   int64_t world_size = 1;
   std::string backend;
 };
-// The facts of this process: git revision of the source tree, host name, device, LibTorch version.
+// The revision of the sources this binary was built from (`git describe --always --dirty` at
+// build time; "unknown" outside a git checkout). Defined in a file the build generates.
+const char* build_git_rev();
+// The facts of this process: the binary's git revision, host name, device, LibTorch version.
 RunInfo this_machine(const std::string& device);
 
 struct Run {

@@ -46,25 +46,30 @@ demo: build
 
 # Paper tables and figures from the run store (SCALE=paper by default; demo for the CPU study).
 # Each reads the runs of its experiment file (ssr report --list) and writes results/tables/NAME.*
-# or results/figures/NAME.{csv,png,pdf}; missing runs are shown as – and listed.
+# or results/figures/NAME.{csv,png,pdf}; missing runs are shown as – and listed. OVERRIDES: the
+# key=value overrides the sweeps were run with (part of each job's hash). Overhead columns and
+# fig4 use `ssr bench step FILE --scale SCALE` sessions where the store has them.
 SCALE   ?= paper
+OVERRIDES ?=
 TABLES  := table1 table2 table3 table4 table5 table6 table7 table8 table9
 FIGURES := fig2 fig3 fig4 fig5
 .PHONY: $(TABLES) $(FIGURES)
 $(TABLES): build
-	$(SSR) report $@ --db $(DB) --scale $(SCALE)
+	$(SSR) report $@ --db $(DB) --scale $(SCALE) $(OVERRIDES)
 $(FIGURES): build
-	$(SSR) report $@ --db $(DB) --scale $(SCALE) > /dev/null
+	$(SSR) report $@ --db $(DB) --scale $(SCALE) $(OVERRIDES) > /dev/null
 	gnuplot $(dir $(DB))figures/$@.gp
 paper: $(TABLES) $(FIGURES)
 
 # The demo study on CPU: Table 1 (nine methods x conventional/momentum, 2 seeds) and the Table 5
-# p-ablation at demo scale, then their tables and Figures 2 and 4.
+# p-ablation at demo scale, Table 1's jobs timed interleaved by `ssr bench step` (its overheads and
+# Figure 4 use that session), then their tables and Figures 2 and 4.
 DEMO_JOBS ?= $(JOBS)
 demo-paper: build
 	$(SSR) data attack experiments/lm-demo.yaml > /dev/null
 	$(SSR) sweep experiments/table1.yaml --scale demo --jobs $(DEMO_JOBS) --db $(DB)
 	$(SSR) sweep experiments/table5-p-ssr-l-noise.yaml --scale demo --jobs $(DEMO_JOBS) --db $(DB)
+	$(SSR) bench step experiments/table1.yaml --scale demo --threads 1 --warmup 3 --repeats 20 --db $(DB)
 	$(MAKE) --no-print-directory table1 table5 fig2 fig4 SCALE=demo
 
 # Table 2 at demo scale: five routers on Fashion-MNIST (one job at a time: each uses 2 threads).

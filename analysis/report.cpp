@@ -55,11 +55,12 @@ std::string label_of(const json& spec, const std::string& map, const std::string
   return value;
 }
 
-// One job and its newest done run.
+// One job, its newest done run, and its `ssr bench step` cases (newest session first).
 struct JobRun {
   const sweep::Job* job = nullptr;
   std::optional<store::Run> run;
   std::map<std::pair<std::string, std::string>, double> results;
+  std::vector<store::BenchCase> bench;
 };
 
 // nullopt: no value (no run, or the run lacks it); NaN: the run diverged (status nan).
@@ -123,6 +124,8 @@ struct Cell {
   double ci = 0;
   int64_t n = 0;
   std::string note;
+  std::set<int64_t> bench_sessions;  // overhead cells: sessions that timed the pairs
+  int64_t run_pairs = 0;             // overhead cells: pairs timed from training runs instead
 };
 
 std::string fmt_value(const Cell& c, const Column& col) {
@@ -141,8 +144,9 @@ struct Data {
   const store::Store* store = nullptr;
 };
 
-Data load_data(const std::string& file, const std::string& scale, const store::Store& store) {
-  Data d{sweep::load(file, {}, scale), {}, &store};
+Data load_data(const std::string& file, const std::string& scale, const std::vector<std::string>& overrides,
+               const store::Store& store) {
+  Data d{sweep::load(file, overrides, scale), {}, &store};
   for (const auto& j : d.spec.jobs) {
     JobRun jr;
     jr.job = &j;
@@ -150,6 +154,7 @@ Data load_data(const std::string& file, const std::string& scale, const store::S
       jr.run = store.run(*id);
       for (const auto& r : store.results(*id)) jr.results[{r.split, r.name}] = r.value;
     }
+    jr.bench = store.bench_cases(j.config.hash());
     d.jobs.push_back(std::move(jr));
   }
   return d;
@@ -177,15 +182,38 @@ const JobRun* baseline_of(const Data& d, const JobRun& jr, const std::string& ro
   return nullptr;
 }
 
-// Step-time overhead of the cell's runs against their baseline runs, on the same hardware.
+// The newest bench session that timed both cases over the same rounds, as per-round ratios - 1.
+std::optional<std::pair<int64_t, std::vector<double>>> bench_ratios(const JobRun& jr, const JobRun& base) {
+  for (const auto& c : jr.bench)
+    for (const auto& b : base.bench)
+      if (c.session == b.session && c.seconds.size() == b.seconds.size() && c.seconds.size() >= 2) {
+        std::vector<double> r;
+        for (size_t k = 0; k < c.seconds.size(); ++k) r.push_back(c.seconds[k] / b.seconds[k] - 1);
+        return std::make_pair(c.session, r);
+      }
+  return std::nullopt;
+}
+
+// Step-time overhead of the cell's jobs against their baseline jobs, on the same hardware: from
+// an `ssr bench step` session that timed both, interleaved (phase step only), else from the two
+// training runs' logged step times.
 Cell overhead_cell(const Data& d, const std::vector<const JobRun*>& cell, const std::string& row_axis,
                    const std::string& baseline, const std::string& phase) {
   Cell c;
   std::vector<double> ratios;
-  double delta_ci = 0;
+  double pair_ci = 0;
   for (const auto* jr : cell) {
     const auto* b = baseline_of(d, *jr, row_axis, baseline);
-    if (!jr->run || !b || !b->run) continue;
+    if (!b) continue;
+    if (phase == "step")
+      if (auto br = bench_ratios(*jr, *b)) {
+        const auto e = estimate(br->second);
+        ratios.push_back(e.mean);
+        pair_ci = e.ci;
+        c.bench_sessions.insert(br->first);
+        continue;
+      }
+    if (!jr->run || !b->run) continue;
     if (jr->run->info.device != b->run->info.device || jr->run->info.host != b->run->info.host) {
       c.note = "different hardware than the baseline";
       continue;
@@ -194,16 +222,37 @@ Cell overhead_cell(const Data& d, const std::vector<const JobRun*>& cell, const 
     if (!m || !v) continue;
     const double r = m->mean / v->mean;
     ratios.push_back(r - 1);
+    ++c.run_pairs;
     // Delta method for one ratio of two means of independent step times.
-    delta_ci = 1.96 * r * std::sqrt(m->var / (m->n * m->mean * m->mean) + v->var / (v->n * v->mean * v->mean));
+    pair_ci = 1.96 * r * std::sqrt(m->var / (m->n * m->mean * m->mean) + v->var / (v->n * v->mean * v->mean));
   }
   if (ratios.empty()) return c;
   if (!c.note.empty()) c.note = fmt::format("{} of {} run pairs skipped ({})", cell.size() - ratios.size(), cell.size(), c.note);
   const auto e = estimate(ratios);
   c.mean = e.mean;
   c.n = e.n;
-  c.ci = e.n > 1 ? e.ci : delta_ci;
+  c.ci = e.n > 1 ? e.ci : pair_ci;
   return c;
+}
+
+// Where a report's overhead numbers came from, for its footer ("" when it has none).
+std::string timing_source(const std::vector<const Cell*>& cells) {
+  std::set<int64_t> sessions;
+  int64_t bench = 0, runs = 0;
+  for (const auto* c : cells) {
+    sessions.insert(c->bench_sessions.begin(), c->bench_sessions.end());
+    runs += c->run_pairs;
+    bench += c->n - c->run_pairs;
+  }
+  if (bench == 0 && runs == 0) return "";
+  std::string ids;
+  for (auto id : sessions) ids += (ids.empty() ? "" : ", ") + std::to_string(id);
+  std::string s = "\nStep-time overheads: ";
+  if (bench > 0)
+    s += fmt::format("{} job pairs timed interleaved by `ssr bench step` (session{} {}; interval over rounds for one pair)",
+                     bench, sessions.size() > 1 ? "s" : "", ids);
+  if (runs > 0) s += fmt::format("{}{} job pairs from the training runs' logged step times", bench > 0 ? "; " : "", runs);
+  return s + ".";
 }
 
 Cell metric_cell(const std::vector<const JobRun*>& cell, const std::string& split, const std::string& metric) {
@@ -228,20 +277,23 @@ Cell metric_cell(const std::vector<const JobRun*>& cell, const std::string& spli
 }
 
 // The footer every output carries: what the cells were built from.
+// `bench_only`: the report shows step-time overheads only, so a job timed by `ssr bench step` is
+// not missing even without a training run.
 std::string provenance(const Data& d, const std::vector<const JobRun*>& used, std::vector<std::string>& missing,
-                       const std::string& seeds_axis) {
+                       const std::string& seeds_axis, bool bench_only = false) {
   std::map<std::string, int> revs, hw;
   std::vector<std::string> hashes;
   int64_t have = 0;
   for (const auto* jr : used) {
-    if (!jr->run) {
+    const store::RunInfo* info = jr->run ? &jr->run->info : bench_only && !jr->bench.empty() ? &jr->bench.front().info : nullptr;
+    if (!info) {
       missing.push_back(fmt::format("job {} ({}) hash {}", jr->job->num, jr->job->describe(), jr->job->config.hash()));
       continue;
     }
     ++have;
     hashes.push_back(jr->job->config.hash());
-    ++revs[jr->run->info.git_rev];
-    ++hw[jr->run->info.device + " on " + jr->run->info.host];
+    ++revs[info->git_rev];
+    ++hw[info->device + " on " + info->host];
   }
   auto counted = [](const std::map<std::string, int>& m) {
     std::string s;
@@ -256,8 +308,10 @@ std::string provenance(const Data& d, const std::vector<const JobRun*>& used, st
   for (const auto& h : hashes) hs += (hs.empty() ? "" : " ") + h;
   s += "\nConfig hashes: " + (hs.empty() ? std::string("-") : hs) + ".";
   if (!missing.empty()) {
-    s += fmt::format("\nMissing ({}), shown as –; run them with `ssr sweep {}{}`:", missing.size(), d.spec.file,
-                     d.spec.scale.empty() ? "" : " --scale " + d.spec.scale);
+    std::string over;
+    for (const auto& o : d.spec.cli_overrides) over += " " + o;
+    s += fmt::format("\nMissing ({}), shown as –; run them with `ssr sweep {}{}{}`:", missing.size(), d.spec.file,
+                     d.spec.scale.empty() ? "" : " --scale " + d.spec.scale, over);
     for (const auto& m : missing) s += "\n  " + m;
   }
   return s;
@@ -425,6 +479,12 @@ Output build_table(const Data& d, const json& spec, const std::string& name) {
   }
   out.tex += "\\bottomrule\n\\end{tabular}\n";
   std::string foot = provenance(d, used, out.missing, seeds);
+  std::vector<const Cell*> overheads;
+  for (size_t s = 0; s < sections.size(); ++s)
+    for (size_t r = 0; r < rows.size(); ++r)
+      for (size_t c = 0; c < cols.size(); ++c)
+        if (!cols[c].overhead.empty()) overheads.push_back(&cells[s][r][c]);
+  foot += timing_source(overheads);
   for (size_t s = 0; s < sections.size(); ++s)
     for (size_t r = 0; r < rows.size(); ++r)
       for (size_t c = 0; c < cols.size(); ++c)
@@ -552,7 +612,10 @@ Output build_figure(const Data& d, const json& spec, const std::string& name) {
                            p.cell.n, si, xi);
     out.md += fmt::format("| {} | {} | {} |\n", p.series, xl, fmt_value(p.cell, y));
   }
-  const std::string foot = provenance(d, used, out.missing, seeds);
+  std::vector<const Cell*> overheads;
+  if (!y.overhead.empty())
+    for (const auto& p : points) overheads.push_back(&p.cell);
+  const std::string foot = provenance(d, used, out.missing, seeds, !y.overhead.empty()) + timing_source(overheads);
   out.md += "\n" + foot + "\n";
   // Variables for analysis/<kind>.gp (a gnuplot script per figure kind).
   auto q = [](const std::string& s) {
@@ -611,8 +674,9 @@ std::string find_report(const std::string& name, const std::string& dir) {
   throw ConfigError(fmt::format("report {}: no experiment in {} declares it (reports: {})", name, dir, known));
 }
 
-Output build(const std::string& name, const std::string& file, const std::string& scale, const store::Store& store) {
-  const Data d = load_data(file, scale, store);
+Output build(const std::string& name, const std::string& file, const std::string& scale,
+             const std::vector<std::string>& overrides, const store::Store& store) {
+  const Data d = load_data(file, scale, overrides, store);
   if (!d.spec.reports.contains(name)) throw ConfigError(fmt::format("{}: reports: has no {}", file, name));
   const json& spec = d.spec.reports[name];
   return spec.contains("figure") ? build_figure(d, spec, name) : build_table(d, spec, name);

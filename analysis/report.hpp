@@ -42,8 +42,10 @@ std::string find_report(const std::string& name, const std::string& dir);
 // Every report name declared under `dir`, in file order.
 std::vector<std::string> report_names(const std::string& dir);
 
-// Builds report `name` of experiment `file` at `scale` from the store.
-Output build(const std::string& name, const std::string& file, const std::string& scale, const store::Store& store);
+// Builds report `name` of experiment `file` at `scale` from the store; `overrides` are those the
+// sweep was run with (`ssr sweep FILE key=value`), which are part of every job's config hash.
+Output build(const std::string& name, const std::string& file, const std::string& scale,
+             const std::vector<std::string>& overrides, const store::Store& store);
 
 // Two-sided 95 % Student-t quantile for `df` degrees of freedom (df >= 1).
 double t95(int64_t df);

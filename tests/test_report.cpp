@@ -109,7 +109,7 @@ TEST_CASE("95 % intervals match hand-computed values", "[report]") {
 TEST_CASE("a table from the store: layout, intervals, deltas, ranks, NaN and missing cells", "[report]") {
   const auto db = fixture_db();
   ssr::store::Store s(db);
-  const auto out = ssr::analysis::build("tab", kStudy, "", s);
+  const auto out = ssr::analysis::build("tab", kStudy, "", {}, s);
   REQUIRE(out.kind == "table");
   // Conventional vanilla: test PPL 99.5 and 99 over seeds 1, 2 -> 99.25 ± 12.706 * 0.25.
   CHECK(out.md.find("| Vanilla | 100.250 ± 3.176 | 99.250 ± 3.176 | – | 0.00% |") != std::string::npos);
@@ -128,12 +128,74 @@ TEST_CASE("a table from the store: layout, intervals, deltas, ranks, NaN and mis
 TEST_CASE("figures from the store: tidy csv and gnuplot variables", "[report]") {
   const auto db = fixture_db();
   ssr::store::Store s(db);
-  const auto bars = ssr::analysis::build("bars", kStudy, "", s);
+  const auto bars = ssr::analysis::build("bars", kStudy, "", {}, s);
   REQUIRE(bars.figure == "bars");
   check_golden("report_bars.csv", normalise(bars.csv, db));
   check_golden("report_bars.gp", normalise(bars.gnuplot, db));
-  const auto norms = ssr::analysis::build("norms", kStudy, "", s);
+  const auto norms = ssr::analysis::build("norms", kStudy, "", {}, s);
   REQUIRE(norms.figure == "lines");
   check_golden("report_norms.csv", normalise(norms.csv, db));
-  CHECK_THROWS_WITH(ssr::analysis::build("nope", kStudy, "", s), Catch::Contains("reports: has no nope"));
+  CHECK_THROWS_WITH(ssr::analysis::build("nope", kStudy, "", {}, s), Catch::Contains("reports: has no nope"));
+}
+
+TEST_CASE("overheads come from an `ssr bench step` session that timed both jobs", "[report]") {
+  const auto db = fixture_db();
+  ssr::store::Store s(db);
+  const auto spec = ssr::sweep::load(kStudy, {});
+  // Session 1 times the conventional jobs interleaved: LB 10 % and SSR-L 1 % slower than Vanilla in
+  // every round, while the rounds themselves drift by 30 %.
+  const std::map<std::string, double> factor = {{"vanilla", 1.0}, {"lb", 1.10}, {"ssr_l", 1.01}};
+  auto bench_case = [&](const ssr::sweep::Job& j, double f) {
+    ssr::store::BenchCase c;
+    c.label = j.describe();
+    c.config_hash = j.config.hash();
+    c.config = j.config.to_json();
+    c.tokens_per_step = 64;
+    for (int r = 0; r < 4; ++r) c.seconds.push_back(f * 0.1 * (1 + 0.1 * r));
+    return c;
+  };
+  std::vector<ssr::store::BenchCase> conventional;
+  for (const auto& j : spec.jobs)
+    if (j.label("model.block") == "vanilla") conventional.push_back(bench_case(j, factor.at(j.label("variant"))));
+  ssr::store::RunInfo gpu{"def456", "gpu1", "cuda: Test GPU (80 GiB)", "2.11.0"};
+  CHECK(s.add_bench_session("ssr bench step report-study.yaml --where model.block=vanilla", gpu, 2, conventional) == 1);
+  // Session 2 times only momentum LB: without its Vanilla in the same session it pairs with nothing.
+  for (const auto& j : spec.jobs)
+    if (j.label("model.block") == "momentum" && j.label("variant") == "lb")
+      s.add_bench_session("ssr bench step report-study.yaml", gpu, 2, {bench_case(j, 5.0)});
+  const auto stored = s.bench_cases(spec.jobs.front().config.hash());
+  REQUIRE(stored.size() == 1);
+  CHECK(stored[0].session == 1);
+  CHECK(stored[0].info.device == "cuda: Test GPU (80 GiB)");
+  REQUIRE(stored[0].seconds.size() == 4);
+  CHECK(stored[0].seconds[3] == Approx(0.13));
+
+  const auto out = ssr::analysis::build("tab", kStudy, "", {}, s);
+  CHECK(out.md.find("| LB | <u>98.250 ± 3.176</u> | <u>97.250 ± 3.176</u> | -2.000 | 10.00% |") != std::string::npos);
+  CHECK(out.md.find("| SSR-L | **96.250 ± 3.176** | **95.250 ± 3.176** | -4.000 | 1.00% |") != std::string::npos);
+  CHECK(out.md.find("| LB | NaN | NaN | NaN | 2.00 ± 0.00% |") != std::string::npos);  // momentum: training runs
+  CHECK(out.md.find("different hardware") == std::string::npos);  // the bench pair replaces the skipped one
+  CHECK(out.md.find("Step-time overheads: 4 job pairs timed interleaved by `ssr bench step` (session 1; interval over "
+                    "rounds for one pair); 3 job pairs from the training runs' logged step times.") != std::string::npos);
+
+  // A figure of overheads only counts benched jobs as present even without training runs.
+  const auto empty_db = db + ".bench-only";
+  for (const char* ext : {"", "-wal", "-shm"}) fs::remove(empty_db + ext);
+  ssr::store::Store b(empty_db);
+  b.add_bench_session("ssr bench step report-study.yaml", gpu, 2, conventional);
+  const auto bars = ssr::analysis::build("bars", kStudy, "", {}, b);
+  CHECK(bars.missing.size() == 6);  // the momentum jobs
+  INFO(bars.csv);
+  CHECK(bars.csv.find("model.block=vanilla,lb,10.0000") != std::string::npos);
+  CHECK(bars.md.find("Hardware: cuda: Test GPU (80 GiB) on gpu1 (6 runs).") != std::string::npos);
+}
+
+TEST_CASE("reports take the overrides the sweep ran with: they are part of the job hashes", "[report]") {
+  const auto db = fixture_db();
+  ssr::store::Store s(db);
+  const auto plain = ssr::analysis::build("tab", kStudy, "", {}, s);
+  CHECK(plain.missing.size() == 1);
+  const auto other = ssr::analysis::build("tab", kStudy, "", {"train.lr=1e-3"}, s);
+  CHECK(other.missing.size() == 12);
+  CHECK(normalise(other.md, db).find("`ssr sweep SRC/tests/fixtures/report-study.yaml train.lr=1e-3`") != std::string::npos);
 }

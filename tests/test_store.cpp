@@ -38,15 +38,48 @@ TEST_CASE("store migrates an empty file and reopens without migrating again", "[
   const auto path = temp_db("migrate.db");
   {
     Store s(path + "");
-    CHECK(s.schema_version() == 1);
-    for (const char* t : {"runs", "metrics", "results", "timings", "sweeps"})
+    CHECK(s.schema_version() == 2);
+    for (const char* t : {"runs", "metrics", "results", "timings", "sweeps", "bench_sessions", "bench_cases", "bench_times"})
       CHECK(count(s, std::string("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='") + t + "'") == 1);
     CHECK(count(s, "SELECT count(*) FROM pragma_journal_mode WHERE journal_mode='wal'") == 1);
     s.create_run("abc", {{"x", 1}}, 1, ssr::store::this_machine("cpu"));
   }
   Store again(path);
-  CHECK(again.schema_version() == 1);
+  CHECK(again.schema_version() == 2);
   CHECK(again.runs().size() == 1);
+}
+
+TEST_CASE("store upgrades a version-1 file in place, keeping its runs", "[store]") {
+  const auto path = temp_db("upgrade.db");
+  {
+    Store s(path);
+    s.create_run("abc", {{"x", 1}}, 1, ssr::store::this_machine("cpu"));
+    // Back to what a version-1 store holds.
+    for (const char* sql : {"DROP TABLE bench_times", "DROP TABLE bench_cases", "DROP TABLE bench_sessions", "PRAGMA user_version=1"})
+      REQUIRE(sqlite3_exec(s.handle(), sql, nullptr, nullptr, nullptr) == SQLITE_OK);
+  }
+  Store s(path);
+  CHECK(s.schema_version() == 2);
+  CHECK(s.runs().size() == 1);
+  ssr::store::BenchCase c;
+  c.label = "router=vanilla";
+  c.config_hash = "abc";
+  c.config = {{"x", 1}};
+  c.tokens_per_step = 512;
+  c.seconds = {0.25, NAN, 0.5};
+  const auto first = s.add_bench_session("ssr bench step x.yaml", ssr::store::this_machine("cpu"), 1, {c});
+  c.seconds = {1.0};
+  const auto second = s.add_bench_session("ssr bench step x.yaml", ssr::store::this_machine("cpu"), 1, {c});
+  const auto got = s.bench_cases("abc");
+  REQUIRE(got.size() == 2);
+  CHECK(got[0].session == second);  // newest first
+  CHECK(got[1].session == first);
+  CHECK(got[1].tokens_per_step == 512);
+  CHECK(got[1].config == c.config);
+  REQUIRE(got[1].seconds.size() == 3);
+  CHECK(std::isnan(got[1].seconds[1]));
+  CHECK(got[1].info.torch_version == ssr::store::this_machine("cpu").torch_version);
+  CHECK(s.bench_cases("other").empty());
 }
 
 TEST_CASE("store round-trips runs metrics results and NaN", "[store]") {

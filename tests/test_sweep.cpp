@@ -332,3 +332,55 @@ TEST_CASE("the Slurm array script names its jobs and runs under a local stand-in
   CHECK(r.code == 0);
   CHECK(r.out.find("not queued (finished)") != std::string::npos);
 }
+
+TEST_CASE("ssr bench step times a sweep's jobs and the report's overheads use that session", "[sweep][bench]") {
+  const auto dir = temp_dir("bench");
+  const auto file = write_sweep(dir,
+                                "variants:\n  vanilla: [router=vanilla]\n  ssr_l: [router=ssr_l]\n"
+                                "grid:\n  model.block: [vanilla, momentum]\n"
+                                "reports:\n  ovh:\n    figure: bars\n    x: variant\n    series: [model.block]\n"
+                                "    baseline: vanilla\n    y: {overhead: step}\n");
+  const auto db = (dir / "runs.db").string();
+  auto r = run(fmt::format("bench step {} --where model.block=momentum --warmup 0 --repeats 3 --vocab 300 --db {}", file, db));
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("| variant=ssr_l model.block=momentum |") != std::string::npos);
+  CHECK(r.out.find("vs vanilla |") != std::string::npos);
+  CHECK(r.out.find("stored as bench session 1 in " + db) != std::string::npos);
+  {
+    ssr::store::Store s(db);
+    const auto spec = ssr::sweep::load(file, {});
+    std::map<std::string, size_t> cases;  // job description -> stored cases under its hash
+    for (const auto& j : spec.jobs) cases[j.describe()] = s.bench_cases(j.config.hash()).size();
+    CHECK(cases == std::map<std::string, size_t>{{"variant=vanilla model.block=vanilla", 0},
+                                                  {"variant=vanilla model.block=momentum", 1},
+                                                  {"variant=ssr_l model.block=vanilla", 0},
+                                                  {"variant=ssr_l model.block=momentum", 1}});
+    const auto c = s.bench_cases(spec.jobs.back().config.hash());
+    REQUIRE(c.size() == 1);
+    CHECK(c[0].seconds.size() == 3);
+    CHECK(c[0].tokens_per_step == 4 * 16);
+    CHECK(c[0].label == "variant=ssr_l model.block=momentum");
+  }
+  r = run(fmt::format("report ovh --experiments {} --db {} --out {}", dir.string(), db, (dir / "fig").string()));
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("Step-time overheads: 1 job pairs timed interleaved by `ssr bench step` (session 1;") != std::string::npos);
+  CHECK(r.out.find("Built from 2 of 4 planned runs") != std::string::npos);
+
+  // Bad input: one line naming the flag.
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"--routers vanilla,lb", "--routers: " + file + " is a sweep file"},
+      {"--where nope=1", "--where nope=1: " + file + " has no axis nope"},
+      {"--where variant=ssr_l", "has no vanilla job to compare with"},
+      {"--where model.block=other", "--where: no job of " + file + " matches"},
+  };
+  for (const auto& [flags, message] : bad) {
+    const auto b = run(fmt::format("bench step {} {} --repeats 1 --db {}", file, flags, db));
+    INFO(flags << ": " << b.out);
+    CHECK(b.code == 2);
+    CHECK(b.out.find(message) != std::string::npos);
+  }
+  const auto cfg = run(fmt::format("bench step {}/experiments/demo.yaml --where variant=lb --db {}", kSrc, db));
+  CHECK(cfg.code == 2);
+  CHECK(cfg.out.find("--scale/--where: " + kSrc + "/experiments/demo.yaml is a run config") != std::string::npos);
+}

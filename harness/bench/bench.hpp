@@ -48,16 +48,22 @@ struct SinkhornBenchArgs {
 int run_sinkhorn_bench(const SinkhornBenchArgs& args, std::ostream& out);
 
 struct StepBenchArgs {
-  std::string config;                  // CONFIG.yaml
-  std::vector<std::string> overrides;  // key=value
-  std::vector<std::string> routers;    // --routers: router groups (default: the paper's nine)
-  int64_t vocab = 267735;              // --vocab: WikiText-103's, padded rows excluded
+  std::string config;                  // CONFIG.yaml, or a sweep file (its jobs are the cases)
+  std::vector<std::string> overrides;  // key=value (sweep files: as `ssr sweep` takes them)
+  std::vector<std::string> routers;    // --routers: router groups of a config (default: the paper's nine)
+  std::string scale;                   // --scale: of a sweep file
+  std::vector<std::string> where;      // --where AXIS=VALUE: keep these sweep jobs
+  int64_t vocab = 0;                   // --vocab: 0 = the data's vocabulary (the paper's when absent)
   int threads = 0, warmup = 2, repeats = 10;
   uint64_t seed = 1;
-  std::string csv;  // --csv: per-round times, tidy
+  std::string csv;      // --csv: per-round times, tidy
+  std::string db;       // --db: run store for the session ("" = not stored)
+  std::string command;  // the command line, kept with the session
 };
-// `ssr bench step`: training-step time of every router, overhead vs vanilla with a 95 % CI.
+// `ssr bench step`: training-step time of every case, overhead vs its baseline with a 95 % CI.
 int run_step_bench(const StepBenchArgs& args, std::ostream& out);
+// A sweep file (base:, variants:, grid:, scales:, seeds: or random: at the top) rather than a run config.
+bool is_sweep_file(const std::string& file);
 
 struct MeanCI {
   double mean = 0, half_width = 0;  // mean +- half_width is the 95 % t-interval

@@ -1,9 +1,12 @@
 // `ssr bench step`: full training steps (forward, backward, Adam) of one model config for every
-// router, timed round-robin so that drift of a shared machine hits all routers alike. Overhead is
-// the per-round ratio to vanilla, averaged, with a t-interval over rounds: never a time from
-// another machine. Token ids are synthetic: timing does not depend on the text.
+// router, or of every job of a sweep file, timed round-robin so that drift of a shared machine
+// hits all cases alike. Overhead is the per-round ratio to the baseline case, averaged, with a
+// t-interval over rounds: never a time from another machine. Token ids are synthetic: timing does
+// not depend on the text. The session goes into the run store under each case's config hash, so
+// the overhead columns and figures of `ssr report` use it for the sweep's jobs.
 #include <fmt/format.h>
 #include <torch/torch.h>
+#include <yaml-cpp/yaml.h>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <algorithm>
@@ -14,6 +17,9 @@
 
 #include "harness/bench/bench.hpp"
 #include "harness/config/config.hpp"
+#include "harness/data/corpus.hpp"
+#include "harness/store/store.hpp"
+#include "harness/sweep/sweep.hpp"
 #include "models/precision.hpp"
 #include "models/switch_lm.hpp"
 
@@ -32,15 +38,99 @@ double t95(int64_t df) {
 }
 
 struct Case {
-  std::string router;
+  std::string label;                                        // router group or sweep job description
+  std::vector<std::pair<std::string, std::string>> labels;  // sweep axes (empty in config mode)
   config::Config cfg;
+  size_t baseline = 0;  // index of the case its overhead is measured against
   models::SwitchLM model{nullptr};
   std::unique_ptr<torch::optim::Adam> opt;
   std::vector<models::LMState> states;
-  std::vector<double> ms;  // one per timed round
+  torch::Tensor inputs, targets;  // (streams per micro-batch, seq_len)
+  std::vector<double> ms;         // one per timed round
+  int64_t tokens() const { return cfg.i("train.batch_size") / cfg.i("train.batch_split") * cfg.i("train.batch_split") * cfg.i("train.seq_len"); }
 };
 
+std::string label_of(const Case& c, const std::string& axis) {
+  for (const auto& [k, v] : c.labels)
+    if (k == axis) return v;
+  return "";
+}
+
+// Sweep mode: the jobs of a sweep file (optionally filtered by axis=value), each paired with the
+// job that has the same labels but the file's first variant, as `ssr report` pairs them.
+std::vector<Case> sweep_cases(const StepBenchArgs& args) {
+  const auto spec = sweep::load(args.config, args.overrides, args.scale);
+  std::vector<std::pair<std::string, std::string>> where;
+  for (const auto& w : args.where) {
+    const auto eq = w.find('=');
+    if (eq == std::string::npos || eq == 0) throw config::ConfigError(fmt::format("--where {}: expected AXIS=VALUE", w));
+    const auto axis = w.substr(0, eq);
+    if (std::none_of(spec.jobs.begin(), spec.jobs.end(), [&](const sweep::Job& j) { return !j.label(axis).empty(); }))
+      throw config::ConfigError(fmt::format("--where {}: {} has no axis {} (ssr sweep {} --dry-run lists the jobs)", w,
+                                            args.config, axis, args.config));
+    where.emplace_back(axis, w.substr(eq + 1));
+  }
+  std::vector<Case> cases;
+  for (const auto& j : spec.jobs) {
+    if (std::any_of(where.begin(), where.end(), [&](const auto& kv) { return j.label(kv.first) != kv.second; })) continue;
+    cases.push_back(Case{j.describe(), j.labels, j.config});
+  }
+  if (cases.empty()) throw config::ConfigError(fmt::format("--where: no job of {} matches", args.config));
+  const std::string base_variant = spec.jobs.front().label("variant");
+  for (size_t i = 0; i < cases.size(); ++i) {
+    if (base_variant.empty()) break;  // no variant axis: everything against the first job
+    bool found = false;
+    for (size_t b = 0; b < cases.size() && !found; ++b) {
+      if (label_of(cases[b], "variant") != base_variant) continue;
+      bool same = true;
+      for (const auto& [k, v] : cases[i].labels)
+        if (k != "variant" && label_of(cases[b], k) != v) same = false;
+      if (same) cases[i].baseline = b, found = true;
+    }
+    if (!found)
+      throw config::ConfigError(fmt::format("--where: job {} has no {} job to compare with; keep variant={} in the selection",
+                                            cases[i].label, base_variant, base_variant));
+  }
+  return cases;
+}
+
+std::vector<Case> router_cases(const StepBenchArgs& args) {
+  std::vector<std::string> routers = args.routers;
+  if (routers.empty()) routers = {"vanilla", "lb", "zloss", "noisy", "sinkhorn", "ssr_l", "ssr_s", "ssr_l_noise", "ssr_s_noise"};
+  if (std::find(routers.begin(), routers.end(), "vanilla") == routers.end()) routers.insert(routers.begin(), "vanilla");
+  std::vector<Case> cases;
+  for (const auto& r : routers) {
+    auto overrides = args.overrides;
+    overrides.push_back("router=" + r);
+    cases.push_back(Case{r, {}, config::resolve(args.config, overrides)});
+  }
+  // vanilla first: every router is measured against it
+  std::stable_partition(cases.begin(), cases.end(), [](const Case& c) { return c.label == "vanilla"; });
+  return cases;
+}
+
+// The vocabulary training would build: from the data when its files are here (the encoded
+// corpus is cached), else the paper's (WikiText-103 267,735 words; enwik8 205 symbols).
+std::pair<int64_t, std::string> data_vocab(const config::Config& cfg) {
+  auto clean = cfg;
+  clean.set("eval.splits", nlohmann::json::array({"valid", "test"}), "bench step");
+  try {
+    return {data::load_corpus(clean).vocab_size(), "from " + cfg.s("data.dir")};
+  } catch (const config::ConfigError&) {
+    const bool bytes = cfg.s("data.format") == "byte";
+    return {bytes ? 205 : 267735, fmt::format("{}'s; {} is not here", bytes ? "enwik8" : "WikiText-103", cfg.s("data.dir"))};
+  }
+}
+
 }  // namespace
+
+bool is_sweep_file(const std::string& file) {
+  const auto tree = config::load_yaml(file, "config or sweep file");
+  if (!tree.IsMap()) return false;
+  for (const char* k : {"base", "variants", "grid", "scales", "seeds", "random"})
+    if (tree[k]) return true;
+  return false;
+}
 
 MeanCI mean_ci(const std::vector<double>& x) {
   MeanCI r;
@@ -58,22 +148,27 @@ MeanCI mean_ci(const std::vector<double>& x) {
 
 int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
   if (args.threads > 0) torch::set_num_threads(args.threads);
-  std::vector<std::string> routers = args.routers;
-  if (routers.empty()) routers = {"vanilla", "lb", "zloss", "noisy", "sinkhorn", "ssr_l", "ssr_s", "ssr_l_noise", "ssr_s_noise"};
-  if (std::find(routers.begin(), routers.end(), "vanilla") == routers.end()) routers.insert(routers.begin(), "vanilla");
+  const bool sweep_mode = is_sweep_file(args.config);
+  if (!sweep_mode && (!args.scale.empty() || !args.where.empty()))
+    throw config::ConfigError(fmt::format("--scale/--where: {} is a run config, not a sweep file", args.config));
+  if (sweep_mode && !args.routers.empty())
+    throw config::ConfigError(fmt::format("--routers: {} is a sweep file; its variants are the cases (filter with --where)", args.config));
+  std::vector<Case> cases = sweep_mode ? sweep_cases(args) : router_cases(args);
 
-  std::vector<Case> cases;
-  for (const auto& r : routers) {
-    auto overrides = args.overrides;
-    overrides.push_back("router=" + r);
-    cases.push_back(Case{r, config::resolve(args.config, overrides)});
-  }
   const auto& base = cases.front().cfg;
+  for (const auto& c : cases) {
+    if (c.cfg.s("model.arch") != "switch_lm")
+      throw config::ConfigError(fmt::format("model.arch: {} ({}): bench step times the language model only", c.cfg.s("model.arch"), c.label));
+    if (c.cfg.s("run.device") != base.s("run.device"))
+      throw config::ConfigError(fmt::format("run.device: {} has {}, {} has {}: one bench times one device", cases.front().label,
+                                            base.s("run.device"), c.label, c.cfg.s("run.device")));
+    if (c.cfg.i("train.batch_split") > c.cfg.i("train.batch_size"))
+      throw config::ConfigError(fmt::format("train.batch_split: more micro-batches than train.batch_size streams ({})", c.label));
+  }
   const torch::Device device(base.s("run.device") == "cuda" ? torch::kCUDA : torch::kCPU);
   if (device.is_cuda() && !torch::cuda::is_available())
     throw config::ConfigError("run.device: cuda requested but no CUDA device is available (use run.device=cpu)");
-  const int64_t B = base.i("train.batch_size"), M = base.i("train.seq_len"), split = base.i("train.batch_split");
-  if (split > B) throw config::ConfigError("train.batch_split: more micro-batches than train.batch_size streams");
+  const auto [vocab, vocab_source] = args.vocab > 0 ? std::make_pair(args.vocab, std::string("--vocab")) : data_vocab(base);
   auto sync = [&] {
     if (device.is_cuda()) torch::cuda::synchronize();
   };
@@ -81,24 +176,27 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
   torch::Generator gen = at::make_generator<at::CPUGeneratorImpl>(args.seed);
   for (auto& c : cases) {
     torch::manual_seed(args.seed);
-    c.model = models::SwitchLM(c.cfg, args.vocab);
+    c.model = models::SwitchLM(c.cfg, vocab);
     c.model->to(device);
     c.opt = std::make_unique<torch::optim::Adam>(c.model->parameters(), torch::optim::AdamOptions(c.cfg.f("train.lr")));
-    for (int64_t j = 0; j < split; ++j) c.states.push_back(c.model->initial_state(B / split));
+    const int64_t split = c.cfg.i("train.batch_split"), streams = c.cfg.i("train.batch_size") / split, M = c.cfg.i("train.seq_len");
+    for (int64_t j = 0; j < split; ++j) c.states.push_back(c.model->initial_state(streams));
     for (auto& s : c.states)
       for (auto& t : s.cache) t = t.to(device);
+    auto tokens = torch::randint(vocab, {streams, M + 1}, gen).to(device);  // (streams per micro-batch, seq_len + 1)
+    c.inputs = tokens.narrow(1, 0, M);
+    c.targets = tokens.narrow(1, 1, M);
   }
-  auto tokens = torch::randint(args.vocab, {B / split, M + 1}, gen).to(device);  // (streams per micro-batch, seq_len + 1)
-  auto inputs = tokens.narrow(1, 0, M), targets = tokens.narrow(1, 1, M);        // (streams per micro-batch, seq_len)
   auto step = [&](Case& c) {
     c.opt->zero_grad();
+    const auto split = static_cast<double>(c.cfg.i("train.batch_split"));
     for (auto& s : c.states) {
       models::LMOutput o;
       {
         models::AutocastGuard autocast(device, c.cfg.s("train.precision") == "bf16");
-        o = c.model->forward(inputs, targets, s, gen);
+        o = c.model->forward(c.inputs, c.targets, s, gen);
       }
-      ((o.nll + o.aux) / static_cast<double>(split)).backward();
+      ((o.nll + o.aux) / split).backward();
     }
     c.opt->step();
     sync();
@@ -109,10 +207,11 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
     for (const auto& p : cases.front().model->parameters()) n += p.numel();
     return n;
   }();
-  out << fmt::format("# ssr bench step: {} ({} parameters with vanilla), {} x {} tokens in {} micro-batch(es), vocab {}, "
-                     "device {}, {}, {} threads; {} warm-up + {} timed rounds, routers interleaved\n\n",
-                     args.config, params, B / split * split, M, split, args.vocab, base.s("run.device"),
-                     base.s("train.precision"), torch::get_num_threads(), args.warmup, args.repeats);
+  out << fmt::format("# ssr bench step: {}{} ({} parameters in {}), {} tokens per step in {} micro-batch(es), vocab {} ({}), "
+                     "device {}, {}, {} threads; {} warm-up + {} timed rounds, {} cases interleaved\n\n",
+                     args.config, args.scale.empty() ? "" : " --scale " + args.scale, params, cases.front().label,
+                     cases.front().tokens(), base.i("train.batch_split"), vocab, vocab_source, base.s("run.device"),
+                     base.s("train.precision"), torch::get_num_threads(), args.warmup, args.repeats, cases.size());
   for (int w = 0; w < args.warmup; ++w)
     for (auto& c : cases) step(c);
   for (int r = 0; r < args.repeats; ++r)
@@ -122,32 +221,50 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
       c.ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
     }
 
-  const auto& vanilla = cases.front().ms;
-  out << "| router | step ms (median) | tokens/s | overhead vs vanilla (mean of per-round ratios, 95 % CI) |\n";
+  out << fmt::format("| {} | step ms (median) | tokens/s | overhead (mean of per-round ratios, 95 % CI) |\n",
+                     sweep_mode ? "job" : "router");
   out << "|---|---|---|---|\n";
-  for (auto& c : cases) {
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const auto& c = cases[i];
     auto sorted = c.ms;
     std::sort(sorted.begin(), sorted.end());
     const double median = sorted[sorted.size() / 2];
     std::vector<double> ratios;
-    for (size_t k = 0; k < c.ms.size(); ++k) ratios.push_back(c.ms[k] / vanilla[k] - 1.0);
+    for (size_t k = 0; k < c.ms.size(); ++k) ratios.push_back(c.ms[k] / cases[c.baseline].ms[k] - 1.0);
     const auto ci = mean_ci(ratios);
     const std::string overhead =
-        c.router == "vanilla" ? "–" : fmt::format("{:+.1f} % ± {:.1f}", 100 * ci.mean, 100 * ci.half_width);
-    out << fmt::format("| {} | {:.2f} | {:.0f} | {} |\n", c.router, median,
-                       static_cast<double>(B / split * split * M) / (median / 1000.0), overhead);
+        c.baseline == i ? "–"
+                        : fmt::format("{:+.1f} % ± {:.1f} vs {}", 100 * ci.mean, 100 * ci.half_width,
+                                      sweep_mode ? label_of(cases[c.baseline], "variant") : cases[c.baseline].label);
+    out << fmt::format("| {} | {:.2f} | {:.0f} | {} |\n", c.label, median,
+                       static_cast<double>(c.tokens()) / (median / 1000.0), overhead);
   }
   if (!args.csv.empty()) {
     std::filesystem::path p(args.csv);
     if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path());
     std::FILE* f = std::fopen(args.csv.c_str(), "w");
     if (!f) throw config::ConfigError(fmt::format("--csv: cannot write {}", args.csv));
-    std::fputs("router,round,step_ms,device,threads\n", f);
+    std::fputs("case,round,step_ms,device,threads\n", f);
     for (const auto& c : cases)
       for (size_t k = 0; k < c.ms.size(); ++k)
-        std::fputs(fmt::format("{},{},{:.4f},{},{}\n", c.router, k, c.ms[k], base.s("run.device"), torch::get_num_threads()).c_str(), f);
+        std::fputs(fmt::format("\"{}\",{},{:.4f},{},{}\n", c.label, k, c.ms[k], base.s("run.device"), torch::get_num_threads()).c_str(), f);
     std::fclose(f);
     out << fmt::format("\nper-round times: {}\n", args.csv);
+  }
+  if (!args.db.empty()) {
+    std::vector<store::BenchCase> rows;
+    for (const auto& c : cases) {
+      store::BenchCase bc;
+      bc.label = c.label;
+      bc.config_hash = c.cfg.hash();
+      bc.config = c.cfg.to_json();
+      bc.tokens_per_step = c.tokens();
+      for (double ms : c.ms) bc.seconds.push_back(ms / 1000.0);
+      rows.push_back(std::move(bc));
+    }
+    store::Store st(args.db);
+    const auto id = st.add_bench_session(args.command, store::this_machine(base.s("run.device")), args.warmup, rows);
+    out << fmt::format("\nstored as bench session {} in {} (reports with overhead columns use it)\n", id, args.db);
   }
   return 0;
 }

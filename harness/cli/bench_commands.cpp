@@ -41,20 +41,33 @@ void add_bench_commands(CLI::App& app, Context& ctx) {
   sinkhorn->callback([sk, &ctx] { ctx.exit_code = bench::run_sinkhorn_bench(*sk, std::cout); });
 
   auto st = std::make_shared<bench::StepBenchArgs>();
-  auto* step = bench->add_subcommand("step", "Training-step time of every router on one model config; overhead vs vanilla");
-  step->add_option("config", st->config, "experiment YAML (model, batch, device)")->required()->check(CLI::ExistingFile);
-  step->add_option("overrides", st->overrides, "key=value overrides");
-  step->add_option("--routers", st->routers, "router groups to time (default: the paper's nine; vanilla is always added)")->delimiter(',');
-  step->add_option("--vocab", st->vocab, "vocabulary size of the synthetic token ids")->capture_default_str()->check(CLI::Range(int64_t{2}, int64_t{1} << 30));
+  auto no_store = std::make_shared<bool>(false);
+  auto* step = bench->add_subcommand(
+      "step", "Training-step time of every router of a config, or every job of a sweep file; overhead vs the baseline; stored in the run store");
+  step->add_option("config", st->config, "experiment YAML (model, batch, device), or a sweep file whose jobs are timed")
+      ->required()->check(CLI::ExistingFile);
+  step->add_option("overrides", st->overrides, "key=value overrides (for every job of a sweep file)");
+  step->add_option("--routers", st->routers, "router groups of a config to time (default: the paper's nine; vanilla is always added)")->delimiter(',');
+  step->add_option("--scale", st->scale, "scale of a sweep file (default: its first)");
+  step->add_option("--where", st->where, "keep the sweep jobs with AXIS=VALUE (repeatable; comma-separated)")->delimiter(',');
+  step->add_option("--vocab", st->vocab, "vocabulary size of the synthetic token ids (default: the data's, built as training would; WikiText-103's 267735 or enwik8's 205 when its files are absent)")
+      ->check(CLI::Range(int64_t{2}, int64_t{1} << 30));
   step->add_option("--threads", st->threads, "intra-op CPU threads (0 = LibTorch default)")->capture_default_str();
   step->add_option("--warmup", st->warmup, "untimed rounds")->capture_default_str();
-  step->add_option("--repeats", st->repeats, "timed rounds (each times every router once)")->capture_default_str()->check(CLI::Range(1, 1000000));
+  step->add_option("--repeats", st->repeats, "timed rounds (each times every case once)")->capture_default_str()->check(CLI::Range(1, 1000000));
   step->add_option("--seed", st->seed, "seed of the weights and token ids")->capture_default_str();
   step->add_option("--csv", st->csv, "also write every round's time as tidy CSV to this file");
+  step->add_option("--db", ctx.db, "run store that keeps the session")->capture_default_str();
+  step->add_flag("--no-store", *no_store, "print only; keep nothing in the run store");
   step->footer("Examples:\n  ssr bench step experiments/demo.yaml model=wt103-medium train.batch_size=48 train.seq_len=512 train.batch_split=2 run.device=cuda\n"
                "  ssr bench step experiments/demo.yaml --vocab 10000 --routers vanilla,sinkhorn,ssr_l --threads 1\n"
-               "  ssr bench step experiments/demo.yaml --csv results/bench/step.csv");
-  step->callback([st, &ctx] { ctx.exit_code = bench::run_step_bench(*st, std::cout); });
+               "  ssr bench step experiments/table1.yaml --scale paper --where model.block=vanilla  # then: make fig4\n"
+               "  ssr bench step experiments/demo.yaml --csv results/bench/step.csv --no-store");
+  step->callback([st, no_store, &ctx] {
+    st->db = *no_store ? "" : ctx.db;
+    for (size_t i = 0; i < ctx.argv.size(); ++i) st->command += (i ? " " : "") + ctx.argv[i];
+    ctx.exit_code = bench::run_step_bench(*st, std::cout);
+  });
 }
 
 }  // namespace ssr::cli

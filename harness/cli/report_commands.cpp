@@ -17,11 +17,13 @@ namespace ssr::cli {
 void add_report_commands(CLI::App& app, Context& ctx) {
   struct Args {
     std::string name, scale, format = "md", out, experiments = std::string(SSR_SOURCE_DIR) + "/experiments";
+    std::vector<std::string> overrides;
     bool list = false;
   };
   auto a = std::make_shared<Args>();
   auto* rep = app.add_subcommand("report", "Rebuild a paper table or figure from the run store");
   rep->add_option("name", a->name, "table1 ... table9, fig2 ... fig5 (--list shows every report)");
+  rep->add_option("overrides", a->overrides, "the key=value overrides the sweep was run with (they are part of each job's hash)");
   rep->add_option("--db", ctx.db, "run store")->capture_default_str();
   rep->add_option("--scale", a->scale, "scale of the experiment's jobs (default: its first, e.g. paper)");
   rep->add_option("--format", a->format, "what to print: md, tex or csv (all are written)")
@@ -34,6 +36,7 @@ void add_report_commands(CLI::App& app, Context& ctx) {
       "  ssr report table1 --scale demo\n"
       "  ssr report table1 --format tex > table1.tex\n"
       "  ssr report fig4 --scale demo && gnuplot results/figures/fig4.gp\n"
+      "  ssr report table1 train.steps=40000   # jobs swept with `ssr sweep experiments/table1.yaml train.steps=40000`\n"
       "  ssr report --list");
   rep->callback([a, &ctx] {
     if (a->list) {
@@ -45,7 +48,7 @@ void add_report_commands(CLI::App& app, Context& ctx) {
     if (!fs::exists(ctx.db)) throw config::ConfigError(fmt::format("--db: {} does not exist (run an experiment first)", ctx.db));
     const std::string file = fs::proximate(analysis::find_report(a->name, a->experiments)).string();
     store::Store store(ctx.db);
-    const auto out = analysis::build(a->name, file, a->scale, store);
+    const auto out = analysis::build(a->name, file, a->scale, a->overrides, store);
     const bool fig = out.kind == "figure";
     const fs::path dir = a->out.empty() ? fs::path(ctx.db).parent_path() / (fig ? "figures" : "tables") : fs::path(a->out);
     fs::create_directories(dir);

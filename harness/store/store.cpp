@@ -13,13 +13,17 @@
 #include <fstream>
 #include <thread>
 
+#ifdef SSR_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#endif
+
 namespace fs = std::filesystem;
 
 namespace ssr::store {
 
 // Versioned migrations: entry i takes the schema from version i to i + 1. Never edit a
 // released entry; append a new one.
-static const std::array<const char*, 1> kMigrations = {R"sql(
+static const std::array<const char*, 2> kMigrations = {R"sql(
 CREATE TABLE sweeps (
   id          INTEGER PRIMARY KEY,
   name        TEXT NOT NULL,
@@ -72,6 +76,37 @@ CREATE TABLE timings (
   seconds  REAL NOT NULL
 );
 CREATE INDEX timings_run ON timings(run_id, phase);
+)sql",
+// 2: `ssr bench step` sessions. A session times its cases round-robin on one machine, so two
+// cases of one session pair round by round; a case's config hash is that of the sweep job (or
+// config) it times, which is how reports find it. Kept apart from runs: a benchmark trains on
+// synthetic tokens and must never count as a job's run.
+R"sql(
+CREATE TABLE bench_sessions (
+  id            INTEGER PRIMARY KEY,
+  command       TEXT NOT NULL,
+  git_rev       TEXT,
+  host          TEXT,
+  device        TEXT,
+  torch_version TEXT,
+  warmup        INTEGER NOT NULL,
+  created_at    REAL NOT NULL
+);
+CREATE TABLE bench_cases (
+  id              INTEGER PRIMARY KEY,
+  session_id      INTEGER NOT NULL REFERENCES bench_sessions(id),
+  label           TEXT NOT NULL,
+  config_hash     TEXT NOT NULL,
+  config_json     TEXT NOT NULL,
+  tokens_per_step INTEGER NOT NULL
+);
+CREATE INDEX bench_cases_hash ON bench_cases(config_hash);
+CREATE TABLE bench_times (
+  case_id  INTEGER NOT NULL REFERENCES bench_cases(id),
+  round    INTEGER NOT NULL,
+  seconds  REAL NOT NULL
+);
+CREATE INDEX bench_times_case ON bench_times(case_id, round);
 )sql"};
 
 double now() {
@@ -180,6 +215,13 @@ RunInfo this_machine(const std::string& device) {
   info.device = device == "cpu"
                     ? fmt::format("cpu: {} ({} threads)", cpu_model(), torch::get_num_threads())
                     : device;
+#ifdef SSR_WITH_CUDA
+  // Reports compare step times only between runs on the same device: name the GPU, not "cuda".
+  if (device == "cuda" && torch::cuda::is_available()) {
+    const auto* p = at::cuda::getCurrentDeviceProperties();
+    info.device = fmt::format("cuda: {} ({:.0f} GiB)", p->name, static_cast<double>(p->totalGlobalMem) / (1 << 30));
+  }
+#endif
   info.torch_version = TORCH_VERSION;
   return info;
 }
@@ -378,6 +420,60 @@ std::vector<Timing> Store::timings(int64_t run) const {
   s.bind(1, run);
   std::vector<Timing> out;
   while (s.step()) out.push_back({s.i64(0), s.text(1), s.f64(2)});
+  return out;
+}
+
+int64_t Store::add_bench_session(const std::string& command, const RunInfo& info, int64_t warmup,
+                                 const std::vector<BenchCase>& cases) {
+  Transaction tx(db_);
+  Stmt s(db_, "INSERT INTO bench_sessions (command, git_rev, host, device, torch_version, warmup, created_at) "
+              "VALUES (?,?,?,?,?,?,?)");
+  s.bind(1, command).bind(2, info.git_rev).bind(3, info.host).bind(4, info.device).bind(5, info.torch_version)
+      .bind(6, warmup).bind(7, now());
+  s.step();
+  const int64_t session = sqlite3_last_insert_rowid(db_);
+  Stmt c(db_, "INSERT INTO bench_cases (session_id, label, config_hash, config_json, tokens_per_step) VALUES (?,?,?,?,?)");
+  Stmt t(db_, "INSERT INTO bench_times (case_id, round, seconds) VALUES (?,?,?)");
+  for (const auto& bc : cases) {
+    c.reset();
+    c.bind(1, session).bind(2, bc.label).bind(3, bc.config_hash).bind(4, bc.config.dump()).bind(5, bc.tokens_per_step);
+    c.step();
+    const int64_t id = sqlite3_last_insert_rowid(db_);
+    for (size_t r = 0; r < bc.seconds.size(); ++r) {
+      t.reset();
+      t.bind(1, id).bind(2, static_cast<int64_t>(r)).bind(3, bc.seconds[r]);
+      t.step();
+    }
+  }
+  tx.commit();
+  return session;
+}
+
+std::vector<BenchCase> Store::bench_cases(const std::string& config_hash) const {
+  Stmt s(db_,
+         "SELECT c.id, c.session_id, c.label, c.config_hash, c.config_json, c.tokens_per_step, s.git_rev, s.host, "
+         "s.device, s.torch_version, s.created_at FROM bench_cases c JOIN bench_sessions s ON s.id = c.session_id "
+         "WHERE c.config_hash=? ORDER BY c.session_id DESC, c.id DESC");
+  s.bind(1, config_hash);
+  std::vector<BenchCase> out;
+  while (s.step()) {
+    BenchCase bc;
+    bc.id = s.i64(0);
+    bc.session = s.i64(1);
+    bc.label = s.text(2);
+    bc.config_hash = s.text(3);
+    bc.config = json::parse(s.text(4));
+    bc.tokens_per_step = s.i64(5);
+    bc.info = RunInfo{s.text(6), s.text(7), s.text(8), s.text(9), 1, ""};
+    bc.created_at = s.f64(10);
+    out.push_back(std::move(bc));
+  }
+  Stmt t(db_, "SELECT seconds FROM bench_times WHERE case_id=? ORDER BY round");
+  for (auto& bc : out) {
+    t.reset();
+    t.bind(1, bc.id);
+    while (t.step()) bc.seconds.push_back(t.f64(0));
+  }
   return out;
 }
 

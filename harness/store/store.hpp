@@ -60,6 +60,18 @@ struct Timing {
   double seconds;
 };
 
+// One config timed by `ssr bench step`: its per-round step times and the session's machine.
+struct BenchCase {
+  int64_t id = 0, session = 0;  // assigned by the store
+  std::string label;            // the router group, or the sweep job's description
+  std::string config_hash;
+  json config;
+  int64_t tokens_per_step = 0;
+  std::vector<double> seconds;  // one per timed round, in round order
+  RunInfo info;                 // the session's machine
+  double created_at = 0;
+};
+
 struct Sweep {
   int64_t id = 0;
   std::string name;
@@ -123,6 +135,13 @@ class Store {
   // Back to queued: running jobs whose heartbeat is older than stale_after seconds, and failed
   // jobs if `failed`. Returns how many.
   int64_t requeue(int64_t sweep, double stale_after, bool failed);
+
+  // ---- benchmarks
+  // A bench session and all its cases, in one transaction; returns the session id.
+  int64_t add_bench_session(const std::string& command, const RunInfo& info, int64_t warmup,
+                            const std::vector<BenchCase>& cases);
+  // Every stored case with this config hash, newest session first.
+  std::vector<BenchCase> bench_cases(const std::string& config_hash) const;
 
   sqlite3* handle() const { return db_; }
 

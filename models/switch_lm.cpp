@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <limits>
 
 namespace ssr::models {
 
@@ -107,10 +108,10 @@ torch::Tensor unskew(const torch::Tensor& x, int64_t span) {
   return padded.view(shape).narrow(-1, 0, span);  // (..., M, L)
 }
 
-torch::Tensor skew(const torch::Tensor& p) {
+torch::Tensor skew(const torch::Tensor& p, double fill) {
   const int64_t m = p.size(-2), span = p.size(-1), total = span + m;
   auto lead = p.sizes().slice(0, p.dim() - 2).vec();
-  auto padded = torch::constant_pad_nd(p, {0, m + 1});  // (..., M, L+M+1)
+  auto padded = torch::constant_pad_nd(p, {0, m + 1}, fill);  // (..., M, L+M+1)
   auto flat_shape = lead;
   flat_shape.push_back(m * (total + 1));
   auto shape = lead;
@@ -119,8 +120,8 @@ torch::Tensor skew(const torch::Tensor& p) {
   return padded.reshape(flat_shape).narrow(-1, 0, m * total).view(shape);  // (..., M, L+M)
 }
 
-SeqAttentionImpl::SeqAttentionImpl(int64_t d_model, int64_t n_heads, int64_t span, double dropout)
-    : n_heads_(n_heads), head_dim_(d_model / n_heads), span_(span), dropout_(dropout) {
+SeqAttentionImpl::SeqAttentionImpl(int64_t d_model, int64_t n_heads, int64_t span, double dropout, bool sdpa)
+    : n_heads_(n_heads), head_dim_(d_model / n_heads), span_(span), dropout_(dropout), sdpa_(sdpa) {
   auto lin = [&](const char* name) {
     return register_module(name, torch::nn::Linear(torch::nn::LinearOptions(d_model, d_model).bias(false)));
   };
@@ -142,6 +143,13 @@ torch::Tensor SeqAttentionImpl::forward(const torch::Tensor& h, const torch::Ten
   auto kh = heads(k->forward(full), total);  // (streams, H, L+M, dh)
   auto vh = heads(v->forward(full), total);  // (streams, H, L+M, dh)
 
+  if (sdpa_) {
+    // Outside the band the mask is -inf, so the softmax over the L+M keys is the one over the L.
+    auto mask = skew(torch::matmul(qh, key_pe), -std::numeric_limits<double>::infinity());  // (streams, H, M, L+M)
+    auto ctx = at::scaled_dot_product_attention(qh, kh, vh, mask, is_training() ? dropout_ : 0.0, false,
+                                                1.0);  // (streams, H, M, dh)
+    return o->forward(ctx.transpose(1, 2).reshape({b, m, d}));  // (streams, M, d_model)
+  }
   auto content = unskew(torch::matmul(qh, kh.transpose(-1, -2)), span_);  // (streams, H, M, L)
   auto probs = (content + torch::matmul(qh, key_pe)).softmax(-1);          // (streams, H, M, L)
   probs = dropout(probs, dropout_, is_training(), gen);
@@ -155,7 +163,8 @@ LayerImpl::LayerImpl(const config::Config& cfg)
       gamma_(cfg.f("model.gamma")),
       dropout_(cfg.f("model.dropout")) {
   const int64_t d = cfg.i("model.d_model");
-  attn = register_module("attn", SeqAttention(d, cfg.i("model.n_heads"), cfg.i("model.attn_span"), dropout_));
+  attn = register_module("attn", SeqAttention(d, cfg.i("model.n_heads"), cfg.i("model.attn_span"), dropout_,
+                                               cfg.s("model.attn_impl") == "sdpa"));
   auto ln = [&](const char* name) {
     return register_module(name, torch::nn::LayerNorm(torch::nn::LayerNormOptions({d}).eps(1e-5)));
   };

@@ -43,14 +43,18 @@ torch::Tensor chunked_nll_sum(const torch::Tensor& h, const torch::Tensor& weigh
 // index L+i in cat(cache, h)) attends to concatenated indices i .. i+L-1, i.e. exactly the L
 // previous positions, excluding itself. x (..., M, L+M) -> (..., M, L) with out[i][j] = x[i][i+j].
 torch::Tensor unskew(const torch::Tensor& x, int64_t span);
-// Inverse placement: p (..., M, L) -> (..., M, L+M) with out[i][i+j] = p[i][j], zeros elsewhere.
-torch::Tensor skew(const torch::Tensor& p);
+// Inverse placement: p (..., M, L) -> (..., M, L+M) with out[i][i+j] = p[i][j], `fill` elsewhere.
+torch::Tensor skew(const torch::Tensor& p, double fill = 0);
 
 // Multi-head attention over the L previous positions with the shared relative position tensor
 // key_pe (1, head_dim, L): score(i, j) = q_i . (k_{i+j} + key_pe[:, j]) / sqrt(head_dim).
+// `sdpa` (model.attn_impl=sdpa): the same attention as one scaled_dot_product_attention over the
+// L+M keys, the band and the position term folded into its additive mask, so a fused kernel
+// (memory-efficient attention on CUDA) does softmax, dropout and the value product; its dropout
+// draws from torch's default generator instead of `gen`.
 class SeqAttentionImpl : public torch::nn::Module {
  public:
-  SeqAttentionImpl(int64_t d_model, int64_t n_heads, int64_t span, double dropout);
+  SeqAttentionImpl(int64_t d_model, int64_t n_heads, int64_t span, double dropout, bool sdpa = false);
   // h (streams, M, d_model), cache (streams, L, d_model), key_pe (1, head_dim, L)
   // -> (streams, M, d_model)
   torch::Tensor forward(const torch::Tensor& h, const torch::Tensor& cache, const torch::Tensor& key_pe,
@@ -61,6 +65,7 @@ class SeqAttentionImpl : public torch::nn::Module {
  private:
   int64_t n_heads_, head_dim_, span_;
   double dropout_;
+  bool sdpa_;
 };
 TORCH_MODULE(SeqAttention);
 

@@ -127,6 +127,119 @@ TEST_CASE("attention equals a naive per-query loop over the L previous positions
   }
 }
 
+namespace {
+// The same weights in both attention implementations; gradients of inputs and weights collected.
+struct AttnGrads {
+  torch::Tensor out;
+  std::vector<torch::Tensor> grads;  // h, cache, key_pe, then q, k, v, o weights
+};
+AttnGrads attn_grads(models::SeqAttention& attn, const torch::Tensor& h0, const torch::Tensor& cache0,
+                     const torch::Tensor& pe0, const torch::Tensor& upstream) {
+  auto h = h0.clone().requires_grad_(), cache = cache0.clone().requires_grad_(), pe = pe0.clone().requires_grad_();
+  auto gen = cpu_gen(1);
+  attn->zero_grad();
+  auto out = attn->forward(h, cache, pe, gen);  // (streams, M, d)
+  (out * upstream).sum().backward();
+  AttnGrads g{out.detach(), {h.grad(), cache.grad(), pe.grad()}};
+  for (auto* lin : {&attn->q, &attn->k, &attn->v, &attn->o}) g.grads.push_back((*lin)->weight.grad().clone());
+  return g;
+}
+}  // namespace
+
+TEST_CASE("attn_impl=sdpa computes the reference attention and its gradients", "[model][attention]") {
+  struct Row {
+    int64_t streams, m, span, d, heads;
+    double tol;
+  };
+  const std::vector<Row> rows = {
+      {2, 5, 7, 16, 4, 1e-5}, {1, 6, 3, 8, 2, 1e-5}, {3, 16, 32, 32, 4, 1e-5}, {2, 1, 5, 16, 1, 1e-5}, {1, 32, 8, 16, 2, 1e-5},
+  };
+  for (const auto& r : rows) {
+    INFO("streams " << r.streams << " M " << r.m << " L " << r.span << " d " << r.d << " heads " << r.heads);
+    torch::manual_seed(5);
+    models::SeqAttention ref(r.d, r.heads, r.span, 0.1, false), fused(r.d, r.heads, r.span, 0.1, true);
+    {
+      torch::NoGradGuard no_grad;
+      for (auto& p : fused->named_parameters()) p.value().copy_(ref->named_parameters()[p.key()]);
+    }
+    ref->eval();
+    fused->eval();
+    auto h = torch::randn({r.streams, r.m, r.d});              // (streams, M, d)
+    auto cache = torch::randn({r.streams, r.span, r.d});       // (streams, L, d)
+    auto pe = torch::randn({1, r.d / r.heads, r.span});        // (1, dh, L)
+    auto upstream = torch::randn({r.streams, r.m, r.d});       // (streams, M, d)
+    const auto a = attn_grads(ref, h, cache, pe, upstream), b = attn_grads(fused, h, cache, pe, upstream);
+    CHECK(close(a.out, b.out, r.tol));
+    for (size_t i = 0; i < a.grads.size(); ++i) {
+      INFO("gradient " << i);
+      CHECK(close(a.grads[i], b.grads[i], r.tol));
+    }
+  }
+  // The whole LM without dropout: the same losses over two segments (the caches carry).
+  auto lm_losses = [](const std::string& impl) {
+    torch::manual_seed(4);
+    SwitchLM lm(tiny({"model.dropout=0", "model.attn_impl=" + impl}), 30);
+    auto gen = cpu_gen(4);
+    auto tokens = torch::randint(30, {2, 16}, gen, torch::kInt64);  // (streams, M)
+    auto state = lm->initial_state(2);
+    std::vector<double> v;
+    for (int step = 0; step < 2; ++step) v.push_back(lm->forward(tokens, tokens, state, gen).nll.item<double>());
+    return v;
+  };
+  const auto ref = lm_losses("reference"), fused = lm_losses("sdpa");
+  CHECK(fused[0] == Approx(ref[0]).epsilon(1e-6));
+  CHECK(fused[1] == Approx(ref[1]).epsilon(1e-6));
+}
+
+TEST_CASE("attn_impl=sdpa dropout keeps the attention's expectation", "[model][attention]") {
+  // Dropout of the attention probabilities scaled by 1/(1-p) is unbiased: the mean of many training
+  // forwards is the eval forward, per element within 5 standard errors.
+  torch::manual_seed(6);
+  const int64_t d = 8, span = 6, m = 4;
+  models::SeqAttention attn(d, 2, span, 0.5, true);
+  auto h = torch::randn({1, m, d}), cache = torch::randn({1, span, d}), pe = torch::randn({1, d / 2, span});
+  auto gen = cpu_gen(1);
+  torch::NoGradGuard no_grad;
+  attn->eval();
+  auto want = attn->forward(h, cache, pe, gen);  // (1, M, d)
+  attn->train();
+  const int n = 4000;
+  std::vector<torch::Tensor> draws;
+  for (int i = 0; i < n; ++i) draws.push_back(attn->forward(h, cache, pe, gen));
+  auto all = torch::stack(draws);  // (n, 1, M, d)
+  auto mean = all.mean(0), se = all.std(0) / std::sqrt(static_cast<double>(n));
+  CHECK(se.min().item<double>() > 0);  // dropout is applied
+  CHECK(((mean - want).abs() <= 5 * se).all().item<bool>());
+}
+
+#ifdef SSR_WITH_CUDA
+TEST_CASE("cuda: attn_impl=sdpa on the GPU matches the CPU reference attention and gradients", "[model][attention][cuda]") {
+  if (!torch::cuda::is_available()) {
+    WARN("no CUDA device here: the fused attention was compiled, not run");
+    return;
+  }
+  torch::manual_seed(7);
+  const int64_t d = 64, heads = 4, span = 64, m = 32;
+  models::SeqAttention ref(d, heads, span, 0.1, false), fused(d, heads, span, 0.1, true);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : fused->named_parameters()) p.value().copy_(ref->named_parameters()[p.key()]);
+  }
+  ref->eval();
+  fused->eval();
+  fused->to(torch::kCUDA);
+  auto h = torch::randn({2, m, d}), cache = torch::randn({2, span, d}), pe = torch::randn({1, d / heads, span});
+  auto upstream = torch::randn({2, m, d});
+  const auto a = attn_grads(ref, h, cache, pe, upstream);
+  const auto b = attn_grads(fused, h.cuda(), cache.cuda(), pe.cuda(), upstream.cuda());
+  CHECK(close(a.out, b.out.cpu(), 1e-4));
+  for (size_t i = 0; i < a.grads.size(); ++i) {
+    INFO("gradient " << i);
+    CHECK(close(a.grads[i], b.grads[i].cpu(), 1e-4));
+  }
+}
+#endif
+
 TEST_CASE("MoE dispatch by sorting equals every expert on every token", "[model][moe]") {
   struct Row { std::string init, impl; int64_t experts, tokens; };
   // 16 experts for 3 tokens leaves most experts empty: empty groups must work in both paths.

@@ -137,8 +137,11 @@ TEST_CASE("a run killed mid-training keeps its rows and shows as stale", "[train
 }
 
 TEST_CASE("a killed run resumed from its checkpoint repeats the uninterrupted losses", "[train]") {
-  const auto db_a = temp_db("resume_a.db"), db_b = temp_db("resume_b.db");
-  const std::string args = kSmall + " train.steps=30 run.log_every=1 router=ssr_l router.p=0.3";
+  // The fused attention draws its dropout from torch's default generator, which checkpoints keep too.
+  const std::string impl = GENERATE(as<std::string>{}, "reference", "sdpa");
+  INFO("model.attn_impl=" << impl);
+  const auto db_a = temp_db("resume_a_" + impl + ".db"), db_b = temp_db("resume_b_" + impl + ".db");
+  const std::string args = kSmall + " train.steps=30 run.log_every=1 router=ssr_l router.p=0.3 model.attn_impl=" + impl;
   auto a = run(fmt::format("train {} {} --db {} --quiet", kDemo, args, db_a));
   INFO(a.out);
   REQUIRE(a.code == 0);

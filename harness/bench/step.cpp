@@ -235,7 +235,8 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
     const std::string overhead =
         c.baseline == i ? "–"
                         : fmt::format("{:+.1f} % ± {:.1f} vs {}", 100 * ci.mean, 100 * ci.half_width,
-                                      sweep_mode ? label_of(cases[c.baseline], "variant") : cases[c.baseline].label);
+                                      label_of(cases[c.baseline], "variant").empty() ? cases[c.baseline].label
+                                                                                   : label_of(cases[c.baseline], "variant"));
     out << fmt::format("| {} | {:.2f} | {:.0f} | {} |\n", c.label, median,
                        static_cast<double>(c.tokens()) / (median / 1000.0), overhead);
   }

@@ -98,6 +98,7 @@ std::vector<Key> build() {
       I("model.top_k", 2, 1, 64, "experts per token"),
       F("model.dropout", 0.1, 0, 1, "dropout on attention probabilities, inside experts, on the SMoE output (swin_moe: inside experts only, Tutel's MOE_DROP)"),
       I("model.attn_span", 1024, 1, 1 << 20, "tokens each query attends to (previous positions, via cache)"),
+      C("model.attn_impl", "reference", {"reference", "sdpa"}, "attention compute: the reference's unskewed band, or one scaled_dot_product_attention with the band and position term as its mask (fused on CUDA; same function, dropout drawn from torch's default generator)", false),
       C("model.block", "vanilla", {"vanilla", "momentum"}, "SMoE block: vanilla residual or heavy-ball momentum (MomentumSMoE)"),
       F("model.mu", 0.7, 0, 1, "momentum coefficient of the heavy-ball block"),
       F("model.gamma", 1.0, 0, 10, "step size of the heavy-ball block"),

@@ -49,7 +49,7 @@ void add_bench_commands(CLI::App& app, Context& ctx) {
   step->add_option("overrides", st->overrides, "key=value overrides (for every job of a sweep file)");
   step->add_option("--routers", st->routers, "router groups of a config to time (default: the paper's nine; vanilla is always added)")->delimiter(',');
   step->add_option("--scale", st->scale, "scale of a sweep file (default: its first)");
-  step->add_option("--where", st->where, "keep the sweep jobs with AXIS=VALUE (repeatable; comma-separated)")->delimiter(',');
+  step->add_option("--where", st->where, "keep the sweep jobs with AXIS=VALUE (repeatable or comma-separated; all must hold)")->delimiter(',');
   step->add_option("--vocab", st->vocab, "vocabulary size of the synthetic token ids (default: the data's, built as training would; WikiText-103's 267735 or enwik8's 205 when its files are absent)")
       ->check(CLI::Range(int64_t{2}, int64_t{1} << 30));
   step->add_option("--threads", st->threads, "intra-op CPU threads (0 = LibTorch default)")->capture_default_str();

@@ -169,16 +169,8 @@ bool matches_where(const JobRun& jr, const json& spec) {
 
 // The job of the baseline row that pairs with `jr`: same labels except the row axis.
 const JobRun* baseline_of(const Data& d, const JobRun& jr, const std::string& row_axis, const std::string& baseline) {
-  for (const auto& b : d.jobs) {
-    if (b.job->label(row_axis) != baseline) continue;
-    bool same = true;
-    for (const auto& [k, v] : jr.job->labels) {
-      if (k == row_axis) continue;
-      const auto bv = b.job->label(k);
-      if (!bv.empty() && bv != v) same = false;
-    }
-    if (same) return &b;
-  }
+  for (const auto& b : d.jobs)
+    if (jr.job->pairs_with(*b.job, row_axis, baseline)) return &b;
   return nullptr;
 }
 

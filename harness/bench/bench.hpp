@@ -62,12 +62,5 @@ struct StepBenchArgs {
 };
 // `ssr bench step`: training-step time of every case, overhead vs its baseline with a 95 % CI.
 int run_step_bench(const StepBenchArgs& args, std::ostream& out);
-// A sweep file (base:, variants:, grid:, scales:, seeds: or random: at the top) rather than a run config.
-bool is_sweep_file(const std::string& file);
-
-struct MeanCI {
-  double mean = 0, half_width = 0;  // mean +- half_width is the 95 % t-interval
-};
-MeanCI mean_ci(const std::vector<double>& x);
 
 }  // namespace ssr::bench

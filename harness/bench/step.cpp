@@ -6,7 +6,6 @@
 // the overhead columns and figures of `ssr report` use it for the sweep's jobs.
 #include <fmt/format.h>
 #include <torch/torch.h>
-#include <yaml-cpp/yaml.h>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <algorithm>
@@ -15,6 +14,7 @@
 #include <filesystem>
 #include <ostream>
 
+#include "analysis/report.hpp"
 #include "harness/bench/bench.hpp"
 #include "harness/config/config.hpp"
 #include "harness/data/corpus.hpp"
@@ -28,33 +28,20 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Two-sided 95 % Student t quantiles for df = 1..30; the normal quantile beyond.
-double t95(int64_t df) {
-  static const double q[] = {12.706, 4.303, 2.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-                             2.201,  2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-                             2.080,  2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042};
-  if (df < 1) return NAN;
-  return df <= 30 ? q[df - 1] : 1.960;
-}
-
 struct Case {
-  std::string label;                                        // router group or sweep job description
-  std::vector<std::pair<std::string, std::string>> labels;  // sweep axes (empty in config mode)
-  config::Config cfg;
+  std::string label;  // router group or sweep job description
+  sweep::Job job;     // its labels (none in config mode) and resolved config
+  const config::Config& cfg() const { return job.config; }
   size_t baseline = 0;  // index of the case its overhead is measured against
   models::SwitchLM model{nullptr};
   std::unique_ptr<torch::optim::Adam> opt;
   std::vector<models::LMState> states;
   torch::Tensor inputs, targets;  // (streams per micro-batch, seq_len)
   std::vector<double> ms;         // one per timed round
-  int64_t tokens() const { return cfg.i("train.batch_size") / cfg.i("train.batch_split") * cfg.i("train.batch_split") * cfg.i("train.seq_len"); }
+  int64_t tokens() const {
+    return cfg().i("train.batch_size") / cfg().i("train.batch_split") * cfg().i("train.batch_split") * cfg().i("train.seq_len");
+  }
 };
-
-std::string label_of(const Case& c, const std::string& axis) {
-  for (const auto& [k, v] : c.labels)
-    if (k == axis) return v;
-  return "";
-}
 
 // Sweep mode: the jobs of a sweep file (optionally filtered by axis=value), each paired with the
 // job that has the same labels but the file's first variant, as `ssr report` pairs them.
@@ -73,20 +60,15 @@ std::vector<Case> sweep_cases(const StepBenchArgs& args) {
   std::vector<Case> cases;
   for (const auto& j : spec.jobs) {
     if (std::any_of(where.begin(), where.end(), [&](const auto& kv) { return j.label(kv.first) != kv.second; })) continue;
-    cases.push_back(Case{j.describe(), j.labels, j.config});
+    cases.push_back(Case{j.describe(), j});
   }
   if (cases.empty()) throw config::ConfigError(fmt::format("--where: no job of {} matches", args.config));
   const std::string base_variant = spec.jobs.front().label("variant");
   for (size_t i = 0; i < cases.size(); ++i) {
     if (base_variant.empty()) break;  // no variant axis: everything against the first job
     bool found = false;
-    for (size_t b = 0; b < cases.size() && !found; ++b) {
-      if (label_of(cases[b], "variant") != base_variant) continue;
-      bool same = true;
-      for (const auto& [k, v] : cases[i].labels)
-        if (k != "variant" && label_of(cases[b], k) != v) same = false;
-      if (same) cases[i].baseline = b, found = true;
-    }
+    for (size_t b = 0; b < cases.size() && !found; ++b)
+      if (cases[i].job.pairs_with(cases[b].job, "variant", base_variant)) cases[i].baseline = b, found = true;
     if (!found)
       throw config::ConfigError(fmt::format("--where: job {} has no {} job to compare with; keep variant={} in the selection",
                                             cases[i].label, base_variant, base_variant));
@@ -102,7 +84,9 @@ std::vector<Case> router_cases(const StepBenchArgs& args) {
   for (const auto& r : routers) {
     auto overrides = args.overrides;
     overrides.push_back("router=" + r);
-    cases.push_back(Case{r, {}, config::resolve(args.config, overrides)});
+    sweep::Job job;
+    job.config = config::resolve(args.config, overrides);
+    cases.push_back(Case{r, job});
   }
   // vanilla first: every router is measured against it
   std::stable_partition(cases.begin(), cases.end(), [](const Case& c) { return c.label == "vanilla"; });
@@ -124,45 +108,23 @@ std::pair<int64_t, std::string> data_vocab(const config::Config& cfg) {
 
 }  // namespace
 
-bool is_sweep_file(const std::string& file) {
-  const auto tree = config::load_yaml(file, "config or sweep file");
-  if (!tree.IsMap()) return false;
-  for (const char* k : {"base", "variants", "grid", "scales", "seeds", "random"})
-    if (tree[k]) return true;
-  return false;
-}
-
-MeanCI mean_ci(const std::vector<double>& x) {
-  MeanCI r;
-  const auto n = static_cast<int64_t>(x.size());
-  if (n == 0) return r;
-  double sum = 0;
-  for (double v : x) sum += v;
-  r.mean = sum / static_cast<double>(n);
-  if (n < 2) return r;
-  double ss = 0;
-  for (double v : x) ss += (v - r.mean) * (v - r.mean);
-  r.half_width = t95(n - 1) * std::sqrt(ss / static_cast<double>(n - 1)) / std::sqrt(static_cast<double>(n));
-  return r;
-}
-
 int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
   if (args.threads > 0) torch::set_num_threads(args.threads);
-  const bool sweep_mode = is_sweep_file(args.config);
+  const bool sweep_mode = config::is_sweep_file(args.config);
   if (!sweep_mode && (!args.scale.empty() || !args.where.empty()))
     throw config::ConfigError(fmt::format("--scale/--where: {} is a run config, not a sweep file", args.config));
   if (sweep_mode && !args.routers.empty())
     throw config::ConfigError(fmt::format("--routers: {} is a sweep file; its variants are the cases (filter with --where)", args.config));
   std::vector<Case> cases = sweep_mode ? sweep_cases(args) : router_cases(args);
 
-  const auto& base = cases.front().cfg;
+  const auto& base = cases.front().cfg();
   for (const auto& c : cases) {
-    if (c.cfg.s("model.arch") != "switch_lm")
-      throw config::ConfigError(fmt::format("model.arch: {} ({}): bench step times the language model only", c.cfg.s("model.arch"), c.label));
-    if (c.cfg.s("run.device") != base.s("run.device"))
+    if (c.cfg().s("model.arch") != "switch_lm")
+      throw config::ConfigError(fmt::format("model.arch: {} ({}): bench step times the language model only", c.cfg().s("model.arch"), c.label));
+    if (c.cfg().s("run.device") != base.s("run.device"))
       throw config::ConfigError(fmt::format("run.device: {} has {}, {} has {}: one bench times one device", cases.front().label,
-                                            base.s("run.device"), c.label, c.cfg.s("run.device")));
-    if (c.cfg.i("train.batch_split") > c.cfg.i("train.batch_size"))
+                                            base.s("run.device"), c.label, c.cfg().s("run.device")));
+    if (c.cfg().i("train.batch_split") > c.cfg().i("train.batch_size"))
       throw config::ConfigError(fmt::format("train.batch_split: more micro-batches than train.batch_size streams ({})", c.label));
   }
   const torch::Device device(base.s("run.device") == "cuda" ? torch::kCUDA : torch::kCPU);
@@ -176,10 +138,10 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
   torch::Generator gen = at::make_generator<at::CPUGeneratorImpl>(args.seed);
   for (auto& c : cases) {
     torch::manual_seed(args.seed);
-    c.model = models::SwitchLM(c.cfg, vocab);
+    c.model = models::SwitchLM(c.cfg(), vocab);
     c.model->to(device);
-    c.opt = std::make_unique<torch::optim::Adam>(c.model->parameters(), torch::optim::AdamOptions(c.cfg.f("train.lr")));
-    const int64_t split = c.cfg.i("train.batch_split"), streams = c.cfg.i("train.batch_size") / split, M = c.cfg.i("train.seq_len");
+    c.opt = std::make_unique<torch::optim::Adam>(c.model->parameters(), torch::optim::AdamOptions(c.cfg().f("train.lr")));
+    const int64_t split = c.cfg().i("train.batch_split"), streams = c.cfg().i("train.batch_size") / split, M = c.cfg().i("train.seq_len");
     for (int64_t j = 0; j < split; ++j) c.states.push_back(c.model->initial_state(streams));
     for (auto& s : c.states)
       for (auto& t : s.cache) t = t.to(device);
@@ -189,11 +151,11 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
   }
   auto step = [&](Case& c) {
     c.opt->zero_grad();
-    const auto split = static_cast<double>(c.cfg.i("train.batch_split"));
+    const auto split = static_cast<double>(c.cfg().i("train.batch_split"));
     for (auto& s : c.states) {
       models::LMOutput o;
       {
-        models::AutocastGuard autocast(device, c.cfg.s("train.precision") == "bf16");
+        models::AutocastGuard autocast(device, c.cfg().s("train.precision") == "bf16");
         o = c.model->forward(c.inputs, c.targets, s, gen);
       }
       ((o.nll + o.aux) / split).backward();
@@ -231,12 +193,12 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
     const double median = sorted[sorted.size() / 2];
     std::vector<double> ratios;
     for (size_t k = 0; k < c.ms.size(); ++k) ratios.push_back(c.ms[k] / cases[c.baseline].ms[k] - 1.0);
-    const auto ci = mean_ci(ratios);
+    const auto ci = analysis::estimate(ratios);
     const std::string overhead =
         c.baseline == i ? "–"
-                        : fmt::format("{:+.1f} % ± {:.1f} vs {}", 100 * ci.mean, 100 * ci.half_width,
-                                      label_of(cases[c.baseline], "variant").empty() ? cases[c.baseline].label
-                                                                                   : label_of(cases[c.baseline], "variant"));
+                        : fmt::format("{:+.1f} % ± {:.1f} vs {}", 100 * ci.mean, 100 * ci.ci,
+                                      cases[c.baseline].job.label("variant").empty() ? cases[c.baseline].label
+                                                                                     : cases[c.baseline].job.label("variant"));
     out << fmt::format("| {} | {:.2f} | {:.0f} | {} |\n", c.label, median,
                        static_cast<double>(c.tokens()) / (median / 1000.0), overhead);
   }
@@ -257,8 +219,8 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
     for (const auto& c : cases) {
       store::BenchCase bc;
       bc.label = c.label;
-      bc.config_hash = c.cfg.hash();
-      bc.config = c.cfg.to_json();
+      bc.config_hash = c.cfg().hash();
+      bc.config = c.cfg().to_json();
       bc.tokens_per_step = c.tokens();
       for (double ms : c.ms) bc.seconds.push_back(ms / 1000.0);
       rows.push_back(std::move(bc));

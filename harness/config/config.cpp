@@ -416,16 +416,24 @@ void apply_overrides(Config& cfg, const std::vector<std::string>& overrides,
   }
 }
 
+const char* sweep_key(const json& tree) {
+  if (!tree.is_object()) return nullptr;
+  for (const char* k : {"base", "variants", "grid", "scales", "seeds", "random"})
+    if (tree.contains(k)) return k;
+  return nullptr;
+}
+
+bool is_sweep_file(const std::string& path) { return sweep_key(yaml_to_json(load_yaml(path, "config or sweep file"))) != nullptr; }
+
 Config resolve(const std::string& config_file, const std::vector<std::string>& overrides) {
   Config cfg;
   const auto search = search_path(config_file);
   json tree = yaml_to_json(load_yaml(config_file));
   if (tree.is_null()) tree = json::object();
   if (!tree.is_object()) throw ConfigError(fmt::format("{}: expected a map of keys", config_file));
-  for (const char* k : {"base", "variants", "grid", "scales", "seeds", "random"})
-    if (tree.contains(k))
-      throw ConfigError(fmt::format("{} is a sweep file ({}:), not a run config: run it with `ssr sweep {}`", config_file, k,
-                                    config_file));
+  if (const char* k = sweep_key(tree))
+    throw ConfigError(fmt::format("{} is a sweep file ({}:), not a run config: run it with `ssr sweep {}`", config_file, k,
+                                  config_file));
 
   // Groups named on the command line replace the file's defaults.
   std::map<std::string, std::string> chosen;

@@ -88,6 +88,11 @@ YAML::Node load_yaml(const std::string& path, const std::string& what = "config 
 // YAML to JSON with every scalar kept a string: the schema decides the types.
 json yaml_to_json(const YAML::Node& node);
 
+// The first top-level key that makes a file a sweep file (base:, variants:, grid:, scales:, seeds:,
+// random:), or nullptr for a run config.
+const char* sweep_key(const json& tree);
+bool is_sweep_file(const std::string& path);
+
 // Resolves CONFIG.yaml plus `key=value` overrides. Throws ConfigError on any bad input.
 Config resolve(const std::string& config_file, const std::vector<std::string>& overrides);
 // Applies overrides to an already resolved config (sweeps add their axis values this way).

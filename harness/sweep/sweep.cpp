@@ -143,6 +143,16 @@ std::string Job::label(const std::string& axis) const {
   return "";
 }
 
+bool Job::pairs_with(const Job& base, const std::string& axis, const std::string& value) const {
+  if (base.label(axis) != value) return false;
+  for (const auto& [k, v] : labels) {
+    if (k == axis) continue;
+    const auto bv = base.label(k);
+    if (!bv.empty() && bv != v) return false;
+  }
+  return true;
+}
+
 std::string Job::describe() const {
   std::string s;
   for (const auto& [k, v] : labels) s += (s.empty() ? "" : " ") + k + "=" + v;

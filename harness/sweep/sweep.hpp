@@ -40,6 +40,9 @@ struct Job {
   config::Config config;  // resolved
   std::string label(const std::string& axis) const;  // "" when the job has no such axis
   std::string describe() const;                      // "variant=lb model.block=momentum"
+  // Whether `base` is this job's baseline: `axis` = `value`, every other label equal (or absent
+  // from base, e.g. a variant crossed only with seeds). Reports and `ssr bench step` pair by this.
+  bool pairs_with(const Job& base, const std::string& axis, const std::string& value) const;
 };
 
 struct Spec {

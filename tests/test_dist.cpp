@@ -279,6 +279,71 @@ TEST_CASE("distributed input errors stop before any rank starts, with one line",
   CHECK(s.runs().empty());
 }
 
+// One GPU allows no second rank, so a group of one is where NCCL is checked: every collective
+// the trainer calls, on the GPU, must leave one rank's values as they are. The Gloo case runs the
+// same checks everywhere, so the test itself is exercised on machines without a GPU.
+TEST_CASE("a group of one rank runs every collective of the trainer, on Gloo and on NCCL", "[dist][cuda]") {
+  const std::string backend = GENERATE(as<std::string>{}, "gloo", "nccl");
+  INFO("backend " << backend);
+  torch::Device device = torch::kCPU;
+  if (backend == "nccl") {
+#ifdef SSR_WITH_CUDA
+    if (!torch::cuda::is_available()) {
+      WARN("no CUDA device here: the NCCL group was compiled, not run");
+      return;
+    }
+    device = torch::Device(torch::kCUDA, 0);
+#else
+    SUCCEED("a build without CUDA has no NCCL");
+    return;
+#endif
+  }
+  ssr::dist::Env env;
+  env.master_addr = "127.0.0.1";
+  env.master_port = 0;  // the store picks a free port: no other rank has to find it
+  ssr::dist::Group g(env, backend, device, 60);
+  CHECK(g.world() == 1);
+  CHECK(g.backend() == backend);
+  const auto on = torch::TensorOptions().device(device);
+  torch::manual_seed(11);
+
+  std::vector<torch::Tensor> ts{torch::randn({5, 3}, on), torch::randn({7}, on)};  // (5, 3), (7)
+  const auto t0 = ts[0].clone(), t1 = ts[1].clone();
+  g.broadcast(ts);
+  CHECK(ts[0].equal(t0));
+  CHECK(ts[1].equal(t1));
+
+  // Three 2.4 MB gradients fill more than one 4 MB bucket; `unused` has no gradient on any rank.
+  std::vector<torch::Tensor> params;
+  for (int i = 0; i < 3; ++i) params.push_back(torch::randn({600, 1000}, on.requires_grad(true)));  // (600, 1000)
+  auto unused = torch::randn({3}, on.requires_grad(true));                                            // (3)
+  params.push_back(unused);
+  torch::Tensor loss = torch::zeros({}, on);
+  for (int i = 0; i < 3; ++i) loss = loss + (params[i] * params[i]).sum() * (i + 1);
+  loss.backward();
+  std::vector<torch::Tensor> want;
+  for (int i = 0; i < 3; ++i) want.push_back(params[i].grad().clone());
+  g.average_gradients(params);
+  for (int i = 0; i < 3; ++i) CHECK(params[i].grad().equal(want[i]));
+  CHECK(!unused.grad().defined());
+
+  CHECK(g.sum({1.5, -2.25, 1e300}) == std::vector<double>{1.5, -2.25, 1e300});
+  const auto x = torch::randn({6, 4}, on);  // (6, 4)
+  CHECK(g.sum_tensor(x).equal(x));
+  const auto all = g.all_gather(x);
+  REQUIRE(all.size() == 1);
+  CHECK(all[0].device() == x.device());
+  CHECK(all[0].equal(x));
+
+  auto leaf = x.clone().requires_grad_(true);  // (6, 4)
+  auto rows = g.gather_rows(leaf);             // (6, 4): one rank's rows are all rows
+  CHECK(rows.equal(x));
+  (rows * rows).sum().backward();
+  CHECK(leaf.grad().allclose(2 * x));
+  CHECK(g.take_gather_seconds() > 0);
+  CHECK(g.take_gather_seconds() == 0);
+}
+
 TEST_CASE("ranks come from the launcher's, torchrun's or Slurm's environment", "[dist]") {
   const std::vector<const char*> vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
                                          "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST",

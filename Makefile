@@ -19,7 +19,7 @@ OFFLINE_PACKAGES := libyaml-cpp-dev libyaml-cpp0.7 libsqlite3-dev libsqlite3-0 l
 OFFLINE_ROOT := $(CURDIR)/.offline/root
 PY ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 
-.PHONY: deps build test demo clean offline-bundle offline-build paper demo-paper demo-vision
+.PHONY: deps build test demo clean offline-bundle offline-build gpu-bundle gpu-check paper demo-paper demo-vision
 
 deps: $(VENV)/.torch-$(TORCH_VERSION)
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
@@ -89,6 +89,15 @@ offline-build:
 	cmake -S . -B $(BUILD) -DSSR_CUDA=$(CUDA) \
 	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)');$(OFFLINE_ROOT)/usr"
 	cmake --build $(BUILD) -j $(JOBS)
+
+# The GPU issues' checks in one device call: `make gpu-bundle` here, then `bash .ci/gpu-check` there
+# with .offline carried (the data goes along because the device tool sends the repository alone).
+gpu-bundle: offline-bundle
+	rm -rf .offline/data && cp -r ../shared/data .offline/data
+	@du -sh .offline
+
+gpu-check:
+	bash .ci/gpu-check
 
 clean:
 	rm -rf $(BUILD)

@@ -194,6 +194,7 @@ Cell overhead_cell(const Data& d, const std::vector<const JobRun*>& cell, const 
   Cell c;
   std::vector<double> ratios;
   double pair_ci = 0;
+  size_t other_hardware = 0;
   for (const auto* jr : cell) {
     const auto* b = baseline_of(d, *jr, row_axis, baseline);
     if (!b) continue;
@@ -207,7 +208,7 @@ Cell overhead_cell(const Data& d, const std::vector<const JobRun*>& cell, const 
       }
     if (!jr->run || !b->run) continue;
     if (jr->run->info.device != b->run->info.device || jr->run->info.host != b->run->info.host) {
-      c.note = "different hardware than the baseline";
+      ++other_hardware;
       continue;
     }
     auto m = step_time(*d.store, jr->run->id, phase), v = step_time(*d.store, b->run->id, phase);
@@ -219,7 +220,9 @@ Cell overhead_cell(const Data& d, const std::vector<const JobRun*>& cell, const 
     pair_ci = 1.96 * r * std::sqrt(m->var / (m->n * m->mean * m->mean) + v->var / (v->n * v->mean * v->mean));
   }
   if (ratios.empty()) return c;
-  if (!c.note.empty()) c.note = fmt::format("{} of {} run pairs skipped ({})", cell.size() - ratios.size(), cell.size(), c.note);
+  if (other_hardware)
+    c.note = fmt::format("{} of {} run pairs skipped (different hardware than the baseline)", other_hardware,
+                         ratios.size() + other_hardware);
   const auto e = estimate(ratios);
   c.mean = e.mean;
   c.n = e.n;

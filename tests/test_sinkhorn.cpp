@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "models/precision.hpp"
 #include "routers/sinkhorn.hpp"
 
 using namespace ssr::routers;
@@ -55,6 +56,32 @@ TEST_CASE("sinkhorn: marginals within delta for every xi, cost and numerics", "[
     CHECK(error_double(res.plan) <= 1e-4 + 1e-6);  // float32 sums: a little slack
     // Pi > 0 holds exactly, but entries below ~1e-38 underflow to 0 in float32 for xi = 0.05.
     CHECK((res.plan >= 0).all().item<bool>());
+  }
+}
+
+TEST_CASE("sinkhorn: bf16 autocast leaves the solve in float32", "[sinkhorn][precision]") {
+  const auto cost = random_logits(512, 16, 1.0, 5);  // (tokens, experts)
+  struct Case {
+    const char* name;
+    SinkhornOptions o;
+  };
+  auto sns = opts(0.5, Numerics::Log, 1e-4, 100);
+  sns.newton_steps = 8;
+  const std::vector<Case> cases = {{"plain", opts(0.5, Numerics::Plain, 1e-4, 100)},
+                                   {"log", opts(0.5, Numerics::Log, 1e-4, 100)},
+                                   {"sns", sns}};
+  for (const auto& c : cases) {
+    INFO(c.name);
+    const auto want = sinkhorn(cost, c.o);
+    SinkhornResult got;
+    {
+      ssr::models::AutocastGuard autocast(torch::kCPU, true);
+      got = sinkhorn(cost, c.o);
+    }
+    CHECK(got.plan.scalar_type() == torch::kFloat32);
+    CHECK(got.iters == want.iters);
+    CHECK(torch::equal(got.plan, want.plan));
+    CHECK(got.converged);
   }
 }
 

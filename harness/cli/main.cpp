@@ -1,5 +1,7 @@
 // `ssr`: the one command-line entry point. Each command group registers itself
 // (harness/cli/*_commands.cpp); no training, SQL or report logic lives here.
+#include <c10/util/Exception.h>
+
 #include <iostream>
 
 #include "harness/cli/commands.hpp"
@@ -27,6 +29,11 @@ int main(int argc, char** argv) {
   } catch (const ssr::store::StoreError& e) {
     std::cerr << "error: " << e.what() << "\n";
     return ssr::cli::kBadInput;
+  } catch (const c10::Error& e) {
+    // LibTorch's what() carries a C++ backtrace; its first line says what went wrong.
+    const std::string msg = e.what_without_backtrace();
+    std::cerr << "error: " << msg.substr(0, msg.find('\n')) << "\n";
+    return 1;
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 1;

@@ -130,7 +130,9 @@ int work(store::Store& store, int64_t sweep, std::optional<int64_t> job, bool qu
       // The trainer has recorded the failure on the row when it got that far; a job rejected
       // before training (e.g. missing data) is marked here, so the sweep moves on.
       if (auto r = store.run(run->id); r && r->status == "running") store.finish_run(run->id, "failed", e.what());
-      std::cerr << fmt::format("sweep {} job {}: failed: {}\n", sweep, *run->job_num, e.what());
+      // The row keeps the whole message (LibTorch's carries a backtrace); the console gets its first line.
+      const std::string what = e.what();
+      std::cerr << fmt::format("sweep {} job {}: failed: {}\n", sweep, *run->job_num, what.substr(0, what.find('\n')));
       code = 1;
     }
     if (job) return code;

@@ -160,7 +160,8 @@ SinkhornResult sinkhorn(const torch::Tensor& cost, const SinkhornOptions& opt) {
   TORCH_CHECK(cost.dim() == 2 && cost.size(0) > 0 && cost.size(1) > 0, "sinkhorn: cost must be (tokens, experts)");
   torch::NoGradGuard no_grad;
   // Under train.precision=bf16 autocast would run the scaling's matmuls in bfloat16: 8-bit
-  // mantissas cannot reach delta = 1e-4, and the mixed dtypes break the in-place updates.
+  // mantissas cannot reach delta = 1e-4, and the plain scaling failed on the mixed dtypes
+  // ("expected scalar type Float but found BFloat16").
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   auto log_k = at_least_float(cost.detach()) / opt.xi - 1.0;  // (tokens, experts)
 #ifdef SSR_WITH_CUDA

@@ -154,7 +154,10 @@ Data load_data(const std::string& file, const std::string& scale, const std::vec
       jr.run = store.run(*id);
       for (const auto& r : store.results(*id)) jr.results[{r.split, r.name}] = r.value;
     }
-    jr.bench = store.bench_cases(j.config.hash());
+    // A hash leaves out the compute paths (model.expert_impl, ...): keep the timings of this one.
+    const auto timing = j.config.timing();
+    for (auto& c : store.bench_cases(j.config.hash()))
+      if (config::timing_of(c.config) == timing) jr.bench.push_back(std::move(c));
     d.jobs.push_back(std::move(jr));
   }
   return d;
@@ -194,7 +197,7 @@ Cell overhead_cell(const Data& d, const std::vector<const JobRun*>& cell, const 
   Cell c;
   std::vector<double> ratios;
   double pair_ci = 0;
-  size_t other_hardware = 0;
+  size_t other_hardware = 0, other_compute = 0;
   for (const auto* jr : cell) {
     const auto* b = baseline_of(d, *jr, row_axis, baseline);
     if (!b) continue;
@@ -211,6 +214,10 @@ Cell overhead_cell(const Data& d, const std::vector<const JobRun*>& cell, const 
       ++other_hardware;
       continue;
     }
+    if (config::timing_of(jr->run->config) != config::timing_of(b->run->config)) {
+      ++other_compute;
+      continue;
+    }
     auto m = step_time(*d.store, jr->run->id, phase), v = step_time(*d.store, b->run->id, phase);
     if (!m || !v) continue;
     const double r = m->mean / v->mean;
@@ -220,9 +227,10 @@ Cell overhead_cell(const Data& d, const std::vector<const JobRun*>& cell, const 
     pair_ci = 1.96 * r * std::sqrt(m->var / (m->n * m->mean * m->mean) + v->var / (v->n * v->mean * v->mean));
   }
   if (ratios.empty()) return c;
-  if (other_hardware)
-    c.note = fmt::format("{} of {} run pairs skipped (different hardware than the baseline)", other_hardware,
-                         ratios.size() + other_hardware);
+  if (const size_t skipped = other_hardware + other_compute) {
+    const char* why = !other_compute ? "hardware" : !other_hardware ? "compute paths" : "hardware or compute paths";
+    c.note = fmt::format("{} of {} run pairs skipped (different {} than the baseline)", skipped, ratios.size() + skipped, why);
+  }
   const auto e = estimate(ratios);
   c.mean = e.mean;
   c.n = e.n;

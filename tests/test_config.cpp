@@ -128,6 +128,17 @@ TEST_CASE("config hash is stable across key order and float spelling", "[config]
   CHECK(resolve(fx.path("a.yaml"), {"run.db=/tmp/x.db", "run.log_every=3", "+tags.a=b"}).hash() == a.hash());
   CHECK(resolve(fx.path("a.yaml"), {"router.p=2e-4"}).hash() != a.hash());
   CHECK(resolve(fx.path("a.yaml"), {"run.seed=2"}).hash() != a.hash());
+  // Compute paths keep the hash but not the timing identity; bookkeeping keeps both.
+  const auto grouped = resolve(fx.path("a.yaml"), {"model.expert_impl=grouped"});
+  CHECK(grouped.hash() == a.hash());
+  CHECK(grouped.timing() != a.timing());
+  CHECK(grouped.timing().at("model.expert_impl") == "grouped");
+  CHECK(resolve(fx.path("a.yaml"), {"run.db=/tmp/x.db"}).timing() == a.timing());
+  CHECK(ssr::config::timing_of(grouped.to_json()) == grouped.timing());
+  // A stored config that predates a timed key reads its default.
+  auto stored = a.to_json();
+  stored["model"].erase("vocab_multiple");
+  CHECK(ssr::config::timing_of(stored) == a.timing());
 }
 
 TEST_CASE("a printed config resolves to the same config and JSON round-trips", "[config]") {

@@ -48,8 +48,9 @@ void check_golden(const std::string& name, const std::string& text) {
 
 // Runs of the fixture study with known numbers: PPL falls with the method index and the seed,
 // lb momentum seed 1 diverged (nan), ssr_l momentum seed 2 never ran, lb conventional seed 2 ran
-// on another host (so its overhead pair is skipped).
-std::string fixture_db() {
+// on another host (so its overhead pair is skipped). `vanilla_momentum_2`: overrides of the stored
+// config of vanilla momentum seed 2 that keep its hash.
+std::string fixture_db(const std::vector<std::string>& vanilla_momentum_2 = {}) {
   const auto dir = fs::temp_directory_path() / fmt::format("ssr_report_{}", ::getpid());
   fs::create_directories(dir);
   const auto db = (dir / "runs.db").string();
@@ -64,7 +65,10 @@ std::string fixture_db() {
     const int seed = std::stoi(j.label("run.seed"));
     if (m == 2 && mom && seed == 2) continue;
     ssr::store::RunInfo info{"abc123", m == 1 && !mom && seed == 2 ? "other" : "node1", "cpu: test (1 threads)", "2.11.0"};
-    const auto id = s.create_run(j.config.hash(), j.config.to_json(), seed, info);
+    auto cfg = j.config;
+    if (m == 0 && mom && seed == 2) ssr::config::apply_overrides(cfg, vanilla_momentum_2, {});
+    REQUIRE(cfg.hash() == j.config.hash());
+    const auto id = s.create_run(cfg.hash(), cfg.to_json(), seed, info);
     std::vector<ssr::store::Timing> t;
     for (int step = 1; step <= 20; ++step)
       t.push_back({step, "step", slowdown[m] * (1.0 + 0.01 * ((step * 7 + seed) % 5)) * (step == 1 ? 3 : 1)});
@@ -188,6 +192,42 @@ TEST_CASE("overheads come from an `ssr bench step` session that timed both jobs"
   INFO(bars.csv);
   CHECK(bars.csv.find("model.block=vanilla,lb,10.0000") != std::string::npos);
   CHECK(bars.md.find("Hardware: cuda: Test GPU (80 GiB) on gpu1 (6 runs).") != std::string::npos);
+}
+
+TEST_CASE("overheads compare like compute paths only: keys outside the hash such as model.expert_impl", "[report]") {
+  const auto db = fixture_db({"model.expert_impl=grouped"});
+  ssr::store::Store s(db);
+  // Momentum LB seed 2 pairs with a vanilla run of another compute path: only seed 1 counts.
+  auto out = ssr::analysis::build("tab", kStudy, "", {}, s);
+  CHECK(out.md.find("Momentum), Overhead: 1 of 2 run pairs skipped (different compute paths than the baseline)") != std::string::npos);
+
+  // Two bench sessions of the conventional jobs, one per expert path, under the same hashes.
+  const auto spec = ssr::sweep::load(kStudy, {});
+  auto session = [&](const std::vector<std::string>& overrides, double lb) {
+    std::vector<ssr::store::BenchCase> cases;
+    for (const auto& j : spec.jobs) {
+      if (j.label("model.block") != "vanilla") continue;
+      auto cfg = j.config;
+      ssr::config::apply_overrides(cfg, overrides, {});
+      ssr::store::BenchCase c;
+      c.label = j.describe();
+      c.config_hash = cfg.hash();
+      c.config = cfg.to_json();
+      c.tokens_per_step = 64;
+      const double f = j.label("variant") == "lb" ? lb : 1.0;
+      for (int r = 0; r < 3; ++r) c.seconds.push_back(f * 0.1 * (1 + 0.1 * r));
+      cases.push_back(c);
+    }
+    return s.add_bench_session("ssr bench step report-study.yaml", {"abc", "gpu1", "cuda: Test GPU", "2.11.0"}, 1, cases);
+  };
+  const auto loop = session({}, 1.10);
+  const auto grouped = session({"model.expert_impl=grouped"}, 1.30);  // newer: bench_cases lists it first
+  CHECK(grouped > loop);
+  out = ssr::analysis::build("tab", kStudy, "", {}, s);
+  CHECK(out.md.find("| LB | <u>98.250 ± 3.176</u> | <u>97.250 ± 3.176</u> | -2.000 | 10.00% |") != std::string::npos);
+  out = ssr::analysis::build("tab", kStudy, "", {"model.expert_impl=grouped"}, s);
+  CHECK(out.missing.size() == 1);  // the same runs: the hash leaves the compute path out
+  CHECK(out.md.find("| LB | <u>98.250 ± 3.176</u> | <u>97.250 ± 3.176</u> | -2.000 | 30.00% |") != std::string::npos);
 }
 
 TEST_CASE("reports take the overrides the sweep ran with: they are part of the job hashes", "[report]") {

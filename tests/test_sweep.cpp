@@ -15,6 +15,7 @@
 #include <map>
 #include <set>
 #include <thread>
+#include <yaml-cpp/yaml.h>
 
 #include "harness/config/config.hpp"
 #include "harness/store/store.hpp"
@@ -196,6 +197,37 @@ TEST_CASE("bad sweep files are rejected with the file, key or job named", "[swee
   CHECK(r.code == 0);
   CHECK(r.out.find("job 1") != std::string::npos);
   CHECK(!fs::exists(db));
+  // An axis over a compute path alone would plan one run twice (the second "reused").
+  CHECK_NOTHROW(ssr::sweep::check_distinct_runs(ssr::sweep::load(write_sweep(dir, ""), {"router.name=vanilla,lb"})));
+  const auto impl = write_sweep(dir, "grid:\n  model.expert_impl: [loop, grouped]\n");
+  CHECK_NOTHROW(ssr::sweep::load(impl, {}));  // bench step and reports may expand it
+  CHECK_THROWS_WITH(ssr::sweep::check_distinct_runs(ssr::sweep::load(impl, {})),
+                    Catch::Contains("jobs 0 (model.expert_impl=loop) and 1 (model.expert_impl=grouped) are one run") &&
+                        Catch::Contains("outside the configuration hash (model.expert_impl)"));
+  r = run(fmt::format("sweep {} --db {}", impl, db));
+  CHECK(r.code == 2);
+  CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+  CHECK(!fs::exists(db));
+}
+
+TEST_CASE("every sweep file of experiments/ expands at each of its scales to distinct runs", "[sweep]") {
+  int files = 0;
+  for (const auto& e : fs::directory_iterator(kSrc + "/experiments")) {
+    const auto file = e.path().string();
+    if (e.path().extension() != ".yaml" || !ssr::config::is_sweep_file(file)) continue;
+    ++files;
+    std::vector<std::string> scales;
+    if (const auto sc = YAML::LoadFile(file)["scales"])
+      for (const auto& kv : sc) scales.push_back(kv.first.as<std::string>());
+    if (scales.empty()) scales.push_back("");
+    for (const auto& scale : scales) {
+      INFO(file << " --scale " << scale);
+      const auto spec = ssr::sweep::load(file, {}, scale);
+      CHECK(!spec.jobs.empty());
+      CHECK_NOTHROW(ssr::sweep::check_distinct_runs(spec));
+    }
+  }
+  CHECK(files >= 10);
 }
 
 TEST_CASE("planning and running a sweep is idempotent, and equal configs are reused across sweeps", "[sweep]") {

@@ -73,6 +73,7 @@ int launch(store::Store& store, int64_t id, const SweepArgs& a) {
 
 int plan_and_run(const std::string& db, const SweepArgs& a) {
   auto spec = sweep::load(a.file, a.overrides, a.scale);
+  sweep::check_distinct_runs(spec);
   if (a.dry_run) {
     // Nothing is written: the store is only read, and only if it exists.
     std::optional<store::Store> store;

@@ -239,6 +239,24 @@ std::string Config::hash() const {
   return hex;
 }
 
+json Config::timing() const {
+  json t = json::object();
+  for (const auto& k : schema())
+    if (k.timed) t[k.name] = at(k.name);
+  return t;
+}
+
+json timing_of(const json& stored) {
+  json t = json::object();
+  for (const auto& k : schema())
+    if (k.timed) {
+      std::string p = "/" + k.name;
+      std::replace(p.begin(), p.end(), '.', '/');
+      t[k.name] = stored.contains(json::json_pointer(p)) ? stored.at(json::json_pointer(p)) : k.def;
+    }
+  return t;
+}
+
 namespace {
 void emit_value(YAML::Emitter& out, const json& v) {
   if (v.is_array()) {
@@ -476,7 +494,7 @@ std::string schema_doc() {
       for (const auto& c : k.choices) type += (type.empty() ? "" : "|") + c;
     }
     out += fmt::format("  {:<22} {:<28} default {:<18} {}{}\n", k.name, type + range_text(k),
-                       shown(k.def), k.doc, !k.hashed ? " [not hashed]" : !k.hashed_at_default ? " [hashed unless default]" : "");
+                       shown(k.def), k.doc, k.timed ? " [not hashed; timed]" : !k.hashed ? " [not hashed]" : !k.hashed_at_default ? " [hashed unless default]" : "");
   }
   out += "\ngroups: model=NAME, router=NAME, data=NAME load experiments/<group>/NAME.yaml\n";
   out += "tags.*: free-form labels, added with +tags.KEY=VALUE (not hashed)\n";

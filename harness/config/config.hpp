@@ -31,6 +31,9 @@ struct Key {
   bool hashed = true;  // false: bookkeeping that cannot change a result (db path, log interval)
   // false: the default value is left out of the hash, so configs that predate the key keep theirs.
   bool hashed_at_default = true;
+  // Unhashed, yet it changes speed (a compute path that gives the same function): step times
+  // compare only runs and bench cases that agree on every such key.
+  bool timed = false;
 };
 
 // Every key, declared once (harness/config/schema.cpp).
@@ -72,6 +75,8 @@ class Config {
   std::string canonical() const;
   // First 16 hex digits of SHA-256(canonical()): identifies a run configuration.
   std::string hash() const;
+  // {name: value} of the timed keys: with hash(), what a step time depends on.
+  json timing() const;
   // YAML text with every key, grouped by namespace (what `ssr config` prints).
   std::string to_yaml() const;
 
@@ -79,6 +84,9 @@ class Config {
   std::map<std::string, json> values_;
   std::map<std::string, std::string> groups_;
 };
+
+// timing() of a config as the store keeps it (to_json()); keys it predates take their defaults.
+json timing_of(const json& stored);
 
 // Where group files are searched: the config file's folder, then the project's experiments/.
 std::vector<std::string> search_path(const std::string& config_file);

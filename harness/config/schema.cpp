@@ -36,6 +36,13 @@ Key unhashed_at_default(Key k) {
   k.hashed_at_default = false;
   return k;
 }
+// A compute path that gives the same function (so runs stay comparable and reusable across it)
+// but not the same speed.
+Key timed(Key k) {
+  k.hashed = false;
+  k.timed = true;
+  return k;
+}
 Key SL(std::string n, std::vector<std::string> d, std::string doc) {
   return Key{std::move(n), Type::StringList, d, std::move(doc), -kInf, kInf, {}, true};
 }
@@ -48,13 +55,13 @@ std::vector<Key> build() {
       S("run.name", "", "free label shown by `ssr runs`", false),
       S("run.db", "results/runs.db", "SQLite run store (also --db)", false),
       S("run.out_dir", "results/checkpoints", "folder for checkpoints (one sub-folder per run id)", false),
-      I("run.threads", 0, 0, 1024, "intra-op CPU threads (0 = LibTorch default)", false),
+      timed(I("run.threads", 0, 0, 1024, "intra-op CPU threads (0 = LibTorch default)")),
       I("run.log_every", 10, 1, 1000000, "steps between metric rows in the store and progress lines", false),
       F("run.heartbeat_s", 10, 0.1, 3600, "seconds between heartbeats of a running run", false),
       // Ranks change results (each rank's routers see batch_size / nproc streams, each rank draws
       // its own dropout and router noise), so nproc > 1 is hashed; 1 is not, and old hashes hold.
       unhashed_at_default(I("run.nproc", 1, 1, 65536, "data-parallel ranks (also --nproc; set from WORLD_SIZE or SLURM_NTASKS when srun/torchrun start the ranks); each reads train.batch_size / nproc contiguous streams")),
-      C("run.backend", "auto", {"auto", "gloo", "nccl"}, "process-group backend with nproc > 1: auto = nccl for run.device=cuda in CUDA builds, else gloo", false),
+      timed(C("run.backend", "auto", {"auto", "gloo", "nccl"}, "process-group backend with nproc > 1: auto = nccl for run.device=cuda in CUDA builds, else gloo")),
       F("run.dist_timeout_s", 300, 1, 86400, "seconds a rank waits for the others (rendezvous, each collective) before the run fails; a rank that dies fails it at once", false),
 
       // ---- data.*: corpus and splits
@@ -82,7 +89,7 @@ std::vector<Key> build() {
       S("data.imagenet_a", "", "imagefolder: ImageNet-A folder (<wnid>/*), eval split imagenet-a: top-1 over its 200 classes ('' = none)"),
       S("data.imagenet_r", "", "imagefolder: ImageNet-R folder (<wnid>/*), eval split imagenet-r: top-1 over its 200 classes ('' = none)"),
       S("data.imagenet_o", "", "imagefolder: ImageNet-O folder (<wnid>/*), eval split imagenet-o: OOD detection against the valid images of its 200 classes ('' = none)"),
-      I("data.workers", 2, 1, 256, "imagefolder: background threads decoding images", false),
+      timed(I("data.workers", 2, 1, 256, "imagefolder: background threads decoding images")),
       S("data.attack_dir", "results/attacked/wikitext-103", "folder of the attacked valid/test files (written by `ssr data attack`, read as splits valid-attacked/test-attacked)", false),
       F("data.attack_rate", 0.025, 0, 1, "attack: fraction of each line's words swapped (at least one per line with a swappable word)"),
       I("data.attack_seed", 1, 0, 2147483647, "attack: seed of the word choice"),
@@ -98,14 +105,14 @@ std::vector<Key> build() {
       I("model.top_k", 2, 1, 64, "experts per token"),
       F("model.dropout", 0.1, 0, 1, "dropout on attention probabilities, inside experts, on the SMoE output (swin_moe: inside experts only, Tutel's MOE_DROP)"),
       I("model.attn_span", 1024, 1, 1 << 20, "tokens each query attends to (previous positions, via cache)"),
-      C("model.attn_impl", "reference", {"reference", "sdpa"}, "attention compute: the reference's unskewed band, or one scaled_dot_product_attention with the band and position term as its mask (fused on CUDA; same function, dropout drawn from torch's default generator)", false),
+      timed(C("model.attn_impl", "reference", {"reference", "sdpa"}, "attention compute: the reference's unskewed band, or one scaled_dot_product_attention with the band and position term as its mask (fused on CUDA; same function, dropout drawn from torch's default generator)")),
       C("model.block", "vanilla", {"vanilla", "momentum"}, "SMoE block: vanilla residual or heavy-ball momentum (MomentumSMoE)"),
       F("model.mu", 0.7, 0, 1, "momentum coefficient of the heavy-ball block"),
       F("model.gamma", 1.0, 0, 10, "step size of the heavy-ball block"),
       C("model.expert_init", "reference", {"reference", "linear"}, "expert weights: reference U(+-1/sqrt(out*in)), zero biases (fastmoe quirk); linear: nn.Linear default per expert"),
       B("model.unused_norm", true, "register the reference's never-applied third LayerNorm per layer (parameter count 215,679,863)"),
-      C("model.expert_impl", "loop", {"loop", "grouped"}, "expert FFN compute: loop of per-expert matmuls, or one grouped GEMM (at::_grouped_mm; no host sync; dims multiple of 8)", false),
-      I("model.vocab_multiple", 1, 1, 4096, "pad the output layer's vocabulary to a multiple of this in the matmuls (masked, same loss; 64 suits cuBLAS)", false),
+      timed(C("model.expert_impl", "loop", {"loop", "grouped"}, "expert FFN compute: loop of per-expert matmuls, or one grouped GEMM (at::_grouped_mm; no host sync; dims multiple of 8)")),
+      timed(I("model.vocab_multiple", 1, 1, 4096, "pad the output layer's vocabulary to a multiple of this in the matmuls (masked, same loss; 64 suits cuBLAS)")),
       I("model.image_size", 224, 1, 1 << 16, "swin_moe: input images are image_size x image_size"),
       I("model.in_chans", 3, 1, 64, "swin_moe: image channels"),
       I("model.patch_size", 4, 1, 64, "swin_moe: patch embedding stride and kernel"),
@@ -118,7 +125,7 @@ std::vector<Key> build() {
       IL("model.moe_every", {0, 0, 2, 2}, 0, 1024, "swin_moe: per stage, block b is MoE when m > 0 and b % m == m - 1 (0 = dense stage; Swin-MoE: [0,0,2,2] = blocks 1,3,.. of stage 3, block 1 of stage 4)"),
       I("model.num_classes", 1000, 2, 1 << 20, "swin_moe: classes of the classifier head"),
       F("model.init_std", 0.005, 0, 1, "swin_moe: truncated-normal std of expert weights (Tutel INIT_STD; biases 0, fc2 bias frozen)"),
-      I("model.loss_chunk", 2048, 1, 1 << 30, "tokens per output-layer + cross-entropy chunk (bounds the logits memory)", false),
+      timed(I("model.loss_chunk", 2048, 1, 1 << 30, "tokens per output-layer + cross-entropy chunk (bounds the logits memory)")),
 
       // ---- router.*: token-to-expert routing (routers/)
       C("router.name", "vanilla", {"vanilla", "lb", "zloss", "noisy", "sinkhorn", "ssr", "swin-moe"}, "routing method"),
@@ -164,7 +171,7 @@ std::vector<Key> build() {
       I("train.eval_every", 1000, 0, 1LL << 40, "steps between partial validations (0 = none); the best one's checkpoint is kept"),
       I("train.eval_segments", 100, 1, 1LL << 40, "segments of the validation stream per partial validation (own cache and position)"),
       C("train.precision", "fp32", {"fp32", "bf16"}, "fp32 (the paper's) or bf16 autocast of the forward (matmuls in bfloat16; parameters, loss reductions and Adam in float32)"),
-      B("train.time_router", true, "time the router calls of every step (timings phase 'router'; on CUDA each MoE layer then syncs once)", false),
+      timed(B("train.time_router", true, "time the router calls of every step (timings phase 'router'; on CUDA each MoE layer then syncs once)")),
       I("train.checkpoint_every", 1000, 0, 1LL << 40, "steps between resumable checkpoints (0 = only at the end)", false),
 
       // ---- eval.*: evaluation

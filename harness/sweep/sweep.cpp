@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <random>
 
 namespace fs = std::filesystem;
@@ -356,6 +357,26 @@ json Spec::to_json() const {
   }
   return {{"file", file}, {"name", name}, {"scale", scale}, {"base", base}, {"cli_overrides", cli_overrides},
           {"plan_hash", plan_hash()}, {"slurm", slurm}, {"jobs", jobs_j}};
+}
+
+void check_distinct_runs(const Spec& spec) {
+  std::map<std::string, const Job*> seen;
+  for (const auto& j : spec.jobs) {
+    const auto [it, fresh] = seen.emplace(j.config.hash(), &j);
+    if (fresh) continue;
+    const Job& first = *it->second;
+    const auto &a = first.config.values(), &b = j.config.values();
+    std::string keys;
+    const auto add = [&](const std::string& name) { keys += (keys.empty() ? "" : ", ") + name; };
+    for (const auto& [name, v] : b)
+      if (auto f = a.find(name); f == a.end() || f->second != v) add(name);
+    for (const auto& kv : a)
+      if (!b.count(kv.first)) add(kv.first);
+    throw ConfigError(fmt::format(
+        "{}: jobs {} ({}) and {} ({}) are one run: they differ only in keys outside the configuration hash ({}), so the "
+        "second would reuse the first; time compute paths with `ssr bench step {}`, or train each with `ssr train`",
+        spec.file, first.num, first.describe(), j.num, j.describe(), keys.empty() ? "none" : keys, spec.file));
+  }
 }
 
 std::string Spec::plan_hash() const {

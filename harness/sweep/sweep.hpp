@@ -65,6 +65,11 @@ struct Spec {
 // naming the file, the key or the job on any bad input.
 Spec load(const std::string& file, const std::vector<std::string>& overrides, const std::string& scale = "");
 
+// Planning runs: two jobs with one configuration hash would be one run (the second reuses the
+// first), e.g. an axis over a compute path such as model.expert_impl. Throws ConfigError naming
+// both jobs and the keys they differ in.
+void check_distinct_runs(const Spec& spec);
+
 // `a,b,[c,d]` -> {"a", "b", "[c,d]"}; commas inside brackets or parentheses do not split.
 std::vector<std::string> split_top_level(const std::string& text);
 // `range(start, stop[, step])`, stop excluded, integers when all three are: {"0", "2", "4"}.

@@ -379,20 +379,27 @@ TEST_CASE("ssr bench step times a sweep's jobs and the report's overheads use th
   CHECK(r.out.find("| variant=ssr_l model.block=momentum |") != std::string::npos);
   CHECK(r.out.find("vs vanilla |") != std::string::npos);
   CHECK(r.out.find("stored as bench session 1 in " + db) != std::string::npos);
+  CHECK(r.out.find(", 1 threads;") != std::string::npos);  // the sweep's run.threads
+  // Another thread count is another timing: stored so, and not what the report below uses.
+  r = run(fmt::format("bench step {} --where model.block=momentum --warmup 0 --repeats 2 --vocab 300 --threads 2 --db {}", file, db));
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find(", 2 threads;") != std::string::npos);
   {
     ssr::store::Store s(db);
     const auto spec = ssr::sweep::load(file, {});
     std::map<std::string, size_t> cases;  // job description -> stored cases under its hash
     for (const auto& j : spec.jobs) cases[j.describe()] = s.bench_cases(j.config.hash()).size();
     CHECK(cases == std::map<std::string, size_t>{{"variant=vanilla model.block=vanilla", 0},
-                                                  {"variant=vanilla model.block=momentum", 1},
+                                                  {"variant=vanilla model.block=momentum", 2},
                                                   {"variant=ssr_l model.block=vanilla", 0},
-                                                  {"variant=ssr_l model.block=momentum", 1}});
-    const auto c = s.bench_cases(spec.jobs.back().config.hash());
-    REQUIRE(c.size() == 1);
-    CHECK(c[0].seconds.size() == 3);
-    CHECK(c[0].tokens_per_step == 4 * 16);
-    CHECK(c[0].label == "variant=ssr_l model.block=momentum");
+                                                  {"variant=ssr_l model.block=momentum", 2}});
+    const auto c = s.bench_cases(spec.jobs.back().config.hash());  // newest first
+    REQUIRE(c.size() == 2);
+    CHECK(c[0].config["run"]["threads"] == 2);
+    CHECK(c[1].config["run"]["threads"] == 1);
+    CHECK(c[1].seconds.size() == 3);
+    CHECK(c[1].tokens_per_step == 4 * 16);
+    CHECK(c[1].label == "variant=ssr_l model.block=momentum");
   }
   r = run(fmt::format("report ovh --experiments {} --db {} --out {}", dir.string(), db, (dir / "fig").string()));
   REQUIRE(r.code == 0);
@@ -405,6 +412,7 @@ TEST_CASE("ssr bench step times a sweep's jobs and the report's overheads use th
       {"--where nope=1", "--where nope=1: " + file + " has no axis nope"},
       {"--where variant=ssr_l", "has no vanilla job to compare with"},
       {"--where model.block=other", "--where: no job of " + file + " matches"},
+      {"run.threads=1,2 --where model.block=momentum", "run.threads: variant=vanilla model.block=momentum run.threads=1 has 1"},
   };
   for (const auto& [flags, message] : bad) {
     const auto b = run(fmt::format("bench step {} {} --repeats 1 --db {}", file, flags, db));

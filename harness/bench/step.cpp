@@ -109,13 +109,15 @@ std::pair<int64_t, std::string> data_vocab(const config::Config& cfg) {
 }  // namespace
 
 int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
-  if (args.threads > 0) torch::set_num_threads(args.threads);
   const bool sweep_mode = config::is_sweep_file(args.config);
   if (!sweep_mode && (!args.scale.empty() || !args.where.empty()))
     throw config::ConfigError(fmt::format("--scale/--where: {} is a run config, not a sweep file", args.config));
   if (sweep_mode && !args.routers.empty())
     throw config::ConfigError(fmt::format("--routers: {} is a sweep file; its variants are the cases (filter with --where)", args.config));
   std::vector<Case> cases = sweep_mode ? sweep_cases(args) : router_cases(args);
+  // Stored with each case: reports compare only timings of one thread count (a timed key).
+  if (args.threads > 0)
+    for (auto& c : cases) c.job.config.set("run.threads", args.threads, "--threads");
 
   const auto& base = cases.front().cfg();
   for (const auto& c : cases) {
@@ -124,9 +126,13 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
     if (c.cfg().s("run.device") != base.s("run.device"))
       throw config::ConfigError(fmt::format("run.device: {} has {}, {} has {}: one bench times one device", cases.front().label,
                                             base.s("run.device"), c.label, c.cfg().s("run.device")));
+    if (c.cfg().i("run.threads") != base.i("run.threads"))
+      throw config::ConfigError(fmt::format("run.threads: {} has {}, {} has {}: one bench runs one thread count (or pass --threads)",
+                                            cases.front().label, base.i("run.threads"), c.label, c.cfg().i("run.threads")));
     if (c.cfg().i("train.batch_split") > c.cfg().i("train.batch_size"))
       throw config::ConfigError(fmt::format("train.batch_split: more micro-batches than train.batch_size streams ({})", c.label));
   }
+  if (base.i("run.threads") > 0) torch::set_num_threads(static_cast<int>(base.i("run.threads")));
   const torch::Device device(base.s("run.device") == "cuda" ? torch::kCUDA : torch::kCPU);
   if (device.is_cuda() && !torch::cuda::is_available())
     throw config::ConfigError("run.device: cuda requested but no CUDA device is available (use run.device=cpu)");

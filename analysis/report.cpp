@@ -214,7 +214,9 @@ Cell overhead_cell(const Data& d, const std::vector<const JobRun*>& cell, const 
       ++other_hardware;
       continue;
     }
-    if (config::timing_of(jr->run->config) != config::timing_of(b->run->config)) {
+    // Runs serve every compute path's results, but their step times only the path they ran.
+    if (config::timing_of(jr->run->config) != jr->job->config.timing() ||
+        config::timing_of(b->run->config) != b->job->config.timing()) {
       ++other_compute;
       continue;
     }
@@ -226,11 +228,12 @@ Cell overhead_cell(const Data& d, const std::vector<const JobRun*>& cell, const 
     // Delta method for one ratio of two means of independent step times.
     pair_ci = 1.96 * r * std::sqrt(m->var / (m->n * m->mean * m->mean) + v->var / (v->n * v->mean * v->mean));
   }
-  if (ratios.empty()) return c;
   if (const size_t skipped = other_hardware + other_compute) {
-    const char* why = !other_compute ? "hardware" : !other_hardware ? "compute paths" : "hardware or compute paths";
-    c.note = fmt::format("{} of {} run pairs skipped (different {} than the baseline)", skipped, ratios.size() + skipped, why);
+    std::string why = other_hardware ? "different hardware than the baseline" : "";
+    if (other_compute) why += std::string(why.empty() ? "" : " or ") + "compute paths other than the report's";
+    c.note = fmt::format("{} of {} run pairs skipped ({})", skipped, ratios.size() + skipped, why);
   }
+  if (ratios.empty()) return c;
   const auto e = estimate(ratios);
   c.mean = e.mean;
   c.n = e.n;

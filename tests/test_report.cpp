@@ -199,7 +199,8 @@ TEST_CASE("overheads compare like compute paths only: keys outside the hash such
   ssr::store::Store s(db);
   // Momentum LB seed 2 pairs with a vanilla run of another compute path: only seed 1 counts.
   auto out = ssr::analysis::build("tab", kStudy, "", {}, s);
-  CHECK(out.md.find("Momentum), Overhead: 1 of 2 run pairs skipped (different compute paths than the baseline)") != std::string::npos);
+  CHECK(out.md.find("Note: LB (Momentum), Overhead: 1 of 2 run pairs skipped (compute paths other than the report's).") !=
+        std::string::npos);
 
   // Two bench sessions of the conventional jobs, one per expert path, under the same hashes.
   const auto spec = ssr::sweep::load(kStudy, {});
@@ -228,6 +229,10 @@ TEST_CASE("overheads compare like compute paths only: keys outside the hash such
   out = ssr::analysis::build("tab", kStudy, "", {"model.expert_impl=grouped"}, s);
   CHECK(out.missing.size() == 1);  // the same runs: the hash leaves the compute path out
   CHECK(out.md.find("| LB | <u>98.250 ± 3.176</u> | <u>97.250 ± 3.176</u> | -2.000 | 30.00% |") != std::string::npos);
+  // The momentum runs ran the loop path: no grouped step time, and the note says why.
+  CHECK(out.md.find("| LB | NaN | NaN | NaN | – |") != std::string::npos);
+  CHECK(out.md.find("Note: LB (Momentum), Overhead: 2 of 2 run pairs skipped (compute paths other than the report's).") !=
+        std::string::npos);
 }
 
 TEST_CASE("reports take the overrides the sweep ran with: they are part of the job hashes", "[report]") {

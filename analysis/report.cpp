@@ -60,7 +60,9 @@ struct JobRun {
   const sweep::Job* job = nullptr;
   std::optional<store::Run> run;
   std::map<std::pair<std::string, std::string>, double> results;
-  std::vector<store::BenchCase> bench;
+  std::vector<store::BenchCase> bench;  // sessions of the job's compute paths, newest first
+  // Runs serve every compute path's results, but their step times only the path they ran.
+  bool run_timed_as_job = false;
 };
 
 // nullopt: no value (no run, or the run lacks it); NaN: the run diverged (status nan).
@@ -150,12 +152,13 @@ Data load_data(const std::string& file, const std::string& scale, const std::vec
   for (const auto& j : d.spec.jobs) {
     JobRun jr;
     jr.job = &j;
+    // A hash leaves out the compute paths (model.expert_impl, ...): keep the timings of this one.
+    const auto timing = j.config.timing();
     if (auto id = store.done_run(j.config.hash())) {
       jr.run = store.run(*id);
       for (const auto& r : store.results(*id)) jr.results[{r.split, r.name}] = r.value;
+      jr.run_timed_as_job = jr.run && config::timing_of(jr.run->config) == timing;
     }
-    // A hash leaves out the compute paths (model.expert_impl, ...): keep the timings of this one.
-    const auto timing = j.config.timing();
     for (auto& c : store.bench_cases(j.config.hash()))
       if (config::timing_of(c.config) == timing) jr.bench.push_back(std::move(c));
     d.jobs.push_back(std::move(jr));
@@ -214,9 +217,7 @@ Cell overhead_cell(const Data& d, const std::vector<const JobRun*>& cell, const 
       ++other_hardware;
       continue;
     }
-    // Runs serve every compute path's results, but their step times only the path they ran.
-    if (config::timing_of(jr->run->config) != jr->job->config.timing() ||
-        config::timing_of(b->run->config) != b->job->config.timing()) {
+    if (!jr->run_timed_as_job || !b->run_timed_as_job) {
       ++other_compute;
       continue;
     }

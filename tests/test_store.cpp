@@ -38,15 +38,16 @@ TEST_CASE("store migrates an empty file and reopens without migrating again", "[
   const auto path = temp_db("migrate.db");
   {
     Store s(path + "");
-    CHECK(s.schema_version() == 2);
-    for (const char* t : {"runs", "metrics", "results", "timings", "sweeps", "bench_sessions", "bench_cases", "bench_times"})
+    CHECK(s.schema_version() == 3);
+    for (const char* t : {"runs", "metrics", "results", "timings", "sweeps", "bench_sessions", "bench_cases", "bench_times", "store_info"})
       CHECK(count(s, std::string("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='") + t + "'") == 1);
     CHECK(count(s, "SELECT count(*) FROM pragma_journal_mode WHERE journal_mode='wal'") == 1);
     s.create_run("abc", {{"x", 1}}, 1, ssr::store::this_machine("cpu"));
   }
   Store again(path);
-  CHECK(again.schema_version() == 2);
+  CHECK(again.schema_version() == 3);
   CHECK(again.runs().size() == 1);
+  CHECK(again.id() == Store(path).id());  // drawn once, when the store was created
 }
 
 TEST_CASE("store upgrades a version-1 file in place, keeping its runs", "[store]") {
@@ -55,12 +56,13 @@ TEST_CASE("store upgrades a version-1 file in place, keeping its runs", "[store]
     Store s(path);
     s.create_run("abc", {{"x", 1}}, 1, ssr::store::this_machine("cpu"));
     // Back to what a version-1 store holds.
-    for (const char* sql : {"DROP TABLE bench_times", "DROP TABLE bench_cases", "DROP TABLE bench_sessions", "PRAGMA user_version=1"})
+    for (const char* sql : {"DROP TABLE store_info", "DROP TABLE bench_times", "DROP TABLE bench_cases", "DROP TABLE bench_sessions", "PRAGMA user_version=1"})
       REQUIRE(sqlite3_exec(s.handle(), sql, nullptr, nullptr, nullptr) == SQLITE_OK);
   }
   Store s(path);
-  CHECK(s.schema_version() == 2);
+  CHECK(s.schema_version() == 3);
   CHECK(s.runs().size() == 1);
+  CHECK(s.id().size() == 16);
   ssr::store::BenchCase c;
   c.label = "router=vanilla";
   c.config_hash = "abc";

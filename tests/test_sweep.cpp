@@ -257,6 +257,24 @@ TEST_CASE("planning and running a sweep is idempotent, and equal configs are reu
   CHECK(states == std::vector<std::string>{"reused", "reused", "finished", "finished"});
 }
 
+TEST_CASE("two stores that share run.out_dir keep their checkpoints apart", "[sweep]") {
+  // Run ids are per store: store b's run 1 must not resume from store a's run 1 (a sweep job
+  // always looks for its run's checkpoint).
+  const auto dir = temp_dir("stores");
+  const auto a = (dir / "a.db").string(), b = (dir / "b.db").string();
+  REQUIRE(run(fmt::format("sweep {} --db {} --quiet", write_sweep(dir, "", 6), a)).code == 0);
+  REQUIRE(run(fmt::format("sweep {} --db {} --quiet", write_sweep(dir, "", 4), b)).code == 0);
+  ssr::store::Store sa(a), sb(b);
+  CHECK(sa.id() != sb.id());
+  CHECK(sa.id().size() == 16);
+  REQUIRE(sb.runs().size() == 1);
+  const auto rb = sb.runs()[0];
+  CHECK(rb.id == 1);
+  CHECK(rb.status == "finished");
+  CHECK(ssr::testing::series(sb, rb.id, "train", "loss").size() == 2);  // steps 2 and 4, none skipped
+  for (const auto* s : {&sa, &sb}) CHECK(fs::exists(dir / "ckpt" / s->id() / "1" / "last.pt"));
+}
+
 TEST_CASE("a sweep whose worker is killed with SIGKILL mid-job resumes and finishes every job once", "[sweep]") {
   const auto dir = temp_dir("kill");
   const auto db = (dir / "runs.db").string();

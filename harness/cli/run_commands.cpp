@@ -264,8 +264,7 @@ void add_run_commands(CLI::App& app, Context& ctx) {
     const auto env = ssr::dist::environment();
     if (env.source.empty() && cfg.i("run.nproc") > 1) {
       // Reported once here, not by every rank.
-      ssr::dist::backend_for(cfg);
-      ssr::dist::check_shares(cfg);
+      ssr::dist::check_ranks(cfg);
       ctx.exit_code = ssr::dist::launch(static_cast<int>(cfg.i("run.nproc")), ctx.argv, cfg.s("run.db"));
       return;
     }

@@ -54,7 +54,7 @@ std::vector<Key> build() {
       C("run.device", "cpu", {"cpu", "cuda"}, "device the run computes on"),
       S("run.name", "", "free label shown by `ssr runs`", false),
       S("run.db", "results/runs.db", "SQLite run store (also --db)", false),
-      S("run.out_dir", "results/checkpoints", "folder for checkpoints (one sub-folder per run id)", false),
+      S("run.out_dir", "results/checkpoints", "folder for checkpoints: OUT_DIR/STORE_ID/RUN_ID (STORE_ID: the run store's random id, as run ids are per store)", false),
       timed(I("run.threads", 0, 0, 1024, "intra-op CPU threads (0 = LibTorch default)")),
       I("run.log_every", 10, 1, 1000000, "steps between metric rows in the store and progress lines", false),
       F("run.heartbeat_s", 10, 0.1, 3600, "seconds between heartbeats of a running run", false),

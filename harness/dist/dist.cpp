@@ -150,8 +150,9 @@ uint64_t stream_seed(int64_t seed, uint64_t stream) {
   return z ^ (z >> 31);
 }
 
-void check_shares(const config::Config& cfg) {
+void check_ranks(const config::Config& cfg) {
   const int world = static_cast<int>(cfg.i("run.nproc"));
+  if (world > 1) backend_for(cfg);
   const int64_t B = cfg.i("train.batch_size"), split = cfg.i("train.batch_split");
   const int64_t rows = share(B, 0, world, "train.batch_size").second;
   share(cfg.i("eval.batch_size"), 0, world, "eval.batch_size");

@@ -46,9 +46,9 @@ constexpr uint64_t kDataStream = 1ULL << 32;    // data wrap offsets, alike on e
 constexpr uint64_t kSharedStream = 2ULL << 32;  // router.global_batch routing, alike on every rank
 constexpr uint64_t kRouterStream = 3ULL << 32;  // routers' own draws: kRouterStream + rank
 
-// The checks of share() for train.batch_size and eval.batch_size over run.nproc ranks, and that
-// each rank holds at least train.batch_split streams (what --nproc checks before starting ranks).
-void check_shares(const config::Config& cfg);
+// What a launcher checks before starting run.nproc ranks: share() of train.batch_size and
+// eval.batch_size, at least train.batch_split streams per rank, and (nproc > 1) backend_for().
+void check_ranks(const config::Config& cfg);
 
 class Group {
  public:

@@ -23,7 +23,7 @@ namespace ssr::store {
 
 // Versioned migrations: entry i takes the schema from version i to i + 1. Never edit a
 // released entry; append a new one.
-static const std::array<const char*, 2> kMigrations = {R"sql(
+static const std::array<const char*, 3> kMigrations = {R"sql(
 CREATE TABLE sweeps (
   id          INTEGER PRIMARY KEY,
   name        TEXT NOT NULL,
@@ -107,6 +107,14 @@ CREATE TABLE bench_times (
   seconds  REAL NOT NULL
 );
 CREATE INDEX bench_times_case ON bench_times(case_id, round);
+)sql",
+    // 3: a random id per store, so that run N of two stores never shares a checkpoint folder.
+    R"sql(
+CREATE TABLE store_info (
+  key   TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+);
+INSERT INTO store_info (key, value) VALUES ('id', lower(hex(randomblob(8))));
 )sql"};
 
 double now() {
@@ -252,6 +260,9 @@ Store::Store(const std::string& path) : path_(path) {
   exec("PRAGMA foreign_keys=ON");
   exec("PRAGMA synchronous=NORMAL");
   migrate();
+  Stmt id(db_, "SELECT value FROM store_info WHERE key='id'");
+  if (!id.step()) throw StoreError(fmt::format("{}: the store has no id (store_info)", path));
+  id_ = id.text(0);
 }
 
 Store::~Store() { sqlite3_close(db_); }

@@ -96,6 +96,8 @@ class Store {
 
   int schema_version() const;
   const std::string& path() const { return path_; }
+  // 16 random hex digits drawn when the store was created: run ids are per store, this is not.
+  const std::string& id() const { return id_; }
 
   // A new run row (status running unless given), returns its id.
   int64_t create_run(const std::string& config_hash, const json& config, int64_t seed,
@@ -149,6 +151,7 @@ class Store {
   void exec(const std::string& sql) const;
   void migrate();
   std::string path_;
+  std::string id_;
   sqlite3* db_ = nullptr;
 };
 

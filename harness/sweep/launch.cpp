@@ -118,8 +118,7 @@ int work(store::Store& store, int64_t sweep, std::optional<int64_t> job, bool qu
     try {
       if (nproc > 1) {
         // The ranks are `ssr train --resume RUN` processes of this binary, like `ssr train --nproc`.
-        dist::backend_for(cfg);
-        dist::check_shares(cfg);
+        dist::check_ranks(cfg);
         std::vector<std::string> argv = {self_exe(), "train", "--resume", std::to_string(run->id), "--db", store.path()};
         if (quiet) argv.push_back("--quiet");
         if (dist::launch(static_cast<int>(nproc), argv, store.path()) != 0) code = 1;

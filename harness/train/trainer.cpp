@@ -236,7 +236,7 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
     throw config::ConfigError(fmt::format("run.nproc: {} ranks asked, but this process is one of {}; `ssr train` "
                                           "starts the ranks (or srun/torchrun with RANK and WORLD_SIZE)",
                                           cfg.i("run.nproc"), world));
-  dist::check_shares(cfg);
+  dist::check_ranks(cfg);
   const auto [row0, rows] = dist::share(B, rank, world, "train.batch_size");
   const auto [eval_row0, eval_rows] = dist::share(cfg.i("eval.batch_size"), rank, world, "eval.batch_size");
   for (const auto& name : cfg.strings("eval.splits"))
@@ -302,7 +302,7 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
   Snapshot snap;
   if (opts.run) {
     // Rank 0 decides, so that every rank takes the same path even without a shared file system.
-    const fs::path last = fs::path(cfg.s("run.out_dir")) / std::to_string(*opts.run) / "last.pt";
+    const fs::path last = run_dir(cfg.s("run.out_dir"), store, *opts.run) / "last.pt";
     bool resume = lead && fs::exists(last);
     if (group) resume = group->sum({resume ? 1.0 : 0.0})[0] > 0;
     if (resume) {
@@ -313,7 +313,7 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
   RunLog log(store, cfg, lead);
   const int64_t run_id = log.open(info, opts.run, snap.step, group.get());
   if (lead) dist::announce_run(run_id);
-  const fs::path ckpt_dir = fs::path(cfg.s("run.out_dir")) / std::to_string(run_id);
+  const fs::path ckpt_dir = run_dir(cfg.s("run.out_dir"), store, run_id);
 
   Progress progress(steps, cfg.i("run.log_every"), opts.quiet || !lead);
   progress.message(fmt::format("run {}: {} steps of {} x {} tokens, {} parameters, config {}{}", run_id, steps, B, M,

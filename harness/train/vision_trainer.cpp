@@ -180,7 +180,7 @@ Outcome train_vision(const config::Config& cfg, store::Store& store, const Optio
 
   Snapshot snap;
   if (opts.run) {
-    const fs::path last = fs::path(cfg.s("run.out_dir")) / std::to_string(*opts.run) / "last.pt";
+    const fs::path last = run_dir(cfg.s("run.out_dir"), store, *opts.run) / "last.pt";
     if (fs::exists(last)) {
       snap = load_checkpoint(last, model, optimizer.get(), &gen, &router_gen, device);
       loader.seek(snap.step, snap.skipped);
@@ -188,7 +188,7 @@ Outcome train_vision(const config::Config& cfg, store::Store& store, const Optio
   }
   RunLog log(store, cfg, /*lead=*/true);
   const int64_t run_id = log.open(store::this_machine(cfg.s("run.device")), opts.run, snap.step);
-  const fs::path ckpt_dir = fs::path(cfg.s("run.out_dir")) / std::to_string(run_id);
+  const fs::path ckpt_dir = run_dir(cfg.s("run.out_dir"), store, run_id);
   auto snapshot = [&](int64_t step) {
     snap.step = step;
     snap.skipped = loader.skipped();

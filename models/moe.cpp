@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <limits>
 
 namespace ssr::models {
 
@@ -16,10 +17,18 @@ torch::Tensor dropout(const torch::Tensor& x, double p, bool training, torch::Ge
   return x * keep.div_(1 - p);
 }
 
-void trunc_normal_(torch::Tensor t, double std) {
+void trunc_normal_(torch::Tensor t, double std, double a, double b) {
   torch::NoGradGuard no_grad;
-  const double lo = std::erf(-2.0 / std::sqrt(2.0));  // 2 Phi(-2) - 1
-  t.uniform_(lo, -lo).erfinv_().mul_(std * std::sqrt(2.0)).clamp_(-2 * std, 2 * std);
+  // Inverse-CDF sampling between Phi(a / std) and Phi(b / std), as timm's trunc_normal_ does.
+  // Unlike timm, the draw stays inside (-1, 1): uniform_ can return -1, whose erfinv is -inf, and
+  // a weight of a = -2 at std 0.005 is an outlier, not a sample.
+  auto cdf = [](double x) { return 0.5 * (1 + std::erf(x / std::sqrt(2.0))); };
+  const double edge = 1 - std::numeric_limits<float>::epsilon();
+  t.uniform_(2 * cdf(a / std) - 1, 2 * cdf(b / std) - 1)
+      .clamp_(-edge, edge)
+      .erfinv_()
+      .mul_(std * std::sqrt(2.0))
+      .clamp_(a, b);
 }
 
 torch::Tensor grouped_linear(const torch::Tensor& x_sorted, const std::vector<int64_t>& group_sizes,
@@ -89,8 +98,16 @@ MoEImpl::MoEImpl(const config::Config& cfg, const MoEShape& shape)
   acc_.tokens_per_expert.assign(e, 0);
 }
 
-routers::Routing MoEImpl::route(const torch::Tensor& x, torch::Generator& gen) {
-  return route_logits(gate->forward(x), x, gen);
+routers::Routing MoEImpl::route(const torch::Tensor& x, torch::Generator& gen) { return gate_and_route(x, gen).second; }
+
+std::pair<torch::Tensor, routers::Routing> MoEImpl::gate_and_route(const torch::Tensor& x, torch::Generator& gen) {
+  // Under train.precision=bf16 the gate and its router stay float32, as the reference's fp32
+  // gate: bfloat16 logits (8-bit mantissas) tie and reorder the top-k choices.
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const auto xf = x.to(torch::kFloat);  // (tokens, d_model)
+  auto logits = gate->forward(xf);      // (tokens, experts)
+  auto routing = route_logits(logits, xf, gen);
+  return {logits, std::move(routing)};
 }
 
 void MoEImpl::route_globally(Gather gather, int64_t rank, torch::Generator gen) {
@@ -167,8 +184,7 @@ torch::Tensor MoEImpl::experts_sorted(const torch::Tensor& x_sorted, const std::
 
 torch::Tensor MoEImpl::forward(const torch::Tensor& x, torch::Tensor& aux, torch::Generator& gen) {
   const int64_t n = x.size(0), d = x.size(1);
-  auto logits = gate->forward(x);  // (tokens, experts)
-  auto routing = route_logits(logits, x, gen);
+  auto [logits, routing] = gate_and_route(x, gen);  // (tokens, experts), the router's decision
   aux = aux + routing.aux_loss;
   const int64_t k = routing.experts.size(1);
 

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "harness/config/config.hpp"
@@ -20,9 +21,10 @@ namespace ssr::models {
 // not training or p == 0.
 torch::Tensor dropout(const torch::Tensor& x, double p, bool training, torch::Generator& gen);
 
-// Fills t with N(0, std^2) truncated to +-2 std (timm's trunc_normal_, which LibTorch lacks),
-// by the inverse CDF of a uniform draw from torch's default generator.
-void trunc_normal_(torch::Tensor t, double std);
+// Fills t with N(0, std^2) truncated to [a, b] (timm's trunc_normal_, which LibTorch lacks; its
+// bounds are absolute, so at std 0.005 the truncation at +-2 never binds), by the inverse CDF of
+// a uniform draw from torch's default generator.
+void trunc_normal_(torch::Tensor t, double std, double a = -2, double b = 2);
 
 // Per-expert affine map on rows already sorted by expert: rows [o_e, o_e + group_sizes[e]) go
 // through expert e. This is the seam for a grouped-GEMM kernel: replace the body, keep the
@@ -96,6 +98,8 @@ class MoEImpl : public torch::nn::Module {
   void time_router(bool on) { time_router_ = on; }
   // Seconds spent in router calls since the last call, then reset.
   double take_router_seconds();
+  // Tokens per router call from now on (router.group_tokens; 0 = the whole call).
+  void set_group_tokens(int64_t n) { group_tokens_ = n; }
   // Statistics since the last call, then reset.
   routers::RouterStats take_stats();
   // Mean L2 norm of this layer's MoE output per token since the last call (0 if none), then reset.
@@ -109,6 +113,9 @@ class MoEImpl : public torch::nn::Module {
  private:
   // logits (tokens, experts) of x (tokens, d_model) -> the router's decision in the module's mode.
   routers::Routing route_logits(const torch::Tensor& logits, const torch::Tensor& x, torch::Generator& gen);
+  // logits (tokens, experts) of x (tokens, d_model) in float32 whatever autocast says, and the
+  // router's decision on them.
+  std::pair<torch::Tensor, routers::Routing> gate_and_route(const torch::Tensor& x, torch::Generator& gen);
   // The router on one call's rows, in groups of router.group_tokens.
   routers::Routing route_rows(const torch::Tensor& logits, const torch::Tensor& x, torch::Generator& gen);
 

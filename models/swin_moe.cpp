@@ -7,9 +7,9 @@
 namespace ssr::models {
 namespace {
 
-// timm's init of every Linear in Swin: weight trunc-normal(0.02), bias 0.
-void init_linear(torch::nn::Linear& l) {
-  trunc_normal_(l->weight, 0.02);
+// Swin-MoE's _init_weights: every Linear's weight trunc-normal(init_std), bias 0.
+void init_linear(torch::nn::Linear& l, double std) {
+  trunc_normal_(l->weight, std);
   if (l->bias.defined()) torch::nn::init::zeros_(l->bias);
 }
 
@@ -51,6 +51,14 @@ torch::Tensor relative_position_index(int64_t ws) {
   return drow * (2 * ws - 1) + dcol;  // (ws*ws, ws*ws)
 }
 
+torch::Tensor log_relative_coords(int64_t ws) {
+  auto d = torch::arange(-(ws - 1), ws, torch::kFloat);  // (2ws-1)
+  if (ws > 1) d = d / static_cast<double>(ws - 1) * 8.0;
+  d = torch::sign(d) * torch::log2(d.abs() + 1.0) / std::log2(8.0);
+  auto grid = torch::meshgrid({d, d}, "ij");  // 2 x (2ws-1, 2ws-1)
+  return torch::stack({grid[0], grid[1]}, -1).view({-1, 2});  // ((2ws-1)^2, 2)
+}
+
 torch::Tensor drop_path(const torch::Tensor& x, double p, bool training, torch::Generator& gen) {
   if (!training || p == 0) return x;
   std::vector<int64_t> shape(x.dim(), 1);
@@ -61,14 +69,14 @@ torch::Tensor drop_path(const torch::Tensor& x, double p, bool training, torch::
   return x * keep.div_(1 - p);
 }
 
-WindowAttentionImpl::WindowAttentionImpl(int64_t dim, int64_t ws, int64_t heads) : heads_(heads) {
+WindowAttentionImpl::WindowAttentionImpl(int64_t dim, int64_t ws, int64_t heads, double init_std) : heads_(heads) {
   qkv = register_module("qkv", torch::nn::Linear(torch::nn::LinearOptions(dim, 3 * dim).bias(true)));
   proj = register_module("proj", torch::nn::Linear(dim, dim));
-  bias_table = register_parameter("bias_table", torch::empty({(2 * ws - 1) * (2 * ws - 1), heads}));
+  cpb_fc1 = register_module("cpb_fc1", torch::nn::Linear(2, 512));
+  cpb_fc2 = register_module("cpb_fc2", torch::nn::Linear(torch::nn::LinearOptions(512, heads).bias(false)));
+  coords = register_buffer("coords", log_relative_coords(ws));
   index = register_buffer("index", relative_position_index(ws));
-  trunc_normal_(bias_table, 0.02);
-  init_linear(qkv);
-  init_linear(proj);
+  for (auto* l : {&qkv, &proj, &cpb_fc1, &cpb_fc2}) init_linear(*l, init_std);
 }
 
 torch::Tensor WindowAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
@@ -76,7 +84,8 @@ torch::Tensor WindowAttentionImpl::forward(const torch::Tensor& x, const torch::
   auto qkv_h = qkv->forward(x).view({Bw, N, 3, heads_, hd}).permute({2, 0, 3, 1, 4});  // (3, Bw, heads, N, hd)
   auto q = qkv_h[0] * (1.0 / std::sqrt(static_cast<double>(hd))), k = qkv_h[1], v = qkv_h[2];
   auto attn = torch::matmul(q, k.transpose(-2, -1));                                   // (Bw, heads, N, N)
-  auto bias = bias_table.index_select(0, index.view(-1)).view({N, N, heads_}).permute({2, 0, 1});  // (heads, N, N)
+  auto table = cpb_fc2->forward(torch::relu(cpb_fc1->forward(coords)));  // ((2ws-1)^2, heads)
+  auto bias = table.index_select(0, index.view(-1)).view({N, N, heads_}).permute({2, 0, 1});  // (heads, N, N)
   attn = attn + bias.unsqueeze(0);
   if (mask.defined()) {
     const int64_t nW = mask.size(0);
@@ -89,19 +98,22 @@ torch::Tensor WindowAttentionImpl::forward(const torch::Tensor& x, const torch::
 SwinBlockImpl::SwinBlockImpl(const config::Config& cfg, int64_t dim, int64_t res, int64_t heads, int64_t window,
                              int64_t shift, double drop_path, bool moe_block)
     : res_(res), window_(window), shift_(shift), drop_path_(drop_path) {
+  const double init_std = cfg.f("model.init_std");
   norm1 = register_module("norm1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
-  attn = register_module("attn", WindowAttention(dim, window, heads));
+  attn = register_module("attn", WindowAttention(dim, window, heads, init_std));
   norm2 = register_module("norm2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
   const auto hidden = static_cast<int64_t>(static_cast<double>(dim) * cfg.f("model.mlp_ratio"));
   if (moe_block) {
-    moe = register_module("moe", MoE(cfg, MoEShape{dim, hidden, Activation::Gelu, /*gate_bias=*/false,
-                                                   cfg.f("model.init_std")}));
-    init_linear(moe->gate);
+    moe = register_module("moe", MoE(cfg, MoEShape{dim, hidden, Activation::Gelu, /*gate_bias=*/false, init_std}));
+    init_linear(moe->gate, init_std);
+    // Rows are image-major, so a group of images is a group of consecutive tokens.
+    if (const int64_t images = cfg.i("router.group_images"); images > 0) moe->set_group_tokens(images * res * res);
   } else {
+    // MLP_FC2_BIAS False: the dense fc2 has no bias, as the experts' fc2 bias is frozen at 0.
     fc1 = register_module("fc1", torch::nn::Linear(dim, hidden));
-    fc2 = register_module("fc2", torch::nn::Linear(hidden, dim));
-    init_linear(fc1);
-    init_linear(fc2);
+    fc2 = register_module("fc2", torch::nn::Linear(torch::nn::LinearOptions(hidden, dim).bias(false)));
+    init_linear(fc1, init_std);
+    init_linear(fc2, init_std);
   }
   auto m = shifted_window_mask(res, res, window, shift);
   if (m.defined()) mask = register_buffer("mask", m);
@@ -118,7 +130,7 @@ torch::Tensor SwinBlockImpl::forward(const torch::Tensor& x, torch::Tensor& aux,
   auto z = norm2->forward(y);                                                           // (B, L, C)
   torch::Tensor f;                                                                      // (B, L, C)
   if (moe) {
-    // Tutel routes the whole batch's tokens in one call: capacity is per (B * L) tokens.
+    // One router call per router.group_images images (else the batch): capacity is per call.
     f = moe->forward(z.reshape({-1, C}), aux, gen).view({B, res_ * res_, C});
   } else {
     f = fc2->forward(torch::gelu(fc1->forward(z)));
@@ -126,10 +138,10 @@ torch::Tensor SwinBlockImpl::forward(const torch::Tensor& x, torch::Tensor& aux,
   return y + drop_path(f, drop_path_, is_training(), gen);
 }
 
-PatchMergingImpl::PatchMergingImpl(int64_t dim, int64_t res) : res_(res) {
+PatchMergingImpl::PatchMergingImpl(int64_t dim, int64_t res, double init_std) : res_(res) {
   norm = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({4 * dim})));
   reduction = register_module("reduction", torch::nn::Linear(torch::nn::LinearOptions(4 * dim, 2 * dim).bias(false)));
-  init_linear(reduction);
+  init_linear(reduction, init_std);
 }
 
 torch::Tensor PatchMergingImpl::forward(const torch::Tensor& x) {
@@ -146,6 +158,8 @@ torch::Tensor PatchMergingImpl::forward(const torch::Tensor& x) {
 }
 
 SwinMoEImpl::SwinMoEImpl(const config::Config& cfg) {
+  if (cfg.i("router.group_images") > 0 && cfg.i("router.group_tokens") > 0)
+    throw config::ConfigError("router.group_images: Swin-MoE groups router calls by images; leave router.group_tokens at 0");
   const auto depths = cfg.ints("model.depths"), heads = cfg.ints("model.swin_heads"),
              moe_every = cfg.ints("model.moe_every");
   const int64_t n_stages = static_cast<int64_t>(depths.size());
@@ -190,14 +204,14 @@ SwinMoEImpl::SwinMoEImpl(const config::Config& cfg) {
     }
     stages.push_back(std::move(blocks));
     if (s + 1 < n_stages) {
-      merges.push_back(register_module(fmt::format("merge{}", s), PatchMerging(dim, res)));
+      merges.push_back(register_module(fmt::format("merge{}", s), PatchMerging(dim, res, cfg.f("model.init_std"))));
       dim *= 2;
       res /= 2;
     }
   }
   norm = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
   head = register_module("head", torch::nn::Linear(dim, cfg.i("model.num_classes")));
-  init_linear(head);
+  init_linear(head, cfg.f("model.init_std"));
 }
 
 torch::Tensor SwinMoEImpl::forward(const torch::Tensor& images, torch::Tensor& aux, torch::Generator& gen) {
@@ -253,8 +267,9 @@ std::vector<torch::Tensor> SwinMoEImpl::no_decay_parameters() const {
   std::vector<torch::Tensor> out;
   for (const auto& p : named_parameters()) {
     const std::string& k = p.key();
-    // Tutel's expert biases are (experts, d): biases by name, not by rank.
-    if (p.value().dim() == 1 || k.ends_with(".b1") || k.ends_with(".b2") || k.find("bias_table") != std::string::npos)
+    // Tutel's expert biases are (experts, d): biases by name, not by rank; the position-bias MLP
+    // is exempt too (Swin-MoE's no_weight_decay_keywords "cpb_mlp").
+    if (p.value().dim() == 1 || k.ends_with(".b1") || k.ends_with(".b2") || k.find(".cpb_") != std::string::npos)
       out.push_back(p.value());
   }
   return out;

@@ -25,19 +25,25 @@ torch::Tensor window_reverse(const torch::Tensor& windows, int64_t ws, int64_t H
 torch::Tensor shifted_window_mask(int64_t H, int64_t W, int64_t ws, int64_t shift);
 // Index into the ((2 ws - 1)^2, heads) bias table of each query/key pair: (ws*ws, ws*ws) int64.
 torch::Tensor relative_position_index(int64_t ws);
+// The inputs of the continuous position bias, one row per relative offset (dh, dw) in the table's
+// order: each offset scaled to [-8, 8] by (ws - 1), then sign(x) log2(|x| + 1) / log2(8).
+// ((2 ws - 1)^2, 2)
+torch::Tensor log_relative_coords(int64_t ws);
 // Stochastic depth: each sample's residual branch x (B, ...) is zeroed with probability p and the
 // rest scaled by 1/(1-p); mask from `gen` when it lives on x's device type. Identity in eval.
 torch::Tensor drop_path(const torch::Tensor& x, double p, bool training, torch::Generator& gen);
 
-// Multi-head self-attention inside windows, with a learned relative position bias per head.
+// Multi-head self-attention inside windows, with Swin-MoE's continuous relative position bias:
+// a 2 -> 512 -> heads MLP (ReLU, no bias on the second layer) of log-spaced offsets.
 class WindowAttentionImpl : public torch::nn::Module {
  public:
-  WindowAttentionImpl(int64_t dim, int64_t ws, int64_t heads);
+  WindowAttentionImpl(int64_t dim, int64_t ws, int64_t heads, double init_std);
   // x (B * nW, ws*ws, dim), mask (nW, ws*ws, ws*ws) or undefined -> (B * nW, ws*ws, dim)
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask);
 
   torch::nn::Linear qkv{nullptr}, proj{nullptr};  // dim -> 3 dim, dim -> dim, both with bias
-  torch::Tensor bias_table;                       // ((2 ws - 1)^2, heads), trunc-normal 0.02
+  torch::nn::Linear cpb_fc1{nullptr}, cpb_fc2{nullptr};  // 2 -> 512 (bias), 512 -> heads (none)
+  torch::Tensor coords;                           // ((2 ws - 1)^2, 2) buffer: log_relative_coords
   torch::Tensor index;                            // (ws*ws, ws*ws) buffer
 
  private:
@@ -69,7 +75,7 @@ TORCH_MODULE(SwinBlock);
 // 2x2 neighbourhoods concatenated, LN, linear: (B, res*res, C) -> (B, res*res/4, 2C).
 class PatchMergingImpl : public torch::nn::Module {
  public:
-  PatchMergingImpl(int64_t dim, int64_t res);
+  PatchMergingImpl(int64_t dim, int64_t res, double init_std);
   torch::Tensor forward(const torch::Tensor& x);
 
   torch::nn::LayerNorm norm{nullptr};     // 4 dim

@@ -261,6 +261,10 @@ std::vector<double> SwitchLMImpl::take_moe_output_norms() {
   return norms;
 }
 
+void SwitchLMImpl::set_router_group_tokens(int64_t n) {
+  for (auto& layer : layers) layer->moe->set_group_tokens(n);
+}
+
 bool SwitchLMImpl::set_router_eval_mode(const std::string& mode) {
   const auto m = routers::eval_mode_named(mode);
   for (auto& layer : layers) {

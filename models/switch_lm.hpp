@@ -125,6 +125,8 @@ class SwitchLMImpl : public torch::nn::Module {
   // Router timing of every MoE layer (see MoEImpl::time_router); seconds summed over layers.
   void time_routers(bool on);
   double take_router_seconds();
+  // Tokens per router call in every MoE layer (MoEImpl::set_group_tokens).
+  void set_router_group_tokens(int64_t n);
   // Sets SSR's inference mode in every layer; false when the routers are not SSR.
   bool set_router_eval_mode(const std::string& mode);
 

@@ -75,6 +75,8 @@ TEST_CASE("config rejects bad input with one line naming the key or file", "[con
   fx.write("bad_group.yaml", "defaults:\n  optimiser: adam\n");
   fx.write("missing_group.yaml", "defaults:\n  router: nope\n");
   fx.write("null_value.yaml", "train:\n  steps:\n");
+  fx.write("twice.yaml", "train:\n  steps: 3\nrun:\n  seed: 2\ntrain:\n  lr: 1e-3\n");
+  fx.write("router/twice.yaml", "name: ssr\np: 0.1\np: 0.2\n");
   struct Case {
     std::string file;
     std::vector<std::string> overrides;
@@ -101,6 +103,8 @@ TEST_CASE("config rejects bad input with one line naming the key or file", "[con
       {"bad_group.yaml", {}, "defaults.optimiser: unknown config group"},
       {"missing_group.yaml", {}, "router=nope: no file nope.yaml"},
       {"null_value.yaml", {}, "train.steps: no value given"},
+      {"twice.yaml", {}, "twice.yaml:5: key 'train' appears twice"},
+      {"base.yaml", {"router=twice"}, "twice.yaml:3: key 'p' appears twice"},
   };
   for (const auto& c : cases) {
     INFO(c.file << " " << (c.overrides.empty() ? "" : c.overrides[0]));

@@ -434,14 +434,17 @@ TEST_CASE("router statistics and MoE output norms are collected on request", "[m
 }
 
 TEST_CASE("router.group_tokens routes consecutive groups by separate router calls", "[model][moe]") {
-  struct Row { std::string router; int64_t group; };
+  struct Row { std::string router; int64_t group; int64_t reset_to = -1; };
   // Vanilla routing is per token: grouping changes nothing. Sinkhorn's plan depends on the whole
-  // call: grouped routing must equal routing each group alone.
-  for (const Row& r : {Row{"vanilla", 8}, Row{"sinkhorn", 8}, Row{"sinkhorn", 13}, Row{"sinkhorn", 0}}) {
-    INFO(r.router << " group " << r.group);
+  // call: grouped routing must equal routing each group alone. reset_to: set_group_tokens after
+  // construction (the final evaluation's router.eval_group_tokens).
+  for (const Row& r : {Row{"vanilla", 8}, Row{"sinkhorn", 8}, Row{"sinkhorn", 13}, Row{"sinkhorn", 0},
+                       Row{"sinkhorn", 8, 13}, Row{"sinkhorn", 13, 0}}) {
+    INFO(r.router << " group " << r.group << " reset to " << r.reset_to);
     torch::manual_seed(3);
     auto cfg = tiny({"router=" + r.router, "router.group_tokens=" + std::to_string(r.group), "model.n_experts=4"});
     models::MoE moe(cfg);
+    if (r.reset_to >= 0) moe->set_group_tokens(r.reset_to);
     moe->eval();
     auto x = torch::randn({30, 32});  // (tokens, d_model)
     auto gen = cpu_gen(1);
@@ -450,7 +453,7 @@ TEST_CASE("router.group_tokens routes consecutive groups by separate router call
     auto alone_cfg = tiny({"router=" + r.router, "model.n_experts=4"});
     auto logits = moe->gate->forward(x);  // (tokens, experts)
     auto router = routers::make_router(alone_cfg, 32, 4, 2);
-    const int64_t g = r.group > 0 ? r.group : 30;
+    const int64_t group = r.reset_to >= 0 ? r.reset_to : r.group, g = group > 0 ? group : 30;
     for (int64_t start = 0; start < 30; start += g) {
       const int64_t len = std::min(g, 30 - start);
       auto want = router->route(logits.narrow(0, start, len), x.narrow(0, start, len), routers::Mode::Eval, gen);
@@ -458,6 +461,25 @@ TEST_CASE("router.group_tokens routes consecutive groups by separate router call
       CHECK(close(got.weights.narrow(0, start, len), want.weights, 1e-6));
     }
   }
+}
+
+TEST_CASE("under bf16 autocast the gate and its router run in float32", "[model][precision]") {
+  const std::string router = GENERATE(as<std::string>{}, "vanilla", "noisy", "sinkhorn", "ssr_l");
+  INFO("router " << router);
+  torch::manual_seed(5);
+  models::MoE moe(tiny({"router=" + router, "model.n_experts=4"}));
+  auto x = torch::randn({40, 32});  // (tokens, d_model)
+  auto route = [&](bool bf16, const torch::Tensor& input) {
+    auto gen = cpu_gen(2);
+    models::AutocastGuard autocast(torch::kCPU, bf16);
+    return moe->route(input, gen);
+  };
+  const auto fp32 = route(false, x), mixed = route(true, x);
+  CHECK(mixed.weights.scalar_type() == torch::kFloat32);
+  CHECK(torch::equal(mixed.experts, fp32.experts));  // bit for bit: autocast did not touch them
+  CHECK(torch::equal(mixed.weights, fp32.weights));
+  // A bfloat16 input (an autocast matmul's output) is gated in float32 too.
+  CHECK(route(true, x.to(torch::kBFloat16)).weights.scalar_type() == torch::kFloat32);
 }
 
 TEST_CASE("bf16 autocast runs the matmuls in bfloat16 and stays close to float32", "[model][precision]") {

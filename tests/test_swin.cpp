@@ -119,17 +119,70 @@ TEST_CASE("relative position index by hand for a 2x2 window", "[swin]") {
   CHECK(models::relative_position_index(7).max().item<int64_t>() == 13 * 13 - 1);
 }
 
+TEST_CASE("continuous position bias inputs by hand for a 2x2 window", "[swin]") {
+  // Offsets -1, 0, 1 scaled by 8 / (ws - 1), then sign(x) log2(|x| + 1) / log2(8): +-log2(9) / 3.
+  const float c = static_cast<float>(std::log2(9.0) / 3.0);
+  auto expect = torch::tensor({-c, -c, -c, 0.f, -c, c, 0.f, -c, 0.f, 0.f, 0.f, c, c, -c, c, 0.f, c, c}).view({9, 2});
+  CHECK(torch::allclose(models::log_relative_coords(2), expect));
+  // Row i of the table is offset i of relative_position_index: the zero offset sits at 4.
+  CHECK(models::log_relative_coords(2)[4].abs().sum().item<float>() == 0);
+  CHECK(models::log_relative_coords(7).abs().max().item<float>() == Approx(std::log2(9.0) / 3.0));
+  CHECK(models::log_relative_coords(1).equal(torch::zeros({1, 2})));  // one position: no offsets
+}
+
+TEST_CASE("truncated normal init as timm draws it: absolute bounds", "[swin][model]") {
+  struct Case {
+    double std, a, b, want_std, tol;
+  };
+  // N(0, 1) cut at +-2 has std sqrt(1 - 4 phi(2) / (2 Phi(2) - 1)) = 0.8796; at std 0.005 the
+  // bounds +-2 are 400 std away and change nothing.
+  for (const Case& c : {Case{1, -2, 2, 0.8796, 0.01}, Case{0.005, -2, 2, 0.005, 0.0001}, Case{0.02, -2, 2, 0.02, 0.0004}}) {
+    INFO("std " << c.std);
+    torch::manual_seed(11);
+    auto t = torch::empty({200000});
+    models::trunc_normal_(t, c.std, c.a, c.b);
+    CHECK(t.std().item<double>() == Approx(c.want_std).margin(c.tol));
+    CHECK(t.abs().max().item<double>() <= c.b);
+    CHECK(torch::isfinite(t).all().item<bool>());
+  }
+}
+
+TEST_CASE("router.group_images routes each group of images alone, capacity included", "[swin][routers]") {
+  // With the Tutel gate the capacity and the dropping depend on the tokens of a call: two images
+  // in one call differ from each image alone, and router.group_images=1 makes them equal.
+  // A small capacity factor makes sure slots are dropped.
+  auto cfg = resolve("fmnist-demo.yaml", {"router=swin_moe", "router.capacity_factor=0.3", "router.group_images=1"});
+  auto whole = resolve("fmnist-demo.yaml", {"router=swin_moe", "router.capacity_factor=0.3"});
+  torch::manual_seed(4);
+  models::SwinBlock grouped(cfg, 16, 4, 2, 2, 0, 0.0, true);
+  torch::manual_seed(4);
+  models::SwinBlock together(whole, 16, 4, 2, 2, 0, 0.0, true);
+  grouped->eval();
+  together->eval();
+  auto gen = cpu_gen(1);
+  auto aux = torch::zeros({});
+  auto x = torch::randn({2, 16, 16});  // (images, tokens, channels)
+  auto y = grouped->forward(x, aux, gen);
+  auto alone = torch::cat({together->forward(x.narrow(0, 0, 1), aux, gen), together->forward(x.narrow(0, 1, 1), aux, gen)});
+  CHECK(torch::allclose(y, alone, 1e-5, 1e-6));
+  CHECK_FALSE(torch::allclose(together->forward(x, aux, gen), alone, 1e-5, 1e-6));
+  CHECK_THROWS_WITH(models::SwinMoE(resolve("fmnist-demo.yaml", {"router.group_images=2", "router.group_tokens=8"})),
+                    Catch::Contains("router.group_images"));
+}
+
 TEST_CASE("Swin modules: shapes, drop path, a tiny model's logits", "[swin]") {
   auto cfg = resolve("fmnist-demo.yaml", {});
   auto gen = cpu_gen(3);
   auto aux = torch::zeros({});
   SECTION("window attention and patch merging") {
-    models::WindowAttention attn(16, 2, 4);
+    models::WindowAttention attn(16, 2, 4, 0.02);
     CHECK(attn->forward(torch::randn({8, 4, 16}), {}).sizes() == torch::IntArrayRef({8, 4, 16}));
     CHECK(attn->forward(torch::randn({8, 4, 16}), models::shifted_window_mask(4, 4, 2, 1)).sizes() ==
           torch::IntArrayRef({8, 4, 16}));
-    CHECK(attn->bias_table.sizes() == torch::IntArrayRef({9, 4}));
-    models::PatchMerging merge(8, 4);
+    CHECK(attn->coords.sizes() == torch::IntArrayRef({9, 2}));
+    CHECK(attn->cpb_fc2->weight.sizes() == torch::IntArrayRef({4, 512}));
+    CHECK_FALSE(attn->cpb_fc2->bias.defined());
+    models::PatchMerging merge(8, 4, 0.02);
     CHECK(merge->forward(torch::randn({2, 16, 8})).sizes() == torch::IntArrayRef({2, 4, 16}));
   }
   SECTION("dense and MoE blocks keep (B, L, C)") {
@@ -167,15 +220,24 @@ TEST_CASE("parameter counts: Swin-S matches the published 49,606,258, MoE blocks
     for (const auto& r : models::swin_parameter_count(cfg)) m[r.component] = r.count;
     return m;
   };
-  // Dense FFN of width d: 2 * d * 4d weights + 4d + d biases; an MoE layer: E of them + a d x E gate.
+  // An expert of width d: 2 * d * 4d weights + 4d + d biases (the fc2 one frozen); a dense MLP
+  // has no fc2 bias; an MoE layer: E experts + a d x E gate.
   auto ffn = [](int64_t d) { return 8 * d * d + 5 * d; };
-  const int64_t swin_s = 49606258;  // timm swin_small_patch4_window7_224
+  auto mlp = [](int64_t d) { return 8 * d * d + 4 * d; };
+  // timm's swin_small_patch4_window7_224 (Swin v1) has 49,606,258. Swin-MoE differs per block:
+  // a (13 * 13, heads) bias table becomes the 2 -> 512 -> heads position-bias MLP, and the MLP's
+  // fc2 loses its bias.
+  const int64_t swin_s_v1 = 49606258;
+  const std::vector<int64_t> depths = {2, 2, 18, 2}, heads = {3, 6, 12, 24}, dims = {96, 192, 384, 768};
+  int64_t swin_s = swin_s_v1;
+  for (size_t st = 0; st < depths.size(); ++st)
+    swin_s += depths[st] * (-169 * heads[st] + (2 * 512 + 512 + 512 * heads[st]) - dims[st]);
   CHECK(count(resolve("fmnist-demo.yaml", {"model=swin-moe-s", "model.moe_every=[0,0,0,0]"}))["total"] == swin_s);
   const int64_t E = 2;  // the preset's 32 experts take 2 GB; the arithmetic is the same
   const auto moe = count(resolve("fmnist-demo.yaml", {"model=swin-moe-s", "model.n_experts=2"}));
   CHECK(moe.at("experts") == E * (9 * ffn(384) + ffn(768)));
   CHECK(moe.at("gates") == E * (9 * 384 + 768));
-  CHECK(moe.at("total") == swin_s - 9 * ffn(384) - ffn(768) + E * (9 * ffn(384) + ffn(768)) + E * (9 * 384 + 768));
+  CHECK(moe.at("total") == swin_s - 9 * mlp(384) - mlp(768) + E * (9 * ffn(384) + ffn(768)) + E * (9 * 384 + 768));
   // The tiny preset: MoE blocks of width 32 and 64 with hidden 2d and 4 experts.
   const auto tiny = count(resolve("fmnist-demo.yaml", {}));
   CHECK(tiny.at("experts") == 4 * ((2 * 32 * 64 + 64 + 32) + (2 * 64 * 128 + 128 + 64)));
@@ -371,6 +433,18 @@ TEST_CASE("JPEG class folders: decode, eval transform, a corrupt file is skipped
   CHECK_THROWS_WITH(data::load_images(resolve("fmnist-demo.yaml", {"data.format=imagefolder", "data.dir=" + root.string(),
                                                                    "data.train=nope"})),
                     Catch::Contains("nope"));
+}
+
+TEST_CASE("image resizing antialiases as PIL does", "[swin][data]") {
+  // A one-pixel checkerboard shrunk 5x: sampling without a low-pass filter lands on every fifth
+  // pixel and returns a 0/1 checkerboard again; an antialiased resize averages it to grey.
+  auto ij = torch::arange(80);
+  auto board = ((ij.unsqueeze(1) + ij.unsqueeze(0)) % 2).to(torch::kFloat).unsqueeze(0);  // (1, 80, 80)
+  auto small = data::resize_bicubic(board, 16, 16);                                         // (1, 16, 16)
+  CHECK(small.sizes() == torch::IntArrayRef({1, 16, 16}));
+  CHECK((small - 0.5).abs().max().item<double>() < 0.05);
+  // Enlarging keeps a constant image constant.
+  CHECK(torch::allclose(data::resize_bicubic(torch::full({3, 4, 4}, 0.25), 9, 7), torch::full({3, 9, 7}, 0.25)));
 }
 
 TEST_CASE("learning-rate schedule: warm-up from warmup_lr, cosine to min_lr", "[swin][train]") {

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fmt/format.h>
@@ -141,7 +142,10 @@ TEST_CASE("a killed run resumed from its checkpoint repeats the uninterrupted lo
   const std::string impl = GENERATE(as<std::string>{}, "reference", "sdpa");
   INFO("model.attn_impl=" << impl);
   const auto db_a = temp_db("resume_a_" + impl + ".db"), db_b = temp_db("resume_b_" + impl + ".db");
-  const std::string args = kSmall + " train.steps=30 run.log_every=1 router=ssr_l router.p=0.3 model.attn_impl=" + impl;
+  // Partial validation every 5 steps: the checkpoint of step 10 must carry the validation
+  // stream's position and cache, or the resumed validations at 15, 20, ... differ.
+  const std::string args =
+      kSmall + " train.steps=30 run.log_every=1 train.eval_every=5 router=ssr_l router.p=0.3 model.attn_impl=" + impl;
   auto a = run(fmt::format("train {} {} --db {} --quiet", kDemo, args, db_a));
   INFO(a.out);
   REQUIRE(a.code == 0);
@@ -178,6 +182,9 @@ TEST_CASE("a killed run resumed from its checkpoint repeats the uninterrupted lo
   const auto la = losses(sa, ra.id), lb = losses(sb, rb.id);
   REQUIRE(la.size() == 30);
   CHECK(la == lb);
+  const auto va = ssr::testing::series(sa, ra.id, "valid", "loss"), vb = ssr::testing::series(sb, rb.id, "valid", "loss");
+  REQUIRE(va.size() == 6);
+  CHECK(va == vb);
   CHECK(sa.results(ra.id).size() == sb.results(rb.id).size());
   for (size_t i = 0; i < sa.results(ra.id).size(); ++i) {
     INFO(sa.results(ra.id)[i].split << " " << sa.results(ra.id)[i].name);
@@ -224,6 +231,42 @@ TEST_CASE("a router's random draws leave data and dropout alone: SSR that never 
   const auto la = losses(s, runs[0].id), lb = losses(s, runs[1].id);
   REQUIRE(la.size() == 40);
   CHECK(la == lb);
+}
+
+TEST_CASE("partial validation walks the validation stream as the reference does", "[train]") {
+  // The 500 valid bytes of the enwik8 fixture in 2 streams of 64-byte segments: 250 bytes, so a
+  // pass is ceil(250 / 64) = 4 segments, and the reference validates min(eval_every / 10, 4).
+  const auto db = temp_db("valid_walk.db");
+  const std::string base = fmt::format(
+      "{}/experiments/lm-demo-enwik8.yaml train.batch_size=2 train.steps=4 run.log_every=1 eval.max_segments=1 "
+      "run.out_dir={} --db {} --quiet",
+      SSR_SOURCE_DIR, (fs::temp_directory_path() / ("ssr_vw_" + std::to_string(::getpid()))).string(), db);
+  struct Case {
+    std::string overrides;
+    double segments;
+  };
+  const std::vector<Case> cases = {{"train.eval_every=100", 4}, {"train.eval_every=20", 2}, {"train.eval_every=5", 1},
+                                   {"train.eval_every=1 train.eval_segments=7", 7}};
+  for (const Case& c : cases) {
+    INFO(c.overrides);
+    auto r = run(fmt::format("train {} {}", base, c.overrides));
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+  }
+  ssr::store::Store s(db);
+  const auto runs = s.runs();
+  REQUIRE(runs.size() == cases.size());
+  for (size_t i = 0; i < runs.size(); ++i) {
+    INFO(cases[i].overrides);
+    double got = -1;
+    for (const auto& x : s.results(runs[i].id))
+      if (x.split == "train" && x.name == "valid_segments") got = x.value;
+    CHECK(got == cases[i].segments);
+  }
+  // Walking past the end of the stream (7 segments of a 4-segment pass) restarts it as training does.
+  const auto v = ssr::testing::series(s, runs[3].id, "valid", "loss");
+  CHECK(v.size() == 4);
+  for (double x : v) CHECK(std::isfinite(x));
 }
 
 TEST_CASE("every demo base config trains on the real data here", "[train]") {

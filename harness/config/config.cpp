@@ -326,10 +326,31 @@ json yaml_to_json(const YAML::Node& n) {
   }
 }
 
+namespace {
+
+// yaml-cpp keeps both entries of a repeated key, and a lookup sees the first while a walk keeps
+// the last: a file that says a thing twice is refused instead.
+void refuse_repeated_keys(const YAML::Node& n, const std::string& path) {
+  if (n.IsSequence())
+    for (const auto& e : n) refuse_repeated_keys(e, path);
+  if (!n.IsMap()) return;
+  std::set<std::string> seen;
+  for (const auto& kv : n) {
+    if (kv.first.IsScalar() && !seen.insert(kv.first.Scalar()).second)
+      throw ConfigError(fmt::format("{}:{}: key '{}' appears twice in one mapping; keep one", path,
+                                    kv.first.Mark().line + 1, kv.first.Scalar()));
+    refuse_repeated_keys(kv.second, path);
+  }
+}
+
+}  // namespace
+
 YAML::Node load_yaml(const std::string& path, const std::string& what) {
   if (!fs::exists(path)) throw ConfigError(fmt::format("{}: {} not found", path, what));
   try {
-    return YAML::LoadFile(path);
+    YAML::Node root = YAML::LoadFile(path);
+    refuse_repeated_keys(root, path);
+    return root;
   } catch (const YAML::ParserException& e) {
     throw ConfigError(fmt::format("{}:{}:{}: YAML syntax error: {}", path, e.mark.line + 1,
                                   e.mark.column + 1, e.msg));

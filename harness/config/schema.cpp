@@ -124,7 +124,7 @@ std::vector<Key> build() {
       F("model.drop_path", 0.2, 0, 1, "swin_moe: stochastic depth rate of the last block (linear from 0 over all blocks)"),
       IL("model.moe_every", {0, 0, 2, 2}, 0, 1024, "swin_moe: per stage, block b is MoE when m > 0 and b % m == m - 1 (0 = dense stage; Swin-MoE: [0,0,2,2] = blocks 1,3,.. of stage 3, block 1 of stage 4)"),
       I("model.num_classes", 1000, 2, 1 << 20, "swin_moe: classes of the classifier head"),
-      F("model.init_std", 0.005, 0, 1, "swin_moe: truncated-normal std of expert weights (Tutel INIT_STD; biases 0, fc2 bias frozen)"),
+      F("model.init_std", 0.005, 0, 1, "swin_moe: truncated-normal std of every Linear and expert weight (Swin-MoE INIT_STD; biases 0, MLP fc2 without bias, expert fc2 bias frozen at 0)"),
       timed(I("model.loss_chunk", 2048, 1, 1 << 30, "tokens per output-layer + cross-entropy chunk (bounds the logits memory)")),
 
       // ---- router.*: token-to-expert routing (routers/)
@@ -148,6 +148,8 @@ std::vector<Key> build() {
       I("router.newton_steps", 0, 0, 1000, "Newton steps on the dual potential after the Sinkhorn sweeps (0 = off; SNS; needs numerics log)"),
       I("router.newton_warmup", 3, 0, 1000, "log-domain Sinkhorn sweeps before the Newton stage"),
       I("router.group_tokens", 0, 0, 1LL << 40, "tokens per router call: the micro-batch is routed in consecutive groups of this many (the reference: 6,144, one GPU's micro-batch); 0 = the whole micro-batch"),
+      unhashed_at_default(I("router.group_images", 0, 0, 1LL << 40, "swin_moe: images per router call in every MoE block (the reference: 48, one GPU's batch, so Tutel's capacity, dropping and loss are per GPU); 0 = the whole batch")),
+      unhashed_at_default(I("router.eval_group_tokens", 0, 0, 1LL << 40, "tokens per router call in the final evaluation (the reference: 12,288, one GPU's 24 of the 48 eval streams, batch_split 1); 0 = router.group_tokens")),
       C("router.solver", "eager", {"eager", "fused"}, "Sinkhorn implementation: eager LibTorch ops, or one fused CUDA kernel (log domain, <= 64 experts, CUDA builds)"),
       unhashed_at_default(B("router.global_batch", false, "with run.nproc > 1: all-gather the gate logits so routers (Sinkhorn marginals, balance losses, SSR's draw) see the global micro-batch, not one rank's (timing phase 'gather')")),
       C("router.eval_mode", "none", {"none", "sinkhorn", "noise", "both"}, "SSR at inference: none (vanilla), or keep Sinkhorn / noise / both (paper Table 3)"),
@@ -169,7 +171,7 @@ std::vector<Key> build() {
       F("train.label_smoothing", 0, 0, 1, "vision trainer: label smoothing of the cross-entropy"),
       F("train.clip", 0, 0, kInf, "gradient-norm clipping (0 = off, like the reference)"),
       I("train.eval_every", 1000, 0, 1LL << 40, "steps between partial validations (0 = none); the best one's checkpoint is kept"),
-      I("train.eval_segments", 100, 1, 1LL << 40, "segments of the validation stream per partial validation (own cache and position)"),
+      I("train.eval_segments", 0, 0, 1LL << 40, "segments of the validation stream per partial validation, walked like the training stream (own cache, position, random restart); 0 = the reference's min(eval_every / 10, one pass of a stream)"),
       C("train.precision", "fp32", {"fp32", "bf16"}, "fp32 (the paper's) or bf16 autocast of the forward (matmuls in bfloat16; parameters, loss reductions and Adam in float32)"),
       timed(B("train.time_router", true, "time the router calls of every step (timings phase 'router'; on CUDA each MoE layer then syncs once)")),
       I("train.checkpoint_every", 1000, 0, 1LL << 40, "steps between resumable checkpoints (0 = only at the end)", false),

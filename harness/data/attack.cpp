@@ -4,10 +4,15 @@
 #include <fmt/format.h>
 #include <openssl/evp.h>
 
+#include <algorithm>
+#include <clocale>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <stdexcept>
 #include <unordered_set>
+#include <wctype.h>
 
 #include "harness/data/corpus.hpp"
 
@@ -36,27 +41,76 @@ const std::vector<std::string>& stop_words() {
 
 namespace {
 
-// TextAttack strips these from the front of a word (words_from_text's `exceptions`).
-std::string_view strip_leading(std::string_view token) {
-  const size_t i = token.find_first_not_of("'-_*@");
-  return i == std::string_view::npos ? std::string_view() : token.substr(i);
+// One UTF-8 code point at s[i]; advances i. A malformed byte is returned as itself.
+char32_t next_code_point(std::string_view s, size_t& i) {
+  const auto b = static_cast<unsigned char>(s[i]);
+  const int len = b < 0x80 ? 1 : (b >> 5) == 0x6 ? 2 : (b >> 4) == 0xE ? 3 : (b >> 3) == 0x1E ? 4 : 1;
+  if (len == 1 || i + len > s.size()) {
+    ++i;
+    return b;
+  }
+  char32_t c = b & (0x7F >> len);
+  for (int k = 1; k < len; ++k) c = (c << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
+  i += len;
+  return c;
 }
 
-bool word_char(char c) {
-  const auto u = static_cast<unsigned char>(c);
-  return std::isalnum(u) || c == '_' || u >= 0x80;  // \w, with any non-ASCII byte counted as a letter
+// Python's str.isalnum, which re's \w follows: glibc's Unicode classes (C.UTF-8) plus the
+// numbers outside its alnum class (category No: superscripts, fractions, circled digits).
+bool unicode_alnum(char32_t c) {
+  static const locale_t utf8 = newlocale(LC_CTYPE_MASK, "C.UTF-8", static_cast<locale_t>(nullptr));
+  if (!utf8) throw std::runtime_error("the C.UTF-8 locale is missing (glibc >= 2.35 has it built in)");
+  if (iswalnum_l(static_cast<wint_t>(c), utf8)) return true;
+  struct Range {
+    char32_t lo, hi;
+  };
+  static constexpr Range numbers[] = {{0xB2, 0xB3},     {0xB9, 0xB9},     {0xBC, 0xBE},     {0x2070, 0x2070},
+                                      {0x2074, 0x2079}, {0x2080, 0x2089}, {0x2150, 0x2189}, {0x2460, 0x249B},
+                                      {0x24EA, 0x24FF}, {0x2776, 0x2793}, {0x3251, 0x325F}, {0x32B1, 0x32BF}};
+  return std::any_of(std::begin(numbers), std::end(numbers), [c](const Range& r) { return c >= r.lo && c <= r.hi; });
 }
+
+// A character of TextAttack's word pattern [\w<homoglyphs>'\-_\*@]: the homoglyphs that are
+// not \w themselves are ` (U+0060), × (U+00D7) and ˗ (U+02D7).
+bool word_char(char32_t c) {
+  if (c < 0x80) return std::isalnum(static_cast<int>(c)) || std::strchr("_'-*@`", static_cast<int>(c)) != nullptr;
+  return c == 0xD7 || c == 0x2D7 || unicode_alnum(c);
+}
+
+// TextAttack lstrips these from every word.
+bool exception_char(char32_t c) { return c == '\'' || c == '-' || c == '_' || c == '*' || c == '@'; }
 
 }  // namespace
 
-bool is_word(std::string_view token) {
-  auto core = strip_leading(token);
-  return std::any_of(core.begin(), core.end(), word_char);
+std::vector<std::string_view> text_words(std::string_view token) {
+  std::vector<std::string_view> words;
+  size_t i = 0;
+  while (i < token.size()) {
+    size_t start = i;
+    const char32_t c = next_code_point(token, i);
+    if (!word_char(c)) continue;
+    // A run of word characters; its leading exception characters are stripped.
+    bool leading = exception_char(c);
+    size_t end = i;
+    while (end < token.size()) {
+      size_t j = end;
+      const char32_t d = next_code_point(token, j);
+      if (!word_char(d)) break;
+      if (leading && !exception_char(d)) {
+        leading = false;
+        start = end;
+      }
+      end = j;
+    }
+    if (!leading) words.push_back(token.substr(start, end - start));
+    i = end;
+  }
+  return words;
 }
 
-bool is_stop_word(std::string_view token) {
+bool is_stop_word(std::string_view word) {
   static const std::unordered_set<std::string_view> set(stop_words().begin(), stop_words().end());
-  return set.count(strip_leading(token)) != 0;
+  return set.count(word) != 0;
 }
 
 std::string attack_text(std::string_view text, double rate, const std::string& word, torch::Generator& gen,
@@ -74,12 +128,12 @@ std::string attack_text(std::string_view text, double rate, const std::string& w
     ++stats.lines;
 
     int64_t words = 0;
-    std::vector<std::string_view> candidates;  // swappable tokens, views into `line`
-    for (auto t : split_words(line)) {
-      if (!is_word(t)) continue;
-      ++words;
-      if (!is_stop_word(t) && t != word) candidates.push_back(t);
-    }
+    std::vector<std::string_view> candidates;  // swappable words, views into `line`
+    for (auto t : split_words(line))
+      for (auto w : text_words(t)) {
+        ++words;
+        if (!is_stop_word(w) && w != word) candidates.push_back(w);
+      }
     stats.words += words;
     stats.swappable += static_cast<int64_t>(candidates.size());
     if (words > 0) ++stats.lines_with_words;

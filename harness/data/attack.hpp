@@ -16,12 +16,14 @@ namespace ssr::data {
 // NLTK's English stop-word list (179 words), which TextAttack's StopwordModification uses.
 const std::vector<std::string>& stop_words();
 
-// TextAttack's notion of a word on pre-tokenised WikiText: a whitespace token that still holds a
-// letter, digit or non-ASCII character after its leading ' - _ * @ are stripped (so "," and
-// "@-@" are not words). The stripped form is what the stop-word test sees, case-sensitively as in
-// TextAttack ("The" is swappable, "the" is not).
-bool is_word(std::string_view token);
-bool is_stop_word(std::string_view token);
+// TextAttack's words (words_from_text) of one whitespace token: the runs of its word pattern
+// [\w'-_*@ and three homoglyphs], each with its leading ' - _ * @ stripped, empty ones dropped.
+// So "," "@-@" and "–" hold no word, "U.S." holds "U" and "S", "<unk>" holds "unk", "'s" holds "s".
+// \w is Python's Unicode one. (TextAttack segments lines with CJK characters by jieba first; that
+// is not done here: one line of WikiText-103's valid and test has them.)
+std::vector<std::string_view> text_words(std::string_view token);
+// A word of NLTK's list, case-sensitively as in TextAttack ("The" is swappable, "the" is not).
+bool is_stop_word(std::string_view word);
 
 struct AttackStats {
   int64_t lines = 0;             // lines read
@@ -34,9 +36,10 @@ struct AttackStats {
 };
 
 // Per line: n = max(floor(rate * words), 1) distinct non-stop-words (never the replacement word
-// itself) chosen uniformly without replacement from `gen` (CPU) are replaced by `word`; lines
-// with fewer swappable words lose all of them, lines with none stay as they are. Whitespace and
-// line ends are kept byte for byte.
+// itself) chosen uniformly without replacement from `gen` (CPU) are replaced by `word` where they
+// stand in their token ("<unk>" -> "<AAA>", which the clean vocabulary reads as <unk>); lines
+// with fewer swappable words lose all of them, lines with none stay as they are. Everything
+// else, whitespace and line ends included, is kept byte for byte.
 std::string attack_text(std::string_view text, double rate, const std::string& word, torch::Generator& gen,
                         AttackStats& stats);
 

@@ -181,18 +181,17 @@ ImageData load_folders(const config::Config& cfg) {
   return d;
 }
 
-// x (C, H, W) float -> (C, h, w), bicubic like the reference's transforms (values may overshoot
-// [0, 1] slightly, as in torchvision on tensors).
-torch::Tensor resize(const torch::Tensor& x, int64_t h, int64_t w) {
+}  // namespace
+
+torch::Tensor resize_bicubic(const torch::Tensor& x, int64_t h, int64_t w) {
   namespace F = torch::nn::functional;
   return F::interpolate(x.unsqueeze(0), F::InterpolateFuncOptions()
                                             .size(std::vector<int64_t>{h, w})
                                             .mode(torch::kBicubic)
-                                            .align_corners(false))
+                                            .align_corners(false)
+                                            .antialias(true))
       .squeeze(0);
 }
-
-}  // namespace
 
 IdxData read_idx(const std::string& images_file, const std::string& labels_file) {
   const std::string img = read_maybe_gzip(images_file), lab = read_maybe_gzip(labels_file);
@@ -366,11 +365,11 @@ ImageBatch ImageLoader::make(std::vector<int64_t> rows, uint64_t batch_seed) con
           top = (h - ch) / 2;
           left = (w - cw) / 2;
         }
-        x = resize(x.narrow(1, top, ch).narrow(2, left, cw), size_, size_);
+        x = resize_bicubic(x.narrow(1, top, ch).narrow(2, left, cw), size_, size_);
       } else {
         const double s = static_cast<double>(eval_resize_) / static_cast<double>(std::min(h, w));
         const int64_t rh = std::max<int64_t>(size_, std::lround(h * s)), rw = std::max<int64_t>(size_, std::lround(w * s));
-        x = resize(x, rh, rw).narrow(1, (rh - size_) / 2, size_).narrow(2, (rw - size_) / 2, size_);
+        x = resize_bicubic(x, rh, rw).narrow(1, (rh - size_) / 2, size_).narrow(2, (rw - size_) / 2, size_);
       }
     }
     if (train_ && hflip_ && U(rng) < 0.5) x = x.flip({2});

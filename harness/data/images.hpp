@@ -47,6 +47,10 @@ struct DecodeError : std::runtime_error {
 };
 torch::Tensor decode_jpeg(const std::string& path);
 
+// x (C, H, W) float -> (C, h, w): bicubic with antialiasing, as PIL resizes the reference's
+// images (torch's antialiased kernel is PIL's); values may overshoot [0, 1] slightly.
+torch::Tensor resize_bicubic(const torch::Tensor& x, int64_t h, int64_t w);
+
 // Reads the data.* keys for data.format idx or imagefolder and checks them against model.*
 // (channels, image size, number of classes). Every bad input is one ConfigError naming the file.
 // idx: splits are file prefixes in data.dir (<prefix>-images-idx3-ubyte[.gz]); valid may be

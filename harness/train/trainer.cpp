@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 
 #include "harness/data/corpus.hpp"
 #include "harness/dist/launch.hpp"
@@ -77,19 +78,18 @@ struct Rngs {
   torch::Generator router;  // the routers' draws: per rank, or alike on every rank with router.global_batch
 };
 
-// Token-weighted mean NLL over segments [first, first + count) of an evaluation walk, carrying
-// `state` across them (spec section 4: zero caches at segment 0, segments in order). This rank
-// scores rows [row0, row0 + rows) of every segment; the sums are reduced over ranks.
-double evaluate(models::SwitchLM& model, const data::StreamBatcher& walk, int64_t first, int64_t count,
-                models::LMState& state, torch::Device device, torch::Generator& gen, bool bf16, int64_t row0,
-                int64_t rows, dist::Group* group) {
+// Token-weighted mean NLL over `count` segments handed out by `next_segment(i)`, carrying
+// `state` across them (a segment with reset set zeroes the caches first). This rank scores rows
+// [row0, row0 + rows) of every segment; the sums are reduced over ranks.
+double evaluate(models::SwitchLM& model, const std::function<data::StreamBatcher::Batch(int64_t)>& next_segment,
+                int64_t count, models::LMState& state, torch::Device device, torch::Generator& gen, bool bf16,
+                int64_t row0, int64_t rows, dist::Group* group) {
   torch::NoGradGuard no_grad;
   models::AutocastGuard autocast(device, bf16);
   model->eval();
   double total = 0, tokens = 0;
-  for (int64_t i = first; i < first + count; ++i) {
-    const int64_t seg = i % walk.eval_segments();
-    auto batch = walk.segment(seg);
+  for (int64_t i = 0; i < count; ++i) {
+    auto batch = next_segment(i);
     if (batch.reset)
       for (auto& c : state.cache) c.zero_();
     auto tokens_in = batch.tokens.narrow(0, row0, rows).to(device);   // (rows, seq_len)
@@ -111,7 +111,7 @@ double evaluate(models::SwitchLM& model, const data::StreamBatcher& walk, int64_
 // Everything a bit-for-bit continuation needs: weights, optimiser moments, RNG states, data
 // position and the per-stream caches.
 struct Snapshot {
-  int64_t step = 0, train_pos = 0, valid_next = 0;
+  int64_t step = 0, train_pos = 0, valid_pos = 0;
   double best_valid = INFINITY;
   int64_t best_step = 0;
 };
@@ -151,7 +151,7 @@ void save_checkpoint(const fs::path& path, models::SwitchLM& model, torch::optim
   }
   ar.write("data_gen_state", rng.data.get_state());
   ar.write("default_gen_state", at::detail::getDefaultCPUGenerator().get_state());
-  ar.write("counters", torch::tensor({snap.step, snap.train_pos, snap.valid_next, snap.best_step}));
+  ar.write("counters", torch::tensor({snap.step, snap.train_pos, snap.valid_pos, snap.best_step}));
   ar.write("best_valid", torch::tensor(snap.best_valid, torch::kDouble));
   for (const auto& [name, c] : caches) ar.write(name, c);
   for (size_t l = 0; l < valid_caches.size(); ++l) ar.write(fmt::format("valid_cache_{}", l), valid_caches[l]);
@@ -171,7 +171,7 @@ Snapshot load_checkpoint(const fs::path& path, models::SwitchLM& model, torch::o
   ar.read("best_valid", best);
   snap.step = counters[0].item<int64_t>();
   snap.train_pos = counters[1].item<int64_t>();
-  snap.valid_next = counters[2].item<int64_t>();
+  snap.valid_pos = counters[2].item<int64_t>();
   snap.best_step = counters[3].item<int64_t>();
   snap.best_valid = best.item<double>();
   if (opt) {
@@ -269,6 +269,11 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       throw config::ConfigError("train.eval_every: partial validation needs a valid split (set data.valid or data.holdout, or train.eval_every=0)");
     valid_walk.emplace(walk("valid", B, false, "partial validation every train.eval_every steps reads train.batch_size streams"));
   }
+  // The reference validates on a tenth of an iteration's steps, at most one pass of the stream.
+  const int64_t valid_segments =
+      cfg.i("train.eval_segments") > 0 || !valid_walk
+          ? cfg.i("train.eval_segments")
+          : std::min(std::max<int64_t>(1, eval_every / 10), (valid_walk->stream_length() + M - 1) / M);
   const int64_t EB = cfg.i("eval.batch_size");
   std::map<std::string, data::StreamBatcher> eval_walks;
   for (const auto& name : cfg.strings("eval.splits"))
@@ -308,6 +313,7 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
     if (resume) {
       snap = load_checkpoint(last, model, &optimizer, &rng, &states, &valid_state, device, lay);
       batcher.set_position(snap.train_pos);
+      if (valid_walk) valid_walk->set_position(snap.valid_pos);
     }
   }
   RunLog log(store, cfg, lead);
@@ -328,6 +334,7 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
   auto snapshot = [&](int64_t step) {
     snap.step = step;
     snap.train_pos = batcher.position();
+    if (valid_walk) snap.valid_pos = valid_walk->position();
     return snap;
   };
 
@@ -415,11 +422,11 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
         log.router_stats(step, model->take_router_stats());
       }
       if (valid_walk && (step % eval_every == 0 || step == steps)) {
-        // Partial validation on the next train.eval_segments segments of the validation stream.
-        const int64_t K = cfg.i("train.eval_segments");
-        const double v =
-            evaluate(model, *valid_walk, snap.valid_next, K, valid_state, device, gen, bf16, row0, rows, group.get());
-        snap.valid_next += K;
+        // Partial validation: the next valid_segments segments of the validation stream, walked
+        // as the training stream is (the reference's train_iteration with eval_only).
+        const double v = evaluate(
+            model, [&](int64_t) { return valid_walk->next(rng.data); }, valid_segments, valid_state, device, gen, bf16,
+            row0, rows, group.get());
         const auto [name, value] = headline(cfg, v);
         log.metric(step, "valid", "loss", v);
         log.metric(step, "valid", name, value);
@@ -448,6 +455,9 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       if (group) dist::broadcast_module(*group, *model);
       log.result("train", "best_step", static_cast<double>(snap.best_step));
     }
+    // The reference's final evaluation splits eval.batch_size streams over its ranks with
+    // batch_split 1, so each router call saw more tokens than in training and validation.
+    if (cfg.i("router.eval_group_tokens") > 0) model->set_router_group_tokens(cfg.i("router.eval_group_tokens"));
     const int64_t max_seg = cfg.i("eval.max_segments");
     // Evaluates one split and stores its results under `stored_as`; returns the mean NLL.
     auto final_eval = [&](const std::string& split_name, const std::string& stored_as) {
@@ -458,7 +468,9 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       const bool norms = stored_as == "valid";  // paper Fig. 2: MoE output norm per layer
       if (norms) model->take_moe_output_norms();  // drop what training steps accumulated
       model->collect_router_stats(norms);
-      const double loss = evaluate(model, walk, 0, n, state, device, gen, bf16, eval_row0, eval_rows, group.get());
+      const double loss = evaluate(
+          model, [&](int64_t i) { return walk.segment(i); }, n, state, device, gen, bf16, eval_row0, eval_rows,
+          group.get());
       model->collect_router_stats(false);
       const auto [metric, value] = headline(cfg, loss);
       log.result(stored_as, "loss", loss);
@@ -486,6 +498,7 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       model->set_router_eval_mode(mode);
       for (const auto& split_name : cfg.strings("eval.splits")) final_eval(split_name, split_name + "@" + mode);
     }
+    if (valid_walk) log.result("train", "valid_segments", static_cast<double>(valid_segments));
     log.result("train", "seconds", log.wall());
     log.finish("finished");
     return {run_id, "finished"};

@@ -55,6 +55,32 @@ SinkhornResult solve_plain(const torch::Tensor& log_k, const SinkhornOptions& o)
   return finish(u.unsqueeze(1) * k * v.unsqueeze(0), it, o.delta);  // (tokens, experts)
 }
 
+// The authors' prototype (spec 1.6): K = exp(C / xi) without appendix D's -1 (the sizes of u
+// and v, which its rule compares, depend on it), u = v = 1; each sweep u' = 1 / (K v) first, then
+// v' = s / (K^T u'); stop once |u' - u|_1 < delta and |v' - v|_1 < delta.
+SinkhornResult solve_scaling(const torch::Tensor& log_k, const SinkhornOptions& o) {
+  const int64_t m = log_k.size(0), n = log_k.size(1);
+  const double s = static_cast<double>(m) / static_cast<double>(n);
+  auto k = (log_k + 1.0).exp();                  // (tokens, experts)
+  auto u = torch::ones({m}, log_k.options());    // (tokens)
+  auto v = torch::ones({n}, log_k.options());    // (experts)
+  int64_t it = 0;
+  while (it < o.max_iter) {
+    ++it;
+    auto u_next = 1.0 / k.mv(v);         // (tokens)
+    auto v_next = s / u_next.matmul(k);  // (experts)
+    bool stop = false;
+    if (should_check(it, o.max_iter, o.check_every)) {
+      const double change = torch::maximum((u_next - u).abs().sum(), (v_next - v).abs().sum()).item<double>();
+      stop = !std::isfinite(change) || change < o.delta;
+    }
+    u = u_next;
+    v = v_next;
+    if (stop) break;
+  }
+  return finish(u.unsqueeze(1) * k * v.unsqueeze(0), it, o.delta);  // (tokens, experts)
+}
+
 // The same sweeps on the log potentials a = log u, b = log v.
 struct LogState {
   torch::Tensor a;  // (tokens)
@@ -168,6 +194,7 @@ SinkhornResult sinkhorn(const torch::Tensor& cost, const SinkhornOptions& opt) {
   if (opt.solver == Solver::Fused) return solve_fused(log_k, opt);
 #endif
   if (opt.newton_steps > 0) return solve_newton(log_k, opt);
+  if (opt.stop == StopRule::Scaling) return solve_scaling(log_k, opt);
   return opt.numerics == Numerics::Plain ? solve_plain(log_k, opt) : solve_log(log_k, opt);
 }
 
@@ -190,6 +217,11 @@ SinkhornOptions sinkhorn_options(const config::Config& cfg) {
       throw config::ConfigError(
           "router.solver: fused runs log-domain sweeps only; set router.numerics=log and router.newton_steps=0");
   }
+  o.stop = cfg.s("router.stop_rule") == "scaling" ? StopRule::Scaling : StopRule::Marginal;
+  if (o.stop == StopRule::Scaling && (o.numerics != Numerics::Plain || o.newton_steps > 0 || o.solver != Solver::Eager))
+    throw config::ConfigError(
+        "router.stop_rule: scaling is the authors' plain-domain prototype; set router.numerics=plain, "
+        "router.newton_steps=0 and router.solver=eager (or router.stop_rule=marginal)");
   if (o.newton_steps > 0 && o.numerics == Numerics::Plain)
     throw config::ConfigError(
         "router.numerics: plain cannot be combined with router.newton_steps > 0 (the Newton stage is log-domain)");

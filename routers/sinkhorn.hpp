@@ -19,6 +19,11 @@ enum class Numerics {
   Log,    // potentials in the log domain (logsumexp updates); stable for every xi
 };
 
+enum class StopRule {
+  Marginal,  // both marginal errors (marginal_error) <= delta: the paper's Algorithm 1
+  Scaling,   // u and v each changed by < delta (L1) in the last sweep: the authors' prototype
+};
+
 struct SinkhornOptions {
   double xi = 0.5;         // entropic regularisation
   double delta = 1e-4;     // tolerance on marginal_error
@@ -28,6 +33,7 @@ struct SinkhornOptions {
   int64_t newton_steps = 0;   // > 0: SNS, newton_warmup log sweeps then up to this many Newton steps
   int64_t newton_warmup = 3;  // log-domain sweeps before the Newton stage
   Solver solver = Solver::Eager;
+  StopRule stop = StopRule::Marginal;  // Scaling: plain numerics and the eager solver only
 };
 
 struct SinkhornResult {
@@ -46,7 +52,8 @@ SinkhornResult sinkhorn(const torch::Tensor& cost, const SinkhornOptions& opt);
 // plan: (tokens, experts); returns a () tensor on the plan's device (no host sync).
 torch::Tensor marginal_error(const torch::Tensor& plan);
 
-// Reads router.xi, delta, max_iter, numerics, check_every, newton_steps, newton_warmup, solver.
+// Reads router.xi, delta, max_iter, numerics, check_every, newton_steps, newton_warmup, solver,
+// stop_rule.
 SinkhornOptions sinkhorn_options(const config::Config& cfg);
 
 }  // namespace ssr::routers

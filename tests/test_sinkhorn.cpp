@@ -208,6 +208,38 @@ TEST_CASE("sinkhorn: iteration count and checks", "[sinkhorn]") {
   CHECK_FALSE(capped.converged);
 }
 
+TEST_CASE("sinkhorn: the prototype's stop rule (u first, L1 change of u and v)", "[sinkhorn]") {
+  auto proto = [](double delta, int64_t max_iter) {
+    SinkhornOptions o = opts(1.0, Numerics::Plain, delta, max_iter, 1);
+    o.stop = StopRule::Scaling;
+    return o;
+  };
+  // One sweep by hand: K = exp(C), u = 1 / (K 1), v = (m/n) / (K^T u), plan = diag(u) K diag(v).
+  // Algorithm 1's order (v first) would give exact rows here; u first gives exact columns.
+  auto cost = random_logits(6, 3, 1.0, 21, torch::kFloat64);  // (6, 3)
+  auto k = cost.exp();
+  auto u = 1.0 / k.sum(1);
+  auto v = 2.0 / u.matmul(k);
+  auto by_hand = u.unsqueeze(1) * k * v.unsqueeze(0);
+  auto one = sinkhorn(cost, proto(1e-2, 1));
+  CHECK(one.iters == 1);
+  CHECK(torch::allclose(one.plan, by_hand, 1e-12, 1e-12));
+  CHECK(torch::allclose(one.plan.sum(0), torch::full({3}, 2.0, torch::kFloat64), 1e-12, 1e-12));
+  // Run to a tight tolerance it reaches Algorithm 1's plan; the prototype's 1e-2 stops earlier.
+  auto big = random_logits(300, 16, 1.0, 5);  // (300, 16)
+  auto tight = sinkhorn(big, proto(1e-7, 1000));
+  auto ref = sinkhorn(big, opts(1.0, Numerics::Log, 1e-7, 1000, 1));
+  CHECK(torch::allclose(tight.plan, ref.plan, 1e-4, 1e-6));
+  auto loose = sinkhorn(big, proto(1e-2, 100));
+  CHECK(loose.iters < tight.iters);
+  // It needs the plain scaling of the prototype.
+  ssr::config::Config cfg;
+  ssr::config::apply_overrides(cfg, {"router.stop_rule=scaling"}, {});
+  CHECK_THROWS_WITH(sinkhorn_options(cfg), Catch::Contains("router.stop_rule"));
+  ssr::config::apply_overrides(cfg, {"router.numerics=plain"}, {});
+  CHECK(sinkhorn_options(cfg).stop == StopRule::Scaling);
+}
+
 TEST_CASE("sinkhorn: the plan carries no gradient", "[sinkhorn]") {
   auto cost = random_logits(16, 4, 1.0, 9).requires_grad_(true);  // (16, 4)
   auto res = sinkhorn(cost, opts(0.5, Numerics::Log, 1e-4, 100));

@@ -150,6 +150,7 @@ std::vector<Key> build() {
       I("router.group_tokens", 0, 0, 1LL << 40, "tokens per router call: the micro-batch is routed in consecutive groups of this many (the reference: 6,144, one GPU's micro-batch); 0 = the whole micro-batch"),
       unhashed_at_default(I("router.group_images", 0, 0, 1LL << 40, "swin_moe: images per router call in every MoE block (the reference: 48, one GPU's batch, so Tutel's capacity, dropping and loss are per GPU); 0 = the whole batch")),
       unhashed_at_default(I("router.eval_group_tokens", 0, 0, 1LL << 40, "tokens per router call in the final evaluation (the reference: 12,288, one GPU's 24 of the 48 eval streams, batch_split 1); 0 = router.group_tokens")),
+      unhashed_at_default(C("router.stop_rule", "marginal", {"marginal", "scaling"}, "Sinkhorn stop: marginal errors <= router.delta (paper Algorithm 1), or u and v changing by < router.delta in L1 (the authors' prototype: u first, kernel exp(C/xi); plain numerics)")),
       C("router.solver", "eager", {"eager", "fused"}, "Sinkhorn implementation: eager LibTorch ops, or one fused CUDA kernel (log domain, <= 64 experts, CUDA builds)"),
       unhashed_at_default(B("router.global_batch", false, "with run.nproc > 1: all-gather the gate logits so routers (Sinkhorn marginals, balance losses, SSR's draw) see the global micro-batch, not one rank's (timing phase 'gather')")),
       C("router.eval_mode", "none", {"none", "sinkhorn", "noise", "both"}, "SSR at inference: none (vanilla), or keep Sinkhorn / noise / both (paper Table 3)"),

@@ -233,6 +233,32 @@ TEST_CASE("a router's random draws leave data and dropout alone: SSR that never 
   CHECK(la == lb);
 }
 
+TEST_CASE("router.eval_group_tokens changes the final evaluation's router calls and nothing before", "[train]") {
+  // The Sinkhorn baseline routes by a plan of the whole call, so the final evaluation's numbers
+  // depend on the call size; training (32-token groups in both runs) must not.
+  const auto db = temp_db("eval_group.db");
+  const std::string args = fmt::format(
+      "{}/experiments/lm-demo-enwik8.yaml router=sinkhorn router.group_tokens=32 train.steps=6 run.log_every=1 "
+      "eval.max_segments=2 run.out_dir={} --db {} --quiet",
+      SSR_SOURCE_DIR, (fs::temp_directory_path() / ("ssr_eg_" + std::to_string(::getpid()))).string(), db);
+  for (const char* eval_group : {"0", "1000000"}) {
+    auto r = run(fmt::format("train {} router.eval_group_tokens={}", args, eval_group));
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+  }
+  ssr::store::Store s(db);
+  const auto runs = s.runs();
+  REQUIRE(runs.size() == 2);
+  CHECK(losses(s, runs[0].id) == losses(s, runs[1].id));
+  auto test_loss = [&](int64_t id) {
+    for (const auto& x : s.results(id))
+      if (x.split == "test" && x.name == "loss") return x.value;
+    return -1.0;
+  };
+  CHECK(test_loss(runs[0].id) > 0);
+  CHECK(test_loss(runs[0].id) != test_loss(runs[1].id));
+}
+
 TEST_CASE("partial validation walks the validation stream as the reference does", "[train]") {
   // The 500 valid bytes of the enwik8 fixture in 2 streams of 64-byte segments: 250 bytes, so a
   // pass is ceil(250 / 64) = 4 segments, and the reference validates min(eval_every / 10, 4).

@@ -160,6 +160,7 @@ torch::Tensor PatchMergingImpl::forward(const torch::Tensor& x) {
 SwinMoEImpl::SwinMoEImpl(const config::Config& cfg) {
   if (cfg.i("router.group_images") > 0 && cfg.i("router.group_tokens") > 0)
     throw config::ConfigError("router.group_images: Swin-MoE groups router calls by images; leave router.group_tokens at 0");
+  const double init_std = cfg.f("model.init_std");
   const auto depths = cfg.ints("model.depths"), heads = cfg.ints("model.swin_heads"),
              moe_every = cfg.ints("model.moe_every");
   const int64_t n_stages = static_cast<int64_t>(depths.size());
@@ -204,14 +205,14 @@ SwinMoEImpl::SwinMoEImpl(const config::Config& cfg) {
     }
     stages.push_back(std::move(blocks));
     if (s + 1 < n_stages) {
-      merges.push_back(register_module(fmt::format("merge{}", s), PatchMerging(dim, res, cfg.f("model.init_std"))));
+      merges.push_back(register_module(fmt::format("merge{}", s), PatchMerging(dim, res, init_std)));
       dim *= 2;
       res /= 2;
     }
   }
   norm = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
   head = register_module("head", torch::nn::Linear(dim, cfg.i("model.num_classes")));
-  init_linear(head, cfg.f("model.init_std"));
+  init_linear(head, init_std);
 }
 
 torch::Tensor SwinMoEImpl::forward(const torch::Tensor& images, torch::Tensor& aux, torch::Generator& gen) {

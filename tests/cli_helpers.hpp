@@ -55,4 +55,12 @@ inline std::vector<double> series(const store::Store& s, int64_t run, const std:
   return v;
 }
 
+// One stored result of a run (split, name); the test fails when the run has none.
+inline double result(const store::Store& s, int64_t run, const std::string& split, const std::string& name) {
+  for (const auto& r : s.results(run))
+    if (r.split == split && r.name == name) return r.value;
+  FAIL("no result " << split << "/" << name);
+  return 0;
+}
+
 }  // namespace ssr::testing

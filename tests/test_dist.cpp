@@ -27,6 +27,7 @@ namespace fs = std::filesystem;
 namespace {
 
 using ssr::testing::kBin;
+using ssr::testing::result;
 using ssr::testing::run;
 using ssr::testing::series;
 const std::string kDemo = std::string(SSR_SOURCE_DIR) + "/experiments/demo.yaml";
@@ -53,13 +54,6 @@ void check_close(const std::vector<double>& a, const std::vector<double>& b, dou
     INFO("index " << i << ": " << a[i] << " vs " << b[i]);
     CHECK(std::abs(a[i] - b[i]) <= tol * std::max(1.0, std::abs(a[i])));
   }
-}
-
-double result(ssr::store::Store& s, int64_t run, const std::string& split, const std::string& name) {
-  for (const auto& r : s.results(run))
-    if (r.split == split && r.name == name) return r.value;
-  FAIL("no result " << split << "/" << name);
-  return 0;
 }
 
 // Trains `args` once in one process and once on two ranks, each into its own store.

@@ -22,6 +22,7 @@ namespace fs = std::filesystem;
 namespace {
 
 using ssr::testing::kBin;
+using ssr::testing::result;
 using ssr::testing::Result;
 using ssr::testing::run;
 const std::string kDemo = std::string(SSR_SOURCE_DIR) + "/experiments/demo.yaml";
@@ -250,13 +251,7 @@ TEST_CASE("router.eval_group_tokens changes the final evaluation's router calls 
   const auto runs = s.runs();
   REQUIRE(runs.size() == 2);
   CHECK(losses(s, runs[0].id) == losses(s, runs[1].id));
-  auto test_loss = [&](int64_t id) {
-    for (const auto& x : s.results(id))
-      if (x.split == "test" && x.name == "loss") return x.value;
-    return -1.0;
-  };
-  CHECK(test_loss(runs[0].id) > 0);
-  CHECK(test_loss(runs[0].id) != test_loss(runs[1].id));
+  CHECK(result(s, runs[0].id, "test", "loss") != result(s, runs[1].id, "test", "loss"));
 }
 
 TEST_CASE("partial validation walks the validation stream as the reference does", "[train]") {
@@ -284,10 +279,7 @@ TEST_CASE("partial validation walks the validation stream as the reference does"
   REQUIRE(runs.size() == cases.size());
   for (size_t i = 0; i < runs.size(); ++i) {
     INFO(cases[i].overrides);
-    double got = -1;
-    for (const auto& x : s.results(runs[i].id))
-      if (x.split == "train" && x.name == "valid_segments") got = x.value;
-    CHECK(got == cases[i].segments);
+    CHECK(result(s, runs[i].id, "train", "valid_segments") == cases[i].segments);
   }
   // Walking past the end of the stream (7 segments of a 4-segment pass) restarts it as training does.
   const auto v = ssr::testing::series(s, runs[3].id, "valid", "loss");

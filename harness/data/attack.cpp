@@ -5,13 +5,13 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
-#include <clocale>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
 #include <unordered_set>
+#include <locale.h>
 #include <wctype.h>
 
 #include "harness/data/corpus.hpp"

@@ -38,14 +38,14 @@ TEST_CASE("store migrates an empty file and reopens without migrating again", "[
   const auto path = temp_db("migrate.db");
   {
     Store s(path + "");
-    CHECK(s.schema_version() == 3);
+    CHECK(s.schema_version() == 4);
     for (const char* t : {"runs", "metrics", "results", "timings", "sweeps", "bench_sessions", "bench_cases", "bench_times", "store_info"})
       CHECK(count(s, std::string("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='") + t + "'") == 1);
     CHECK(count(s, "SELECT count(*) FROM pragma_journal_mode WHERE journal_mode='wal'") == 1);
     s.create_run("abc", {{"x", 1}}, 1, ssr::store::this_machine("cpu"));
   }
   Store again(path);
-  CHECK(again.schema_version() == 3);
+  CHECK(again.schema_version() == 4);
   CHECK(again.runs().size() == 1);
   CHECK(again.id() == Store(path).id());  // drawn once, when the store was created
 }
@@ -60,7 +60,7 @@ TEST_CASE("store upgrades a version-1 file in place, keeping its runs", "[store]
       REQUIRE(sqlite3_exec(s.handle(), sql, nullptr, nullptr, nullptr) == SQLITE_OK);
   }
   Store s(path);
-  CHECK(s.schema_version() == 3);
+  CHECK(s.schema_version() == 4);
   CHECK(s.runs().size() == 1);
   CHECK(s.id().size() == 16);
   ssr::store::BenchCase c;
@@ -71,6 +71,7 @@ TEST_CASE("store upgrades a version-1 file in place, keeping its runs", "[store]
   c.seconds = {0.25, NAN, 0.5};
   const auto first = s.add_bench_session("ssr bench step x.yaml", ssr::store::this_machine("cpu"), 1, {c});
   c.seconds = {1.0};
+  c.peak_bytes = 3'000'000'000;
   const auto second = s.add_bench_session("ssr bench step x.yaml", ssr::store::this_machine("cpu"), 1, {c});
   const auto got = s.bench_cases("abc");
   REQUIRE(got.size() == 2);
@@ -80,6 +81,8 @@ TEST_CASE("store upgrades a version-1 file in place, keeping its runs", "[store]
   CHECK(got[1].config == c.config);
   REQUIRE(got[1].seconds.size() == 3);
   CHECK(std::isnan(got[1].seconds[1]));
+  CHECK(!got[1].peak_bytes);  // not measured (CPU)
+  CHECK(got[0].peak_bytes == 3'000'000'000);
   CHECK(got[1].info.torch_version == ssr::store::this_machine("cpu").torch_version);
   CHECK(s.bench_cases("other").empty());
 }

@@ -23,8 +23,31 @@
 #include "models/precision.hpp"
 #include "models/switch_lm.hpp"
 
+#ifdef SSR_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
 namespace ssr::bench {
 namespace {
+
+// Bytes the CUDA caching allocator has handed out in tensors: now, or the peak since the last
+// reset. LibTorch keeps no such count on CPU, where both are 0.
+int64_t device_bytes(const torch::Device& device, bool peak) {
+#ifdef SSR_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(c10::cuda::current_device());
+    const auto& a = stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)];
+    return peak ? a.peak : a.current;
+  }
+#endif
+  return 0;
+}
+void reset_device_peak(const torch::Device& device) {
+#ifdef SSR_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(c10::cuda::current_device());
+#endif
+}
 
 using Clock = std::chrono::steady_clock;
 
@@ -38,6 +61,10 @@ struct Case {
   std::vector<models::LMState> states;
   torch::Tensor inputs, targets;  // (streams per micro-batch, seq_len)
   std::vector<double> ms;         // one per timed round
+  // Device memory as if the case ran alone (every case's model stays resident during the session):
+  // what it keeps between steps (weights, gradients, Adam moments, caches) + its step's transient peak.
+  int64_t resident_bytes = 0, transient_bytes = 0;
+  int64_t peak_bytes() const { return resident_bytes + transient_bytes; }
   int64_t tokens() const {
     return cfg().i("train.batch_size") / cfg().i("train.batch_split") * cfg().i("train.batch_split") * cfg().i("train.seq_len");
   }
@@ -142,20 +169,10 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
   };
 
   torch::Generator gen = at::make_generator<at::CPUGeneratorImpl>(args.seed);
-  for (auto& c : cases) {
-    torch::manual_seed(args.seed);
-    c.model = models::SwitchLM(c.cfg(), vocab);
-    c.model->to(device);
-    c.opt = std::make_unique<torch::optim::Adam>(c.model->parameters(), torch::optim::AdamOptions(c.cfg().f("train.lr")));
-    const int64_t split = c.cfg().i("train.batch_split"), streams = c.cfg().i("train.batch_size") / split, M = c.cfg().i("train.seq_len");
-    for (int64_t j = 0; j < split; ++j) c.states.push_back(c.model->initial_state(streams));
-    for (auto& s : c.states)
-      for (auto& t : s.cache) t = t.to(device);
-    auto tokens = torch::randint(vocab, {streams, M + 1}, gen).to(device);  // (streams per micro-batch, seq_len + 1)
-    c.inputs = tokens.narrow(1, 0, M);
-    c.targets = tokens.narrow(1, 1, M);
-  }
   auto step = [&](Case& c) {
+    sync();
+    const int64_t at_start = device_bytes(device, false);
+    reset_device_peak(device);
     c.opt->zero_grad();
     const auto split = static_cast<double>(c.cfg().i("train.batch_split"));
     for (auto& s : c.states) {
@@ -168,7 +185,27 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
     }
     c.opt->step();
     sync();
+    c.transient_bytes = std::max(c.transient_bytes, device_bytes(device, true) - at_start);
   };
+  // Each case's first warm-up step runs as it is built, so that what it keeps resident (its Adam
+  // moments appear at that step) is counted before the next case is built.
+  for (auto& c : cases) {
+    sync();
+    const int64_t before = device_bytes(device, false);
+    torch::manual_seed(args.seed);
+    c.model = models::SwitchLM(c.cfg(), vocab);
+    c.model->to(device);
+    c.opt = std::make_unique<torch::optim::Adam>(c.model->parameters(), torch::optim::AdamOptions(c.cfg().f("train.lr")));
+    const int64_t split = c.cfg().i("train.batch_split"), streams = c.cfg().i("train.batch_size") / split, M = c.cfg().i("train.seq_len");
+    for (int64_t j = 0; j < split; ++j) c.states.push_back(c.model->initial_state(streams));
+    for (auto& s : c.states)
+      for (auto& t : s.cache) t = t.to(device);
+    auto tokens = torch::randint(vocab, {streams, M + 1}, gen).to(device);  // (streams per micro-batch, seq_len + 1)
+    c.inputs = tokens.narrow(1, 0, M);
+    c.targets = tokens.narrow(1, 1, M);
+    step(c);
+    c.resident_bytes = device_bytes(device, false) - before;
+  }
 
   const int64_t params = [&] {
     int64_t n = 0;
@@ -180,7 +217,7 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
                      args.config, args.scale.empty() ? "" : " --scale " + args.scale, params, cases.front().label,
                      cases.front().tokens(), base.i("train.batch_split"), vocab, vocab_source, base.s("run.device"),
                      base.s("train.precision"), torch::get_num_threads(), args.warmup, args.repeats, cases.size());
-  for (int w = 0; w < args.warmup; ++w)
+  for (int w = 1; w < args.warmup; ++w)
     for (auto& c : cases) step(c);
   for (int r = 0; r < args.repeats; ++r)
     for (auto& c : cases) {
@@ -189,9 +226,10 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
       c.ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
     }
 
-  out << fmt::format("| {} | step ms (median) | tokens/s | overhead (mean of per-round ratios, 95 % CI) |\n",
-                     sweep_mode ? "job" : "router");
-  out << "|---|---|---|---|\n";
+  const bool memory = device.is_cuda();
+  out << fmt::format("| {} | step ms (median) | tokens/s | overhead (mean of per-round ratios, 95 % CI) |{}\n",
+                     sweep_mode ? "job" : "router", memory ? " peak memory GiB (alone) |" : "");
+  out << fmt::format("|---|---|---|---|{}\n", memory ? "---|" : "");
   for (size_t i = 0; i < cases.size(); ++i) {
     const auto& c = cases[i];
     auto sorted = c.ms;
@@ -205,8 +243,8 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
                         : fmt::format("{:+.1f} % ± {:.1f} vs {}", 100 * ci.mean, 100 * ci.ci,
                                       cases[c.baseline].job.label("variant").empty() ? cases[c.baseline].label
                                                                                      : cases[c.baseline].job.label("variant"));
-    out << fmt::format("| {} | {:.2f} | {:.0f} | {} |\n", c.label, median,
-                       static_cast<double>(c.tokens()) / (median / 1000.0), overhead);
+    out << fmt::format("| {} | {:.2f} | {:.0f} | {} |{}\n", c.label, median, static_cast<double>(c.tokens()) / (median / 1000.0),
+                       overhead, memory ? fmt::format(" {:.2f} |", static_cast<double>(c.peak_bytes()) / (1 << 30)) : "");
   }
   if (!args.csv.empty()) {
     std::filesystem::path p(args.csv);
@@ -229,6 +267,7 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
       bc.config = c.cfg().to_json();
       bc.tokens_per_step = c.tokens();
       for (double ms : c.ms) bc.seconds.push_back(ms / 1000.0);
+      if (memory) bc.peak_bytes = c.peak_bytes();
       rows.push_back(std::move(bc));
     }
     store::Store st(args.db);

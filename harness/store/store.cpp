@@ -23,7 +23,7 @@ namespace ssr::store {
 
 // Versioned migrations: entry i takes the schema from version i to i + 1. Never edit a
 // released entry; append a new one.
-static const std::array<const char*, 3> kMigrations = {R"sql(
+static const std::array<const char*, 4> kMigrations = {R"sql(
 CREATE TABLE sweeps (
   id          INTEGER PRIMARY KEY,
   name        TEXT NOT NULL,
@@ -115,6 +115,10 @@ CREATE TABLE store_info (
   value TEXT NOT NULL
 );
 INSERT INTO store_info (key, value) VALUES ('id', lower(hex(randomblob(8))));
+)sql",
+    // 4: a bench case's peak device memory (CUDA only; NULL on CPU, where LibTorch keeps no count).
+    R"sql(
+ALTER TABLE bench_cases ADD COLUMN peak_bytes INTEGER;
 )sql"};
 
 double now() {
@@ -443,11 +447,14 @@ int64_t Store::add_bench_session(const std::string& command, const RunInfo& info
       .bind(6, warmup).bind(7, now());
   s.step();
   const int64_t session = sqlite3_last_insert_rowid(db_);
-  Stmt c(db_, "INSERT INTO bench_cases (session_id, label, config_hash, config_json, tokens_per_step) VALUES (?,?,?,?,?)");
+  Stmt c(db_,
+         "INSERT INTO bench_cases (session_id, label, config_hash, config_json, tokens_per_step, peak_bytes) "
+         "VALUES (?,?,?,?,?,?)");
   Stmt t(db_, "INSERT INTO bench_times (case_id, round, seconds) VALUES (?,?,?)");
   for (const auto& bc : cases) {
     c.reset();
     c.bind(1, session).bind(2, bc.label).bind(3, bc.config_hash).bind(4, bc.config.dump()).bind(5, bc.tokens_per_step);
+    c.bind(6, bc.peak_bytes);
     c.step();
     const int64_t id = sqlite3_last_insert_rowid(db_);
     for (size_t r = 0; r < bc.seconds.size(); ++r) {
@@ -463,7 +470,7 @@ int64_t Store::add_bench_session(const std::string& command, const RunInfo& info
 std::vector<BenchCase> Store::bench_cases(const std::string& config_hash) const {
   Stmt s(db_,
          "SELECT c.id, c.session_id, c.label, c.config_hash, c.config_json, c.tokens_per_step, s.git_rev, s.host, "
-         "s.device, s.torch_version, s.created_at FROM bench_cases c JOIN bench_sessions s ON s.id = c.session_id "
+         "s.device, s.torch_version, s.created_at, c.peak_bytes FROM bench_cases c JOIN bench_sessions s ON s.id = c.session_id "
          "WHERE c.config_hash=? ORDER BY c.session_id DESC, c.id DESC");
   s.bind(1, config_hash);
   std::vector<BenchCase> out;
@@ -477,6 +484,7 @@ std::vector<BenchCase> Store::bench_cases(const std::string& config_hash) const 
     bc.tokens_per_step = s.i64(5);
     bc.info = RunInfo{s.text(6), s.text(7), s.text(8), s.text(9), 1, ""};
     bc.created_at = s.f64(10);
+    bc.peak_bytes = s.opt_i64(11);
     out.push_back(std::move(bc));
   }
   Stmt t(db_, "SELECT seconds FROM bench_times WHERE case_id=? ORDER BY round");

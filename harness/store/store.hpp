@@ -68,6 +68,7 @@ struct BenchCase {
   json config;
   int64_t tokens_per_step = 0;
   std::vector<double> seconds;  // one per timed round, in round order
+  std::optional<int64_t> peak_bytes;  // CUDA: the case's resident tensors + its step's transient peak
   RunInfo info;                 // the session's machine
   double created_at = 0;
 };

@@ -19,7 +19,7 @@ OFFLINE_PACKAGES := libyaml-cpp-dev libyaml-cpp0.7 libsqlite3-dev libsqlite3-0 l
 OFFLINE_ROOT := $(CURDIR)/.offline/root
 PY ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 
-.PHONY: deps build test demo clean offline-bundle offline-build gpu-bundle gpu-check paper demo-paper demo-vision
+.PHONY: deps build test demo clean offline-bundle offline-build gpu-bundle gpu-check paper demo-paper demo-vision study
 
 deps: $(VENV)/.torch-$(TORCH_VERSION)
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
@@ -72,6 +72,20 @@ demo-paper: build
 	$(SSR) bench step experiments/table1.yaml --scale demo --threads 1 --warmup 3 --repeats 20 --db $(DB)
 	$(MAKE) --no-print-directory table1 table5 fig2 fig4 SCALE=demo
 
+# The CPU routing study (experiments/study.yaml and study-p.yaml; README "The routing study"):
+# both sweeps, then their paired tables and curve figures, into $(DB) and results/{tables,figures}.
+# A sweep reuses every finished run of the same config, so `make study` after an interruption
+# trains only what is missing. STUDY_SCALE=smoke runs the same pipeline in seconds.
+STUDY_SCALE ?= study
+STUDY_TABLES := study study_balance study_p
+STUDY_FIGURES := study_valid study_load_cv study_max_vio study_dead study_entropy
+study: build
+	$(SSR) sweep experiments/study.yaml --scale $(STUDY_SCALE) --jobs $(JOBS) --db $(DB)
+	$(SSR) sweep experiments/study-p.yaml --scale $(STUDY_SCALE) --jobs $(JOBS) --db $(DB)
+	@for r in $(STUDY_TABLES); do $(SSR) report $$r --db $(DB) --scale $(STUDY_SCALE) || exit 1; done
+	@for f in $(STUDY_FIGURES); do \
+	  $(SSR) report $$f --db $(DB) --scale $(STUDY_SCALE) > /dev/null && gnuplot $(dir $(DB))figures/$$f.gp || exit 1; done
+
 # Table 2 at demo scale: five routers on Fashion-MNIST (one job at a time: each uses 2 threads).
 demo-vision: build
 	$(SSR) sweep experiments/table2.yaml --scale demo --jobs 1 --db $(DB)
@@ -90,11 +104,11 @@ offline-build:
 	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)');$(OFFLINE_ROOT)/usr"
 	cmake --build $(BUILD) -j $(JOBS)
 
-# The GPU issues' checks in one device call: `make gpu-bundle` here, then `bash .ci/gpu-check` there
-# with .offline carried (the data goes along because the device tool sends the repository alone).
-gpu-bundle: offline-bundle
-	rm -rf .offline/data && cp -r ../shared/data .offline/data
-	@du -sh .offline
+# The GPU checks in one device call: `make build CUDA=ON gpu-bundle` here (.gpu/: the CUDA build,
+# the libraries it loads, the test list and the data, which the device tool does not send), then
+# `bash .ci/gpu-check` there with .gpu carried (.ci/gpu-check says how to build there instead).
+gpu-bundle:
+	bash .ci/gpu-bundle
 
 gpu-check:
 	bash .ci/gpu-check

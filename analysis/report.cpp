@@ -97,6 +97,7 @@ std::optional<StepTime> step_time(const store::Store& store, int64_t run, const 
 struct Column {
   std::string label, split, metric, delta_of, overhead, layer_metric;
   bool lower = true, rank = true;
+  bool relative = false;  // delta: in percent of the baseline's value, pair by pair
 };
 
 Column parse_column(const json& c, const std::string& where) {
@@ -104,20 +105,25 @@ Column parse_column(const json& c, const std::string& where) {
   if (!c.is_object()) throw ConfigError(fmt::format("{}: expected {{label: ..., split: ..., metric: ...}}", where));
   for (const auto& [k, v] : c.items())
     if (k != "label" && k != "split" && k != "metric" && k != "delta" && k != "overhead" && k != "better" &&
-        k != "layer_metric")
-      throw ConfigError(fmt::format("{}.{}: unknown key (label, split, metric, delta, overhead, layer_metric, better)", where, k));
+        k != "layer_metric" && k != "relative")
+      throw ConfigError(fmt::format("{}.{}: unknown key (label, split, metric, delta, relative, overhead, layer_metric, better)", where, k));
   col.label = str(c, "label");
   col.split = str(c, "split");
   col.metric = str(c, "metric");
   col.delta_of = str(c, "delta");
   col.overhead = str(c, "overhead");
   col.layer_metric = str(c, "layer_metric");
+  col.relative = str(c, "relative", "false") == "true";
+  if (col.relative && col.delta_of.empty()) throw ConfigError(fmt::format("{}: relative: true needs delta: COLUMN", where));
   if (col.delta_of.empty() && col.overhead.empty() && col.layer_metric.empty() && (col.split.empty() || col.metric.empty()))
     throw ConfigError(fmt::format("{}: a column needs split and metric, delta: COLUMN, or overhead: PHASE", where));
   static const std::set<std::string> lower_is_better = {"ppl", "bpc", "loss", "fpr95"};
   col.lower = c.contains("better") ? str(c, "better") == "lower"
                                    : (!col.overhead.empty() || lower_is_better.count(col.metric) > 0);
-  col.rank = col.delta_of.empty() && col.overhead.empty();
+  const std::string better = str(c, "better");
+  if (!better.empty() && better != "lower" && better != "higher" && better != "none")
+    throw ConfigError(fmt::format("{}.better: lower, higher or none (not ranked), not '{}'", where, better));
+  col.rank = col.delta_of.empty() && col.overhead.empty() && better != "none";
   return col;
 }
 
@@ -135,7 +141,13 @@ std::string fmt_value(const Cell& c, const Column& col) {
   if (std::isnan(*c.mean)) return "NaN";
   if (!col.overhead.empty())
     return c.ci > 0 ? fmt::format("{:.2f} ± {:.2f}%", *c.mean * 100, c.ci * 100) : fmt::format("{:.2f}%", *c.mean * 100);
-  if (!col.delta_of.empty()) return fmt::format("{:+.3f}", *c.mean);
+  if (!col.delta_of.empty()) {
+    // Paired: * marks an interval that excludes 0.
+    const std::string unit = col.relative ? " %" : "";
+    const int digits = col.relative ? 2 : 3;
+    if (c.n < 2) return fmt::format("{:+.{}f}{}", *c.mean, digits, unit);
+    return fmt::format("{:+.{}f} ± {:.{}f}{}{}", *c.mean, digits, c.ci, digits, unit, std::abs(*c.mean) > c.ci ? " *" : "");
+  }
   return c.ci > 0 ? fmt::format("{:.3f} ± {:.3f}", *c.mean, c.ci) : fmt::format("{:.3f}", *c.mean);
 }
 
@@ -413,19 +425,47 @@ Output build_table(const Data& d, const json& spec, const std::string& name) {
           cells[s][r][c] = metric_cell(cell, cols[c].split + suffix, cols[c].metric);
         }
     }
-  // Deltas against the baseline row of the same section.
+  // Deltas against the baseline row of the same section, paired: each job minus its baseline job
+  // (the same labels but the row, so the same seed), mean and interval over the pairs.
   for (size_t c = 0; c < cols.size(); ++c) {
     if (cols[c].delta_of.empty()) continue;
     auto of = std::find_if(cols.begin(), cols.end(), [&](const Column& x) { return x.label == cols[c].delta_of; });
-    if (of == cols.end()) throw ConfigError(fmt::format("{}: delta: no column labelled '{}'", where, cols[c].delta_of));
-    const size_t oc = static_cast<size_t>(of - cols.begin());
-    auto b = std::find(rows.begin(), rows.end(), baseline);
-    if (b == rows.end()) throw ConfigError(fmt::format("{}: baseline '{}' is not a row", where, baseline));
-    const size_t br = static_cast<size_t>(b - rows.begin());
+    if (of == cols.end() || !of->delta_of.empty() || !of->overhead.empty())
+      throw ConfigError(fmt::format("{}: delta: no metric column labelled '{}'", where, cols[c].delta_of));
+    if (std::find(rows.begin(), rows.end(), baseline) == rows.end())
+      throw ConfigError(fmt::format("{}: baseline '{}' is not a row", where, baseline));
     for (size_t s = 0; s < sections.size(); ++s)
-      for (size_t r = 0; r < rows.size(); ++r)
-        if (r != br && cells[s][r][oc].mean && cells[s][br][oc].mean)
-          cells[s][r][c].mean = *cells[s][r][oc].mean - *cells[s][br][oc].mean;
+      for (size_t r = 0; r < rows.size(); ++r) {
+        if (rows[r] == baseline) continue;
+        std::vector<double> diffs;
+        bool nan = false;
+        for (const auto* jr : used) {
+          if (!sec_axis.empty() && jr->job->label(sec_axis) != sections[s]) continue;
+          std::optional<double> v, b;
+          if (modes.empty()) {
+            if (jr->job->label(row_axis) != rows[r]) continue;
+            const auto* bj = baseline_of(d, *jr, row_axis, baseline);
+            if (!bj) continue;
+            v = value_of(*jr, of->split, of->metric);
+            b = value_of(*bj, of->split, of->metric);
+          } else {  // inference modes of one run: the same job under the row's and the baseline's mode
+            auto at = [&](const std::string& mode) { return of->split + (mode == "none" ? "" : "@" + mode); };
+            v = value_of(*jr, at(rows[r]), of->metric);
+            b = value_of(*jr, at(baseline), of->metric);
+          }
+          if (!v || !b) continue;
+          if (std::isnan(*v) || std::isnan(*b)) nan = true;
+          else diffs.push_back(cols[c].relative ? 100 * (*v - *b) / *b : *v - *b);
+        }
+        Cell& cell = cells[s][r][c];
+        if (nan) cell.mean = NAN;
+        else if (!diffs.empty()) {
+          const auto e = estimate(diffs);
+          cell.mean = e.mean;
+          cell.ci = e.ci;
+          cell.n = e.n;
+        }
+      }
   }
   // Best (bold) and second best (underlined) per section and ranked column.
   std::vector<std::vector<std::vector<int>>> place(sections.size(), std::vector<std::vector<int>>(rows.size(), std::vector<int>(cols.size(), 0)));
@@ -492,6 +532,26 @@ Output build_table(const Data& d, const json& spec, const std::string& name) {
       for (size_t c = 0; c < cols.size(); ++c)
         if (!cols[c].overhead.empty()) overheads.push_back(&cells[s][r][c]);
   foot += timing_source(overheads);
+  for (size_t c = 0; c < cols.size(); ++c) {
+    if (cols[c].delta_of.empty()) continue;
+    std::vector<double> half;
+    int64_t pairs = 0;
+    for (size_t s = 0; s < sections.size(); ++s)
+      for (size_t r = 0; r < rows.size(); ++r)
+        if (cells[s][r][c].n >= 2 && cells[s][r][c].mean && std::isfinite(*cells[s][r][c].mean)) {
+          half.push_back(cells[s][r][c].ci);
+          pairs = std::max(pairs, cells[s][r][c].n);
+        }
+    foot += fmt::format("\n{}: paired, each run minus its {} run of the same {}{}; mean ± 95 % Student-t interval over "
+                        "the pairs, * where it excludes 0.",
+                        cols[c].label, label_of(spec, "row_labels", baseline), seeds,
+                        sec_axis.empty() ? "" : " and " + sec_axis);
+    if (!half.empty()) {
+      std::sort(half.begin(), half.end());
+      foot += fmt::format(" Smallest difference this design resolves (median half-width, up to {} pairs): ±{:.{}f}{}.", pairs,
+                          half[half.size() / 2], cols[c].relative ? 2 : 3, cols[c].relative ? " %" : "");
+    }
+  }
   for (size_t s = 0; s < sections.size(); ++s)
     for (size_t r = 0; r < rows.size(); ++r)
       for (size_t c = 0; c < cols.size(); ++c)
@@ -507,11 +567,93 @@ Output build_table(const Data& d, const json& spec, const std::string& name) {
   return out;
 }
 
+// A gnuplot string literal.
+std::string q(const std::string& s) {
+  std::string r;
+  for (char c : s) r += c == '"' ? std::string("\\\"") : std::string(1, c);
+  return "\"" + r + "\"";
+}
+
+// Training curves: a logged metric against the step, one line per series, the mean over seeds
+// with a 95 % band. y: {split: valid, metric: loss} for a scalar metric, or {split: train,
+// layer_metric: load_cv} for the mean over layers of layerL/load_cv. Steps that only some seeds
+// of a series logged (a run still going) are left out of it.
+Output build_curves(const Data& d, const json& spec, const std::string& name) {
+  const std::string where = d.spec.file + ": reports." + name, seeds = str(spec, "seeds", "run.seed");
+  std::vector<std::string> series_axes;
+  if (spec.contains("series"))
+    for (const auto& s : spec["series"]) series_axes.push_back(s.get<std::string>());
+  if (!spec.contains("y")) throw ConfigError(fmt::format("{}: y: {{split: ..., metric: ...}} or {{split: ..., layer_metric: ...}}", where));
+  const Column y = parse_column(spec["y"], where + ".y");
+  if (y.split.empty() || (y.metric.empty() == y.layer_metric.empty()))
+    throw ConfigError(fmt::format("{}.y: curves need split and either metric or layer_metric", where));
+  std::vector<const JobRun*> used;
+  for (const auto& jr : d.jobs)
+    if (matches_where(jr, spec)) used.push_back(&jr);
+  std::set<std::string> named(series_axes.begin(), series_axes.end());
+  named.insert(seeds);
+  check_axes(used, named, where);
+
+  std::vector<std::string> series_names;
+  std::map<std::string, std::map<int64_t, std::vector<double>>> values;  // series -> step -> one value per run
+  std::map<std::string, int64_t> runs;                                   // series -> runs with the metric
+  for (const auto* jr : used) {
+    std::string sname;
+    for (const auto& a : series_axes) {
+      const auto v = jr->job->label(a);
+      if (!v.empty()) sname += (sname.empty() ? "" : " ") + label_of(spec, "series_labels", v);
+    }
+    if (sname.empty()) sname = "all";
+    if (std::find(series_names.begin(), series_names.end(), sname) == series_names.end()) series_names.push_back(sname);
+    if (!jr->run) continue;
+    std::map<int64_t, std::pair<double, int64_t>> per_step;  // step -> (sum over layers, layers)
+    for (const auto& m : d.store->metrics(jr->run->id)) {
+      if (m.split != y.split) continue;
+      if (!y.metric.empty()) {
+        if (m.name == y.metric) per_step[m.step] = {m.value, 1};
+      } else if (m.name.rfind("layer", 0) == 0 && m.name.size() > y.layer_metric.size() + 1 &&
+                 m.name.ends_with("/" + y.layer_metric)) {
+        auto& acc = per_step[m.step];
+        acc.first += m.value;
+        acc.second += 1;
+      }
+    }
+    if (per_step.empty()) continue;
+    ++runs[sname];
+    for (const auto& [step, acc] : per_step) values[sname][step].push_back(acc.first / static_cast<double>(acc.second));
+  }
+
+  Output out;
+  out.kind = "figure";
+  out.figure = "curves";
+  out.csv = "series,x,y,ci,n,series_index,x_index\n";
+  out.md = str(spec, "title", name) + "\n\n| series | step | value |\n|---|---|---|\n";
+  for (size_t si = 0; si < series_names.size(); ++si) {
+    const auto& sname = series_names[si];
+    for (const auto& [step, v] : values[sname]) {
+      if (static_cast<int64_t>(v.size()) < runs[sname]) continue;
+      const auto e = estimate(v);
+      out.csv += fmt::format("{},{},{},{},{},{},{}\n", csv_field(sname), step, e.mean, e.ci, e.n, si, step);
+      out.md += fmt::format("| {} | {} | {} |\n", sname, step, fmt_value(Cell{e.mean, e.ci, e.n, ""}, y));
+    }
+  }
+  out.md += "\n" + provenance(d, used, out.missing, seeds) + "\n";
+  const std::string ylabel = y.label.empty() ? (y.metric.empty() ? "mean over layers of " + y.layer_metric : y.metric) : y.label;
+  out.gnuplot = fmt::format("title = {}\nxlabel = {}\nylabel = {}\nns = {}\nlogy = {}\narray series[{}]\n",
+                            q(str(spec, "title", name)), q(str(spec, "xlabel", "step")), q(str(spec, "ylabel", ylabel)),
+                            series_names.size(), str(spec, "logy", "false") == "true" ? 1 : 0,
+                            std::max<size_t>(1, series_names.size()));
+  for (size_t i = 0; i < series_names.size(); ++i) out.gnuplot += fmt::format("series[{}] = {}\n", i + 1, q(series_names[i]));
+  return out;
+}
+
 Output build_figure(const Data& d, const json& spec, const std::string& name) {
   const std::string where = d.spec.file + ": reports." + name;
   const std::string kind = str(spec, "figure"), x_axis = str(spec, "x"), seeds = str(spec, "seeds", "run.seed"),
                     baseline = str(spec, "baseline");
-  if (kind != "bars" && kind != "lines") throw ConfigError(fmt::format("{}.figure: bars or lines", where));
+  if (kind != "bars" && kind != "lines" && kind != "curves")
+    throw ConfigError(fmt::format("{}.figure: bars, lines or curves", where));
+  if (kind == "curves") return build_curves(d, spec, name);
   if (x_axis.empty()) throw ConfigError(fmt::format("{}: x: AXIS (or layer)", where));
   std::vector<std::string> series_axes;
   if (spec.contains("series"))
@@ -625,11 +767,6 @@ Output build_figure(const Data& d, const json& spec, const std::string& name) {
   const std::string foot = provenance(d, used, out.missing, seeds, !y.overhead.empty()) + timing_source(overheads);
   out.md += "\n" + foot + "\n";
   // Variables for analysis/<kind>.gp (a gnuplot script per figure kind).
-  auto q = [](const std::string& s) {
-    std::string r;
-    for (char c : s) r += c == '"' ? std::string("\\\"") : std::string(1, c);
-    return "\"" + r + "\"";
-  };
   const bool integer_x = std::all_of(xs.begin(), xs.end(), [](const std::string& x) {
     return !x.empty() && x.find_first_not_of("-0123456789") == std::string::npos;
   });

@@ -14,12 +14,15 @@
 //   where: {model.block: momentum}   # keep only these jobs
 //   baseline: vanilla                # row for the delta and overhead columns
 //   columns:
-//     - {label: Test PPL, split: test, metric: ppl}        # better: lower|higher (inferred)
-//     - {label: Δ Test PPL, delta: Test PPL}               # row minus baseline, same section
+//     - {label: Test PPL, split: test, metric: ppl}        # better: lower|higher (inferred)|none
+//     - {label: Δ Test PPL, delta: Test PPL}               # paired: each run minus its baseline
+//                                                          # run (same seed and section), mean ± CI
+//     - {label: Δ %, delta: Test PPL, relative: true}      # the same in % of the baseline run's value
 //     - {label: Overhead, overhead: step}                  # step time ratio vs baseline - 1
 // Figure spec: figure: bars|lines, x: AXIS|layer, series: [AXES], y: one column spec as above
 // (or {layer_metric: output_norm, split: valid} with x: layer), baseline, title, xlabel, ylabel,
-// logx: true.
+// logx: true. figure: curves draws a logged metric against the step, mean over seeds with a 95 %
+// band: y: {split: valid, metric: loss} or {split: train, layer_metric: load_cv} (mean over layers).
 #pragma once
 #include <string>
 #include <vector>

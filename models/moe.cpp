@@ -238,23 +238,11 @@ torch::Tensor MoEImpl::dense_reference(const torch::Tensor& x, const routers::Ro
 
 routers::RouterStats MoEImpl::take_stats() {
   routers::RouterStats s;
-  s.tokens_per_expert = acc_.tokens_per_expert;
-  auto load = torch::tensor(acc_.tokens_per_expert, torch::kDouble);  // (experts)
-  const double mean = load.mean().item<double>();
-  if (mean > 0) {
-    s.load_cv = load.std(/*unbiased=*/false).item<double>() / mean;
-    s.max_over_mean = load.max().item<double>() / mean;
-  }
-  s.dead_experts = (load == 0).sum().item<int64_t>();
+  routers::set_load(s, acc_.tokens_per_expert);
   if (acc_.tokens > 0) s.entropy = acc_.entropy_sum / static_cast<double>(acc_.tokens);
   // Sinkhorn use is rare (SSR's p ~ 1e-3), so it is counted over every call since the last
   // logging step (the router's tally), not only over the calls that collected statistics.
-  const auto& t = router->sinkhorn_tally();
-  if (t.calls > 0) s.sinkhorn_frac = static_cast<double>(t.sinkhorn_calls) / static_cast<double>(t.calls);
-  if (t.sinkhorn_calls > 0) {
-    s.sinkhorn_iters = static_cast<double>(t.iters_sum) / static_cast<double>(t.sinkhorn_calls);
-    s.sinkhorn_error = t.error_sum / static_cast<double>(t.sinkhorn_calls);
-  }
+  routers::set_sinkhorn(s, router->sinkhorn_tally());
   router->reset_sinkhorn_tally();
   const double norm_sum = acc_.output_norm_sum;
   const int64_t norm_tokens = acc_.norm_tokens;

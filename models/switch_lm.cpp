@@ -324,4 +324,19 @@ std::vector<ParamCount> parameter_count(const config::Config& cfg, int64_t vocab
   return SwitchLM(cfg, vocab_size)->parameter_count();
 }
 
+std::optional<SinkhornExpectation> sinkhorn_expectation(const config::Config& cfg) {
+  const std::string& router = cfg.s("router.name");
+  if (cfg.s("model.arch") != "switch_lm" || (router != "ssr" && router != "sinkhorn")) return std::nullopt;
+  const int64_t world = cfg.i("run.nproc"), split = cfg.i("train.batch_split");
+  const int64_t rows = cfg.i("train.batch_size") / world;  // this rank's streams per step
+  const bool global = world > 1 && cfg.b("router.global_batch");
+  const int64_t tokens = (global ? cfg.i("train.batch_size") : rows) / split * cfg.i("train.seq_len");  // per router call site
+  const int64_t group = cfg.i("router.group_tokens");
+  const int64_t groups = group > 0 ? (tokens + group - 1) / group : 1;
+  SinkhornExpectation e;
+  e.router_calls = cfg.i("model.n_layers") * cfg.i("train.steps") * split * groups;
+  e.p = router == "ssr" ? cfg.f("router.p") : 1.0;
+  return e;
+}
+
 }  // namespace ssr::models

@@ -4,6 +4,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -149,5 +150,17 @@ TORCH_MODULE(SwitchLM);
 // Builds the model of `cfg` for a vocabulary of `vocab_size` and returns its parameter breakdown
 // (`ssr params CONFIG`; the vocabulary size comes from data::load_corpus(cfg).vocab_size()).
 std::vector<ParamCount> parameter_count(const config::Config& cfg, int64_t vocab_size);
+
+// How many router calls of a run's training may solve Sinkhorn, on one rank (the one whose
+// counts the store records): its MoE layers x train.steps x calls per step (micro-batches x
+// router.group_tokens groups). SSR solves in each with probability router.p, the Sinkhorn
+// baseline in all; nullopt for routers that never solve. The paper's WikiText-103 runs: 80,000
+// steps x 6 layers x 2 micro-batches x 1 group, so p = 1e-3 expects 960 on each GPU.
+struct SinkhornExpectation {
+  int64_t router_calls = 0;  // training router calls over the run
+  double p = 0;              // probability that one of them solves Sinkhorn
+  double expected() const { return p * static_cast<double>(router_calls); }
+};
+std::optional<SinkhornExpectation> sinkhorn_expectation(const config::Config& cfg);
 
 }  // namespace ssr::models

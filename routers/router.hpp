@@ -31,13 +31,15 @@ struct SinkhornTally {
   double error_sum = 0;        // summed over the Sinkhorn calls
 };
 
-// Routing statistics of one call, for logging (computed only on logging steps).
+// Routing statistics of one call, for logging (computed only on logging steps). The metric names
+// in the run store (layerL/NAME) are these fields' names.
 struct RouterStats {
   std::vector<int64_t> tokens_per_expert;  // (experts)
-  double load_cv = 0;        // std/mean of tokens per expert
-  double max_over_mean = 0;  // max load / mean load
+  double load_cv = 0;        // std/mean of tokens per expert (population std)
+  double max_vio = 0;        // MaxVio: max load / mean load - 1 (arXiv 2408.15664, eq. 4)
   int64_t dead_experts = 0;  // experts that received no token
   double entropy = 0;        // mean entropy of softmax(logits) over all experts
+  int64_t sinkhorn_calls = 0;  // calls since the last reset that used Sinkhorn (summed: the run's observed count)
   double sinkhorn_frac = 0;  // fraction of calls since the last reset that used Sinkhorn
   double sinkhorn_iters = 0;  // mean iterations over the calls that used Sinkhorn
   double sinkhorn_error = 0;  // mean final marginal error over those calls
@@ -70,6 +72,11 @@ using Router = std::shared_ptr<RouterImpl>;
 
 // Builds the router named by router.name with its router.* keys.
 Router make_router(const config::Config& cfg, int64_t d_model, int64_t n_experts, int64_t top_k);
+
+// Fills the load fields (tokens_per_expert, load_cv, max_vio, dead_experts) from expert loads.
+void set_load(RouterStats& s, const std::vector<int64_t>& tokens_per_expert);
+// Fills the Sinkhorn fields from a tally.
+void set_sinkhorn(RouterStats& s, const SinkhornTally& tally);
 
 // Statistics of one routing decision (logits (tokens, experts), routing.experts (tokens, k)).
 // The Sinkhorn fields then describe this one call only.

@@ -260,6 +260,7 @@ TEST_CASE("ssr: the Sinkhorn fraction follows p", "[routers]") {
   CHECK(std::abs(frac - 0.3) < 4 * std::sqrt(0.3 * 0.7 / calls));  // 4 binomial standard errors
   auto stats = routing_stats(logits, top_k_softmax(logits, 2), 4, router->sinkhorn_tally());
   CHECK(stats.sinkhorn_frac == Approx(frac));
+  CHECK(stats.sinkhorn_calls == router->sinkhorn_tally().sinkhorn_calls);
   CHECK(stats.sinkhorn_iters == Approx(1.0));
   // Seeded runs repeat exactly: the same sequence of Sinkhorn forwards.
   auto flags = [&](uint64_t seed) {
@@ -454,7 +455,7 @@ TEST_CASE("routing_stats: loads, dead experts, entropy", "[routers]") {
   auto s = routing_stats(logits, r, 4);
   CHECK(s.tokens_per_expert == std::vector<int64_t>{3, 2, 1, 0});
   CHECK(s.dead_experts == 1);
-  CHECK(s.max_over_mean == Approx(2.0));
+  CHECK(s.max_vio == Approx(1.0));  // max 3 over mean 1.5
   CHECK(s.load_cv == Approx(std::sqrt(1.25) / 1.5));
   CHECK(s.entropy == Approx(std::log(4.0)));
   CHECK(s.sinkhorn_frac == 0.0);

@@ -18,6 +18,7 @@
 #include "harness/data/images.hpp"
 #include "harness/store/store.hpp"
 #include "harness/train/metrics.hpp"
+#include "harness/train/schedule.hpp"
 #include "harness/train/vision_trainer.hpp"
 #include "models/swin_moe.hpp"
 #include "routers/router.hpp"
@@ -452,8 +453,8 @@ TEST_CASE("learning-rate schedule: warm-up from warmup_lr, cosine to min_lr", "[
                                           "train.steps=110"});
   struct Row { int64_t step; double lr; };
   for (const auto& r : std::vector<Row>{{0, 0.1}, {5, 0.55}, {10, 1.0}, {60, 0.6}, {110, 0.2}})
-    CHECK(train::vision_lr(cfg, r.step) == Approx(r.lr).margin(1e-12));
-  CHECK(train::vision_lr(resolve("fmnist-demo.yaml", {"train.schedule=constant", "train.lr=1", "train.warmup=10"}), 50) == 1.0);
+    CHECK(train::learning_rate(cfg, r.step) == Approx(r.lr).margin(1e-12));
+  CHECK(train::learning_rate(resolve("fmnist-demo.yaml", {"train.schedule=constant", "train.lr=1", "train.warmup=10"}), 50) == 1.0);
 }
 
 TEST_CASE("a short seeded Fashion-MNIST run lowers the loss and repeats exactly", "[swin][train]") {

@@ -148,11 +148,30 @@ int cmd_show(const std::string& db, int64_t id, const std::string& format, doubl
   if (results.empty()) std::cout << "  (none)\n";
   std::cout << "\ntimings (mean seconds per step):\n";
   for (const auto& [p, v] : phase) std::cout << fmt::format("  {:<10} {:.4f}  over {} steps\n", p, v.first / v.second, v.second);
+  const auto cfg = ssr::config::Config::from_json(r.config);
+  if (const auto e = ssr::models::sinkhorn_expectation(cfg)) {
+    // Observed: the Sinkhorn calls of every logging window, summed (validation calls included
+    // for the Sinkhorn baseline, which solves in evaluation too).
+    std::map<std::string, double> observed;
+    for (const auto& m : metrics)
+      if (m.split == "train" && m.name.size() > 15 && m.name.ends_with("/sinkhorn_calls"))
+        observed[m.name.substr(0, m.name.find('/'))] += m.value;
+    double total = 0;
+    std::string per_layer;
+    for (const auto& [layer, n] : observed) {
+      total += n;
+      per_layer += fmt::format("{}{} {:.0f}", per_layer.empty() ? "" : ", ", layer, n);
+    }
+    std::cout << fmt::format("\nSinkhorn forwards: expected {:.4g} (p {:g} x {} router calls), observed {:.0f}{}\n",
+                             e->expected(), e->p, e->router_calls, total,
+                             observed.empty() ? " (no layer*/sinkhorn_calls metrics: run from before they were logged)"
+                                              : " (" + per_layer + ")");
+  }
   std::cout << "\nlast logged metrics:\n";
   for (const auto& [k, m] : last)
     if (k.second.find('/') == std::string::npos)
       std::cout << fmt::format("  {:<6} {:<14} {:<12} step {}\n", k.first, k.second, fmt_num(m.value), m.step);
-  std::cout << "\nconfig:\n" << ssr::config::Config::from_json(r.config).to_yaml();
+  std::cout << "\nconfig:\n" << cfg.to_yaml();
   return 0;
 }
 
@@ -286,8 +305,15 @@ void add_run_commands(CLI::App& app, Context& ctx) {
     }
     if (st->cfg_file.empty()) throw ConfigError("config: give CONFIG.yaml (or --doc)");
     auto cfg = ssr::config::resolve(st->cfg_file, st->cfg_over);
-    if (st->hash_only) std::cout << cfg.hash() << "\n";
-    else std::cout << "# config hash " << cfg.hash() << "\n" << cfg.to_yaml();
+    if (st->hash_only) {
+      std::cout << cfg.hash() << "\n";
+      return;
+    }
+    std::cout << "# config hash " << cfg.hash() << "\n" << cfg.to_yaml();
+    if (const auto e = ssr::models::sinkhorn_expectation(cfg))
+      std::cout << fmt::format("# expected Sinkhorn forwards in training: {:.4g} (p {:g} x {} router calls: {} layers x {} "
+                               "steps x calls per step, one rank)\n",
+                               e->expected(), e->p, e->router_calls, cfg.i("model.n_layers"), cfg.i("train.steps"));
   });
 
   // ---- params

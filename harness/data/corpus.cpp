@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <unordered_map>
 
 #include "harness/data/attack.hpp"
@@ -46,6 +47,7 @@ struct Layout {
   fs::path train, valid, test;  // valid/test empty when carved from train
   int64_t carved = 0;           // 0, 1 (valid) or 2 (valid and test) tail pieces of train
   double holdout = 0;
+  bool has_test = true;         // data.test: none = no test split (nanoGPT's train/val only)
 };
 
 Layout layout_of(const config::Config& cfg) {
@@ -63,11 +65,15 @@ Layout layout_of(const config::Config& cfg) {
                                   l.holdout, valid));
   if (test.empty() && !valid.empty())
     throw ConfigError("data.test is '': name a test file, or set data.valid='' and data.holdout > 0 to carve both");
+  l.has_test = test != "none";
   if (!valid.empty()) l.valid = in_dir(dir, valid);
-  if (!test.empty()) l.test = in_dir(dir, test);
+  if (!test.empty() && l.has_test) l.test = in_dir(dir, test);
   l.carved = valid.empty() ? (test.empty() ? 2 : 1) : 0;
   return l;
 }
+
+// Bytes of the UTF-8 sequence that starts with lead byte c (0: not a lead byte).
+size_t utf8_length(unsigned char c) { return c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0; }
 
 // Python's str.isspace() for the code point starting at s[i]; sets len to its UTF-8 length.
 bool is_space_at(std::string_view s, size_t i, size_t& len) {
@@ -93,24 +99,34 @@ struct SplitText {
   std::string source;
 };
 
-// Carves the tail pieces of a training text: by lines (word) or bytes (byte format).
-std::map<std::string, SplitText> carve(std::string text, const Layout& l, bool by_lines, const fs::path& file) {
+// Carves the tail pieces of a training text: by lines (word), bytes (byte) or characters (char).
+// Word and byte carve round(holdout x units) per piece; char keeps the first int(units x (1 -
+// carved x holdout)) characters for training, as nanoGPT's shakespeare_char prepare.py does.
+std::map<std::string, SplitText> carve(std::string text, const Layout& l, const std::string& format, const fs::path& file) {
   std::map<std::string, SplitText> out;
-  size_t units = text.size();
-  std::vector<size_t> starts;  // byte offset of each line (word format)
-  if (by_lines) {
+  const std::string unit_name = format == "word" ? "lines" : format == "char" ? "characters" : "bytes";
+  std::vector<size_t> starts;  // byte offset of each line (word) or character (char)
+  if (format == "word")
     for (auto line : split_lines(text)) starts.push_back(static_cast<size_t>(line.data() - text.data()));
-    units = starts.size();
+  if (format == "char")
+    for (size_t i = 0; i < text.size(); i += utf8_length(static_cast<unsigned char>(text[i]))) starts.push_back(i);
+  const size_t units = format == "byte" ? text.size() : starts.size();
+  const auto carved = static_cast<size_t>(l.carved);
+  size_t piece = static_cast<size_t>(std::llround(l.holdout * static_cast<double>(units)));
+  size_t train_units = units - std::min(units, piece * carved), test_units = units - std::min(units, piece);
+  if (format == "char") {
+    train_units = static_cast<size_t>(static_cast<double>(units) * (1 - static_cast<double>(carved) * l.holdout));
+    test_units = static_cast<size_t>(static_cast<double>(units) * (1 - l.holdout));
+    piece = units - test_units;
   }
-  const auto piece = static_cast<size_t>(std::llround(l.holdout * static_cast<double>(units)));
-  if (piece == 0 || piece * static_cast<size_t>(l.carved) >= units)
+  if (piece == 0 || train_units == 0 || (carved == 2 && test_units <= train_units))
     throw ConfigError(fmt::format("{}: data.holdout {} of {} {} leaves an empty split; change data.holdout",
-                                  file.string(), l.holdout, units, by_lines ? "lines" : "bytes"));
-  auto offset = [&](size_t unit) { return by_lines ? starts[unit] : unit; };
-  const std::string what = fmt::format("{} {} of {}", piece, by_lines ? "lines" : "bytes", file.string());
-  const size_t valid_begin = offset(units - piece * static_cast<size_t>(l.carved));
+                                  file.string(), l.holdout, units, unit_name));
+  auto offset = [&](size_t unit) { return format == "byte" ? unit : starts[unit]; };
+  const std::string what = fmt::format("{} {} of {}", piece, unit_name, file.string());
+  const size_t valid_begin = offset(train_units);
   if (l.carved == 2) {
-    const size_t test_begin = offset(units - piece);
+    const size_t test_begin = offset(test_units);
     out["test"] = {text.substr(test_begin), "the last " + what};
     out["valid"] = {text.substr(valid_begin, test_begin - valid_begin), "the next-to-last " + what};
   } else {
@@ -127,29 +143,38 @@ void check_utf8(std::string_view text, const fs::path& file) {
   size_t i = 0;
   while (i < text.size()) {
     const auto c = static_cast<unsigned char>(text[i]);
-    const size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    const size_t n = utf8_length(c);
     bool ok = n > 0 && i + n <= text.size();
     for (size_t k = 1; ok && k < n; ++k) ok = (static_cast<unsigned char>(text[i + k]) >> 6) == 0x2;
     if (!ok)
-      throw ConfigError(fmt::format("{}: not UTF-8 text at byte {}; data.format=word expects word-tokenised UTF-8 "
+      throw ConfigError(fmt::format("{}: not UTF-8 text at byte {}; data.format=word and char read UTF-8 "
                                     "text (use data.format=byte for raw bytes such as enwik8)",
                                     file.string(), i));
     i += n;
   }
 }
 
-std::string read_split_file(const fs::path& path, const std::string& what, bool word) {
+std::string read_split_file(const fs::path& path, const std::string& what, bool utf8) {
   std::string text = read_file(path, what);
-  if (word) check_utf8(text, path);
+  if (utf8) check_utf8(text, path);
   return text;
+}
+
+// The LM's text formats; the image formats belong to the vision trainer.
+const std::string& text_format(const config::Config& cfg) {
+  const std::string& f = cfg.s("data.format");
+  if (f != "word" && f != "byte" && f != "char")
+    throw ConfigError(fmt::format("data.format: '{}' is an image format; the language model reads word, byte or char", f));
+  return f;
 }
 
 std::map<std::string, SplitText> raw_splits(const config::Config& cfg) {
   const Layout l = layout_of(cfg);
-  const bool word = cfg.s("data.format") == "word";
+  const std::string& format = text_format(cfg);
+  const bool word = format != "byte";  // word and char read UTF-8 text
   std::string train = read_split_file(l.train, "training file (data.train)", word);
   std::map<std::string, SplitText> out;
-  if (l.carved > 0) out = carve(std::move(train), l, word, l.train);
+  if (l.carved > 0) out = carve(std::move(train), l, format, l.train);
   else out["train"] = {std::move(train), l.train.string()};
   if (!l.valid.empty())
     out["valid"] = {read_split_file(l.valid, "validation file (data.valid)", word), l.valid.string()};
@@ -165,10 +190,10 @@ std::map<std::string, SplitText> raw_eval_splits(const config::Config& cfg) {
     all.erase("train");
     return all;
   }
-  const bool word = cfg.s("data.format") == "word";
+  const bool word = text_format(cfg) != "byte";
   std::map<std::string, SplitText> out;
   out["valid"] = {read_split_file(l.valid, "validation file (data.valid)", word), l.valid.string()};
-  out["test"] = {read_split_file(l.test, "test file (data.test)", word), l.test.string()};
+  if (l.has_test) out["test"] = {read_split_file(l.test, "test file (data.test)", word), l.test.string()};
   return out;
 }
 
@@ -207,8 +232,16 @@ class Dictionary {
 
 // Tokens of a split in the reference's reading order, handed one at a time to `emit`.
 template <typename Emit>
-void for_each_token(std::string_view text, bool word_format, Emit&& emit) {
-  if (word_format) {
+void for_each_token(std::string_view text, const std::string& format, Emit&& emit) {
+  if (format == "char") {
+    for (size_t i = 0; i < text.size();) {
+      const size_t n = utf8_length(static_cast<unsigned char>(text[i]));
+      emit(text.substr(i, n));
+      i += n;
+    }
+    return;
+  }
+  if (format == "word") {
     for (auto line : split_lines(text)) {
       for (auto w : split_words(line)) emit(w);
       emit(std::string_view(kEos));
@@ -229,11 +262,22 @@ torch::Tensor to_tensor(const std::vector<int32_t>& ids) {
       .to(torch::kInt64);  // (tokens)
 }
 
-std::vector<int32_t> encode(std::string_view text, bool word_format, Dictionary& dict) {
+std::vector<int32_t> encode(std::string_view text, const std::string& format, Dictionary& dict) {
   std::vector<int32_t> ids;
-  ids.reserve(text.size() / (word_format ? 5 : 1) + 16);
-  for_each_token(text, word_format, [&](std::string_view t) { ids.push_back(dict.add(t)); });
+  ids.reserve(text.size() / (format == "word" ? 5 : 1) + 16);
+  for_each_token(text, format, [&](std::string_view t) { ids.push_back(dict.add(t)); });
   return ids;
+}
+
+// nanoGPT's character vocabulary: the distinct characters of every split, sorted by code point
+// (byte order of UTF-8 strings is code-point order).
+std::vector<std::string> sorted_characters(const std::map<std::string, SplitText>& texts) {
+  std::set<std::string, std::less<>> chars;
+  for (const auto& [name, split] : texts)
+    for_each_token(split.text, "char", [&](std::string_view t) {
+      if (chars.find(t) == chars.end()) chars.emplace(t);
+    });
+  return {chars.begin(), chars.end()};
 }
 
 // ---- cache of the encoded clean corpus
@@ -356,7 +400,7 @@ void add_attacked(const config::Config& cfg, Corpus& c) {
     if (entry.value("sha256", "") != sha256_hex(text))
       throw ConfigError(fmt::format("{}: content differs from its manifest (edited?); {}", file.string(), hint));
     std::vector<int32_t> ids;
-    for_each_token(text, true, [&](std::string_view t) {
+    for_each_token(text, "word", [&](std::string_view t) {
       int32_t id = dict.find(t);
       if (id < 0) {
         if (unk < 0)
@@ -405,7 +449,7 @@ std::map<std::string, std::string> eval_split_texts(const config::Config& cfg) {
 
 Corpus load_corpus(const config::Config& cfg) {
   const Layout layout = layout_of(cfg);
-  const std::string& format = cfg.s("data.format");
+  const std::string& format = text_format(cfg);
   const fs::path cache = fs::path(cfg.s("data.cache_dir")) /
                          fmt::format("corpus-{}.bin", sha256_hex(cache_key(cfg, layout)).substr(0, 16));
   std::optional<Corpus> cached = read_cache(cache, format);
@@ -414,15 +458,18 @@ Corpus load_corpus(const config::Config& cfg) {
     c = std::move(*cached);
   } else {
     c.format = format;
-    const bool word = format == "word";
     auto texts = raw_splits(cfg);
+    if (format == "char") c.vocab = sorted_characters(texts);
     Dictionary dict(c.vocab);
     for (const char* name : {"train", "valid", "test"}) {
+      if (!texts.count(name)) continue;  // data.test: none
       const auto& split = texts.at(name);
-      auto ids = encode(split.text, word, dict);
+      auto ids = encode(split.text, format, dict);
       if (ids.empty())
         throw ConfigError(fmt::format("{}: the {} split is empty; expected {} text", split.source, name,
-                                      word ? "word-tokenised (one sentence or paragraph per line)" : "raw byte"));
+                                      format == "word"   ? "word-tokenised (one sentence or paragraph per line)"
+                                      : format == "char" ? "UTF-8"
+                                                         : "raw byte"));
       c.splits[name] = to_tensor(ids);
     }
     write_cache(cache, c);

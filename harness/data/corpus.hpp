@@ -15,7 +15,7 @@ namespace ssr::data {
 struct Corpus {
   std::vector<std::string> vocab;           // id -> token, in first-seen order train -> valid -> test
   std::map<std::string, torch::Tensor> splits;  // "train"/"valid"/"test" -> (tokens) int64 ids
-  std::string format;                       // data.format: "word" or "byte"
+  std::string format;                       // data.format: "word", "byte" or "char"
   int64_t vocab_size() const { return static_cast<int64_t>(vocab.size()); }
 };
 
@@ -31,6 +31,9 @@ struct Corpus {
 // value ("60" for '<'), a newline byte is "<eos>", and a split not ending in a newline gets one
 // final "<eos>" (the reference reads the last line like any other). The vocabulary is therefore
 // the distinct bytes seen plus <eos> in first-seen order (205 on enwik8), ids as in the reference.
+// Char format (nanoGPT's shakespeare_char): each Unicode character is a token, newlines included,
+// the vocabulary is every split's distinct characters sorted by code point (65 on Tiny
+// Shakespeare), and data.holdout carves by characters, training on the first int(n x 0.9).
 Corpus load_corpus(const config::Config& cfg);
 
 // Raw text of the valid and test splits after data.holdout carving (what the tokeniser reads and

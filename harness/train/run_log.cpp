@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <atomic>
+#include <map>
 
 namespace ssr::train {
 namespace {
@@ -52,9 +53,10 @@ void RunLog::router_stats(int64_t step, const std::vector<routers::RouterStats>&
     const auto& s = layers[l];
     const std::string p = fmt::format("layer{}/", l);
     metric(step, "train", p + "load_cv", s.load_cv);
-    metric(step, "train", p + "max_over_mean", s.max_over_mean);
+    metric(step, "train", p + "max_vio", s.max_vio);
     metric(step, "train", p + "dead_experts", static_cast<double>(s.dead_experts));
     metric(step, "train", p + "entropy", s.entropy);
+    metric(step, "train", p + "sinkhorn_calls", static_cast<double>(s.sinkhorn_calls));
     metric(step, "train", p + "sinkhorn_frac", s.sinkhorn_frac);
     metric(step, "train", p + "sinkhorn_iters", s.sinkhorn_iters);
     metric(step, "train", p + "sinkhorn_error", s.sinkhorn_error);
@@ -85,7 +87,37 @@ void RunLog::flush_if_due(int64_t step) {
 int RunLog::interrupted() const { return g_signal; }
 
 void RunLog::finish(const std::string& status, const std::string& error) {
-  if (lead_) store_.finish_run(id_, status, error);
+  if (!lead_) return;
+  if (status == "finished") routing_results();
+  store_.finish_run(id_, status, error);
+}
+
+// From the stored rows, so a resumed run counts what it logged before its interruption too.
+void RunLog::routing_results() {
+  std::map<std::string, std::map<int64_t, std::pair<int64_t, double>>> last;  // metric -> layer -> (step, value)
+  double sinkhorn = 0;
+  bool any = false;
+  for (const auto& m : store_.metrics(id_)) {
+    if (m.split != "train" || m.name.rfind("layer", 0) != 0) continue;
+    const auto slash = m.name.find('/');
+    if (slash == std::string::npos) continue;
+    const std::string what = m.name.substr(slash + 1);
+    if (what == "sinkhorn_calls") {
+      sinkhorn += m.value;
+      any = true;
+      continue;
+    }
+    auto& at = last[what][std::stoll(m.name.substr(5, slash - 5))];
+    if (m.step >= at.first) at = {m.step, m.value};
+  }
+  if (any) result("train", "sinkhorn_forwards", sinkhorn);
+  for (const char* what : {"load_cv", "max_vio", "dead_experts", "entropy"}) {
+    const auto it = last.find(what);
+    if (it == last.end() || it->second.empty()) continue;
+    double sum = 0;
+    for (const auto& [layer, sv] : it->second) sum += sv.second;
+    result("train", what, sum / static_cast<double>(it->second.size()));
+  }
 }
 
 }  // namespace ssr::train

@@ -43,6 +43,9 @@ class RunLog {
   void flush_if_due(int64_t step);
 
   int interrupted() const;  // the signal that asked the run to stop, or 0
+  // Ends the run with `status`. A finished run first gets its routing results (split train): the
+  // mean over layers of the last logged load_cv, max_vio, dead_experts and entropy, and
+  // sinkhorn_forwards, the Sinkhorn calls of every logging window summed over layers.
   void finish(const std::string& status, const std::string& error = "");
 
  private:
@@ -55,6 +58,7 @@ class RunLog {
   Clock::time_point start_, last_flush_;
   std::vector<store::Metric> metrics_;
   std::vector<store::Timing> timings_;
+  void routing_results();
   void (*old_int_)(int);
   void (*old_term_)(int);
 };

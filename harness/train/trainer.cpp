@@ -13,6 +13,7 @@
 #include "harness/train/checkpoint.hpp"
 #include "harness/train/progress.hpp"
 #include "harness/train/run_log.hpp"
+#include "harness/train/schedule.hpp"
 #include "harness/train/vision_trainer.hpp"
 #include "models/precision.hpp"
 #include "models/switch_lm.hpp"
@@ -122,7 +123,7 @@ struct Snapshot {
 std::string gen_key(const std::string& base, int rank) { return rank == 0 ? base : fmt::format("{}_rank{}", base, rank); }
 
 // Called by every rank (the state travels to rank 0); only rank 0 writes the file.
-void save_checkpoint(const fs::path& path, models::SwitchLM& model, torch::optim::Adam& opt, const Rngs& rng,
+void save_checkpoint(const fs::path& path, models::SwitchLM& model, torch::optim::Optimizer& opt, const Rngs& rng,
                      const std::vector<models::LMState>& states, const models::LMState& valid_state,
                      const Snapshot& snap, const Layout& lay) {
   auto gathered = [&](const torch::Tensor& t) {
@@ -158,7 +159,7 @@ void save_checkpoint(const fs::path& path, models::SwitchLM& model, torch::optim
   save_atomically(ar, path);
 }
 
-Snapshot load_checkpoint(const fs::path& path, models::SwitchLM& model, torch::optim::Adam* opt, Rngs* rng,
+Snapshot load_checkpoint(const fs::path& path, models::SwitchLM& model, torch::optim::Optimizer* opt, Rngs* rng,
                          std::vector<models::LMState>* states, models::LMState* valid_state, torch::Device device,
                          const Layout& lay) {
   torch::serialize::InputArchive ar, m;
@@ -248,10 +249,12 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
   for (const auto& mode : cfg.strings("eval.router_modes")) routers::eval_mode_named(mode);  // rejects unknown modes
   models::SwitchLM model(cfg, corpus.vocab_size());
   model->to(device);
-  torch::optim::Adam optimizer(model->parameters(),
-                               torch::optim::AdamOptions(cfg.f("train.lr"))
-                                   .betas({cfg.f("train.beta1"), cfg.f("train.beta2")})
-                                   .weight_decay(cfg.f("train.weight_decay")));
+  // nanoGPT's AdamW groups: decay on matrices (weights, embeddings), none on biases and norms.
+  std::vector<torch::Tensor> no_decay;
+  for (const auto& p : model->parameters())
+    if (p.dim() < 2) no_decay.push_back(p);
+  auto optimizer_ptr = make_optimizer(cfg, model->parameters(), no_decay);
+  torch::optim::Optimizer& optimizer = *optimizer_ptr;
   // Every split is batched here, so that one too short for its streams stops the job before the
   // run row exists instead of after training.
   auto walk = [&](const std::string& split, int64_t streams, bool every_token, const std::string& why) {
@@ -327,7 +330,6 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
                                snap.step > 0 ? fmt::format(", resumed at step {}", snap.step) : ""));
 
   const int64_t log_every = cfg.i("run.log_every"), ckpt_every = cfg.i("train.checkpoint_every");
-  const double warmup = static_cast<double>(cfg.i("train.warmup"));
   auto sync = [&] {
     if (device.is_cuda()) torch::cuda::synchronize();
   };
@@ -353,8 +355,8 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       const bool log_step = step % log_every == 0 || step == steps;
       model->collect_router_stats(log_step);
       // The reference steps its LambdaLR before the optimizer: update s uses lr * min(1, s / warmup).
-      const double lr = cfg.f("train.lr") * (warmup > 0 ? std::min(1.0, step / warmup) : 1.0);
-      for (auto& g : optimizer.param_groups()) static_cast<torch::optim::AdamOptions&>(g.options()).lr(lr);
+      const double lr = learning_rate(cfg, step);
+      set_learning_rate(optimizer, lr);
 
       auto batch = batcher.next(rng.data);
       if (batch.reset)

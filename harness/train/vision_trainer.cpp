@@ -5,13 +5,13 @@
 
 #include <cmath>
 #include <filesystem>
-#include <numbers>
 
 #include "harness/data/images.hpp"
 #include "harness/train/metrics.hpp"
 #include "harness/train/checkpoint.hpp"
 #include "harness/train/progress.hpp"
 #include "harness/train/run_log.hpp"
+#include "harness/train/schedule.hpp"
 #include "models/swin_moe.hpp"
 
 namespace fs = std::filesystem;
@@ -22,26 +22,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const config::Config& cfg, models::SwinMoE& model) {
-  const double lr = cfg.f("train.lr"), wd = cfg.f("train.weight_decay");
-  const std::tuple<double, double> betas{cfg.f("train.beta1"), cfg.f("train.beta2")};
-  if (cfg.s("train.optimizer") == "adam")
-    return std::make_unique<torch::optim::Adam>(model->parameters(),
-                                                torch::optim::AdamOptions(lr).betas(betas).weight_decay(wd));
-  // timm's param groups: no decay on biases, norms and the relative position tables.
-  std::vector<torch::Tensor> decay, no_decay = model->no_decay_parameters();
-  for (const auto& p : model->parameters())
-    if (std::none_of(no_decay.begin(), no_decay.end(), [&](const torch::Tensor& q) { return q.is_same(p); }))
-      decay.push_back(p);
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
-                                 torch::optim::AdamWOptions(lr).betas(betas).weight_decay(wd)));
-  groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
-                                    torch::optim::AdamWOptions(lr).betas(betas).weight_decay(0)));
-  return std::make_unique<torch::optim::AdamW>(std::move(groups),
-                                               torch::optim::AdamWOptions(lr).betas(betas).weight_decay(wd));
-}
 
 struct SplitScores {
   int64_t images = 0, top1 = 0, top5 = 0, skipped = 0;
@@ -135,15 +115,6 @@ Snapshot load_checkpoint(const fs::path& path, models::SwinMoE& model, torch::op
 
 }  // namespace
 
-double vision_lr(const config::Config& cfg, int64_t step) {
-  const double lr = cfg.f("train.lr"), warmup_lr = cfg.f("train.warmup_lr"), min_lr = cfg.f("train.min_lr");
-  const int64_t warmup = cfg.i("train.warmup"), steps = cfg.i("train.steps");
-  if (step <= warmup) return warmup_lr + (lr - warmup_lr) * static_cast<double>(step) / static_cast<double>(warmup);
-  if (cfg.s("train.schedule") == "constant" || steps <= warmup) return lr;
-  const double t = static_cast<double>(step - warmup) / static_cast<double>(steps - warmup);  // (0, 1]
-  return min_lr + 0.5 * (lr - min_lr) * (1 + std::cos(std::numbers::pi * t));
-}
-
 Outcome train_vision(const config::Config& cfg, store::Store& store, const Options& opts) {
   if (cfg.i("run.nproc") > 1)
     throw config::ConfigError("run.nproc: data-parallel training is implemented for the language model only; "
@@ -167,7 +138,7 @@ Outcome train_vision(const config::Config& cfg, store::Store& store, const Optio
     throw config::ConfigError("train.eval_every: partial validation needs a valid split (set data.valid or data.holdout, or train.eval_every=0)");
   models::SwinMoE model(cfg);
   model->to(device);
-  auto optimizer = make_optimizer(cfg, model);
+  auto optimizer = make_optimizer(cfg, model->parameters(), model->no_decay_parameters());
   const int64_t B = cfg.i("train.batch_size"), steps = cfg.i("train.steps");
   // The loader's shuffling and augmentation seed comes from the run's generator.
   const auto loader_seed = static_cast<uint64_t>(torch::randint(1LL << 62, {1}, gen, torch::kInt64).item<int64_t>());
@@ -216,8 +187,8 @@ Outcome train_vision(const config::Config& cfg, store::Store& store, const Optio
       }
       const bool log_step = step % log_every == 0 || step == steps;
       model->collect_router_stats(log_step);
-      const double lr = vision_lr(cfg, step);
-      for (auto& g : optimizer->param_groups()) g.options().set_lr(lr);
+      const double lr = learning_rate(cfg, step);
+      set_learning_rate(*optimizer, lr);
 
       data::ImageBatch batch;
       const auto t_data = Clock::now();

@@ -10,8 +10,4 @@ namespace ssr::train {
 // imagenet-o aupr, auroc, fpr95 (percent).
 Outcome train_vision(const config::Config& cfg, store::Store& store, const Options& opts);
 
-// lr of update `step` (1-based): linear from train.warmup_lr to train.lr over train.warmup
-// steps, then constant or cosine down to train.min_lr at train.steps.
-double vision_lr(const config::Config& cfg, int64_t step);
-
 }  // namespace ssr::train

@@ -118,7 +118,8 @@ TEST_CASE("a table from the store: layout, intervals, deltas, ranks, NaN and mis
   // Conventional vanilla: test PPL 99.5 and 99 over seeds 1, 2 -> 99.25 ± 12.706 * 0.25.
   CHECK(out.md.find("| Vanilla | 100.250 ± 3.176 | 99.250 ± 3.176 | – | 0.00% |") != std::string::npos);
   CHECK(out.md.find("| **95.250 ± 3.176** |") != std::string::npos);  // SSR-L best test PPL
-  CHECK(out.md.find("| -4.000 |") != std::string::npos);             // SSR-L minus Vanilla
+  CHECK(out.md.find("| -4.000 ± 0.000 * |") != std::string::npos);   // SSR-L minus Vanilla, seed by seed
+  CHECK(out.md.find("| **90.500** | -4.000 |") != std::string::npos);  // momentum: only seed 1 pairs, not -3.75
   CHECK(out.md.find("| LB | NaN | NaN |") != std::string::npos);     // a diverged seed makes the cell NaN
   // The pair on another host is left out of the overhead and the footer says so.
   CHECK(out.md.find("Note: LB (Conventional), Overhead: 1 of 2 run pairs skipped (different hardware") != std::string::npos);
@@ -175,8 +176,8 @@ TEST_CASE("overheads come from an `ssr bench step` session that timed both jobs"
   CHECK(stored[0].seconds[3] == Approx(0.13));
 
   const auto out = ssr::analysis::build("tab", kStudy, "", {}, s);
-  CHECK(out.md.find("| LB | <u>98.250 ± 3.176</u> | <u>97.250 ± 3.176</u> | -2.000 | 10.00% |") != std::string::npos);
-  CHECK(out.md.find("| SSR-L | **96.250 ± 3.176** | **95.250 ± 3.176** | -4.000 | 1.00% |") != std::string::npos);
+  CHECK(out.md.find("| LB | <u>98.250 ± 3.176</u> | <u>97.250 ± 3.176</u> | -2.000 ± 0.000 * | 10.00% |") != std::string::npos);
+  CHECK(out.md.find("| SSR-L | **96.250 ± 3.176** | **95.250 ± 3.176** | -4.000 ± 0.000 * | 1.00% |") != std::string::npos);
   CHECK(out.md.find("| LB | NaN | NaN | NaN | 2.00 ± 0.00% |") != std::string::npos);  // momentum: training runs
   CHECK(out.md.find("different hardware") == std::string::npos);  // the bench pair replaces the skipped one
   CHECK(out.md.find("Step-time overheads: 4 job pairs timed interleaved by `ssr bench step` (session 1; interval over "
@@ -225,10 +226,10 @@ TEST_CASE("overheads compare like compute paths only: keys outside the hash such
   const auto grouped = session({"model.expert_impl=grouped"}, 1.30);  // newer: bench_cases lists it first
   CHECK(grouped > loop);
   out = ssr::analysis::build("tab", kStudy, "", {}, s);
-  CHECK(out.md.find("| LB | <u>98.250 ± 3.176</u> | <u>97.250 ± 3.176</u> | -2.000 | 10.00% |") != std::string::npos);
+  CHECK(out.md.find("| LB | <u>98.250 ± 3.176</u> | <u>97.250 ± 3.176</u> | -2.000 ± 0.000 * | 10.00% |") != std::string::npos);
   out = ssr::analysis::build("tab", kStudy, "", {"model.expert_impl=grouped"}, s);
   CHECK(out.missing.size() == 1);  // the same runs: the hash leaves the compute path out
-  CHECK(out.md.find("| LB | <u>98.250 ± 3.176</u> | <u>97.250 ± 3.176</u> | -2.000 | 30.00% |") != std::string::npos);
+  CHECK(out.md.find("| LB | <u>98.250 ± 3.176</u> | <u>97.250 ± 3.176</u> | -2.000 ± 0.000 * | 30.00% |") != std::string::npos);
   // The momentum runs ran the loop path: no grouped step time, and the note says why.
   CHECK(out.md.find("| LB | NaN | NaN | NaN | – |") != std::string::npos);
   CHECK(out.md.find("Note: LB (Momentum), Overhead: 2 of 2 run pairs skipped (compute paths other than the report's).") !=

@@ -54,7 +54,7 @@ struct StepBenchArgs {
   std::string scale;                   // --scale: of a sweep file
   std::vector<std::string> where;      // --where AXIS=VALUE: keep these sweep jobs
   int64_t vocab = 0;                   // --vocab: 0 = the data's vocabulary (the paper's when absent)
-  int threads = 0, warmup = 2, repeats = 10;
+  int threads = 0, warmup = 2, repeats = 10;  // warmup: untimed rounds after each case's own first step
   uint64_t seed = 1;
   std::string csv;      // --csv: per-round times, tidy
   std::string db;       // --db: run store for the session ("" = not stored)

@@ -187,8 +187,10 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
     sync();
     c.transient_bytes = std::max(c.transient_bytes, device_bytes(device, true) - at_start);
   };
-  // Each case's first warm-up step runs as it is built, so that what it keeps resident (its Adam
-  // moments appear at that step) is counted before the next case is built.
+  // Each case takes one untimed step as it is built, so that what it keeps resident (its Adam
+  // moments appear at that step) is counted before the next case is built. The allocator counts
+  // only once CUDA is initialised: a first allocation does that.
+  if (device.is_cuda()) torch::empty({1}, torch::TensorOptions().device(device));
   for (auto& c : cases) {
     sync();
     const int64_t before = device_bytes(device, false);
@@ -213,11 +215,11 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
     return n;
   }();
   out << fmt::format("# ssr bench step: {}{} ({} parameters in {}), {} tokens per step in {} micro-batch(es), vocab {} ({}), "
-                     "device {}, {}, {} threads; {} warm-up + {} timed rounds, {} cases interleaved\n\n",
+                     "device {}, {}, {} threads; 1 + {} warm-up + {} timed rounds, {} cases interleaved\n\n",
                      args.config, args.scale.empty() ? "" : " --scale " + args.scale, params, cases.front().label,
                      cases.front().tokens(), base.i("train.batch_split"), vocab, vocab_source, base.s("run.device"),
                      base.s("train.precision"), torch::get_num_threads(), args.warmup, args.repeats, cases.size());
-  for (int w = 1; w < args.warmup; ++w)
+  for (int w = 0; w < args.warmup; ++w)
     for (auto& c : cases) step(c);
   for (int r = 0; r < args.repeats; ++r)
     for (auto& c : cases) {

@@ -53,9 +53,7 @@ void add_bench_commands(CLI::App& app, Context& ctx) {
   step->add_option("--vocab", st->vocab, "vocabulary size of the synthetic token ids (default: the data's, built as training would; WikiText-103's 267735 or enwik8's 205 when its files are absent)")
       ->check(CLI::Range(int64_t{2}, int64_t{1} << 30));
   step->add_option("--threads", st->threads, "intra-op CPU threads: sets run.threads of every case (0 = the config's run.threads)")->capture_default_str();
-  step->add_option("--warmup", st->warmup, "untimed rounds (the first allocates the optimizer's state, so at least 1)")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+  step->add_option("--warmup", st->warmup, "untimed rounds, after each case's own first step")->capture_default_str();
   step->add_option("--repeats", st->repeats, "timed rounds (each times every case once)")->capture_default_str()->check(CLI::Range(1, 1000000));
   step->add_option("--seed", st->seed, "seed of the weights and token ids")->capture_default_str();
   step->add_option("--csv", st->csv, "also write every round's time as tidy CSV to this file");

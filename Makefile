@@ -74,8 +74,9 @@ demo-paper: build
 
 # The CPU routing study (experiments/study.yaml and study-p.yaml; README "The routing study"):
 # both sweeps, then their paired tables and curve figures, into $(DB) and results/{tables,figures}.
-# A sweep reuses every finished run of the same config, so `make study` after an interruption
-# trains only what is missing. STUDY_SCALE=smoke runs the same pipeline in seconds.
+# A sweep reuses every finished run of the same config, so `make study` again trains only what has
+# not finished (a job killed mid-run: `ssr sweep --resume ID`). STUDY_SCALE=smoke: the same pipeline
+# in under 2 minutes.
 STUDY_SCALE ?= study
 STUDY_TABLES := study study_balance study_p
 STUDY_FIGURES := study_valid study_load_cv study_max_vio study_dead study_entropy

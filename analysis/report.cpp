@@ -567,6 +567,19 @@ Output build_table(const Data& d, const json& spec, const std::string& name) {
   return out;
 }
 
+// A figure's series name for a job: its labels on the series axes, each by series_labels (an
+// unlabelled value other than a variant as AXIS=VALUE); "all" without series axes.
+std::string series_of(const json& spec, const std::vector<std::string>& series_axes, const JobRun& jr) {
+  std::string s;
+  for (const auto& a : series_axes) {
+    const auto v = jr.job->label(a);
+    if (v.empty()) continue;
+    const auto l = label_of(spec, "series_labels", v);
+    s += (s.empty() ? "" : " ") + (l == v && a != "variant" ? a + "=" + v : l);
+  }
+  return s.empty() ? std::string("all") : s;
+}
+
 // A gnuplot string literal.
 std::string q(const std::string& s) {
   std::string r;
@@ -598,12 +611,7 @@ Output build_curves(const Data& d, const json& spec, const std::string& name) {
   std::map<std::string, std::map<int64_t, std::vector<double>>> values;  // series -> step -> one value per run
   std::map<std::string, int64_t> runs;                                   // series -> runs with the metric
   for (const auto* jr : used) {
-    std::string sname;
-    for (const auto& a : series_axes) {
-      const auto v = jr->job->label(a);
-      if (!v.empty()) sname += (sname.empty() ? "" : " ") + label_of(spec, "series_labels", v);
-    }
-    if (sname.empty()) sname = "all";
+    const std::string sname = series_of(spec, series_axes, *jr);
     if (std::find(series_names.begin(), series_names.end(), sname) == series_names.end()) series_names.push_back(sname);
     if (!jr->run) continue;
     std::map<int64_t, std::pair<double, int64_t>> per_step;  // step -> (sum over layers, layers)
@@ -670,16 +678,6 @@ Output build_figure(const Data& d, const json& spec, const std::string& name) {
   named.insert(seeds);
   check_axes(used, named, where);
 
-  auto series_of = [&](const JobRun& jr) {
-    std::string s;
-    for (const auto& a : series_axes) {
-      const auto v = jr.job->label(a);
-      if (v.empty()) continue;
-      const auto l = label_of(spec, "series_labels", v);
-      s += (s.empty() ? "" : " ") + (l == v && a != "variant" ? a + "=" + v : l);
-    }
-    return s.empty() ? std::string("all") : s;
-  };
   struct Point {
     std::string series, x;
     Cell cell;
@@ -690,8 +688,8 @@ Output build_figure(const Data& d, const json& spec, const std::string& name) {
     if (std::find(v.begin(), v.end(), s) == v.end()) v.push_back(s);
   };
   std::map<std::string, std::vector<const JobRun*>> by_series;
-  for (const auto* jr : used) by_series[series_of(*jr)].push_back(jr);
-  for (const auto* jr : used) add(series_names, series_of(*jr));
+  for (const auto* jr : used) by_series[series_of(spec, series_axes, *jr)].push_back(jr);
+  for (const auto* jr : used) add(series_names, series_of(spec, series_axes, *jr));
   for (const auto& sname : series_names) {
     const auto& jobs = by_series[sname];
     if (x_axis == "layer") {

@@ -4,12 +4,13 @@ VENV  ?= .venv
 BUILD ?= build
 JOBS  ?= $(shell nproc)
 CUDA  ?= OFF
+DEBUG_INFO ?= ON
 DB    ?= results/runs.db
 SSR   := $(BUILD)/ssr
 TORCH_VERSION := 2.11.0
 APT_PACKAGES := build-essential cmake git python3-venv libyaml-cpp-dev libsqlite3-dev libfmt-dev \
   libcli11-dev catch2 nlohmann-json3-dev libssl-dev libbenchmark-dev sqlite3 gnuplot-nox libgloo-dev \
-  zlib1g-dev libturbojpeg0-dev dataset-fashion-mnist
+  zlib1g-dev libturbojpeg0-dev dataset-fashion-mnist clang-format
 
 # The GPU machine has no package registry: `make offline-bundle` (here) downloads the Debian
 # packages the build needs into .offline/debs; carried there, `make offline-build` unpacks them
@@ -32,7 +33,7 @@ $(VENV)/.torch-$(TORCH_VERSION):
 	touch $@
 
 $(BUILD)/CMakeCache.txt:
-	cmake -S . -B $(BUILD) -DSSR_CUDA=$(CUDA) \
+	cmake -S . -B $(BUILD) -DSSR_CUDA=$(CUDA) -DSSR_DEBUG_INFO=$(DEBUG_INFO) \
 	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 
 build: $(BUILD)/CMakeCache.txt

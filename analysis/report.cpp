@@ -106,7 +106,8 @@ Column parse_column(const json& c, const std::string& where) {
   for (const auto& [k, v] : c.items())
     if (k != "label" && k != "split" && k != "metric" && k != "delta" && k != "overhead" && k != "better" &&
         k != "layer_metric" && k != "relative")
-      throw ConfigError(fmt::format("{}.{}: unknown key (label, split, metric, delta, relative, overhead, layer_metric, better)", where, k));
+      throw ConfigError(fmt::format(
+          "{}.{}: unknown key (label, split, metric, delta, relative, overhead, layer_metric, better)", where, k));
   col.label = str(c, "label");
   col.split = str(c, "split");
   col.metric = str(c, "metric");
@@ -114,8 +115,10 @@ Column parse_column(const json& c, const std::string& where) {
   col.overhead = str(c, "overhead");
   col.layer_metric = str(c, "layer_metric");
   col.relative = str(c, "relative", "false") == "true";
-  if (col.relative && col.delta_of.empty()) throw ConfigError(fmt::format("{}: relative: true needs delta: COLUMN", where));
-  if (col.delta_of.empty() && col.overhead.empty() && col.layer_metric.empty() && (col.split.empty() || col.metric.empty()))
+  if (col.relative && col.delta_of.empty())
+    throw ConfigError(fmt::format("{}: relative: true needs delta: COLUMN", where));
+  if (col.delta_of.empty() && col.overhead.empty() && col.layer_metric.empty() &&
+      (col.split.empty() || col.metric.empty()))
     throw ConfigError(fmt::format("{}: a column needs split and metric, delta: COLUMN, or overhead: PHASE", where));
   static const std::set<std::string> lower_is_better = {"ppl", "bpc", "loss", "fpr95"};
   col.lower = c.contains("better") ? str(c, "better") == "lower"
@@ -140,13 +143,15 @@ std::string fmt_value(const Cell& c, const Column& col) {
   if (!c.mean) return "–";
   if (std::isnan(*c.mean)) return "NaN";
   if (!col.overhead.empty())
-    return c.ci > 0 ? fmt::format("{:.2f} ± {:.2f}%", *c.mean * 100, c.ci * 100) : fmt::format("{:.2f}%", *c.mean * 100);
+    return c.ci > 0 ? fmt::format("{:.2f} ± {:.2f}%", *c.mean * 100, c.ci * 100)
+                    : fmt::format("{:.2f}%", *c.mean * 100);
   if (!col.delta_of.empty()) {
     // Paired: * marks an interval that excludes 0.
     const std::string unit = col.relative ? " %" : "";
     const int digits = col.relative ? 2 : 3;
     if (c.n < 2) return fmt::format("{:+.{}f}{}", *c.mean, digits, unit);
-    return fmt::format("{:+.{}f} ± {:.{}f}{}{}", *c.mean, digits, c.ci, digits, unit, std::abs(*c.mean) > c.ci ? " *" : "");
+    return fmt::format("{:+.{}f} ± {:.{}f}{}{}", *c.mean, digits, c.ci, digits, unit,
+                       std::abs(*c.mean) > c.ci ? " *" : "");
   }
   return c.ci > 0 ? fmt::format("{:.3f} ± {:.3f}", *c.mean, c.ci) : fmt::format("{:.3f}", *c.mean);
 }
@@ -268,9 +273,11 @@ std::string timing_source(const std::vector<const Cell*>& cells) {
   for (auto id : sessions) ids += (ids.empty() ? "" : ", ") + std::to_string(id);
   std::string s = "\nStep-time overheads: ";
   if (bench > 0)
-    s += fmt::format("{} job pairs timed interleaved by `ssr bench step` (session{} {}; interval over rounds for one pair)",
-                     bench, sessions.size() > 1 ? "s" : "", ids);
-  if (runs > 0) s += fmt::format("{}{} job pairs from the training runs' logged step times", bench > 0 ? "; " : "", runs);
+    s += fmt::format(
+        "{} job pairs timed interleaved by `ssr bench step` (session{} {}; interval over rounds for one pair)", bench,
+        sessions.size() > 1 ? "s" : "", ids);
+  if (runs > 0)
+    s += fmt::format("{}{} job pairs from the training runs' logged step times", bench > 0 ? "; " : "", runs);
   return s + ".";
 }
 
@@ -280,8 +287,10 @@ Cell metric_cell(const std::vector<const JobRun*>& cell, const std::string& spli
   bool nan = false;
   for (const auto* jr : cell)
     if (auto x = value_of(*jr, split, metric)) {
-      if (std::isnan(*x)) nan = true;
-      else v.push_back(*x);
+      if (std::isnan(*x))
+        nan = true;
+      else
+        v.push_back(*x);
     }
   if (nan) {
     c.mean = NAN;
@@ -304,7 +313,9 @@ std::string provenance(const Data& d, const std::vector<const JobRun*>& used, st
   std::vector<std::string> hashes;
   int64_t have = 0;
   for (const auto* jr : used) {
-    const store::RunInfo* info = jr->run ? &jr->run->info : bench_only && !jr->bench.empty() ? &jr->bench.front().info : nullptr;
+    const store::RunInfo* info = jr->run                            ? &jr->run->info
+                                 : bench_only && !jr->bench.empty() ? &jr->bench.front().info
+                                                                    : nullptr;
     if (!info) {
       missing.push_back(fmt::format("job {} ({}) hash {}", jr->job->num, jr->job->describe(), jr->job->config.hash()));
       continue;
@@ -319,8 +330,9 @@ std::string provenance(const Data& d, const std::vector<const JobRun*>& used, st
     for (const auto& [k, n] : m) s += (s.empty() ? "" : "; ") + fmt::format("{} ({} runs)", k, n);
     return s.empty() ? std::string("-") : s;
   };
-  std::string s = fmt::format("Built from {} of {} planned runs of {}{} in the run store {}.", have, used.size(),
-                              d.spec.file, d.spec.scale.empty() ? "" : " (scale " + d.spec.scale + ")", d.store->path());
+  std::string s =
+      fmt::format("Built from {} of {} planned runs of {}{} in the run store {}.", have, used.size(), d.spec.file,
+                  d.spec.scale.empty() ? "" : " (scale " + d.spec.scale + ")", d.store->path());
   s += fmt::format(" Cells: mean ± 95 % Student-t interval over {} when there are several runs.", seeds_axis);
   s += "\nGit revisions: " + counted(revs) + ".\nHardware: " + counted(hw) + ".";
   std::string hs;
@@ -344,11 +356,31 @@ std::string tex_escape(const std::string& s) {
   }
   std::string r;
   for (size_t i = 0; i < out.size(); ++i) {
-    if (out.compare(i, 2, "±") == 0) { r += "$\\pm$"; ++i; continue; }
-    if (out.compare(i, 3, "–") == 0) { r += "--"; i += 2; continue; }
-    if (out.compare(i, 2, "Δ") == 0) { r += "$\\Delta$"; ++i; continue; }
-    if (out.compare(i, 2, "ξ") == 0) { r += "$\\xi$"; ++i; continue; }
-    if (out.compare(i, 2, "α") == 0) { r += "$\\alpha$"; ++i; continue; }
+    if (out.compare(i, 2, "±") == 0) {
+      r += "$\\pm$";
+      ++i;
+      continue;
+    }
+    if (out.compare(i, 3, "–") == 0) {
+      r += "--";
+      i += 2;
+      continue;
+    }
+    if (out.compare(i, 2, "Δ") == 0) {
+      r += "$\\Delta$";
+      ++i;
+      continue;
+    }
+    if (out.compare(i, 2, "ξ") == 0) {
+      r += "$\\xi$";
+      ++i;
+      continue;
+    }
+    if (out.compare(i, 2, "α") == 0) {
+      r += "$\\alpha$";
+      ++i;
+      continue;
+    }
     r += out[i];
   }
   return r;
@@ -378,8 +410,10 @@ void check_axes(const std::vector<const JobRun*>& jobs, const std::set<std::stri
     for (const auto& [k, v] : jr->job->labels) seen[k].insert(v);
   for (const auto& [k, vals] : seen)
     if (vals.size() > 1 && !named.count(k) && !(k != "sample" && seen.count("sample") && named.count("sample")))
-      throw ConfigError(fmt::format("{}: axis {} varies but is neither rows, sections, series, x nor seeds; "
-                                    "add it to the report or filter it with where:", where, k));
+      throw ConfigError(
+          fmt::format("{}: axis {} varies but is neither rows, sections, series, x nor seeds; "
+                      "add it to the report or filter it with where:",
+                      where, k));
 }
 
 Output build_table(const Data& d, const json& spec, const std::string& name) {
@@ -389,7 +423,8 @@ Output build_table(const Data& d, const json& spec, const std::string& name) {
   std::vector<std::string> modes;
   if (spec.contains("row_modes"))
     for (const auto& m : spec["row_modes"]) modes.push_back(m.get<std::string>());
-  if (row_axis.empty() == modes.empty()) throw ConfigError(fmt::format("{}: give rows: AXIS or row_modes: [modes]", where));
+  if (row_axis.empty() == modes.empty())
+    throw ConfigError(fmt::format("{}: give rows: AXIS or row_modes: [modes]", where));
   if (!spec.contains("columns") || !spec["columns"].is_array())
     throw ConfigError(fmt::format("{}: columns: expected a list", where));
   std::vector<Column> cols;
@@ -407,8 +442,8 @@ Output build_table(const Data& d, const json& spec, const std::string& name) {
   std::vector<std::string> rows = modes.empty() ? distinct(used, row_axis) : modes;
 
   // cells[section][row][column]
-  std::vector<std::vector<std::vector<Cell>>> cells(sections.size(),
-                                                    std::vector<std::vector<Cell>>(rows.size(), std::vector<Cell>(cols.size())));
+  std::vector<std::vector<std::vector<Cell>>> cells(
+      sections.size(), std::vector<std::vector<Cell>>(rows.size(), std::vector<Cell>(cols.size())));
   for (size_t s = 0; s < sections.size(); ++s)
     for (size_t r = 0; r < rows.size(); ++r) {
       std::vector<const JobRun*> cell;
@@ -419,8 +454,10 @@ Output build_table(const Data& d, const json& spec, const std::string& name) {
       const std::string suffix = modes.empty() || rows[r] == "none" ? "" : "@" + rows[r];
       for (size_t c = 0; c < cols.size(); ++c)
         if (!cols[c].overhead.empty()) {
-          if (rows[r] == baseline) cells[s][r][c].mean = 0.0;
-          else cells[s][r][c] = overhead_cell(d, cell, row_axis, baseline, cols[c].overhead);
+          if (rows[r] == baseline)
+            cells[s][r][c].mean = 0.0;
+          else
+            cells[s][r][c] = overhead_cell(d, cell, row_axis, baseline, cols[c].overhead);
         } else if (cols[c].delta_of.empty()) {
           cells[s][r][c] = metric_cell(cell, cols[c].split + suffix, cols[c].metric);
         }
@@ -454,11 +491,14 @@ Output build_table(const Data& d, const json& spec, const std::string& name) {
             b = value_of(*jr, at(baseline), of->metric);
           }
           if (!v || !b) continue;
-          if (std::isnan(*v) || std::isnan(*b)) nan = true;
-          else diffs.push_back(cols[c].relative ? 100 * (*v - *b) / *b : *v - *b);
+          if (std::isnan(*v) || std::isnan(*b))
+            nan = true;
+          else
+            diffs.push_back(cols[c].relative ? 100 * (*v - *b) / *b : *v - *b);
         }
         Cell& cell = cells[s][r][c];
-        if (nan) cell.mean = NAN;
+        if (nan)
+          cell.mean = NAN;
         else if (!diffs.empty()) {
           const auto e = estimate(diffs);
           cell.mean = e.mean;
@@ -468,7 +508,8 @@ Output build_table(const Data& d, const json& spec, const std::string& name) {
       }
   }
   // Best (bold) and second best (underlined) per section and ranked column.
-  std::vector<std::vector<std::vector<int>>> place(sections.size(), std::vector<std::vector<int>>(rows.size(), std::vector<int>(cols.size(), 0)));
+  std::vector<std::vector<std::vector<int>>> place(
+      sections.size(), std::vector<std::vector<int>>(rows.size(), std::vector<int>(cols.size(), 0)));
   for (size_t s = 0; s < sections.size(); ++s)
     for (size_t c = 0; c < cols.size(); ++c) {
       if (!cols[c].rank) continue;
@@ -492,7 +533,8 @@ Output build_table(const Data& d, const json& spec, const std::string& name) {
   for (size_t c = 0; c < cols.size(); ++c) out.md += "|---";
   out.md += "|\n";
   // LaTeX (booktabs)
-  out.tex = "% " + title + "\n\\begin{tabular}{l" + std::string(cols.size(), 'r') + "}\n\\toprule\n" + tex_escape(row_head);
+  out.tex =
+      "% " + title + "\n\\begin{tabular}{l" + std::string(cols.size(), 'r') + "}\n\\toprule\n" + tex_escape(row_head);
   for (const auto& c : cols) out.tex += " & " + tex_escape(c.label + arrow(c));
   out.tex += " \\\\\n\\midrule\n";
   out.csv = "report,section,row,column,value,ci,n\n";
@@ -515,9 +557,11 @@ Output build_table(const Data& d, const json& spec, const std::string& name) {
         out.md += " | " + (p == 1 ? "**" + v + "**" : p == 2 ? "<u>" + v + "</u>" : v);
         const auto tv = tex_escape(v);
         out.tex += " & " + (p == 1 ? "\\textbf{" + tv + "}" : p == 2 ? "\\underline{" + tv + "}" : tv);
-        out.csv += fmt::format("{},{},{},{},{},{},{}\n", name, csv_field(sec_axis.empty() ? "" : sections[s]), csv_field(rows[r]),
-                               csv_field(cols[c].label),
-                               !cell.mean ? "" : std::isnan(*cell.mean) ? "NaN" : fmt::format("{}", *cell.mean),
+        out.csv += fmt::format("{},{},{},{},{},{},{}\n", name, csv_field(sec_axis.empty() ? "" : sections[s]),
+                               csv_field(rows[r]), csv_field(cols[c].label),
+                               !cell.mean               ? ""
+                               : std::isnan(*cell.mean) ? "NaN"
+                                                        : fmt::format("{}", *cell.mean),
                                cell.ci > 0 ? fmt::format("{}", cell.ci) : "", cell.n);
       }
       out.md += " |\n";
@@ -542,14 +586,14 @@ Output build_table(const Data& d, const json& spec, const std::string& name) {
           half.push_back(cells[s][r][c].ci);
           pairs = std::max(pairs, cells[s][r][c].n);
         }
-    foot += fmt::format("\n{}: paired, each run minus its {} run of the same {}{}; mean ± 95 % Student-t interval over "
-                        "the pairs, * where it excludes 0.",
-                        cols[c].label, label_of(spec, "row_labels", baseline), seeds,
-                        sec_axis.empty() ? "" : " and " + sec_axis);
+    foot += fmt::format(
+        "\n{}: paired, each run minus its {} run of the same {}{}; mean ± 95 % Student-t interval over "
+        "the pairs, * where it excludes 0.",
+        cols[c].label, label_of(spec, "row_labels", baseline), seeds, sec_axis.empty() ? "" : " and " + sec_axis);
     if (!half.empty()) {
       std::sort(half.begin(), half.end());
-      foot += fmt::format(" Smallest difference this design resolves (median half-width, up to {} pairs): ±{:.{}f}{}.", pairs,
-                          half[half.size() / 2], cols[c].relative ? 2 : 3, cols[c].relative ? " %" : "");
+      foot += fmt::format(" Smallest difference this design resolves (median half-width, up to {} pairs): ±{:.{}f}{}.",
+                          pairs, half[half.size() / 2], cols[c].relative ? 2 : 3, cols[c].relative ? " %" : "");
     }
   }
   for (size_t s = 0; s < sections.size(); ++s)
@@ -559,8 +603,8 @@ Output build_table(const Data& d, const json& spec, const std::string& name) {
           foot += fmt::format("\nNote: {}{}, {}: {}.", label_of(spec, "row_labels", rows[r]),
                               sec_axis.empty() ? "" : " (" + label_of(spec, "section_labels", sections[s]) + ")",
                               cols[c].label, cells[s][r][c].note);
-  out.md += "\n**Best** and <u>second best</u> per column" + std::string(sec_axis.empty() ? "" : " within each setting") +
-            ". " + foot + "\n";
+  out.md += "\n**Best** and <u>second best</u> per column" +
+            std::string(sec_axis.empty() ? "" : " within each setting") + ". " + foot + "\n";
   std::string tex_foot;
   for (char ch : foot) tex_foot += ch == '\n' ? std::string("\n% ") : std::string(1, ch);
   out.tex += "% " + tex_foot + "\n";
@@ -596,7 +640,8 @@ Output build_curves(const Data& d, const json& spec, const std::string& name) {
   std::vector<std::string> series_axes;
   if (spec.contains("series"))
     for (const auto& s : spec["series"]) series_axes.push_back(s.get<std::string>());
-  if (!spec.contains("y")) throw ConfigError(fmt::format("{}: y: {{split: ..., metric: ...}} or {{split: ..., layer_metric: ...}}", where));
+  if (!spec.contains("y"))
+    throw ConfigError(fmt::format("{}: y: {{split: ..., metric: ...}} or {{split: ..., layer_metric: ...}}", where));
   const Column y = parse_column(spec["y"], where + ".y");
   if (y.split.empty() || (y.metric.empty() == y.layer_metric.empty()))
     throw ConfigError(fmt::format("{}.y: curves need split and either metric or layer_metric", where));
@@ -646,12 +691,14 @@ Output build_curves(const Data& d, const json& spec, const std::string& name) {
     }
   }
   out.md += "\n" + provenance(d, used, out.missing, seeds) + "\n";
-  const std::string ylabel = y.label.empty() ? (y.metric.empty() ? "mean over layers of " + y.layer_metric : y.metric) : y.label;
+  const std::string ylabel =
+      y.label.empty() ? (y.metric.empty() ? "mean over layers of " + y.layer_metric : y.metric) : y.label;
   out.gnuplot = fmt::format("title = {}\nxlabel = {}\nylabel = {}\nns = {}\nlogy = {}\narray series[{}]\n",
                             q(str(spec, "title", name)), q(str(spec, "xlabel", "step")), q(str(spec, "ylabel", ylabel)),
                             series_names.size(), str(spec, "logy", "false") == "true" ? 1 : 0,
                             std::max<size_t>(1, series_names.size()));
-  for (size_t i = 0; i < series_names.size(); ++i) out.gnuplot += fmt::format("series[{}] = {}\n", i + 1, q(series_names[i]));
+  for (size_t i = 0; i < series_names.size(); ++i)
+    out.gnuplot += fmt::format("series[{}] = {}\n", i + 1, q(series_names[i]));
   return out;
 }
 
@@ -666,9 +713,11 @@ Output build_figure(const Data& d, const json& spec, const std::string& name) {
   std::vector<std::string> series_axes;
   if (spec.contains("series"))
     for (const auto& s : spec["series"]) series_axes.push_back(s.get<std::string>());
-  if (!spec.contains("y")) throw ConfigError(fmt::format("{}: y: {{split: ..., metric: ...}} or {{overhead: step}}", where));
+  if (!spec.contains("y"))
+    throw ConfigError(fmt::format("{}: y: {{split: ..., metric: ...}} or {{overhead: step}}", where));
   const Column y = parse_column(spec["y"], where + ".y");
-  if (!y.overhead.empty() && baseline.empty()) throw ConfigError(fmt::format("{}: overhead needs baseline: X-VALUE", where));
+  if (!y.overhead.empty() && baseline.empty())
+    throw ConfigError(fmt::format("{}: overhead needs baseline: X-VALUE", where));
 
   std::vector<const JobRun*> used;
   for (const auto& jr : d.jobs)
@@ -716,7 +765,8 @@ Output build_figure(const Data& d, const json& spec, const std::string& name) {
       std::vector<const JobRun*> cell;
       for (const auto* jr : jobs)
         if (jr->job->label(x_axis) == xv) cell.push_back(jr);
-      Cell c = y.overhead.empty() ? metric_cell(cell, y.split, y.metric) : overhead_cell(d, cell, x_axis, baseline, y.overhead);
+      Cell c = y.overhead.empty() ? metric_cell(cell, y.split, y.metric)
+                                  : overhead_cell(d, cell, x_axis, baseline, y.overhead);
       points.push_back({sname, xv, c});
     }
     if (sx.empty()) points.push_back({sname, "", metric_cell(jobs, y.split, y.metric)});  // a reference level
@@ -726,17 +776,23 @@ Output build_figure(const Data& d, const json& spec, const std::string& name) {
   // A series without the x axis (a baseline crossed only with seeds) is drawn as a flat line.
   std::vector<Point> expanded;
   for (const auto& p : points) {
-    if (!p.x.empty()) { expanded.push_back(p); continue; }
+    if (!p.x.empty()) {
+      expanded.push_back(p);
+      continue;
+    }
     for (const auto& x : xs) expanded.push_back({p.series, x, p.cell});
   }
   if (kind == "lines") {
     // Lines need numeric x in order within each series.
-    auto index = [&](const Point& p) { return std::find(series_names.begin(), series_names.end(), p.series) - series_names.begin(); };
+    auto index = [&](const Point& p) {
+      return std::find(series_names.begin(), series_names.end(), p.series) - series_names.begin();
+    };
     for (const auto& p : expanded) {
       char* end = nullptr;
       std::strtod(p.x.c_str(), &end);
       if (p.x.empty() || *end != '\0')
-        throw ConfigError(fmt::format("{}: x axis {} has the non-numeric value '{}'; use figure: bars", where, x_axis, p.x));
+        throw ConfigError(
+            fmt::format("{}: x axis {} has the non-numeric value '{}'; use figure: bars", where, x_axis, p.x));
     }
     std::stable_sort(expanded.begin(), expanded.end(), [&](const Point& a, const Point& b) {
       return std::make_pair(index(a), std::stod(a.x)) < std::make_pair(index(b), std::stod(b.x));
@@ -752,8 +808,9 @@ Output build_figure(const Data& d, const json& spec, const std::string& name) {
     const auto si = std::find(series_names.begin(), series_names.end(), p.series) - series_names.begin();
     const auto xi = std::find(xs.begin(), xs.end(), p.x) - xs.begin();
     const std::string xl = kind == "bars" ? label_of(spec, "x_labels", p.x) : p.x;
-    std::string yv = !p.cell.mean ? "" : std::isnan(*p.cell.mean) ? "NaN"
-                                                                  : fmt::format("{}", *p.cell.mean * (y.overhead.empty() ? 1 : 100));
+    std::string yv = !p.cell.mean               ? ""
+                     : std::isnan(*p.cell.mean) ? "NaN"
+                                                : fmt::format("{}", *p.cell.mean * (y.overhead.empty() ? 1 : 100));
     std::string ci = p.cell.ci > 0 ? fmt::format("{}", p.cell.ci * (y.overhead.empty() ? 1 : 100)) : "0";
     out.csv += fmt::format("{},{},{},{},{},{},{}\n", csv_field(p.series), csv_field(xl), yv.empty() ? "NaN" : yv, ci,
                            p.cell.n, si, xi);
@@ -773,10 +830,12 @@ Output build_figure(const Data& d, const json& spec, const std::string& name) {
       q(str(spec, "title", name)), q(str(spec, "xlabel", x_axis)),
       q(str(spec, "ylabel", y.label.empty() ? y.metric : y.label)), series_names.size(), xs.size(),
       str(spec, "logx", "false") == "true" ? 1 : 0, integer_x ? 1 : 0, std::max<size_t>(1, series_names.size()));
-  for (size_t i = 0; i < series_names.size(); ++i) out.gnuplot += fmt::format("series[{}] = {}\n", i + 1, q(series_names[i]));
+  for (size_t i = 0; i < series_names.size(); ++i)
+    out.gnuplot += fmt::format("series[{}] = {}\n", i + 1, q(series_names[i]));
   std::string tics;
   for (size_t i = 0; i < xs.size(); ++i)
-    tics += (tics.empty() ? "" : ", ") + fmt::format("{} {}", q(kind == "bars" ? label_of(spec, "x_labels", xs[i]) : xs[i]), i);
+    tics += (tics.empty() ? "" : ", ") +
+            fmt::format("{} {}", q(kind == "bars" ? label_of(spec, "x_labels", xs[i]) : xs[i]), i);
   out.gnuplot += "xtics_bars = '(" + tics + ")'\n";
   return out;
 }

@@ -32,10 +32,10 @@
 namespace ssr::analysis {
 
 struct Output {
-  std::string kind;    // table | figure
-  std::string figure;  // figures: bars | lines (the analysis/<figure>.gp that draws it)
-  std::string md, tex, csv;  // tables: all three; figures: csv (tidy) and md (a preview table)
-  std::string gnuplot;       // figures: gnuplot variables for analysis/<figure kind>.gp
+  std::string kind;                  // table | figure
+  std::string figure;                // figures: bars | lines (the analysis/<figure>.gp that draws it)
+  std::string md, tex, csv;          // tables: all three; figures: csv (tidy) and md (a preview table)
+  std::string gnuplot;               // figures: gnuplot variables for analysis/<figure kind>.gp
   std::vector<std::string> missing;  // "job 3 (variant=lb run.seed=2) hash 1a2b..."
 };
 

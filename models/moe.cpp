@@ -42,7 +42,7 @@ torch::Tensor grouped_linear(const torch::Tensor& x_sorted, const std::vector<in
     offset += n;
   }
   if (outs.empty()) return x_sorted.new_zeros({0, weight.size(1)});  // (0, out)
-  return torch::cat(outs);  // (rows, out)
+  return torch::cat(outs);                                           // (rows, out)
 }
 
 torch::Tensor grouped_linear_gemm(const torch::Tensor& x_sorted, const torch::Tensor& offsets,
@@ -52,8 +52,7 @@ torch::Tensor grouped_linear_gemm(const torch::Tensor& x_sorted, const torch::Te
   return y + bias.index_select(0, row_expert);                          // (rows, out)
 }
 
-MoEImpl::MoEImpl(const config::Config& cfg)
-    : MoEImpl(cfg, MoEShape{cfg.i("model.d_model"), cfg.i("model.d_inner")}) {}
+MoEImpl::MoEImpl(const config::Config& cfg) : MoEImpl(cfg, MoEShape{cfg.i("model.d_model"), cfg.i("model.d_inner")}) {}
 
 MoEImpl::MoEImpl(const config::Config& cfg, const MoEShape& shape)
     : n_experts_(cfg.i("model.n_experts")),
@@ -64,9 +63,10 @@ MoEImpl::MoEImpl(const config::Config& cfg, const MoEShape& shape)
       gather_hidden_(cfg.s("router.name") == "noisy") {
   const int64_t d = shape.d_model, inner = shape.d_inner, e = n_experts_;
   if (grouped_gemm_ && (d % 8 != 0 || inner % 8 != 0))
-    throw config::ConfigError(fmt::format(
-        "model.expert_impl: grouped needs model.d_model and model.d_inner to be multiples of 8 (got {} and {}); use loop", d,
-        inner));
+    throw config::ConfigError(
+        fmt::format("model.expert_impl: grouped needs model.d_model and model.d_inner to be multiples of 8 (got {} and "
+                    "{}); use loop",
+                    d, inner));
   gate = register_module("gate", torch::nn::Linear(torch::nn::LinearOptions(d, e).bias(shape.gate_bias)));
   w1 = register_parameter("w1", torch::empty({e, inner, d}));
   b1 = register_parameter("b1", torch::zeros({e, inner}));
@@ -116,7 +116,8 @@ void MoEImpl::route_globally(Gather gather, int64_t rank, torch::Generator gen) 
   router_gen_ = std::move(gen);
 }
 
-routers::Routing MoEImpl::route_logits(const torch::Tensor& logits, const torch::Tensor& x, torch::Generator& forward_gen) {
+routers::Routing MoEImpl::route_logits(const torch::Tensor& logits, const torch::Tensor& x,
+                                       torch::Generator& forward_gen) {
   torch::Generator& gen = router_gen_.defined() ? router_gen_ : forward_gen;
   if (!gather_) return route_rows(logits, x, gen);
   const int64_t n = logits.size(0);
@@ -154,8 +155,8 @@ routers::Routing MoEImpl::route_rows(const torch::Tensor& logits, const torch::T
       r.sinkhorn_error = std::max(r.sinkhorn_error, g.sinkhorn_error);
       r.sinkhorn_finite = r.sinkhorn_finite && g.sinkhorn_finite;
     }
-    r.experts = torch::cat(experts);  // (tokens, k)
-    r.weights = torch::cat(weights);  // (tokens, k)
+    r.experts = torch::cat(experts);                 // (tokens, k)
+    r.weights = torch::cat(weights);                 // (tokens, k)
     r.aux_loss = aux / static_cast<double>(groups);  // like averaging over data-parallel ranks
   }
   if (time_router_) {
@@ -190,21 +191,21 @@ torch::Tensor MoEImpl::forward(const torch::Tensor& x, torch::Tensor& aux, torch
 
   // Slot t*k + j is token t's j-th choice. Sorting slots by expert makes each expert's rows
   // contiguous; the stable sort keeps token order inside an expert (deterministic layout).
-  auto slot_expert = routing.experts.reshape({-1});                   // (tokens*k)
-  auto order = torch::argsort(slot_expert, /*stable=*/true);          // (tokens*k) sorted -> slot
-  auto inverse = torch::empty_like(order).scatter_(
-      0, order, torch::arange(n * k, order.options()));               // (tokens*k) slot -> sorted
-  auto counts = torch::bincount(slot_expert, {}, n_experts_);         // (experts)
+  auto slot_expert = routing.experts.reshape({-1});           // (tokens*k)
+  auto order = torch::argsort(slot_expert, /*stable=*/true);  // (tokens*k) sorted -> slot
+  auto inverse =
+      torch::empty_like(order).scatter_(0, order, torch::arange(n * k, order.options()));  // (tokens*k) slot -> sorted
+  auto counts = torch::bincount(slot_expert, {}, n_experts_);                              // (experts)
 
   // Gathering through a permutation of the expanded slots (rather than index_select with repeated
   // token ids) keeps the backward free of colliding atomic adds, so CUDA runs stay bitwise
   // reproducible.
   auto x_slots = x.unsqueeze(1).expand({n, k, d}).reshape({n * k, d});  // (tokens*k, d_model)
-  auto x_sorted = x_slots.index_select(0, order);                        // (tokens*k, d_model)
-  torch::Tensor y_sorted;                                                // (tokens*k, d_model)
+  auto x_sorted = x_slots.index_select(0, order);                       // (tokens*k, d_model)
+  torch::Tensor y_sorted;                                               // (tokens*k, d_model)
   if (grouped_gemm_) {
-    auto offsets = counts.cumsum(0).to(torch::kInt32);          // (experts) group ends, on the device
-    auto row_expert = slot_expert.index_select(0, order);       // (tokens*k)
+    auto offsets = counts.cumsum(0).to(torch::kInt32);     // (experts) group ends, on the device
+    auto row_expert = slot_expert.index_select(0, order);  // (tokens*k)
     auto h = activate(grouped_linear_gemm(x_sorted, offsets, row_expert, w1, b1));  // (tokens*k, d_inner)
     h = dropout(h, dropout_, is_training(), gen);
     y_sorted = grouped_linear_gemm(h, offsets, row_expert, w2, b2);
@@ -213,7 +214,7 @@ torch::Tensor MoEImpl::forward(const torch::Tensor& x, torch::Tensor& aux, torch
     std::vector<int64_t> sizes(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + n_experts_);
     y_sorted = experts_sorted(x_sorted, sizes, gen);
   }
-  auto y = y_sorted.index_select(0, inverse).view({n, k, d});           // (tokens, k, d_model)
+  auto y = y_sorted.index_select(0, inverse).view({n, k, d});                 // (tokens, k, d_model)
   auto out = (routing.weights.unsqueeze(-1).to(y.scalar_type()) * y).sum(1);  // (tokens, d_model)
 
   if (collect_) {
@@ -230,10 +231,10 @@ torch::Tensor MoEImpl::forward(const torch::Tensor& x, torch::Tensor& aux, torch
 
 torch::Tensor MoEImpl::dense_reference(const torch::Tensor& x, const routers::Routing& routing) {
   auto h = torch::matmul(x.unsqueeze(0), w1.transpose(1, 2)) + b1.unsqueeze(1);  // (experts, tokens, d_inner)
-  auto y = torch::matmul(activate(h), w2.transpose(1, 2)) + b2.unsqueeze(1);      // (experts, tokens, d_model)
+  auto y = torch::matmul(activate(h), w2.transpose(1, 2)) + b2.unsqueeze(1);     // (experts, tokens, d_model)
   auto dense_w = torch::zeros({x.size(0), n_experts_}, routing.weights.options())
-                     .scatter_add(1, routing.experts, routing.weights);          // (tokens, experts)
-  return torch::einsum("te,etd->td", {dense_w.to(y.scalar_type()), y});           // (tokens, d_model)
+                     .scatter_add(1, routing.experts, routing.weights);  // (tokens, experts)
+  return torch::einsum("te,etd->td", {dense_w.to(y.scalar_type()), y});  // (tokens, d_model)
 }
 
 routers::RouterStats MoEImpl::take_stats() {

@@ -1,8 +1,8 @@
 // Sparse mixture-of-experts feed-forward layer (reference: fastmoe FMoE with world_size 1, spec
 // section 1.5): a linear gate, a router from routers/, E two-layer experts (ReLU; GELU for
 // Swin-MoE's Tutel layer, spec section 5). The layer has no capacity limit of its own: a router
-// that drops a slot (swin-moe) gives it weight 0. Tokens are dispatched by sorting their (token, choice) slots by expert id so
-// that every expert sees one contiguous block of rows.
+// that drops a slot (swin-moe) gives it weight 0. Tokens are dispatched by sorting their (token, choice) slots by
+// expert id so that every expert sees one contiguous block of rows.
 #pragma once
 #include <torch/torch.h>
 
@@ -45,8 +45,8 @@ struct MoEStatsAccumulator {
   std::vector<int64_t> tokens_per_expert;  // (experts) summed over calls
   double entropy_sum = 0;                  // sum over calls of mean entropy x tokens
   int64_t tokens = 0;                      // tokens routed
-  double output_norm_sum = 0;  // sum over tokens of ||MoE(x)||_2 (paper Fig. 2)
-  int64_t norm_tokens = 0;     // tokens in output_norm_sum
+  double output_norm_sum = 0;              // sum over tokens of ||MoE(x)||_2 (paper Fig. 2)
+  int64_t norm_tokens = 0;                 // tokens in output_norm_sum
 };
 
 enum class Activation { Relu, Gelu };

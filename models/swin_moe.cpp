@@ -38,14 +38,14 @@ torch::Tensor shifted_window_mask(int64_t H, int64_t W, int64_t ws, int64_t shif
   auto a = label.accessor<float, 4>();
   for (int64_t i = 0; i < H; ++i)
     for (int64_t j = 0; j < W; ++j) a[0][i][j][0] = static_cast<float>(3 * region(i, H) + region(j, W));
-  auto windows = window_partition(label, ws).squeeze(-1);  // (nW, ws*ws)
+  auto windows = window_partition(label, ws).squeeze(-1);   // (nW, ws*ws)
   auto diff = windows.unsqueeze(1) - windows.unsqueeze(2);  // (nW, ws*ws, ws*ws)
   return torch::zeros_like(diff).masked_fill_(diff != 0, -100.0);
 }
 
 torch::Tensor relative_position_index(int64_t ws) {
   auto r = torch::arange(ws * ws, torch::kInt64);
-  auto row = r.div(ws, "floor"), col = r.remainder(ws);  // (ws*ws) each
+  auto row = r.div(ws, "floor"), col = r.remainder(ws);        // (ws*ws) each
   auto drow = row.unsqueeze(1) - row.unsqueeze(0) + (ws - 1);  // (ws*ws, ws*ws) in [0, 2ws-2]
   auto dcol = col.unsqueeze(1) - col.unsqueeze(0) + (ws - 1);
   return drow * (2 * ws - 1) + dcol;  // (ws*ws, ws*ws)
@@ -55,7 +55,7 @@ torch::Tensor log_relative_coords(int64_t ws) {
   auto d = torch::arange(-(ws - 1), ws, torch::kFloat);  // (2ws-1)
   if (ws > 1) d = d / static_cast<double>(ws - 1) * 8.0;
   d = torch::sign(d) * torch::log2(d.abs() + 1.0) / std::log2(8.0);
-  auto grid = torch::meshgrid({d, d}, "ij");  // 2 x (2ws-1, 2ws-1)
+  auto grid = torch::meshgrid({d, d}, "ij");                  // 2 x (2ws-1, 2ws-1)
   return torch::stack({grid[0], grid[1]}, -1).view({-1, 2});  // ((2ws-1)^2, 2)
 }
 
@@ -83,8 +83,8 @@ torch::Tensor WindowAttentionImpl::forward(const torch::Tensor& x, const torch::
   const int64_t Bw = x.size(0), N = x.size(1), C = x.size(2), hd = C / heads_;
   auto qkv_h = qkv->forward(x).view({Bw, N, 3, heads_, hd}).permute({2, 0, 3, 1, 4});  // (3, Bw, heads, N, hd)
   auto q = qkv_h[0] * (1.0 / std::sqrt(static_cast<double>(hd))), k = qkv_h[1], v = qkv_h[2];
-  auto attn = torch::matmul(q, k.transpose(-2, -1));                                   // (Bw, heads, N, N)
-  auto table = cpb_fc2->forward(torch::relu(cpb_fc1->forward(coords)));  // ((2ws-1)^2, heads)
+  auto attn = torch::matmul(q, k.transpose(-2, -1));                                          // (Bw, heads, N, N)
+  auto table = cpb_fc2->forward(torch::relu(cpb_fc1->forward(coords)));                       // ((2ws-1)^2, heads)
   auto bias = table.index_select(0, index.view(-1)).view({N, N, heads_}).permute({2, 0, 1});  // (heads, N, N)
   attn = attn + bias.unsqueeze(0);
   if (mask.defined()) {
@@ -124,11 +124,11 @@ torch::Tensor SwinBlockImpl::forward(const torch::Tensor& x, torch::Tensor& aux,
   auto h = norm1->forward(x).view({B, res_, res_, C});  // (B, H, W, C)
   if (shift_ > 0) h = torch::roll(h, {-shift_, -shift_}, {1, 2});
   auto w = attn->forward(window_partition(h, window_), mask);  // (B * nW, ws*ws, C)
-  h = window_reverse(w, window_, res_, res_);                   // (B, H, W, C)
+  h = window_reverse(w, window_, res_, res_);                  // (B, H, W, C)
   if (shift_ > 0) h = torch::roll(h, {shift_, shift_}, {1, 2});
   auto y = x + drop_path(h.reshape({B, res_ * res_, C}), drop_path_, is_training(), gen);  // (B, L, C)
-  auto z = norm2->forward(y);                                                           // (B, L, C)
-  torch::Tensor f;                                                                      // (B, L, C)
+  auto z = norm2->forward(y);                                                              // (B, L, C)
+  torch::Tensor f;                                                                         // (B, L, C)
   if (moe) {
     // One router call per router.group_images images (else the batch): capacity is per call.
     f = moe->forward(z.reshape({-1, C}), aux, gen).view({B, res_ * res_, C});
@@ -148,36 +148,39 @@ torch::Tensor PatchMergingImpl::forward(const torch::Tensor& x) {
   using torch::indexing::None;
   using torch::indexing::Slice;
   const int64_t B = x.size(0), C = x.size(2);
-  auto h = x.view({B, res_, res_, C});  // (B, H, W, C)
+  auto h = x.view({B, res_, res_, C});                                 // (B, H, W, C)
   auto x0 = h.index({Slice(), Slice(0, None, 2), Slice(0, None, 2)});  // (B, H/2, W/2, C)
   auto x1 = h.index({Slice(), Slice(1, None, 2), Slice(0, None, 2)});
   auto x2 = h.index({Slice(), Slice(0, None, 2), Slice(1, None, 2)});
   auto x3 = h.index({Slice(), Slice(1, None, 2), Slice(1, None, 2)});
   auto cat = torch::cat({x0, x1, x2, x3}, -1).view({B, -1, 4 * C});  // (B, L/4, 4C)
-  return reduction->forward(norm->forward(cat));                      // (B, L/4, 2C)
+  return reduction->forward(norm->forward(cat));                     // (B, L/4, 2C)
 }
 
 SwinMoEImpl::SwinMoEImpl(const config::Config& cfg) {
   if (cfg.i("router.group_images") > 0 && cfg.i("router.group_tokens") > 0)
-    throw config::ConfigError("router.group_images: Swin-MoE groups router calls by images; leave router.group_tokens at 0");
+    throw config::ConfigError(
+        "router.group_images: Swin-MoE groups router calls by images; leave router.group_tokens at 0");
   const double init_std = cfg.f("model.init_std");
   const auto depths = cfg.ints("model.depths"), heads = cfg.ints("model.swin_heads"),
              moe_every = cfg.ints("model.moe_every");
   const int64_t n_stages = static_cast<int64_t>(depths.size());
   if (heads.size() != depths.size() || moe_every.size() != depths.size())
-    throw config::ConfigError(fmt::format("model.swin_heads and model.moe_every need one entry per stage of "
-                                          "model.depths ({} stages; got {} and {})",
-                                          n_stages, heads.size(), moe_every.size()));
+    throw config::ConfigError(
+        fmt::format("model.swin_heads and model.moe_every need one entry per stage of "
+                    "model.depths ({} stages; got {} and {})",
+                    n_stages, heads.size(), moe_every.size()));
   const int64_t image = cfg.i("model.image_size"), patch = cfg.i("model.patch_size"), embed = cfg.i("model.embed_dim");
   if (image % patch != 0)
     throw config::ConfigError(fmt::format("model.patch_size: {} does not divide model.image_size {}", patch, image));
   int64_t res = image / patch;
   if (res % (int64_t{1} << (n_stages - 1)) != 0)
-    throw config::ConfigError(fmt::format("model.image_size: the {}x{} patch grid cannot be halved {} times by patch "
-                                          "merging (use a multiple of {} patches)",
-                                          res, res, n_stages - 1, int64_t{1} << (n_stages - 1)));
-  patch_embed = register_module("patch_embed", torch::nn::Conv2d(torch::nn::Conv2dOptions(
-                                                   cfg.i("model.in_chans"), embed, patch).stride(patch)));
+    throw config::ConfigError(
+        fmt::format("model.image_size: the {}x{} patch grid cannot be halved {} times by patch "
+                    "merging (use a multiple of {} patches)",
+                    res, res, n_stages - 1, int64_t{1} << (n_stages - 1)));
+  patch_embed = register_module(
+      "patch_embed", torch::nn::Conv2d(torch::nn::Conv2dOptions(cfg.i("model.in_chans"), embed, patch).stride(patch)));
   embed_norm = register_module("embed_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({embed})));
 
   int64_t total_blocks = 0;
@@ -186,21 +189,22 @@ SwinMoEImpl::SwinMoEImpl(const config::Config& cfg) {
   int64_t dim = embed, block_id = 0;
   for (int64_t s = 0; s < n_stages; ++s) {
     if (dim % heads[s] != 0)
-      throw config::ConfigError(fmt::format("model.swin_heads: {} heads do not divide stage {}'s {} channels",
-                                            heads[s], s + 1, dim));
+      throw config::ConfigError(
+          fmt::format("model.swin_heads: {} heads do not divide stage {}'s {} channels", heads[s], s + 1, dim));
     // A window as large as the map is one window over it, and shifting it would change nothing.
     const int64_t window = std::min(cfg.i("model.window"), res);
     if (res % window != 0)
-      throw config::ConfigError(fmt::format("model.window: {} does not divide stage {}'s {}x{} map "
-                                            "(pick a divisor of every stage's resolution)",
-                                            window, s + 1, res, res));
+      throw config::ConfigError(
+          fmt::format("model.window: {} does not divide stage {}'s {}x{} map "
+                      "(pick a divisor of every stage's resolution)",
+                      window, s + 1, res, res));
     std::vector<SwinBlock> blocks;
     for (int64_t b = 0; b < depths[s]; ++b, ++block_id) {
       const int64_t shift = (b % 2 == 1 && window < res) ? window / 2 : 0;
       const double dp = total_blocks > 1 ? dp_max * static_cast<double>(block_id) / (total_blocks - 1) : 0.0;
       const bool is_moe = moe_every[s] > 0 && b % moe_every[s] == moe_every[s] - 1;
-      blocks.push_back(register_module(fmt::format("s{}_b{}", s, b),
-                                       SwinBlock(cfg, dim, res, heads[s], window, shift, dp, is_moe)));
+      blocks.push_back(
+          register_module(fmt::format("s{}_b{}", s, b), SwinBlock(cfg, dim, res, heads[s], window, shift, dp, is_moe)));
       if (is_moe) moe_layers.push_back(blocks.back()->moe);
     }
     stages.push_back(std::move(blocks));
@@ -240,8 +244,8 @@ std::vector<routers::RouterStats> SwinMoEImpl::take_router_stats() {
 }
 
 std::vector<ParamCount> SwinMoEImpl::parameter_count() const {
-  std::vector<ParamCount> rows = {{"patch_embed"}, {"attention"}, {"mlp"}, {"experts"}, {"gates"},
-                                  {"routers"}, {"layer_norms"}, {"patch_merging"}, {"head"}, {"total"}};
+  std::vector<ParamCount> rows = {{"patch_embed"}, {"attention"},   {"mlp"},           {"experts"}, {"gates"},
+                                  {"routers"},     {"layer_norms"}, {"patch_merging"}, {"head"},    {"total"}};
   auto add = [&](const std::string& component, int64_t n) {
     for (auto& r : rows)
       if (r.component == component) r.count += n;
@@ -251,15 +255,24 @@ std::vector<ParamCount> SwinMoEImpl::parameter_count() const {
     const std::string& k = p.key();
     const int64_t n = p.value().numel();
     auto has = [&](const char* s) { return k.find(s) != std::string::npos; };
-    if (has("moe.router")) add("routers", n);
-    else if (has("moe.gate")) add("gates", n);
-    else if (has("moe.")) add("experts", n);
-    else if (has("norm")) add("layer_norms", n);
-    else if (has("attn.")) add("attention", n);
-    else if (has("fc1") || has("fc2")) add("mlp", n);
-    else if (has("merge")) add("patch_merging", n);
-    else if (has("patch_embed")) add("patch_embed", n);
-    else add("head", n);
+    if (has("moe.router"))
+      add("routers", n);
+    else if (has("moe.gate"))
+      add("gates", n);
+    else if (has("moe."))
+      add("experts", n);
+    else if (has("norm"))
+      add("layer_norms", n);
+    else if (has("attn."))
+      add("attention", n);
+    else if (has("fc1") || has("fc2"))
+      add("mlp", n);
+    else if (has("merge"))
+      add("patch_merging", n);
+    else if (has("patch_embed"))
+      add("patch_embed", n);
+    else
+      add("head", n);
   }
   return rows;
 }

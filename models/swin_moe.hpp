@@ -41,10 +41,10 @@ class WindowAttentionImpl : public torch::nn::Module {
   // x (B * nW, ws*ws, dim), mask (nW, ws*ws, ws*ws) or undefined -> (B * nW, ws*ws, dim)
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask);
 
-  torch::nn::Linear qkv{nullptr}, proj{nullptr};  // dim -> 3 dim, dim -> dim, both with bias
+  torch::nn::Linear qkv{nullptr}, proj{nullptr};         // dim -> 3 dim, dim -> dim, both with bias
   torch::nn::Linear cpb_fc1{nullptr}, cpb_fc2{nullptr};  // 2 -> 512 (bias), 512 -> heads (none)
-  torch::Tensor coords;                           // ((2 ws - 1)^2, 2) buffer: log_relative_coords
-  torch::Tensor index;                            // (ws*ws, ws*ws) buffer
+  torch::Tensor coords;                                  // ((2 ws - 1)^2, 2) buffer: log_relative_coords
+  torch::Tensor index;                                   // (ws*ws, ws*ws) buffer
 
  private:
   int64_t heads_;
@@ -55,8 +55,8 @@ TORCH_MODULE(WindowAttention);
 class SwinBlockImpl : public torch::nn::Module {
  public:
   // res: the stage's resolution (H = W = res); window and shift already fitted to it.
-  SwinBlockImpl(const config::Config& cfg, int64_t dim, int64_t res, int64_t heads, int64_t window,
-                int64_t shift, double drop_path, bool moe);
+  SwinBlockImpl(const config::Config& cfg, int64_t dim, int64_t res, int64_t heads, int64_t window, int64_t shift,
+                double drop_path, bool moe);
   // x (B, res*res, dim) -> same; adds the router's auxiliary loss to aux.
   torch::Tensor forward(const torch::Tensor& x, torch::Tensor& aux, torch::Generator& gen);
 
@@ -78,7 +78,7 @@ class PatchMergingImpl : public torch::nn::Module {
   PatchMergingImpl(int64_t dim, int64_t res, double init_std);
   torch::Tensor forward(const torch::Tensor& x);
 
-  torch::nn::LayerNorm norm{nullptr};     // 4 dim
+  torch::nn::LayerNorm norm{nullptr};    // 4 dim
   torch::nn::Linear reduction{nullptr};  // 4 dim -> 2 dim, no bias
 
  private:

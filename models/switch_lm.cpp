@@ -19,8 +19,8 @@ namespace {
 // unchunked version) and backward only scales it by the incoming gradient.
 struct ChunkedNLL : torch::autograd::Function<ChunkedNLL> {
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& h,
-                               const torch::Tensor& weight, const torch::Tensor& bias,
-                               const torch::Tensor& targets, int64_t chunk, bool need_grad, int64_t multiple) {
+                               const torch::Tensor& weight, const torch::Tensor& bias, const torch::Tensor& targets,
+                               int64_t chunk, bool need_grad, int64_t multiple) {
     const int64_t rows = h.size(0), vocab = weight.size(0);
     // Padded vocabulary rows are zero weights with a -inf bias: their logits are -inf, so they
     // add nothing to the logsumexp and get zero gradient, and the GEMM sees a friendly width.
@@ -34,36 +34,36 @@ struct ChunkedNLL : torch::autograd::Function<ChunkedNLL> {
     // 267,735 words); logsumexp, softmax and the accumulated gradients stay float32.
     const auto mm_dtype = matmul_dtype(h);
     const bool cast = mm_dtype != h.scalar_type();
-    auto wm = cast ? w.to(mm_dtype) : w;  // (vocab + pad, d)
+    auto wm = cast ? w.to(mm_dtype) : w;         // (vocab + pad, d)
     auto total = torch::zeros({}, h.options());  // ()
     torch::Tensor grad_h, grad_w, grad_b;
     if (need_grad) {
-      grad_h = torch::empty_like(h);       // (rows, d)
-      grad_w = torch::zeros_like(w);       // (vocab + pad, d)
-      grad_b = torch::zeros_like(b);       // (vocab + pad)
+      grad_h = torch::empty_like(h);  // (rows, d)
+      grad_w = torch::zeros_like(w);  // (vocab + pad, d)
+      grad_b = torch::zeros_like(b);  // (vocab + pad)
     }
     for (int64_t start = 0; start < rows; start += chunk) {
       const int64_t n = std::min(chunk, rows - start);
-      auto hc = h.narrow(0, start, n);                                // (n, d)
-      auto hm = cast ? hc.to(mm_dtype) : hc;                          // (n, d)
-      auto tc = targets.narrow(0, start, n).unsqueeze(1);             // (n, 1)
+      auto hc = h.narrow(0, start, n);                                        // (n, d)
+      auto hm = cast ? hc.to(mm_dtype) : hc;                                  // (n, d)
+      auto tc = targets.narrow(0, start, n).unsqueeze(1);                     // (n, 1)
       auto logits = cast ? torch::mm(hm, wm.t()).to(b.scalar_type()).add_(b)  // (n, vocab + pad) float32
                          : torch::addmm(b, hc, w.t());
-      auto lse = logits.logsumexp(-1, /*keepdim=*/true);              // (n, 1)
+      auto lse = logits.logsumexp(-1, /*keepdim=*/true);  // (n, 1)
       total += (lse - logits.gather(1, tc)).sum();
       if (!need_grad) continue;
       // d(sum nll)/d logits = softmax - onehot(target), built in place in the logits buffer.
-      auto g = logits.sub_(lse).exp_();                                // (n, vocab + pad)
+      auto g = logits.sub_(lse).exp_();  // (n, vocab + pad)
       g.scatter_add_(1, tc, torch::full({n, 1}, -1.0, g.options()));
-      grad_b += g.sum(0);                                             // (vocab + pad)
-      auto grad_hc = grad_h.narrow(0, start, n);                       // (n, d)
+      grad_b += g.sum(0);                         // (vocab + pad)
+      auto grad_hc = grad_h.narrow(0, start, n);  // (n, d)
       if (cast) {
-        auto gm = g.to(mm_dtype);                                      // (n, vocab + pad)
+        auto gm = g.to(mm_dtype);  // (n, vocab + pad)
         grad_hc.copy_(torch::mm(gm, wm));
-        grad_w += torch::mm(gm.t(), hm);                               // (vocab + pad, d)
+        grad_w += torch::mm(gm.t(), hm);  // (vocab + pad, d)
       } else {
         torch::mm_out(grad_hc, g, w);
-        grad_w.addmm_(g.t(), hc);                                      // (vocab + pad, d)
+        grad_w.addmm_(g.t(), hc);  // (vocab + pad, d)
       }
     }
     if (need_grad) {
@@ -77,8 +77,12 @@ struct ChunkedNLL : torch::autograd::Function<ChunkedNLL> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_out) {
     const auto& g = grad_out[0];  // ()
-    return {ctx->saved_data["grad_h"].toTensor() * g, ctx->saved_data["grad_w"].toTensor() * g,
-            ctx->saved_data["grad_b"].toTensor() * g, torch::Tensor(), torch::Tensor(), torch::Tensor(),
+    return {ctx->saved_data["grad_h"].toTensor() * g,
+            ctx->saved_data["grad_w"].toTensor() * g,
+            ctx->saved_data["grad_b"].toTensor() * g,
+            torch::Tensor(),
+            torch::Tensor(),
+            torch::Tensor(),
             torch::Tensor()};
   }
 };
@@ -87,8 +91,8 @@ struct ChunkedNLL : torch::autograd::Function<ChunkedNLL> {
 
 torch::Tensor chunked_nll_sum(const torch::Tensor& h, const torch::Tensor& weight, const torch::Tensor& bias,
                               const torch::Tensor& targets, int64_t chunk, int64_t vocab_multiple) {
-  const bool need_grad = torch::GradMode::is_enabled() &&
-                         (h.requires_grad() || weight.requires_grad() || bias.requires_grad());
+  const bool need_grad =
+      torch::GradMode::is_enabled() && (h.requires_grad() || weight.requires_grad() || bias.requires_grad());
   // Under autocast h may arrive in bfloat16; the loss works in the parameters' dtype.
   auto hw = h.scalar_type() == weight.scalar_type() ? h : h.to(weight.scalar_type());  // (rows, d)
   return ChunkedNLL::apply(hw, weight, bias, targets, chunk, need_grad, vocab_multiple);
@@ -131,29 +135,29 @@ SeqAttentionImpl::SeqAttentionImpl(int64_t d_model, int64_t n_heads, int64_t spa
   o = lin("o");
 }
 
-torch::Tensor SeqAttentionImpl::forward(const torch::Tensor& h, const torch::Tensor& cache,
-                                        const torch::Tensor& key_pe, torch::Generator& gen) {
+torch::Tensor SeqAttentionImpl::forward(const torch::Tensor& h, const torch::Tensor& cache, const torch::Tensor& key_pe,
+                                        torch::Generator& gen) {
   const int64_t b = h.size(0), m = h.size(1), d = h.size(2), total = span_ + m;
   auto heads = [&](const torch::Tensor& x, int64_t len) {  // (streams, len, d) -> (streams, H, len, dh)
     return x.view({b, len, n_heads_, head_dim_}).transpose(1, 2);
   };
-  auto full = torch::cat({cache, h}, 1);   // (streams, L+M, d_model)
+  auto full = torch::cat({cache, h}, 1);  // (streams, L+M, d_model)
   // Scaling the queries instead of the (M, L) scores saves one score-sized tensor per layer.
   auto qh = heads(q->forward(h), m) / std::sqrt(static_cast<double>(head_dim_));  // (streams, H, M, dh)
-  auto kh = heads(k->forward(full), total);  // (streams, H, L+M, dh)
-  auto vh = heads(v->forward(full), total);  // (streams, H, L+M, dh)
+  auto kh = heads(k->forward(full), total);                                       // (streams, H, L+M, dh)
+  auto vh = heads(v->forward(full), total);                                       // (streams, H, L+M, dh)
 
   if (sdpa_) {
     // Outside the band the mask is -inf, so the softmax over the L+M keys is the one over the L.
     auto mask = skew(torch::matmul(qh, key_pe), -std::numeric_limits<double>::infinity());  // (streams, H, M, L+M)
     auto ctx = at::scaled_dot_product_attention(qh, kh, vh, mask, is_training() ? dropout_ : 0.0, false,
-                                                1.0);  // (streams, H, M, dh)
+                                                1.0);           // (streams, H, M, dh)
     return o->forward(ctx.transpose(1, 2).reshape({b, m, d}));  // (streams, M, d_model)
   }
   auto content = unskew(torch::matmul(qh, kh.transpose(-1, -2)), span_);  // (streams, H, M, L)
-  auto probs = (content + torch::matmul(qh, key_pe)).softmax(-1);          // (streams, H, M, L)
+  auto probs = (content + torch::matmul(qh, key_pe)).softmax(-1);         // (streams, H, M, L)
   probs = dropout(probs, dropout_, is_training(), gen);
-  auto ctx = torch::matmul(skew(probs), vh);  // (streams, H, M, dh)
+  auto ctx = torch::matmul(skew(probs), vh);                  // (streams, H, M, dh)
   return o->forward(ctx.transpose(1, 2).reshape({b, m, d}));  // (streams, M, d_model)
 }
 
@@ -164,7 +168,7 @@ LayerImpl::LayerImpl(const config::Config& cfg)
       dropout_(cfg.f("model.dropout")) {
   const int64_t d = cfg.i("model.d_model");
   attn = register_module("attn", SeqAttention(d, cfg.i("model.n_heads"), cfg.i("model.attn_span"), dropout_,
-                                               cfg.s("model.attn_impl") == "sdpa"));
+                                              cfg.s("model.attn_impl") == "sdpa"));
   auto ln = [&](const char* name) {
     return register_module(name, torch::nn::LayerNorm(torch::nn::LayerNormOptions({d}).eps(1e-5)));
   };
@@ -198,8 +202,8 @@ SwitchLMImpl::SwitchLMImpl(const config::Config& cfg, int64_t vocab_size)
       momentum_block_(cfg.s("model.block") == "momentum") {
   const int64_t heads = cfg.i("model.n_heads");
   if (d_model_ % heads != 0)
-    throw config::ConfigError(fmt::format("model.n_heads: {} does not divide model.d_model {}; pick a divisor",
-                                          heads, d_model_));
+    throw config::ConfigError(
+        fmt::format("model.n_heads: {} does not divide model.d_model {}; pick a divisor", heads, d_model_));
   if (vocab_size < 1) throw config::ConfigError("model: the vocabulary is empty; check data.* files");
   embed = register_module("embed", torch::nn::Embedding(vocab_size, d_model_));  // default init N(0, 1)
   key_pe = register_parameter("key_pe", torch::randn({1, d_model_ / heads, span_}));
@@ -209,6 +213,13 @@ SwitchLMImpl::SwitchLMImpl(const config::Config& cfg, int64_t vocab_size)
     list->push_back(layers.back());
   }
   out = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(d_model_, vocab_size).bias(true)));
+}
+
+std::vector<torch::Tensor> SwitchLMImpl::no_decay_parameters() const {
+  std::vector<torch::Tensor> out;
+  for (const auto& p : parameters())
+    if (p.dim() < 2) out.push_back(p);
+  return out;
 }
 
 LMState SwitchLMImpl::initial_state(int64_t streams) const {
@@ -227,8 +238,8 @@ torch::Tensor SwitchLMImpl::hidden(const torch::Tensor& tokens, LMState& state, 
   torch::Tensor momentum;           // (streams, M, d_model), zero at every forward (spec 1.7)
   if (momentum_block_) momentum = torch::zeros_like(h);
   for (size_t l = 0; l < layers.size(); ++l) {
-    auto& cache = state.cache[l];                                                   // (streams, L, d_model)
-    auto next = torch::cat({cache, h.detach()}, 1).narrow(1, h.size(1), span_);     // (streams, L, d_model)
+    auto& cache = state.cache[l];                                                // (streams, L, d_model)
+    auto next = torch::cat({cache, h.detach()}, 1).narrow(1, h.size(1), span_);  // (streams, L, d_model)
     h = layers[l]->forward(h, cache, key_pe, momentum, aux, gen);
     cache = next;
   }
@@ -306,15 +317,24 @@ std::vector<ParamCount> SwitchLMImpl::parameter_count() const {
     const int64_t n = p.value().numel();
     total += n;
     auto has = [&](const char* part) { return name.find(part) != std::string::npos; };
-    if (name.rfind("embed.", 0) == 0) add("embedding", n);
-    else if (name.rfind("out.", 0) == 0) add("output", n);
-    else if (name == "key_pe") add("key_pe", n);
-    else if (has(".attn.")) add("attention", n);
-    else if (has(".moe.gate.")) add("gates", n);
-    else if (has(".moe.router.")) add("routers", n);
-    else if (has(".moe.")) add("experts", n);
-    else if (has("norm")) add("layer_norms", n);
-    else throw std::logic_error("parameter_count: unclassified parameter " + name);
+    if (name.rfind("embed.", 0) == 0)
+      add("embedding", n);
+    else if (name.rfind("out.", 0) == 0)
+      add("output", n);
+    else if (name == "key_pe")
+      add("key_pe", n);
+    else if (has(".attn."))
+      add("attention", n);
+    else if (has(".moe.gate."))
+      add("gates", n);
+    else if (has(".moe.router."))
+      add("routers", n);
+    else if (has(".moe."))
+      add("experts", n);
+    else if (has("norm"))
+      add("layer_norms", n);
+    else
+      throw std::logic_error("parameter_count: unclassified parameter " + name);
   }
   rows.push_back({"total", total});
   return rows;
@@ -330,7 +350,8 @@ std::optional<SinkhornExpectation> sinkhorn_expectation(const config::Config& cf
   const int64_t world = cfg.i("run.nproc"), split = cfg.i("train.batch_split");
   const int64_t rows = cfg.i("train.batch_size") / world;  // this rank's streams per step
   const bool global = world > 1 && cfg.b("router.global_batch");
-  const int64_t tokens = (global ? cfg.i("train.batch_size") : rows) / split * cfg.i("train.seq_len");  // per router call site
+  const int64_t tokens =
+      (global ? cfg.i("train.batch_size") : rows) / split * cfg.i("train.seq_len");  // per router call site
   const int64_t group = cfg.i("router.group_tokens");
   const int64_t groups = group > 0 ? (tokens + group - 1) / group : 1;
   SinkhornExpectation e;

@@ -102,11 +102,14 @@ class SwitchLMImpl : public torch::nn::Module {
   // device and dtype of the model's parameters.
   LMState initial_state(int64_t streams) const;
 
+  // Parameters AdamW leaves undecayed: biases and norms (rank 1), as nanoGPT groups them; weights
+  // and embeddings decay.
+  std::vector<torch::Tensor> no_decay_parameters() const;
+
   // tokens, targets: (streams, seq_len) int64. Updates `state` to the next segment's caches.
   // Randomness (dropout, routers) comes from `gen`; dropout masks fall back to torch's seeded
   // default generator when `gen` lives on another device type than the model.
-  LMOutput forward(const torch::Tensor& tokens, const torch::Tensor& targets, LMState& state,
-                   torch::Generator& gen);
+  LMOutput forward(const torch::Tensor& tokens, const torch::Tensor& targets, LMState& state, torch::Generator& gen);
 
   // Final hidden states before the output layer: (streams, seq_len, d_model); advances `state`
   // and adds the routers' auxiliary losses to `aux` (a () tensor).

@@ -16,8 +16,7 @@ Router make_router(const config::Config& cfg, int64_t d_model, int64_t n_experts
     throw config::ConfigError(fmt::format("model.top_k: {} is more than model.n_experts {}", top_k, n_experts));
   const std::string& name = cfg.s("router.name");
   if (name == "vanilla") return std::make_shared<VanillaRouter>(top_k);
-  if (name == "lb")
-    return std::make_shared<LbRouter>(top_k, cfg.f("router.lb_coef"), lb_form(cfg.s("router.lb_form")));
+  if (name == "lb") return std::make_shared<LbRouter>(top_k, cfg.f("router.lb_coef"), lb_form(cfg.s("router.lb_form")));
   if (name == "zloss")
     return std::make_shared<ZLossRouter>(top_k, cfg.f("router.lb_coef"), lb_form(cfg.s("router.lb_form")),
                                          cfg.f("router.z_coef"));

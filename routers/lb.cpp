@@ -23,11 +23,10 @@ torch::Tensor load_balance_loss(const torch::Tensor& logits, const torch::Tensor
   const double slots = static_cast<double>(n_tok * k);
   auto probs = at_least_float(logits).softmax(-1);  // (tokens, experts)
   auto counts = torch::zeros({n_exp}, probs.options())
-                    .index_add_(0, experts.reshape(-1),
-                                torch::ones({experts.numel()}, probs.options()));  // (experts)
-  auto f = counts / slots;                                                          // (experts)
-  auto p = probs.sum(0) / (form == LbForm::Reference ? slots : static_cast<double>(n_tok));  // (experts)
-  return static_cast<double>(n_exp) * (f * p).sum();  // ()
+                    .index_add_(0, experts.reshape(-1), torch::ones({experts.numel()}, probs.options()));  // (experts)
+  auto f = counts / slots;                                                                                 // (experts)
+  auto p = probs.sum(0) / (form == LbForm::Reference ? slots : static_cast<double>(n_tok));                // (experts)
+  return static_cast<double>(n_exp) * (f * p).sum();                                                       // ()
 }
 
 LbRouter::LbRouter(int64_t top_k, double coef, LbForm form) : k_(top_k), coef_(coef), form_(form) {}

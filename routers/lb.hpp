@@ -19,8 +19,7 @@ torch::Tensor load_balance_loss(const torch::Tensor& logits, const torch::Tensor
 class LbRouter : public RouterImpl {
  public:
   LbRouter(int64_t top_k, double coef, LbForm form);
-  Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode,
-                torch::Generator& gen) override;
+  Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
 
  private:
   int64_t k_;

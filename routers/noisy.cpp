@@ -19,17 +19,15 @@ torch::Tensor cv_squared(const torch::Tensor& x) {
   return x.var() / (x.mean().square() + 1e-10);  // ()
 }
 
-NoisyRouter::NoisyRouter(int64_t d_model, int64_t n_experts, int64_t top_k, double coef)
-    : k_(top_k), coef_(coef) {
+NoisyRouter::NoisyRouter(int64_t d_model, int64_t n_experts, int64_t top_k, double coef) : k_(top_k), coef_(coef) {
   w_noise = register_parameter("w_noise", torch::zeros({d_model, n_experts}));
 }
 
-Routing NoisyRouter::route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode,
-                           torch::Generator& gen) {
+Routing NoisyRouter::route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) {
   const int64_t n_exp = logits.size(1);
   auto clean = at_least_float(logits);  // (tokens, experts)
   const bool noisy = mode == Mode::Train;
-  torch::Tensor std_dev, scores;            // (tokens, experts) each
+  torch::Tensor std_dev, scores;  // (tokens, experts) each
   if (noisy) {
     std_dev = torch::softplus(hidden.to(clean.scalar_type()).matmul(w_noise.to(clean.scalar_type()))) + kNoiseFloor;
     scores = clean + draw_normal(clean, gen) * std_dev;
@@ -39,17 +37,18 @@ Routing NoisyRouter::route(const torch::Tensor& logits, const torch::Tensor& hid
   // k+1 values: the (k+1)-th is the threshold an expert already in the top-k must stay above.
   auto [top, idx] = stable_top_k(scores, std::min(k_ + 1, n_exp));  // (tokens, k+1)
   Routing r;
-  r.experts = idx.narrow(1, 0, k_);                                   // (tokens, k)
-  r.weights = top.narrow(1, 0, k_).softmax(-1).to(logits.scalar_type());  // (tokens, k)
+  r.experts = idx.narrow(1, 0, k_);                                                                // (tokens, k)
+  r.weights = top.narrow(1, 0, k_).softmax(-1).to(logits.scalar_type());                           // (tokens, k)
   auto gates = torch::zeros_like(clean).scatter(1, r.experts, r.weights.to(clean.scalar_type()));  // (tokens, experts)
-  auto importance = gates.sum(0);                                           // (experts)
-  torch::Tensor load;                                                       // (experts)
+  auto importance = gates.sum(0);                                                                  // (experts)
+  torch::Tensor load;                                                                              // (experts)
   if (noisy && k_ < n_exp) {
     auto thr_in = top.narrow(1, k_, 1);       // (tokens, 1) (k+1)-th noisy score
     auto thr_out = top.narrow(1, k_ - 1, 1);  // (tokens, 1) k-th noisy score
     auto is_in = scores > thr_in;             // (tokens, experts)
     auto phi = [](const torch::Tensor& z) { return 0.5 * (1.0 + torch::erf(z / std::sqrt(2.0))); };
-    auto prob = torch::where(is_in, phi((clean - thr_in) / std_dev), phi((clean - thr_out) / std_dev));  // (tokens, experts)
+    auto prob =
+        torch::where(is_in, phi((clean - thr_in) / std_dev), phi((clean - thr_out) / std_dev));  // (tokens, experts)
     load = prob.sum(0);
   } else {
     load = (gates > 0).to(clean.scalar_type()).sum(0);

@@ -18,9 +18,9 @@ struct Routing {
   torch::Tensor aux_loss;  // () scalar added to the training loss (zero when the method has none)
   // Sinkhorn bookkeeping of this call (zeros when Sinkhorn did not run).
   bool used_sinkhorn = false;
-  int64_t sinkhorn_iters = 0;    // Sinkhorn sweeps plus Newton steps
-  double sinkhorn_error = 0.0;   // final marginal error (NaN/inf when the plan overflowed)
-  bool sinkhorn_finite = true;   // false: the plan overflowed; the weights are then NaN on purpose
+  int64_t sinkhorn_iters = 0;   // Sinkhorn sweeps plus Newton steps
+  double sinkhorn_error = 0.0;  // final marginal error (NaN/inf when the plan overflowed)
+  bool sinkhorn_finite = true;  // false: the plan overflowed; the weights are then NaN on purpose
 };
 
 // Sinkhorn usage of one router over several calls (e.g. one logging window).
@@ -35,21 +35,20 @@ struct SinkhornTally {
 // in the run store (layerL/NAME) are these fields' names.
 struct RouterStats {
   std::vector<int64_t> tokens_per_expert;  // (experts)
-  double load_cv = 0;        // std/mean of tokens per expert (population std)
-  double max_vio = 0;        // MaxVio: max load / mean load - 1 (arXiv 2408.15664, eq. 4)
-  int64_t dead_experts = 0;  // experts that received no token
-  double entropy = 0;        // mean entropy of softmax(logits) over all experts
+  double load_cv = 0;                      // std/mean of tokens per expert (population std)
+  double max_vio = 0;                      // MaxVio: max load / mean load - 1 (arXiv 2408.15664, eq. 4)
+  int64_t dead_experts = 0;                // experts that received no token
+  double entropy = 0;                      // mean entropy of softmax(logits) over all experts
   int64_t sinkhorn_calls = 0;  // calls since the last reset that used Sinkhorn (summed: the run's observed count)
-  double sinkhorn_frac = 0;  // fraction of calls since the last reset that used Sinkhorn
-  double sinkhorn_iters = 0;  // mean iterations over the calls that used Sinkhorn
-  double sinkhorn_error = 0;  // mean final marginal error over those calls
+  double sinkhorn_frac = 0;    // fraction of calls since the last reset that used Sinkhorn
+  double sinkhorn_iters = 0;   // mean iterations over the calls that used Sinkhorn
+  double sinkhorn_error = 0;   // mean final marginal error over those calls
 };
 
 class RouterImpl : public torch::nn::Module {
  public:
   // logits: (tokens, experts) gating scores S; hidden: (tokens, d) the gate's input.
-  virtual Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode,
-                        torch::Generator& gen) = 0;
+  virtual Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) = 0;
 
   // Counts since construction or the last reset; every router adds each of its calls.
   const SinkhornTally& sinkhorn_tally() const { return tally_; }

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "harness/config/choice.hpp"
 #include "routers/util.hpp"
 
 #ifdef SSR_WITH_CUDA
@@ -20,7 +21,7 @@ namespace {
 
 // Column error only: every sweep ends with the row update, so rows are exact up to rounding.
 torch::Tensor column_error(const torch::Tensor& col_sums, double target, int64_t m) {  // col_sums: (experts)
-  return (col_sums - target).abs().sum() / static_cast<double>(m);  // ()
+  return (col_sums - target).abs().sum() / static_cast<double>(m);                     // ()
 }
 
 bool should_check(int64_t it, int64_t last, int64_t every) { return it % every == 0 || it == last; }
@@ -39,14 +40,14 @@ SinkhornResult finish(torch::Tensor plan, int64_t iters, double delta) {
 SinkhornResult solve_plain(const torch::Tensor& log_k, const SinkhornOptions& o) {
   const int64_t m = log_k.size(0), n = log_k.size(1);
   const double s = static_cast<double>(m) / static_cast<double>(n);
-  auto k = log_k.exp();                               // (tokens, experts) inf when C/xi > ~89
-  auto u = torch::ones({m}, log_k.options());         // (tokens)
-  torch::Tensor v;                                    // (experts)
+  auto k = log_k.exp();                        // (tokens, experts) inf when C/xi > ~89
+  auto u = torch::ones({m}, log_k.options());  // (tokens)
+  torch::Tensor v;                             // (experts)
   int64_t it = 0;
   while (it < o.max_iter) {
     ++it;
-    v = s / u.matmul(k);   // (experts)
-    u = 1.0 / k.mv(v);     // (tokens)
+    v = s / u.matmul(k);  // (experts)
+    u = 1.0 / k.mv(v);    // (tokens)
     if (should_check(it, o.max_iter, o.check_every)) {
       double err = column_error(v * u.matmul(k), s, m).item<double>();
       if (!std::isfinite(err) || err <= o.delta) break;
@@ -61,9 +62,9 @@ SinkhornResult solve_plain(const torch::Tensor& log_k, const SinkhornOptions& o)
 SinkhornResult solve_scaling(const torch::Tensor& log_k, const SinkhornOptions& o) {
   const int64_t m = log_k.size(0), n = log_k.size(1);
   const double s = static_cast<double>(m) / static_cast<double>(n);
-  auto k = (log_k + 1.0).exp();                  // (tokens, experts)
-  auto u = torch::ones({m}, log_k.options());    // (tokens)
-  auto v = torch::ones({n}, log_k.options());    // (experts)
+  auto k = (log_k + 1.0).exp();                // (tokens, experts)
+  auto u = torch::ones({m}, log_k.options());  // (tokens)
+  auto v = torch::ones({n}, log_k.options());  // (experts)
   int64_t it = 0;
   while (it < o.max_iter) {
     ++it;
@@ -88,8 +89,7 @@ struct LogState {
 };
 
 // check_every <= 0: no convergence checks (no host sync).
-LogState log_sweeps(const torch::Tensor& log_k, int64_t sweeps, int64_t check_every, double delta,
-                    int64_t& it) {
+LogState log_sweeps(const torch::Tensor& log_k, int64_t sweeps, int64_t check_every, double delta, int64_t& it) {
   const int64_t m = log_k.size(0), n = log_k.size(1);
   const double log_s = std::log(static_cast<double>(m) / static_cast<double>(n));
   LogState st{torch::zeros({m}, log_k.options()), torch::zeros({n}, log_k.options())};
@@ -124,8 +124,8 @@ SinkhornResult solve_newton(const torch::Tensor& log_k, const SinkhornOptions& o
   // Backtracking without a host sync: every step length is tried at once and the one with the
   // smallest gradient norm (column error) wins; column sums are accurate in float32 where F is not.
   auto steps = torch::tensor({1.0, 0.5, 0.25, 0.125, 0.0625}, log_k.options());  // (steps)
-  auto pi = (log_k + b.unsqueeze(0)).softmax(1);                                  // (tokens, experts)
-  auto cols = pi.sum(0);                                                           // (experts)
+  auto pi = (log_k + b.unsqueeze(0)).softmax(1);                                 // (tokens, experts)
+  auto cols = pi.sum(0);                                                         // (experts)
   auto dbl = log_k.options().dtype(torch::kFloat64);
   // The Hessian is singular along 1 (shifting b changes nothing); adding a multiple of 1 1^T makes
   // it definite without changing the solution, because the gradient sums to zero.
@@ -134,18 +134,16 @@ SinkhornResult solve_newton(const torch::Tensor& log_k, const SinkhornOptions& o
     ++step;
     ++it;
     auto hess = torch::diag(cols.to(torch::kFloat64)) - pi.t().mm(pi).to(torch::kFloat64);  // (experts, experts)
-    auto grad = (s - cols).to(torch::kFloat64);                                               // (experts)
+    auto grad = (s - cols).to(torch::kFloat64);                                             // (experts)
     auto dir = torch::linalg_solve(hess + ones_nn, grad.unsqueeze(1)).squeeze(1).to(log_k.scalar_type());  // (experts)
-    auto cand = b.unsqueeze(0) + steps.unsqueeze(1) * dir.unsqueeze(0);                      // (steps, experts)
-    auto pis = (log_k.unsqueeze(0) + cand.unsqueeze(1)).softmax(2);                          // (steps, tokens, experts)
-    auto cand_cols = pis.sum(1);                                                             // (steps, experts)
-    auto best = (cand_cols - s).square().sum(1).argmin();                                    // ()
+    auto cand = b.unsqueeze(0) + steps.unsqueeze(1) * dir.unsqueeze(0);  // (steps, experts)
+    auto pis = (log_k.unsqueeze(0) + cand.unsqueeze(1)).softmax(2);      // (steps, tokens, experts)
+    auto cand_cols = pis.sum(1);                                         // (steps, experts)
+    auto best = (cand_cols - s).square().sum(1).argmin();                // ()
     b = cand.index_select(0, best.unsqueeze(0)).squeeze(0);
     pi = pis.index_select(0, best.unsqueeze(0)).squeeze(0);
     cols = cand_cols.index_select(0, best.unsqueeze(0)).squeeze(0);
-    if (should_check(step, o.newton_steps, o.check_every) &&
-        column_error(cols, s, m).item<double>() <= o.delta)
-      break;
+    if (should_check(step, o.newton_steps, o.check_every) && column_error(cols, s, m).item<double>() <= o.delta) break;
   }
   return finish(pi, it, o.delta);
 }
@@ -155,18 +153,19 @@ SinkhornResult solve_newton(const torch::Tensor& log_k, const SinkhornOptions& o
 SinkhornResult solve_fused(const torch::Tensor& log_k, const SinkhornOptions& o) {
   const int64_t m = log_k.size(0), n = log_k.size(1);
   if (!log_k.is_cuda() || n > cuda::kFusedMaxExperts)
-    throw std::invalid_argument(fmt::format(
-        "router.solver: fused needs the cost on a CUDA device and at most {} experts (got {}, {} experts); "
-        "use router.solver=eager", cuda::kFusedMaxExperts, log_k.device().str(), n));
+    throw std::invalid_argument(
+        fmt::format("router.solver: fused needs the cost on a CUDA device and at most {} experts (got {}, {} experts); "
+                    "use router.solver=eager",
+                    cuda::kFusedMaxExperts, log_k.device().str(), n));
   auto lk = log_k.to(torch::kFloat32).contiguous();  // (tokens, experts)
   const int blocks = cuda::fused_sinkhorn_blocks(m);
-  auto plan = torch::empty_like(lk);                  // (tokens, experts)
-  auto stats = torch::empty({2}, lk.options());       // (sweeps, column error)
+  auto plan = torch::empty_like(lk);             // (tokens, experts)
+  auto stats = torch::empty({2}, lk.options());  // (sweeps, column error)
   auto scratch = torch::empty({cuda::fused_sinkhorn_scratch_floats(blocks, static_cast<int>(n))}, lk.options());
-  auto status = cuda::fused_log_sinkhorn(lk.data_ptr<float>(), plan.data_ptr<float>(), stats.data_ptr<float>(),
-                                         scratch.data_ptr<float>(), blocks, m, static_cast<int>(n),
-                                         static_cast<float>(o.delta), static_cast<int>(o.max_iter),
-                                         c10::cuda::getCurrentCUDAStream());
+  auto status =
+      cuda::fused_log_sinkhorn(lk.data_ptr<float>(), plan.data_ptr<float>(), stats.data_ptr<float>(),
+                               scratch.data_ptr<float>(), blocks, m, static_cast<int>(n), static_cast<float>(o.delta),
+                               static_cast<int>(o.max_iter), c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(status == cudaSuccess, "fused Sinkhorn kernel: ", cudaGetErrorString(status));
   const auto sweeps = static_cast<int64_t>(stats[0].item<float>());
   return finish(plan.to(log_k.scalar_type()), sweeps, o.delta);
@@ -177,7 +176,7 @@ SinkhornResult solve_fused(const torch::Tensor& log_k, const SinkhornOptions& o)
 
 torch::Tensor marginal_error(const torch::Tensor& plan) {
   const int64_t m = plan.size(0), n = plan.size(1);
-  auto rows = (plan.sum(1) - 1.0).abs().mean();  // ()
+  auto rows = (plan.sum(1) - 1.0).abs().mean();                                               // ()
   auto cols = column_error(plan.sum(0), static_cast<double>(m) / static_cast<double>(n), m);  // ()
   return torch::maximum(rows, cols);
 }
@@ -203,11 +202,11 @@ SinkhornOptions sinkhorn_options(const config::Config& cfg) {
   o.xi = cfg.f("router.xi");
   o.delta = cfg.f("router.delta");
   o.max_iter = cfg.i("router.max_iter");
-  o.numerics = cfg.s("router.numerics") == "plain" ? Numerics::Plain : Numerics::Log;
+  o.numerics = config::choice<Numerics>(cfg, "router.numerics", {{"log", Numerics::Log}, {"plain", Numerics::Plain}});
   o.check_every = cfg.i("router.check_every");
   o.newton_steps = cfg.i("router.newton_steps");
   o.newton_warmup = cfg.i("router.newton_warmup");
-  o.solver = cfg.s("router.solver") == "fused" ? Solver::Fused : Solver::Eager;
+  o.solver = config::choice<Solver>(cfg, "router.solver", {{"eager", Solver::Eager}, {"fused", Solver::Fused}});
   if (o.solver == Solver::Fused) {
 #ifndef SSR_WITH_CUDA
     throw config::ConfigError(
@@ -217,7 +216,8 @@ SinkhornOptions sinkhorn_options(const config::Config& cfg) {
       throw config::ConfigError(
           "router.solver: fused runs log-domain sweeps only; set router.numerics=log and router.newton_steps=0");
   }
-  o.stop = cfg.s("router.stop_rule") == "scaling" ? StopRule::Scaling : StopRule::Marginal;
+  o.stop = config::choice<StopRule>(cfg, "router.stop_rule",
+                                    {{"marginal", StopRule::Marginal}, {"scaling", StopRule::Scaling}});
   if (o.stop == StopRule::Scaling && (o.numerics != Numerics::Plain || o.newton_steps > 0 || o.solver != Solver::Eager))
     throw config::ConfigError(
         "router.stop_rule: scaling is the authors' plain-domain prototype; set router.numerics=plain, "

@@ -8,15 +8,14 @@
 
 #include <limits>
 
+#include "harness/config/choice.hpp"
 #include "routers/util.hpp"
 #include "routers/vanilla.hpp"
 
 namespace ssr::routers {
 
 Cost cost_kind(const std::string& name) {
-  if (name == "linear") return Cost::Linear;
-  if (name == "softmax") return Cost::Softmax;
-  throw config::ConfigError(fmt::format("router.cost: '{}' is not linear or softmax", name));
+  return config::choose<Cost>("router.cost", name, {{"linear", Cost::Linear}, {"softmax", Cost::Softmax}});
 }
 
 torch::Tensor transport_cost(const torch::Tensor& logits, Cost cost) {
@@ -32,11 +31,9 @@ void fill_sinkhorn_fields(Routing& r, const SinkhornResult& res) {
   if (!res.finite) r.weights = torch::full_like(r.weights, std::numeric_limits<double>::quiet_NaN());
 }
 
-SinkhornRouter::SinkhornRouter(int64_t top_k, Cost cost, SinkhornOptions opt)
-    : k_(top_k), cost_(cost), opt_(opt) {}
+SinkhornRouter::SinkhornRouter(int64_t top_k, Cost cost, SinkhornOptions opt) : k_(top_k), cost_(cost), opt_(opt) {}
 
-Routing SinkhornRouter::route(const torch::Tensor& logits, const torch::Tensor&, Mode,
-                              torch::Generator&) {
+Routing SinkhornRouter::route(const torch::Tensor& logits, const torch::Tensor&, Mode, torch::Generator&) {
   auto res = sinkhorn(transport_cost(logits, cost_), opt_);
   Routing r;
   r.experts = stable_top_k(res.plan, k_).second;  // (tokens, k)

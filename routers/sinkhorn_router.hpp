@@ -23,8 +23,7 @@ void fill_sinkhorn_fields(Routing& r, const SinkhornResult& res);
 class SinkhornRouter : public RouterImpl {
  public:
   SinkhornRouter(int64_t top_k, Cost cost, SinkhornOptions opt);
-  Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode,
-                torch::Generator& gen) override;
+  Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
 
  private:
   int64_t k_;

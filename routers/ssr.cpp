@@ -11,6 +11,7 @@
 
 #include <fmt/format.h>
 
+#include "harness/config/choice.hpp"
 #include "routers/util.hpp"
 #include "routers/vanilla.hpp"
 
@@ -22,28 +23,28 @@ SsrOptions ssr_options(const config::Config& cfg) {
   o.cost = cost_kind(cfg.s("router.cost"));
   o.noise = cfg.f("router.noise");
   o.noise_std = cfg.f("router.noise_std");
-  const auto& scope = cfg.s("router.noise_scope");
-  o.noise_scope = scope == "all" ? NoiseScope::All : NoiseScope::Sinkhorn;
+  o.noise_scope = config::choice<NoiseScope>(cfg, "router.noise_scope",
+                                             {{"sinkhorn", NoiseScope::Sinkhorn}, {"all", NoiseScope::All}});
   o.eval_mode = eval_mode_named(cfg.s("router.eval_mode"));
   o.sinkhorn = sinkhorn_options(cfg);
   return o;
 }
 
 EvalMode eval_mode_named(const std::string& ev) {
-  if (ev == "none") return EvalMode::None;
-  if (ev == "sinkhorn") return EvalMode::Sinkhorn;
-  if (ev == "noise") return EvalMode::Noise;
-  if (ev == "both") return EvalMode::Both;
-  throw config::ConfigError(fmt::format("inference mode '{}': expected none, sinkhorn, noise or both", ev));
+  return config::choose<EvalMode>("inference mode", ev,
+                                  {{"none", EvalMode::None},
+                                   {"sinkhorn", EvalMode::Sinkhorn},
+                                   {"noise", EvalMode::Noise},
+                                   {"both", EvalMode::Both}});
 }
 
 SsrRouter::SsrRouter(int64_t top_k, SsrOptions opt) : k_(top_k), opt_(opt) {}
 
-Routing SsrRouter::route(const torch::Tensor& logits, const torch::Tensor&, Mode mode,
-                         torch::Generator& gen) {
+Routing SsrRouter::route(const torch::Tensor& logits, const torch::Tensor&, Mode mode, torch::Generator& gen) {
   const bool train = mode == Mode::Train;
   const bool sinkhorn_on = train || opt_.eval_mode == EvalMode::Sinkhorn || opt_.eval_mode == EvalMode::Both;
-  const bool noise_on = opt_.noise > 0 && (train || opt_.eval_mode == EvalMode::Noise || opt_.eval_mode == EvalMode::Both);
+  const bool noise_on =
+      opt_.noise > 0 && (train || opt_.eval_mode == EvalMode::Noise || opt_.eval_mode == EvalMode::Both);
   // p = 0 and p = 1 draw nothing, so p = 0 is exactly vanilla, generator included.
   const bool use_sinkhorn = sinkhorn_on && opt_.p > 0 && (opt_.p >= 1 || draw_uniform(gen) < opt_.p);
   // Inference "w/ noise" (Table 3) perturbs the selection itself, whatever the training scope.

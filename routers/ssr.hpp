@@ -14,10 +14,10 @@ enum class NoiseScope {
 enum class EvalMode { None, Sinkhorn, Noise, Both };
 
 struct SsrOptions {
-  double p = 0.001;     // probability that a training forward uses Sinkhorn
+  double p = 0.001;  // probability that a training forward uses Sinkhorn
   Cost cost = Cost::Linear;
-  double noise = 0;     // alpha_noise (0 = off)
-  double noise_std = 1; // sigma
+  double noise = 0;      // alpha_noise (0 = off)
+  double noise_std = 1;  // sigma
   NoiseScope noise_scope = NoiseScope::Sinkhorn;
   EvalMode eval_mode = EvalMode::None;
   SinkhornOptions sinkhorn;
@@ -32,8 +32,7 @@ EvalMode eval_mode_named(const std::string& name);
 class SsrRouter : public RouterImpl {
  public:
   SsrRouter(int64_t top_k, SsrOptions opt);
-  Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode,
-                torch::Generator& gen) override;
+  Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
   // Switches what stays on at inference, so one trained model is evaluated several ways (Table 3).
   void set_eval_mode(EvalMode m) { opt_.eval_mode = m; }
 

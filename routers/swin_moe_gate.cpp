@@ -38,8 +38,8 @@ Routing SwinMoeGate::route(const torch::Tensor& logits, const torch::Tensor&, Mo
   auto noisy = clean;                   // (tokens, experts)
   if (mode == Mode::Train && gate_noise_ > 0)
     noisy = clean + draw_normal(clean, gen) * (gate_noise_ / static_cast<double>(e));
-  auto scores = noisy.softmax(-1);                    // (tokens, experts)
-  auto [top, experts] = stable_top_k(scores, k_);     // (tokens, k) each
+  auto scores = noisy.softmax(-1);                 // (tokens, experts)
+  auto [top, experts] = stable_top_k(scores, k_);  // (tokens, k) each
 
   // Batch-prioritised slot positions: rank tokens by their best score, then count, expert by
   // expert, the slots taken before each one (all choice-j slots precede choice-(j+1) slots).
@@ -48,15 +48,15 @@ Routing SwinMoeGate::route(const torch::Tensor& logits, const torch::Tensor&, Mo
     torch::NoGradGuard no_grad;
     const int64_t cap = swin_moe_capacity(n, e, k_, capacity_factor_);
     auto priority = std::get<1>(top.select(1, 0).sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));  // (tokens)
-    auto ranked = experts.index_select(0, priority);                                     // (tokens, k)
-    auto onehot = torch::one_hot(ranked.t().reshape({-1}), e);                           // (k*tokens, experts)
-    auto position = (onehot.cumsum(0) - 1).mul_(onehot).sum(1).view({k_, n}).t();        // (tokens, k) ranked order
-    auto kept_ranked = position < cap;                                                   // (tokens, k)
-    keep = torch::empty_like(kept_ranked).index_copy_(0, priority, kept_ranked);         // (tokens, k)
+    auto ranked = experts.index_select(0, priority);                                                      // (tokens, k)
+    auto onehot = torch::one_hot(ranked.t().reshape({-1}), e);                     // (k*tokens, experts)
+    auto position = (onehot.cumsum(0) - 1).mul_(onehot).sum(1).view({k_, n}).t();  // (tokens, k) ranked order
+    auto kept_ranked = position < cap;                                             // (tokens, k)
+    keep = torch::empty_like(kept_ranked).index_copy_(0, priority, kept_ranked);   // (tokens, k)
   }
   Routing r;
-  r.experts = experts;                               // (tokens, k)
-  r.weights = top * keep.to(top.scalar_type());      // (tokens, k), 0 for dropped slots
+  r.experts = experts;                                                        // (tokens, k)
+  r.weights = top * keep.to(top.scalar_type());                               // (tokens, k), 0 for dropped slots
   auto threshold = noisy.gather(1, experts.narrow(1, k_ - 1, 1)).squeeze(1);  // (tokens)
   r.aux_loss = coef_ * swin_moe_balance_loss(clean.softmax(-1), threshold, gate_noise_);
   count(r);

@@ -15,8 +15,7 @@ torch::Tensor swin_moe_balance_loss(const torch::Tensor& probs, const torch::Ten
 class SwinMoeGate : public RouterImpl {
  public:
   SwinMoeGate(int64_t top_k, double gate_noise, double capacity_factor, double coef);
-  Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode,
-                torch::Generator& gen) override;
+  Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
 
  private:
   int64_t k_;

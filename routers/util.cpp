@@ -30,8 +30,7 @@ torch::Tensor at_least_float(const torch::Tensor& x) {
 }
 
 double draw_uniform(torch::Generator& gen) {
-  return torch::rand({1}, gen, torch::TensorOptions().dtype(torch::kFloat64).device(gen.device()))
-      .item<double>();
+  return torch::rand({1}, gen, torch::TensorOptions().dtype(torch::kFloat64).device(gen.device())).item<double>();
 }
 
 torch::Tensor draw_normal(const torch::Tensor& like, torch::Generator& gen) {

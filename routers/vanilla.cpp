@@ -16,16 +16,15 @@ Routing top_k_softmax(const torch::Tensor& logits, int64_t k) {
   // The reference takes torch.topk; a stable sort gives the same set with ties to the lower id.
   auto [top, idx] = stable_top_k(logits, k);  // (tokens, k)
   Routing r;
-  r.experts = idx;               // (tokens, k)
-  r.weights = top.softmax(-1);   // (tokens, k)
+  r.experts = idx;              // (tokens, k)
+  r.weights = top.softmax(-1);  // (tokens, k)
   r.aux_loss = torch::zeros({}, logits.options());
   return r;
 }
 
 VanillaRouter::VanillaRouter(int64_t top_k) : k_(top_k) {}
 
-Routing VanillaRouter::route(const torch::Tensor& logits, const torch::Tensor&, Mode,
-                             torch::Generator&) {
+Routing VanillaRouter::route(const torch::Tensor& logits, const torch::Tensor&, Mode, torch::Generator&) {
   auto r = top_k_softmax(logits, k_);
   count(r);
   return r;

@@ -12,8 +12,7 @@ torch::Tensor softmax_at(const torch::Tensor& logits, const torch::Tensor& exper
 class VanillaRouter : public RouterImpl {
  public:
   explicit VanillaRouter(int64_t top_k);
-  Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode,
-                torch::Generator& gen) override;
+  Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
 
  private:
   int64_t k_;

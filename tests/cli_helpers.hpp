@@ -7,6 +7,9 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -48,7 +51,8 @@ inline std::string temp_db(const std::string& suite, const std::string& name) {
 }
 
 // The values of one metric of a run, in step order.
-inline std::vector<double> series(const store::Store& s, int64_t run, const std::string& split, const std::string& name) {
+inline std::vector<double> series(const store::Store& s, int64_t run, const std::string& split,
+                                  const std::string& name) {
   std::vector<double> v;
   for (const auto& m : s.metrics(run))
     if (m.split == split && m.name == name) v.push_back(m.value);
@@ -61,6 +65,22 @@ inline double result(const store::Store& s, int64_t run, const std::string& spli
     if (r.split == split && r.name == name) return r.value;
   FAIL("no result " << split << "/" << name);
   return 0;
+}
+
+// Compares `text` with tests/golden/NAME; SSR_UPDATE_GOLDEN=1 rewrites the file instead (read
+// the diff before committing it).
+inline void check_golden(const std::string& name, const std::string& text) {
+  const auto path = std::filesystem::path(SSR_SOURCE_DIR) / "tests" / "golden" / name;
+  if (std::getenv("SSR_UPDATE_GOLDEN")) {
+    std::ofstream(path) << text;
+    WARN("rewrote " << path.string());
+    return;
+  }
+  std::ifstream f(path);
+  REQUIRE(f.good());
+  const std::string want((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  INFO(path.string());
+  CHECK(text == want);
 }
 
 }  // namespace ssr::testing

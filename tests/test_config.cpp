@@ -1,10 +1,13 @@
 // Config: defaults, overrides, groups, every kind of rejection, hash stability.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstdlib>
+#include <fmt/format.h>
 #include <filesystem>
 #include <fstream>
 
+#include "harness/config/choice.hpp"
 #include "harness/config/config.hpp"
 
 namespace fs = std::filesystem;
@@ -18,12 +21,12 @@ namespace {
 struct Fixture {
   fs::path dir;
   Fixture() {
-    dir = fs::temp_directory_path() / fs::path("ssr_cfg_" + std::to_string(::getpid()) + "_" +
-                                               std::to_string(reinterpret_cast<uintptr_t>(this)));
+    dir = fs::temp_directory_path() /
+          fs::path("ssr_cfg_" + std::to_string(::getpid()) + "_" + std::to_string(reinterpret_cast<uintptr_t>(this)));
     fs::create_directories(dir / "router");
     fs::create_directories(dir / "model");
     write("router/ssr_l.yaml", "name: ssr\ncost: linear\np: 0.001\n");
-    write("router/plain.yaml", "name: vanilla\n");
+    write("router/sinkhorn.yaml", "name: sinkhorn\n");
     write("model/small.yaml", "n_layers: 3\nd_model: 64\n_global_:\n  train:\n    seq_len: 32\n");
     write("base.yaml", "defaults:\n  router: ssr_l\n  model: small\ntrain:\n  steps: 10\n  lr: 1e-3\n");
   }
@@ -58,14 +61,14 @@ TEST_CASE("config resolves groups then file keys then overrides", "[config]") {
   CHECK(c.group_choices().at("router") == "ssr_l");
 
   // Command-line groups replace the file's defaults; key overrides come last.
-  auto d = resolve(fx.path("base.yaml"), {"router.cost=softmax", "router=plain", "model.n_layers=5",
+  auto d = resolve(fx.path("base.yaml"), {"router.cost=softmax", "router=sinkhorn", "model.n_layers=5",
                                           "+tags.note=hello", "eval.splits=[test]"});
-  CHECK(d.s("router.name") == "vanilla");
+  CHECK(d.s("router.name") == "sinkhorn");
   CHECK(d.s("router.cost") == "softmax");
   CHECK(d.i("model.n_layers") == 5);
   CHECK(d.s("tags.note") == "hello");
   CHECK(d.strings("eval.splits") == std::vector<std::string>{"test"});
-  CHECK(d.group_choices().at("router") == "plain");
+  CHECK(d.group_choices().at("router") == "sinkhorn");
 }
 
 TEST_CASE("config rejects bad input with one line naming the key or file", "[config]") {
@@ -121,8 +124,8 @@ TEST_CASE("config rejects bad input with one line naming the key or file", "[con
 
 TEST_CASE("config hash is stable across key order and float spelling", "[config]") {
   Fixture fx;
-  fx.write("a.yaml", "train:\n  lr: 0.001\n  steps: 10\nrouter:\n  xi: 1\n  p: 1e-4\n");
-  fx.write("b.yaml", "router:\n  p: 0.0001\n  xi: 1.0\ntrain:\n  steps: 1e1\n  lr: 1.0e-3\n");
+  fx.write("a.yaml", "train:\n  lr: 0.001\n  steps: 10\nrouter:\n  name: ssr\n  xi: 1\n  p: 1e-4\n");
+  fx.write("b.yaml", "router:\n  p: 0.0001\n  xi: 1.0\n  name: ssr\ntrain:\n  steps: 1e1\n  lr: 1.0e-3\n");
   const auto a = resolve(fx.path("a.yaml"), {});
   const auto b = resolve(fx.path("b.yaml"), {});
   CHECK(a.canonical() == b.canonical());
@@ -163,4 +166,82 @@ TEST_CASE("schema documents every key", "[config]") {
     CHECK(!k.doc.empty());
     CHECK(doc.find(k.name) != std::string::npos);
   }
+}
+
+TEST_CASE("an enum value without a name is an error listing the allowed ones", "[config]") {
+  enum class Cost { Linear, Softmax };
+  const std::initializer_list<std::pair<const char*, Cost>> names = {{"linear", Cost::Linear},
+                                                                     {"softmax", Cost::Softmax}};
+  CHECK(ssr::config::choose<Cost>("router.cost", "softmax", names) == Cost::Softmax);
+  CHECK(ssr::config::choose<Cost>("router.cost", "linear", names) == Cost::Linear);
+  CHECK_THROWS_WITH(ssr::config::choose<Cost>("router.cost", "Linear", names),
+                    "router.cost 'Linear': expected one of linear, softmax");
+  CHECK_THROWS_WITH(ssr::config::choose<Cost>("router.cost", "", names),
+                    "router.cost '': expected one of linear, softmax");
+}
+
+namespace {
+
+// A value of `k` other than its default, written as an override would give it.
+std::string other_value(const ssr::config::Key& k) {
+  using ssr::config::Type;
+  switch (k.type) {
+    case Type::Bool: return k.def.get<bool>() ? "false" : "true";
+    case Type::Int:
+      return std::to_string(k.def.get<int64_t>() < k.max ? k.def.get<int64_t>() + 1 : k.def.get<int64_t>() - 1);
+    case Type::Float: {
+      const double d = k.def.get<double>();
+      return fmt::format("{}", d < k.max ? d + 0.5 * std::min(1.0, k.max - d) : k.min);
+    }
+    case Type::String: return "elsewhere";
+    case Type::Choice:
+      for (const auto& c : k.choices)
+        if (c != k.def.get<std::string>()) return c;
+      break;
+    case Type::IntList: return fmt::format("[{}]", static_cast<int64_t>(std::max(k.min, 1.0)));
+    case Type::FloatList:
+      return fmt::format("[{}]", std::max(k.min, 0.0) + 0.25 * (std::min(k.max, 1.0) - std::max(k.min, 0.0)));
+    case Type::StringList: return k.name == "eval.router_modes" ? "[sinkhorn]" : "[elsewhere]";
+  }
+  FAIL("no other value for " << k.name);
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("every component refuses a key it does not use, naming the key and what leaves it unused", "[config]") {
+  Fixture fx;
+  const auto empty = fx.write("empty.yaml", "{}\n");
+  int scoped = 0;
+  for (const auto& k : ssr::config::schema()) {
+    for (const auto& [other, values] : k.when) {
+      const ssr::config::Key* o = ssr::config::find_key(other);
+      REQUIRE(o);
+      REQUIRE(o->type == ssr::config::Type::Choice);
+      std::string unused_with;  // a value of `other` that leaves k unused
+      for (const auto& c : o->choices)
+        if (std::find(values.begin(), values.end(), c) == values.end()) unused_with = c;
+      REQUIRE(!unused_with.empty());
+      const std::string set = k.name + "=" + other_value(k);
+      INFO(set << " with " << other << "=" << unused_with);
+      CHECK_THROWS_WITH(resolve(empty, {other + "=" + unused_with, set}),
+                        Catch::StartsWith(fmt::format("{}: {}={} does not use it (it applies with {}=", k.name, other,
+                                                      unused_with, other)));
+      // Where every condition holds, the same value is taken.
+      std::vector<std::string> overrides;
+      for (const auto& [o2, v2] : k.when) overrides.push_back(o2 + "=" + v2.front());
+      overrides.push_back(set);
+      CHECK_NOTHROW(resolve(empty, overrides));
+      ++scoped;
+    }
+  }
+  CHECK(scoped > 60);
+  // The printed config of a run lists only what that run uses.
+  const auto lm = resolve(empty, {}).to_yaml();
+  CHECK(lm.find("randaug_n") == std::string::npos);
+  CHECK(lm.find("attn_span") != std::string::npos);
+  CHECK(lm.find("  p:") == std::string::npos);  // router.p: the default router is vanilla
+  const auto swin = resolve(empty, {"model.arch=swin_moe"}).to_yaml();
+  CHECK(swin.find("attn_span") == std::string::npos);
+  CHECK(swin.find("randaug_n") != std::string::npos);
 }

@@ -35,8 +35,9 @@ struct TempDir {
   // Not fs::remove_all: libtorch.so exports its own broken copy of it, which the dynamic linker
   // prefers, and it jumps to a null pointer.
   ~TempDir() {
-    nftw(path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
-         FTW_DEPTH | FTW_PHYS);
+    nftw(
+        path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
+        FTW_DEPTH | FTW_PHYS);
   }
 };
 
@@ -57,9 +58,7 @@ config::Config wt103(const TempDir& tmp, std::vector<std::string> extra = {}) {
   return make_cfg(o, tmp);
 }
 
-void write(const fs::path& p, const std::string& text) {
-  std::ofstream(p, std::ios::binary) << text;
-}
+void write(const fs::path& p, const std::string& text) { std::ofstream(p, std::ios::binary) << text; }
 
 std::string slurp(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -84,8 +83,12 @@ TEST_CASE("Python str.split and line iteration semantics", "[data][tokenise]") {
       {" = Valkyria Chronicles III = ", {"=", "Valkyria", "Chronicles", "III", "="}},
       {"", {}},
       {" \t ", {}},
-      {"a\xc2\xa0" "b\xe3\x80\x80" "c\x1f" "d", {"a", "b", "c", "d"}},  // NBSP, ideographic space, \x1f
-      {"caf\xc3\xa9 \xc2\xa9", {"caf\xc3\xa9", "\xc2\xa9"}},           // non-space multibyte stays
+      {"a\xc2\xa0"
+       "b\xe3\x80\x80"
+       "c\x1f"
+       "d",
+       {"a", "b", "c", "d"}},                                 // NBSP, ideographic space, \x1f
+      {"caf\xc3\xa9 \xc2\xa9", {"caf\xc3\xa9", "\xc2\xa9"}},  // non-space multibyte stays
   };
   for (const auto& r : rows) {
     auto got = data::split_words(r.text);
@@ -117,8 +120,8 @@ TEST_CASE("WikiText-103 valid and test token counts include one <eos> per line",
     CHECK(torch::equal(again.splits.at("test"), corpus.splits.at("test")));
   }
   SECTION("holdout carves the validation split from the training file's last lines") {
-    auto demo = data::load_corpus(make_cfg({"data=wt103-demo", "data.dir=" + (data_root() / "wikitext-103").string()},
-                                           tmp));
+    auto demo =
+        data::load_corpus(make_cfg({"data=wt103-demo", "data.dir=" + (data_root() / "wikitext-103").string()}, tmp));
     const int64_t total = demo.splits.at("train").numel() + demo.splits.at("valid").numel();
     CHECK(total == 217646);
     CHECK(demo.splits.at("valid").numel() > 15000);
@@ -132,8 +135,8 @@ TEST_CASE("word dictionary grows in first-seen order over train, valid, test", "
   write(tmp.path / "tr.txt", "a b\n\nb c\n");
   write(tmp.path / "va.txt", "d a");  // no final newline: the last line still gets <eos>
   write(tmp.path / "te.txt", "e\r\n");
-  auto cfg = make_cfg({"data.dir=" + tmp.path.string(), "data.train=tr.txt", "data.valid=va.txt", "data.test=te.txt"},
-                      tmp);
+  auto cfg =
+      make_cfg({"data.dir=" + tmp.path.string(), "data.train=tr.txt", "data.valid=va.txt", "data.test=te.txt"}, tmp);
   auto c = data::load_corpus(cfg);
   CHECK(c.vocab == std::vector<std::string>{"a", "b", "<eos>", "c", "d", "e"});
   CHECK(ids_of(c.splits.at("train")) == std::vector<int64_t>{0, 1, 2, 2, 1, 3, 2});
@@ -278,8 +281,8 @@ TEST_CASE("attacked WikiText-103: seeded, rate, one swap per line, stop-words ke
       }
       if (a[k] != b[k] && b[k] == "AAA") ++whole_tokens;
     }
-    const int64_t want = std::min(std::max<int64_t>(static_cast<int64_t>(0.025 * static_cast<double>(line_words)), 1),
-                                  line_swappable);
+    const int64_t want =
+        std::min(std::max<int64_t>(static_cast<int64_t>(0.025 * static_cast<double>(line_words)), 1), line_swappable);
     CHECK(line_swaps == want);  // at least one on every line with a swappable word
     swapped += line_swaps;
     words += line_words;

@@ -36,7 +36,8 @@ const std::string kDemo = std::string(SSR_SOURCE_DIR) + "/experiments/demo.yaml"
 const std::string kTiny =
     "train.batch_size=8 train.seq_len=16 train.warmup=2 eval.batch_size=8 run.log_every=1 run.threads=1 "
     "eval.max_segments=3 train.eval_every=4 train.eval_segments=2 model.dropout=0 run.dist_timeout_s=60 "
-    "run.out_dir=" + (fs::temp_directory_path() / ("ssr_dist_ckpt_" + std::to_string(::getpid()))).string();
+    "run.out_dir=" +
+    (fs::temp_directory_path() / ("ssr_dist_ckpt_" + std::to_string(::getpid()))).string();
 
 std::string temp_db(const std::string& name) { return ssr::testing::temp_db("dist", name); }
 
@@ -151,7 +152,8 @@ int64_t wait_step(const std::string& db, pid_t launcher, int64_t step) {
 TEST_CASE("two Gloo ranks train what one process trains over the same global batch", "[dist]") {
   // One process routes 2 micro-batches of 4 streams; two ranks route their own 4 streams each.
   // router=lb: its balance loss depends on which tokens share a router call.
-  auto p = train_pair("equal", "train.steps=8 router=lb train.batch_split=2", "train.steps=8 router=lb train.batch_split=1");
+  auto p =
+      train_pair("equal", "train.steps=8 router=lb train.batch_split=2", "train.steps=8 router=lb train.batch_split=1");
   CHECK(p->r1.status == "finished");
   CHECK(p->r2.status == "finished");
   CHECK(p->r1.info.world_size == 1);
@@ -191,7 +193,8 @@ TEST_CASE("router.global_batch routes the ranks' streams as one router call", "[
 TEST_CASE("a killed rank fails the run without a hang, and the run resumes to the same losses", "[dist]") {
   const auto db_a = temp_db("kill_ref.db"), db_b = temp_db("kill.db");
   // Dropout on: each rank draws its own masks, and the resumed run must restore both streams.
-  const std::string args = kTiny + " model.dropout=0.1 train.steps=60 train.checkpoint_every=10 router=ssr_l router.p=0.3";
+  const std::string args =
+      kTiny + " model.dropout=0.1 train.steps=60 train.checkpoint_every=10 router=ssr_l router.p=0.3";
   auto a = run(fmt::format("train {} {} --nproc 2 --db {} --quiet", kDemo, args, db_a));
   INFO(a.out);
   REQUIRE(a.code == 0);
@@ -310,7 +313,7 @@ TEST_CASE("a group of one rank runs every collective of the trainer, on Gloo and
   // Three 2.4 MB gradients fill more than one 4 MB bucket; `unused` has no gradient on any rank.
   std::vector<torch::Tensor> params;
   for (int i = 0; i < 3; ++i) params.push_back(torch::randn({600, 1000}, on.requires_grad(true)));  // (600, 1000)
-  auto unused = torch::randn({3}, on.requires_grad(true));                                            // (3)
+  auto unused = torch::randn({3}, on.requires_grad(true));                                          // (3)
   params.push_back(unused);
   torch::Tensor loss = torch::zeros({}, on);
   for (int i = 0; i < 3; ++i) loss = loss + (params[i] * params[i]).sum() * (i + 1);
@@ -339,13 +342,15 @@ TEST_CASE("a group of one rank runs every collective of the trainer, on Gloo and
 }
 
 TEST_CASE("ranks come from the launcher's, torchrun's or Slurm's environment", "[dist]") {
-  const std::vector<const char*> vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
-                                         "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST",
-                                         "SLURM_NODELIST", "SLURM_JOB_ID"};
+  const std::vector<const char*> vars = {
+      "RANK",         "WORLD_SIZE",    "LOCAL_RANK",         "MASTER_ADDR",    "MASTER_PORT", "SLURM_PROCID",
+      "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST", "SLURM_NODELIST", "SLURM_JOB_ID"};
   std::map<std::string, std::optional<std::string>> saved;
   for (const char* v : vars) {
-    if (const char* x = std::getenv(v)) saved[v] = x;
-    else saved[v] = std::nullopt;
+    if (const char* x = std::getenv(v))
+      saved[v] = x;
+    else
+      saved[v] = std::nullopt;
     unsetenv(v);
   }
   auto e = ssr::dist::environment();
@@ -382,7 +387,8 @@ TEST_CASE("ranks come from the launcher's, torchrun's or Slurm's environment", "
 
   ssr::config::Config cfg;
   cfg.set("run.nproc", 3, "test");
-  CHECK_THROWS_WITH(ssr::dist::check_world(cfg, e), Catch::Contains("run.nproc: 3 ranks asked, but SLURM_NTASKS says 2"));
+  CHECK_THROWS_WITH(ssr::dist::check_world(cfg, e),
+                    Catch::Contains("run.nproc: 3 ranks asked, but SLURM_NTASKS says 2"));
   cfg.set("run.nproc", 1, "test");
   ssr::dist::check_world(cfg, e);
   CHECK(cfg.i("run.nproc") == 2);
@@ -392,7 +398,8 @@ TEST_CASE("ranks come from the launcher's, torchrun's or Slurm's environment", "
     if (v) setenv(k.c_str(), v->c_str(), 1);
 }
 
-TEST_CASE("a sweep job with run.nproc=2 trains on two ranks into its one row, and its Slurm task asks for one node", "[dist][sweep]") {
+TEST_CASE("a sweep job with run.nproc=2 trains on two ranks into its one row, and its Slurm task asks for one node",
+          "[dist][sweep]") {
   const auto db = temp_db("sweep.db");
   const auto file = fs::path(db).parent_path() / "dp-sweep.yaml";
   std::string overrides;

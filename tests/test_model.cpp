@@ -99,9 +99,9 @@ TEST_CASE("attention equals a naive per-query loop over the L previous positions
     const int64_t b = 2, d = 16, heads = 4, dh = d / heads;
     models::SeqAttention attn(d, heads, span, 0.1);
     attn->eval();
-    auto h = torch::randn({b, m, d});               // (streams, M, d)
-    auto cache = torch::randn({b, span, d});        // (streams, L, d)
-    auto key_pe = torch::randn({1, dh, span});      // (1, dh, L)
+    auto h = torch::randn({b, m, d});           // (streams, M, d)
+    auto cache = torch::randn({b, span, d});    // (streams, L, d)
+    auto key_pe = torch::randn({1, dh, span});  // (1, dh, L)
     auto gen = cpu_gen(1);
     auto got = attn->forward(h, cache, key_pe, gen);  // (streams, M, d)
     REQUIRE(got.sizes() == torch::IntArrayRef({b, m, d}));
@@ -121,7 +121,8 @@ TEST_CASE("attention equals a naive per-query loop over the L previous positions
             scores[j] = (qi * kj).sum() / std::sqrt(static_cast<double>(dh));
           }
           auto p = scores.softmax(0);  // (L)
-          for (int64_t j = 0; j < span; ++j) ctx[s][i].narrow(0, hd * dh, dh) += p[j] * v[s][i + j].narrow(0, hd * dh, dh);
+          for (int64_t j = 0; j < span; ++j)
+            ctx[s][i].narrow(0, hd * dh, dh) += p[j] * v[s][i + j].narrow(0, hd * dh, dh);
         }
     CHECK(close(got, attn->o->forward(ctx)));
   }
@@ -152,7 +153,8 @@ TEST_CASE("attn_impl=sdpa computes the reference attention and its gradients", "
     double tol;
   };
   const std::vector<Row> rows = {
-      {2, 5, 7, 16, 4, 1e-5}, {1, 6, 3, 8, 2, 1e-5}, {3, 16, 32, 32, 4, 1e-5}, {2, 1, 5, 16, 1, 1e-5}, {1, 32, 8, 16, 2, 1e-5},
+      {2, 5, 7, 16, 4, 1e-5}, {1, 6, 3, 8, 2, 1e-5},   {3, 16, 32, 32, 4, 1e-5},
+      {2, 1, 5, 16, 1, 1e-5}, {1, 32, 8, 16, 2, 1e-5},
   };
   for (const auto& r : rows) {
     INFO("streams " << r.streams << " M " << r.m << " L " << r.span << " d " << r.d << " heads " << r.heads);
@@ -164,10 +166,10 @@ TEST_CASE("attn_impl=sdpa computes the reference attention and its gradients", "
     }
     ref->eval();
     fused->eval();
-    auto h = torch::randn({r.streams, r.m, r.d});              // (streams, M, d)
-    auto cache = torch::randn({r.streams, r.span, r.d});       // (streams, L, d)
-    auto pe = torch::randn({1, r.d / r.heads, r.span});        // (1, dh, L)
-    auto upstream = torch::randn({r.streams, r.m, r.d});       // (streams, M, d)
+    auto h = torch::randn({r.streams, r.m, r.d});         // (streams, M, d)
+    auto cache = torch::randn({r.streams, r.span, r.d});  // (streams, L, d)
+    auto pe = torch::randn({1, r.d / r.heads, r.span});   // (1, dh, L)
+    auto upstream = torch::randn({r.streams, r.m, r.d});  // (streams, M, d)
     const auto a = attn_grads(ref, h, cache, pe, upstream), b = attn_grads(fused, h, cache, pe, upstream);
     CHECK(close(a.out, b.out, r.tol));
     for (size_t i = 0; i < a.grads.size(); ++i) {
@@ -213,7 +215,8 @@ TEST_CASE("attn_impl=sdpa dropout keeps the attention's expectation", "[model][a
 }
 
 #ifdef SSR_WITH_CUDA
-TEST_CASE("cuda: attn_impl=sdpa on the GPU matches the CPU reference attention and gradients", "[model][attention][cuda]") {
+TEST_CASE("cuda: attn_impl=sdpa on the GPU matches the CPU reference attention and gradients",
+          "[model][attention][cuda]") {
   if (!torch::cuda::is_available()) {
     WARN("no CUDA device here: the fused attention was compiled, not run");
     return;
@@ -241,9 +244,12 @@ TEST_CASE("cuda: attn_impl=sdpa on the GPU matches the CPU reference attention a
 #endif
 
 TEST_CASE("MoE dispatch by sorting equals every expert on every token", "[model][moe]") {
-  struct Row { std::string init, impl; int64_t experts, tokens; };
+  struct Row {
+    std::string init, impl;
+    int64_t experts, tokens;
+  };
   // 16 experts for 3 tokens leaves most experts empty: empty groups must work in both paths.
-  const std::vector<Row> table = {{"reference", "loop", 5, 37},   {"linear", "loop", 5, 37},
+  const std::vector<Row> table = {{"reference", "loop", 5, 37},    {"linear", "loop", 5, 37},
                                   {"reference", "grouped", 5, 37}, {"linear", "grouped", 5, 37},
                                   {"linear", "loop", 16, 3},       {"linear", "grouped", 16, 3}};
   for (const auto& r : table) {
@@ -282,15 +288,16 @@ TEST_CASE("reference expert init is U(+-1/sqrt(out*in)) with zero biases", "[mod
 TEST_CASE("chunked output layer + NLL equals the full computation", "[model][loss]") {
   torch::manual_seed(11);
   const int64_t rows = 37, d = 8, vocab = 50;
-  auto h = torch::randn({rows, d}, torch::requires_grad());      // (rows, d)
-  auto w = torch::randn({vocab, d}, torch::requires_grad());     // (vocab, d)
-  auto b = torch::randn({vocab}, torch::requires_grad());        // (vocab)
+  auto h = torch::randn({rows, d}, torch::requires_grad());     // (rows, d)
+  auto w = torch::randn({vocab, d}, torch::requires_grad());    // (vocab, d)
+  auto b = torch::randn({vocab}, torch::requires_grad());       // (vocab)
   auto targets = torch::randint(vocab, {rows}, torch::kInt64);  // (rows)
   auto full = torch::nn::functional::cross_entropy(
-      torch::addmm(b, h, w.t()), targets,
-      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
+      torch::addmm(b, h, w.t()), targets, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
   auto g_full = torch::autograd::grad({full * 0.5}, {h, w, b});
-  struct Row { int64_t chunk, vocab_multiple; };  // multiples 64 and 7 pad 50 to 64 and 56; 10 divides it
+  struct Row {
+    int64_t chunk, vocab_multiple;
+  };  // multiples 64 and 7 pad 50 to 64 and 56; 10 divides it
   for (const Row r : {Row{1, 1}, Row{7, 1}, Row{37, 1}, Row{100, 1}, Row{7, 64}, Row{37, 7}, Row{37, 10}}) {
     INFO("chunk " << r.chunk << " vocab multiple " << r.vocab_multiple);
     auto got = models::chunked_nll_sum(h, w, b, targets, r.chunk, r.vocab_multiple);
@@ -434,7 +441,11 @@ TEST_CASE("router statistics and MoE output norms are collected on request", "[m
 }
 
 TEST_CASE("router.group_tokens routes consecutive groups by separate router calls", "[model][moe]") {
-  struct Row { std::string router; int64_t group; int64_t reset_to = -1; };
+  struct Row {
+    std::string router;
+    int64_t group;
+    int64_t reset_to = -1;
+  };
   // Vanilla routing is per token: grouping changes nothing. Sinkhorn's plan depends on the whole
   // call: grouped routing must equal routing each group alone. reset_to: set_group_tokens after
   // construction (the final evaluation's router.eval_group_tokens).
@@ -504,7 +515,7 @@ TEST_CASE("bf16 autocast runs the matmuls in bfloat16 and stays close to float32
   const auto [fp32, g32] = run(false);
   const auto [bf16, g16] = run(true);
   CHECK_FALSE(at::autocast::is_autocast_enabled(torch::kCPU));  // the guard restored the state
-  CHECK(bf16 != fp32);                                           // bfloat16 really ran
+  CHECK(bf16 != fp32);                                          // bfloat16 really ran
   CHECK(std::abs(bf16 - fp32) <= 0.01 * fp32);
   for (size_t i = 0; i < g32.size(); ++i) {
     CHECK(g16[i].scalar_type() == torch::kFloat32);

@@ -11,11 +11,14 @@
 
 #include "analysis/report.hpp"
 #include "harness/store/store.hpp"
+#include "tests/cli_helpers.hpp"
 #include "harness/sweep/sweep.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
+
+using ssr::testing::check_golden;
 
 const std::string kSrc = SSR_SOURCE_DIR;
 const std::string kStudy = kSrc + "/tests/fixtures/report-study.yaml";
@@ -30,20 +33,6 @@ std::string normalise(std::string s, const std::string& db) {
   replace(kSrc, "SRC");
   for (const auto& j : ssr::sweep::load(kStudy, {}).jobs) replace(j.config.hash(), "HASH");
   return s;
-}
-
-void check_golden(const std::string& name, const std::string& text) {
-  const fs::path path = fs::path(kSrc) / "tests" / "golden" / name;
-  if (std::getenv("SSR_UPDATE_GOLDEN")) {
-    std::ofstream(path) << text;
-    WARN("rewrote " << path.string());
-    return;
-  }
-  std::ifstream f(path);
-  REQUIRE(f.good());
-  const std::string want((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  INFO(path.string());
-  CHECK(text == want);
 }
 
 // Runs of the fixture study with known numbers: PPL falls with the method index and the seed,
@@ -64,7 +53,8 @@ std::string fixture_db(const std::vector<std::string>& vanilla_momentum_2 = {}) 
     const bool mom = j.label("model.block") == "momentum";
     const int seed = std::stoi(j.label("run.seed"));
     if (m == 2 && mom && seed == 2) continue;
-    ssr::store::RunInfo info{"abc123", m == 1 && !mom && seed == 2 ? "other" : "node1", "cpu: test (1 threads)", "2.11.0"};
+    ssr::store::RunInfo info{"abc123", m == 1 && !mom && seed == 2 ? "other" : "node1", "cpu: test (1 threads)",
+                             "2.11.0"};
     auto cfg = j.config;
     if (m == 0 && mom && seed == 2) ssr::config::apply_overrides(cfg, vanilla_momentum_2, {});
     REQUIRE(cfg.hash() == j.config.hash());
@@ -97,7 +87,7 @@ TEST_CASE("95 % intervals match hand-computed values", "[report]") {
   };
   const std::vector<Case> cases = {
       {{5}, 5, 0},
-      {{1, 3}, 2, 12.706},                 // s = sqrt(2), se = 1
+      {{1, 3}, 2, 12.706},                  // s = sqrt(2), se = 1
       {{1, 2, 3, 4}, 2.5, 3.182 * 0.6455},  // s = 1.291, se = 0.6455
   };
   for (const auto& c : cases) {
@@ -117,12 +107,13 @@ TEST_CASE("a table from the store: layout, intervals, deltas, ranks, NaN and mis
   REQUIRE(out.kind == "table");
   // Conventional vanilla: test PPL 99.5 and 99 over seeds 1, 2 -> 99.25 ± 12.706 * 0.25.
   CHECK(out.md.find("| Vanilla | 100.250 ± 3.176 | 99.250 ± 3.176 | – | 0.00% |") != std::string::npos);
-  CHECK(out.md.find("| **95.250 ± 3.176** |") != std::string::npos);  // SSR-L best test PPL
-  CHECK(out.md.find("| -4.000 ± 0.000 * |") != std::string::npos);   // SSR-L minus Vanilla, seed by seed
+  CHECK(out.md.find("| **95.250 ± 3.176** |") != std::string::npos);   // SSR-L best test PPL
+  CHECK(out.md.find("| -4.000 ± 0.000 * |") != std::string::npos);     // SSR-L minus Vanilla, seed by seed
   CHECK(out.md.find("| **90.500** | -4.000 |") != std::string::npos);  // momentum: only seed 1 pairs, not -3.75
-  CHECK(out.md.find("| LB | NaN | NaN |") != std::string::npos);     // a diverged seed makes the cell NaN
+  CHECK(out.md.find("| LB | NaN | NaN |") != std::string::npos);       // a diverged seed makes the cell NaN
   // The pair on another host is left out of the overhead and the footer says so.
-  CHECK(out.md.find("Note: LB (Conventional), Overhead: 1 of 2 run pairs skipped (different hardware") != std::string::npos);
+  CHECK(out.md.find("Note: LB (Conventional), Overhead: 1 of 2 run pairs skipped (different hardware") !=
+        std::string::npos);
   REQUIRE(out.missing.size() == 1);
   CHECK(out.missing[0].find("variant=ssr_l model.block=momentum run.seed=2") != std::string::npos);
   check_golden("report_table.md", normalise(out.md, db));
@@ -176,12 +167,15 @@ TEST_CASE("overheads come from an `ssr bench step` session that timed both jobs"
   CHECK(stored[0].seconds[3] == Approx(0.13));
 
   const auto out = ssr::analysis::build("tab", kStudy, "", {}, s);
-  CHECK(out.md.find("| LB | <u>98.250 ± 3.176</u> | <u>97.250 ± 3.176</u> | -2.000 ± 0.000 * | 10.00% |") != std::string::npos);
-  CHECK(out.md.find("| SSR-L | **96.250 ± 3.176** | **95.250 ± 3.176** | -4.000 ± 0.000 * | 1.00% |") != std::string::npos);
+  CHECK(out.md.find("| LB | <u>98.250 ± 3.176</u> | <u>97.250 ± 3.176</u> | -2.000 ± 0.000 * | 10.00% |") !=
+        std::string::npos);
+  CHECK(out.md.find("| SSR-L | **96.250 ± 3.176** | **95.250 ± 3.176** | -4.000 ± 0.000 * | 1.00% |") !=
+        std::string::npos);
   CHECK(out.md.find("| LB | NaN | NaN | NaN | 2.00 ± 0.00% |") != std::string::npos);  // momentum: training runs
   CHECK(out.md.find("different hardware") == std::string::npos);  // the bench pair replaces the skipped one
   CHECK(out.md.find("Step-time overheads: 4 job pairs timed interleaved by `ssr bench step` (session 1; interval over "
-                    "rounds for one pair); 3 job pairs from the training runs' logged step times.") != std::string::npos);
+                    "rounds for one pair); 3 job pairs from the training runs' logged step times.") !=
+        std::string::npos);
 
   // A figure of overheads only counts benched jobs as present even without training runs.
   const auto empty_db = db + ".bench-only";
@@ -200,8 +194,9 @@ TEST_CASE("overheads compare like compute paths only: keys outside the hash such
   ssr::store::Store s(db);
   // Momentum LB seed 2 pairs with a vanilla run of another compute path: only seed 1 counts.
   auto out = ssr::analysis::build("tab", kStudy, "", {}, s);
-  CHECK(out.md.find("Note: LB (Momentum), Overhead: 1 of 2 run pairs skipped (compute paths other than the report's).") !=
-        std::string::npos);
+  CHECK(
+      out.md.find("Note: LB (Momentum), Overhead: 1 of 2 run pairs skipped (compute paths other than the report's).") !=
+      std::string::npos);
 
   // Two bench sessions of the conventional jobs, one per expert path, under the same hashes.
   const auto spec = ssr::sweep::load(kStudy, {});
@@ -220,20 +215,24 @@ TEST_CASE("overheads compare like compute paths only: keys outside the hash such
       for (int r = 0; r < 3; ++r) c.seconds.push_back(f * 0.1 * (1 + 0.1 * r));
       cases.push_back(c);
     }
-    return s.add_bench_session("ssr bench step report-study.yaml", {"abc", "gpu1", "cuda: Test GPU", "2.11.0"}, 1, cases);
+    return s.add_bench_session("ssr bench step report-study.yaml", {"abc", "gpu1", "cuda: Test GPU", "2.11.0"}, 1,
+                               cases);
   };
   const auto loop = session({}, 1.10);
   const auto grouped = session({"model.expert_impl=grouped"}, 1.30);  // newer: bench_cases lists it first
   CHECK(grouped > loop);
   out = ssr::analysis::build("tab", kStudy, "", {}, s);
-  CHECK(out.md.find("| LB | <u>98.250 ± 3.176</u> | <u>97.250 ± 3.176</u> | -2.000 ± 0.000 * | 10.00% |") != std::string::npos);
+  CHECK(out.md.find("| LB | <u>98.250 ± 3.176</u> | <u>97.250 ± 3.176</u> | -2.000 ± 0.000 * | 10.00% |") !=
+        std::string::npos);
   out = ssr::analysis::build("tab", kStudy, "", {"model.expert_impl=grouped"}, s);
   CHECK(out.missing.size() == 1);  // the same runs: the hash leaves the compute path out
-  CHECK(out.md.find("| LB | <u>98.250 ± 3.176</u> | <u>97.250 ± 3.176</u> | -2.000 ± 0.000 * | 30.00% |") != std::string::npos);
+  CHECK(out.md.find("| LB | <u>98.250 ± 3.176</u> | <u>97.250 ± 3.176</u> | -2.000 ± 0.000 * | 30.00% |") !=
+        std::string::npos);
   // The momentum runs ran the loop path: no grouped step time, and the note says why.
   CHECK(out.md.find("| LB | NaN | NaN | NaN | – |") != std::string::npos);
-  CHECK(out.md.find("Note: LB (Momentum), Overhead: 2 of 2 run pairs skipped (compute paths other than the report's).") !=
-        std::string::npos);
+  CHECK(
+      out.md.find("Note: LB (Momentum), Overhead: 2 of 2 run pairs skipped (compute paths other than the report's).") !=
+      std::string::npos);
 }
 
 TEST_CASE("reports take the overrides the sweep ran with: they are part of the job hashes", "[report]") {
@@ -243,5 +242,6 @@ TEST_CASE("reports take the overrides the sweep ran with: they are part of the j
   CHECK(plain.missing.size() == 1);
   const auto other = ssr::analysis::build("tab", kStudy, "", {"train.lr=1e-3"}, s);
   CHECK(other.missing.size() == 12);
-  CHECK(normalise(other.md, db).find("`ssr sweep SRC/tests/fixtures/report-study.yaml train.lr=1e-3`") != std::string::npos);
+  CHECK(normalise(other.md, db).find("`ssr sweep SRC/tests/fixtures/report-study.yaml train.lr=1e-3`") !=
+        std::string::npos);
 }

@@ -22,8 +22,7 @@ namespace {
 
 torch::Generator cpu_gen(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
 
-torch::Tensor random_logits(int64_t m, int64_t n, double scale, uint64_t seed,
-                            torch::Dtype dtype = torch::kFloat32) {
+torch::Tensor random_logits(int64_t m, int64_t n, double scale, uint64_t seed, torch::Dtype dtype = torch::kFloat32) {
   auto gen = cpu_gen(seed);
   return scale * torch::randn({m, n}, gen, torch::TensorOptions().dtype(dtype));  // (m, n)
 }
@@ -34,8 +33,8 @@ ssr::config::Config router_cfg(std::initializer_list<std::pair<const char*, ssr:
   return cfg;
 }
 
-Router build(std::initializer_list<std::pair<const char*, ssr::config::json>> kv, int64_t d = 8,
-             int64_t n = 4, int64_t k = 2) {
+Router build(std::initializer_list<std::pair<const char*, ssr::config::json>> kv, int64_t d = 8, int64_t n = 4,
+             int64_t k = 2) {
   return make_router(router_cfg(kv), d, n, k);
 }
 
@@ -46,10 +45,13 @@ double normal_cdf(double z) { return 0.5 * std::erfc(-z / std::sqrt(2.0)); }
 }  // namespace
 
 TEST_CASE("vanilla: weights follow the paper's formula, ties go to the lower expert id", "[routers]") {
-  struct Row { std::vector<double> s; int64_t k; std::vector<int64_t> experts; };
+  struct Row {
+    std::vector<double> s;
+    int64_t k;
+    std::vector<int64_t> experts;
+  };
   const std::vector<Row> table = {
-      {{1.0, 3.0, 2.0, 0.0}, 2, {1, 2}},
-      {{-1.0, -0.5, 4.0, 0.25}, 1, {2}},
+      {{1.0, 3.0, 2.0, 0.0}, 2, {1, 2}},    {{-1.0, -0.5, 4.0, 0.25}, 1, {2}},
       {{0.5, 0.5, 0.5, 0.5}, 2, {0, 1}},     // all tied
       {{0.0, 2.0, 2.0, 2.0}, 2, {1, 2}},     // tie at the boundary
       {{1.0, 1.0, 3.0, 1.0}, 3, {2, 0, 1}},  // tie below the leader
@@ -133,7 +135,7 @@ TEST_CASE("zloss: lb plus the ST-MoE z-loss by hand", "[routers]") {
 TEST_CASE("noisy: Shazeer gating and its importance/load loss by hand", "[routers]") {
   const int64_t m = 6, n = 4, k = 2, d = 3;
   auto logits = random_logits(m, n, 1.0, 31, torch::kFloat64);  // (6, 4)
-  auto hidden = random_logits(m, d, 1.0, 32, torch::kFloat64);   // (6, 3)
+  auto hidden = random_logits(m, d, 1.0, 32, torch::kFloat64);  // (6, 3)
   auto router = std::dynamic_pointer_cast<NoisyRouter>(build({{"name", "noisy"}, {"noisy_coef", 0.01}}, d, n, k));
   REQUIRE(router);
   CHECK(router->named_parameters().contains("w_noise"));
@@ -267,7 +269,8 @@ TEST_CASE("ssr: the Sinkhorn fraction follows p", "[routers]") {
     auto r2 = build({{"name", "ssr"}, {"p", 0.3}, {"max_iter", 1}}, 8, 4, 2);
     auto g2 = cpu_gen(seed);
     std::vector<bool> used;
-    for (int i = 0; i < 100; ++i) used.push_back(r2->route(logits, torch::zeros({8, 8}), Mode::Train, g2).used_sinkhorn);
+    for (int i = 0; i < 100; ++i)
+      used.push_back(r2->route(logits, torch::zeros({8, 8}), Mode::Train, g2).used_sinkhorn);
     return used;
   };
   CHECK(flags(4) == flags(4));
@@ -278,7 +281,8 @@ TEST_CASE("ssr: eval runs no Sinkhorn, draws no noise, and is batch-independent"
   auto batch = random_logits(50, 16, 2.0, 71);  // (50, 16)
   auto hidden = torch::zeros({50, 8});
   for (const char* cfg_cost : {"linear", "softmax"}) {
-    auto router = build({{"name", "ssr"}, {"p", 1.0}, {"cost", cfg_cost}, {"noise", 1.0}, {"noise_scope", "all"}}, 8, 16, 2);
+    auto router =
+        build({{"name", "ssr"}, {"p", 1.0}, {"cost", cfg_cost}, {"noise", 1.0}, {"noise_scope", "all"}}, 8, 16, 2);
     auto gen = cpu_gen(8);
     auto before = gen.get_state();
     auto whole = router->route(batch, hidden, Mode::Eval, gen);
@@ -375,15 +379,17 @@ double paper_top1(const std::vector<double>& g, int64_t i, double alpha, double 
 TEST_CASE("Prop. 4.3: top-1 frequency under cost noise", "[routers]") {
   // The router under test: SSR with p = 0, k = 1 and noise_scope all, i.e. experts = top-1 of
   // S + alpha * N(0, sigma^2); m copies of one token give m independent draws.
-  struct Row { std::vector<double> g; double alpha, sigma; };
-  const std::vector<Row> table = {{{0.3, -0.2}, 1.0, 1.0},
-                                  {{1.0, 0.0, -0.5, 0.2}, 0.5, 1.0},
-                                  {{0.8, 0.7, -1.0, 0.0, 0.3}, 1.0, 0.6}};
+  struct Row {
+    std::vector<double> g;
+    double alpha, sigma;
+  };
+  const std::vector<Row> table = {
+      {{0.3, -0.2}, 1.0, 1.0}, {{1.0, 0.0, -0.5, 0.2}, 0.5, 1.0}, {{0.8, 0.7, -1.0, 0.0, 0.3}, 1.0, 0.6}};
   const int64_t m = 40000;
   for (const auto& row : table) {
     const int64_t n = static_cast<int64_t>(row.g.size());
-    auto router = build({{"name", "ssr"}, {"p", 0.0}, {"noise", row.alpha}, {"noise_std", row.sigma},
-                         {"noise_scope", "all"}}, 8, n, 1);
+    auto router = build(
+        {{"name", "ssr"}, {"p", 0.0}, {"noise", row.alpha}, {"noise_std", row.sigma}, {"noise_scope", "all"}}, 8, n, 1);
     auto logits = torch::tensor(row.g, torch::kFloat32).unsqueeze(0).expand({m, n}).contiguous();  // (m, n)
     auto gen = cpu_gen(12);
     auto r = router->route(logits, torch::zeros({m, 8}), Mode::Train, gen);
@@ -396,7 +402,7 @@ TEST_CASE("Prop. 4.3: top-1 frequency under cost noise", "[routers]") {
       const double se = std::sqrt(exact * (1 - exact) / m);
       INFO("n " << n << " expert " << i << " freq " << freq << " exact " << exact << " paper " << paper);
       CHECK(std::abs(freq - exact) < 4 * se + 1e-4);  // 4 standard errors
-      CHECK(paper <= exact + 1e-9);  // the pairwise events are positively correlated (shared eps_i)
+      CHECK(paper <= exact + 1e-9);                   // the pairwise events are positively correlated (shared eps_i)
       if (n == 2) CHECK(paper == Approx(exact).margin(1e-7));  // a single pair: the formula is exact
       exact_sum += exact;
       paper_sum += paper;
@@ -416,9 +422,16 @@ TEST_CASE("Prop. 4.3: top-1 frequency under cost noise", "[routers]") {
 TEST_CASE("gradients flow where they should", "[routers]") {
   auto gen = cpu_gen(1);
   auto hidden = torch::zeros({32, 8});
-  struct Row { const char* name; bool weights_grad; bool aux_grad; };
-  const std::vector<Row> table = {{"vanilla", true, false}, {"lb", true, true}, {"zloss", true, true},
-                                  {"noisy", true, true},    {"sinkhorn", true, false}};
+  struct Row {
+    const char* name;
+    bool weights_grad;
+    bool aux_grad;
+  };
+  const std::vector<Row> table = {{"vanilla", true, false},
+                                  {"lb", true, true},
+                                  {"zloss", true, true},
+                                  {"noisy", true, true},
+                                  {"sinkhorn", true, false}};
   for (const auto& row : table) {
     auto logits = random_logits(32, 4, 1.0, 91).requires_grad_(true);  // (32, 4)
     auto r = build({{"name", row.name}}, 8, 4, 2)->route(logits, hidden, Mode::Train, gen);
@@ -441,7 +454,10 @@ TEST_CASE("gradients flow where they should", "[routers]") {
       auto up = logits.detach().clone(), dn = logits.detach().clone();
       up[i][j] += h;
       dn[i][j] -= h;
-      double fd = (load_balance_loss(up, experts, LbForm::Reference) - load_balance_loss(dn, experts, LbForm::Reference)).item<double>() / (2 * h);
+      double fd =
+          (load_balance_loss(up, experts, LbForm::Reference) - load_balance_loss(dn, experts, LbForm::Reference))
+              .item<double>() /
+          (2 * h);
       double fz = (z_loss(up) - z_loss(dn)).item<double>() / (2 * h);
       CHECK(g[i][j].item<double>() == Approx(fd).margin(1e-7));
       CHECK(z[i][j].item<double>() == Approx(fz).margin(1e-7));
@@ -451,7 +467,7 @@ TEST_CASE("gradients flow where they should", "[routers]") {
 TEST_CASE("routing_stats: loads, dead experts, entropy", "[routers]") {
   Routing r;
   r.experts = torch::tensor({0, 1, 0, 1, 0, 2}, torch::kInt64).reshape({3, 2});  // (3, 2)
-  auto logits = torch::zeros({3, 4});  // (3, 4) uniform: entropy log 4
+  auto logits = torch::zeros({3, 4});                                            // (3, 4) uniform: entropy log 4
   auto s = routing_stats(logits, r, 4);
   CHECK(s.tokens_per_expert == std::vector<int64_t>{3, 2, 1, 0});
   CHECK(s.dead_experts == 1);

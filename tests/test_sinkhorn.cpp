@@ -10,8 +10,7 @@ using namespace ssr::routers;
 
 namespace {
 
-torch::Tensor random_logits(int64_t m, int64_t n, double scale, uint64_t seed,
-                            torch::Dtype dtype = torch::kFloat32) {
+torch::Tensor random_logits(int64_t m, int64_t n, double scale, uint64_t seed, torch::Dtype dtype = torch::kFloat32) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   return scale * torch::randn({m, n}, gen, torch::TensorOptions().dtype(dtype));  // (m, n)
 }
@@ -40,7 +39,11 @@ double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 }  // namespace
 
 TEST_CASE("sinkhorn: marginals within delta for every xi, cost and numerics", "[sinkhorn]") {
-  struct Row { double xi; bool softmax; Numerics num; };
+  struct Row {
+    double xi;
+    bool softmax;
+    Numerics num;
+  };
   std::vector<Row> table;
   for (double xi : {0.05, 0.1, 0.5, 1.0})
     for (bool sm : {false, true})
@@ -67,9 +70,8 @@ TEST_CASE("sinkhorn: bf16 autocast leaves the solve in float32", "[sinkhorn][pre
   };
   auto sns = opts(0.5, Numerics::Log, 1e-4, 100);
   sns.newton_steps = 8;
-  const std::vector<Case> cases = {{"plain", opts(0.5, Numerics::Plain, 1e-4, 100)},
-                                   {"log", opts(0.5, Numerics::Log, 1e-4, 100)},
-                                   {"sns", sns}};
+  const std::vector<Case> cases = {
+      {"plain", opts(0.5, Numerics::Plain, 1e-4, 100)}, {"log", opts(0.5, Numerics::Log, 1e-4, 100)}, {"sns", sns}};
   for (const auto& c : cases) {
     INFO(c.name);
     const auto want = sinkhorn(cost, c.o);
@@ -101,9 +103,11 @@ TEST_CASE("sinkhorn: log and plain agree where plain is finite", "[sinkhorn]") {
 TEST_CASE("sinkhorn: 2x2 matches the closed form", "[sinkhorn]") {
   // Rows sum to 1, columns to 1: Pi = [[a, 1-a], [1-a, a]]; stationarity gives
   // log(Pi11 Pi22 / (Pi12 Pi21)) = (C11 + C22 - C12 - C21) / xi, so a = sigmoid(D / (2 xi)).
-  struct Row { double c11, c12, c21, c22, xi; };
-  const std::vector<Row> table = {{1.0, 0.0, 0.0, 1.0, 0.5}, {2.0, -1.0, 0.5, 0.3, 1.0},
-                                  {0.2, 0.9, -0.4, 0.1, 0.05}, {3.0, 3.0, 3.0, 3.0, 0.1}};
+  struct Row {
+    double c11, c12, c21, c22, xi;
+  };
+  const std::vector<Row> table = {
+      {1.0, 0.0, 0.0, 1.0, 0.5}, {2.0, -1.0, 0.5, 0.3, 1.0}, {0.2, 0.9, -0.4, 0.1, 0.05}, {3.0, 3.0, 3.0, 3.0, 0.1}};
   for (const auto& r : table) {
     auto cost = torch::tensor({r.c11, r.c12, r.c21, r.c22}, torch::kFloat64).reshape({2, 2});  // (2, 2)
     const double a = sigmoid((r.c11 + r.c22 - r.c12 - r.c21) / (2 * r.xi));
@@ -282,9 +286,15 @@ TEST_CASE("sinkhorn: fused CUDA kernel matches the CPU log-domain solver", "[sin
   // xi 0.05 with scale-5 logits, and on 7 x 3 at xi 0.05 the kernel's marginal error stalled just
   // above 1e-6 (so it ran to the cap) where the CPU's got below: tolerances are those measurements
   // with a margin, and that row does not compare the stop.
-  struct Row { int64_t m, n; double scale, xi; bool softmax; double tol; bool same_stop = true; };
+  struct Row {
+    int64_t m, n;
+    double scale, xi;
+    bool softmax;
+    double tol;
+    bool same_stop = true;
+  };
   const std::vector<Row> table = {
-      {6144, 16, 1.0, 0.5, false, 2e-5}, {24576, 16, 2.0, 0.1, false, 1e-4},      {3072, 32, 1.0, 0.5, true, 2e-5},
+      {6144, 16, 1.0, 0.5, false, 2e-5}, {24576, 16, 2.0, 0.1, false, 1e-4},    {3072, 32, 1.0, 0.5, true, 2e-5},
       {100, 64, 0.6, 1.0, false, 2e-5},  {7, 3, 1.0, 0.05, false, 2e-5, false}, {4096, 16, 5.0, 0.05, false, 1e-3},
   };
   for (const auto& r : table) {

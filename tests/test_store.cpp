@@ -39,7 +39,8 @@ TEST_CASE("store migrates an empty file and reopens without migrating again", "[
   {
     Store s(path + "");
     CHECK(s.schema_version() == 4);
-    for (const char* t : {"runs", "metrics", "results", "timings", "sweeps", "bench_sessions", "bench_cases", "bench_times", "store_info"})
+    for (const char* t : {"runs", "metrics", "results", "timings", "sweeps", "bench_sessions", "bench_cases",
+                          "bench_times", "store_info"})
       CHECK(count(s, std::string("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='") + t + "'") == 1);
     CHECK(count(s, "SELECT count(*) FROM pragma_journal_mode WHERE journal_mode='wal'") == 1);
     s.create_run("abc", {{"x", 1}}, 1, ssr::store::this_machine("cpu"));
@@ -56,7 +57,8 @@ TEST_CASE("store upgrades a version-1 file in place, keeping its runs", "[store]
     Store s(path);
     s.create_run("abc", {{"x", 1}}, 1, ssr::store::this_machine("cpu"));
     // Back to what a version-1 store holds.
-    for (const char* sql : {"DROP TABLE store_info", "DROP TABLE bench_times", "DROP TABLE bench_cases", "DROP TABLE bench_sessions", "PRAGMA user_version=1"})
+    for (const char* sql : {"DROP TABLE store_info", "DROP TABLE bench_times", "DROP TABLE bench_cases",
+                            "DROP TABLE bench_sessions", "PRAGMA user_version=1"})
       REQUIRE(sqlite3_exec(s.handle(), sql, nullptr, nullptr, nullptr) == SQLITE_OK);
   }
   Store s(path);
@@ -94,8 +96,8 @@ TEST_CASE("store round-trips runs metrics results and NaN", "[store]") {
   CHECK(!info.host.empty());
   CHECK(!info.torch_version.empty());
   const int64_t id = s.create_run(cfg.hash(), cfg.to_json(), 7, info);
-  s.add_metrics(id, {{1, "train", "loss", 5.5, 0.1}, {2, "train", "loss", NAN, 0.2},
-                     {2, "train", "big", INFINITY, 0.2}});
+  s.add_metrics(id,
+                {{1, "train", "loss", 5.5, 0.1}, {2, "train", "loss", NAN, 0.2}, {2, "train", "big", INFINITY, 0.2}});
   s.add_timings(id, {{1, "forward", 0.25}});
   s.set_result(id, "test", "ppl", NAN);
   s.set_result(id, "valid", "ppl", 33.76);

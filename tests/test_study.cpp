@@ -50,7 +50,8 @@ TEST_CASE("paired differences and their intervals match a hand-computed case", "
   CHECK(out.md.find("| b | <u>13.167 ± 6.374</u> | +1.167 ± 1.897 | +9.48 ± 12.62 % |") != std::string::npos);
   CHECK(out.csv.find("paired,,b,Δ,1.16666") != std::string::npos);
   CHECK(out.md.find("Δ: paired, each run minus its a run of the same run.seed") != std::string::npos);
-  CHECK(out.md.find("Smallest difference this design resolves (median half-width, up to 3 pairs): ±1.897.") != std::string::npos);
+  CHECK(out.md.find("Smallest difference this design resolves (median half-width, up to 3 pairs): ±1.897.") !=
+        std::string::npos);
   // Seed 3 of b at 15: the differences 1, 0.5, 1 (mean 0.833, half-width 4.303 x 0.2887 / sqrt 3
   // = 0.717) exclude 0 and get the star.
   const auto b3 = s.done_run(ssr::sweep::load(file, {}).jobs.back().config.hash());
@@ -112,8 +113,9 @@ TEST_CASE("expected and observed Sinkhorn forwards agree in a seeded run", "[stu
 }
 
 TEST_CASE("char corpus: nanoGPT's Tiny Shakespeare split and sorted vocabulary", "[study][data]") {
-  const auto cfg = resolve("shakespeare-char.yaml", {"data.cache_dir=" + (fs::temp_directory_path() /
-                                                                         fmt::format("ssr_char_{}", ::getpid())).string()});
+  const auto cfg =
+      resolve("shakespeare-char.yaml",
+              {"data.cache_dir=" + (fs::temp_directory_path() / fmt::format("ssr_char_{}", ::getpid())).string()});
   const auto c = ssr::data::load_corpus(cfg);
   // prepare.py: n = 1,115,394; train = data[:int(n * 0.9)], val = the rest; 65 characters.
   CHECK(c.vocab_size() == 65);
@@ -156,7 +158,8 @@ TEST_CASE("make study at its smoke scale: sweeps, paired tables and curve figure
   const auto table = run(fmt::format("report study {} --out {}", common, out.string()));
   INFO(table.out);
   REQUIRE(table.code == 0);
-  for (const char* row : {"Vanilla SMoE", "SSR-L (p = 1e-3, paper)", "SSR-L (p = 0.48, calibrated)", "Sinkhorn-based SMoE"})
+  for (const char* row :
+       {"Vanilla SMoE", "SSR-L (p = 1e-3, paper)", "SSR-L (p = 0.48, calibrated)", "Sinkhorn-based SMoE"})
     CHECK(table.out.find(row) != std::string::npos);
   CHECK(table.out.find("Δ Valid PPL: paired") != std::string::npos);
   CHECK(table.out.find(" ± ") != std::string::npos);

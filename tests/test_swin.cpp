@@ -40,7 +40,7 @@ config::Config resolve(const std::string& file, const std::vector<std::string>& 
 // The Debian package's files (make deps), or their copy unpacked by `make offline-build`.
 std::string fmnist_dir() {
   for (const std::string& d : {std::string("/usr/share/datasets/fashion-mnist"),
-                              std::string(SSR_SOURCE_DIR) + "/.offline/root/usr/share/datasets/fashion-mnist"})
+                               std::string(SSR_SOURCE_DIR) + "/.offline/root/usr/share/datasets/fashion-mnist"})
     if (fs::exists(d + "/t10k-labels-idx1-ubyte.gz")) return d;
   FAIL("Fashion-MNIST not found: apt-get install dataset-fashion-mnist (make deps)");
   return "";
@@ -72,7 +72,9 @@ void write_jpeg(const fs::path& p, int w, int h, uint8_t r, uint8_t g, uint8_t b
 }  // namespace
 
 TEST_CASE("window partition and reverse round-trip, windows in row-major order", "[swin]") {
-  struct Row { int64_t B, H, W, C, ws; };
+  struct Row {
+    int64_t B, H, W, C, ws;
+  };
   for (const auto& r : std::vector<Row>{{1, 4, 4, 1, 2}, {2, 14, 14, 3, 7}, {3, 6, 9, 2, 3}}) {
     auto x = torch::randn({r.B, r.H, r.W, r.C}, cpu_gen(1));  // (B, H, W, C)
     auto w = models::window_partition(x, r.ws);
@@ -85,7 +87,9 @@ TEST_CASE("window partition and reverse round-trip, windows in row-major order",
 }
 
 TEST_CASE("shifted-window mask: only positions from the same region of the unrolled map attend", "[swin]") {
-  struct Row { int64_t H, W, ws, shift; };
+  struct Row {
+    int64_t H, W, ws, shift;
+  };
   for (const auto& r : std::vector<Row>{{4, 4, 2, 1}, {14, 14, 7, 3}, {6, 6, 3, 1}}) {
     auto mask = models::shifted_window_mask(r.H, r.W, r.ws, r.shift);  // (nW, ws*ws, ws*ws)
     REQUIRE(mask.sizes() == torch::IntArrayRef({(r.H / r.ws) * (r.W / r.ws), r.ws * r.ws, r.ws * r.ws}));
@@ -101,7 +105,8 @@ TEST_CASE("shifted-window mask: only positions from the same region of the unrol
           };
           auto [pi, pj] = pos(p);
           auto [qi, qj] = pos(q);
-          const bool same = (pi >= r.H - r.shift) == (qi >= r.H - r.shift) && (pj >= r.W - r.shift) == (qj >= r.W - r.shift);
+          const bool same =
+              (pi >= r.H - r.shift) == (qi >= r.H - r.shift) && (pj >= r.W - r.shift) == (qj >= r.W - r.shift);
           CHECK(a[w][p][q] == (same ? 0.f : -100.f));
         }
   }
@@ -137,7 +142,8 @@ TEST_CASE("truncated normal init as timm draws it: absolute bounds", "[swin][mod
   };
   // N(0, 1) cut at +-2 has std sqrt(1 - 4 phi(2) / (2 Phi(2) - 1)) = 0.8796; at std 0.005 the
   // bounds +-2 are 400 std away and change nothing.
-  for (const Case& c : {Case{1, -2, 2, 0.8796, 0.01}, Case{0.005, -2, 2, 0.005, 0.0001}, Case{0.02, -2, 2, 0.02, 0.0004}}) {
+  for (const Case& c :
+       {Case{1, -2, 2, 0.8796, 0.01}, Case{0.005, -2, 2, 0.005, 0.0001}, Case{0.02, -2, 2, 0.02, 0.0004}}) {
     INFO("std " << c.std);
     torch::manual_seed(11);
     auto t = torch::empty({200000});
@@ -164,7 +170,8 @@ TEST_CASE("router.group_images routes each group of images alone, capacity inclu
   auto aux = torch::zeros({});
   auto x = torch::randn({2, 16, 16});  // (images, tokens, channels)
   auto y = grouped->forward(x, aux, gen);
-  auto alone = torch::cat({together->forward(x.narrow(0, 0, 1), aux, gen), together->forward(x.narrow(0, 1, 1), aux, gen)});
+  auto alone =
+      torch::cat({together->forward(x.narrow(0, 0, 1), aux, gen), together->forward(x.narrow(0, 1, 1), aux, gen)});
   CHECK(torch::allclose(y, alone, 1e-5, 1e-6));
   CHECK_FALSE(torch::allclose(together->forward(x, aux, gen), alone, 1e-5, 1e-6));
   CHECK_THROWS_WITH(models::SwinMoE(resolve("fmnist-demo.yaml", {"router.group_images=2", "router.group_tokens=8"})),
@@ -209,9 +216,12 @@ TEST_CASE("Swin modules: shapes, drop path, a tiny model's logits", "[swin]") {
     CHECK(torch::isfinite(logits).all().item<bool>());
   }
   SECTION("bad geometry is one ConfigError naming the key") {
-    CHECK_THROWS_WITH(models::SwinMoE(resolve("fmnist-demo.yaml", {"model.window=4"})), Catch::Contains("model.window"));
-    CHECK_THROWS_WITH(models::SwinMoE(resolve("fmnist-demo.yaml", {"model.patch_size=3"})), Catch::Contains("model.patch_size"));
-    CHECK_THROWS_WITH(models::SwinMoE(resolve("fmnist-demo.yaml", {"model.swin_heads=[3,4]"})), Catch::Contains("model.swin_heads"));
+    CHECK_THROWS_WITH(models::SwinMoE(resolve("fmnist-demo.yaml", {"model.window=4"})),
+                      Catch::Contains("model.window"));
+    CHECK_THROWS_WITH(models::SwinMoE(resolve("fmnist-demo.yaml", {"model.patch_size=3"})),
+                      Catch::Contains("model.patch_size"));
+    CHECK_THROWS_WITH(models::SwinMoE(resolve("fmnist-demo.yaml", {"model.swin_heads=[3,4]"})),
+                      Catch::Contains("model.swin_heads"));
   }
 }
 
@@ -261,8 +271,10 @@ TEST_CASE("swin-moe gate: capacity, batch-prioritised dropping, raw softmax weig
       {{{3, 0}, {1, 0}, {2, 0}, {0, 5}}, 1, {{0}, {0}, {0}, {1}}, {{1}, {0}, {1}, {1}}},
       // cap = 2 * int(1.25 * 1) = 2 per expert: first choices by priority (tokens 2, 0 keep e0),
       // then second choices in the same order (tokens 2, 0 keep e1).
-      {{{4, 3, 0, 0}, {3, 2, 0, 0}, {5, 1, 0, 0}, {2, 1.5, 0, 0}}, 2,
-       {{0, 1}, {0, 1}, {0, 1}, {0, 1}}, {{1, 1}, {0, 0}, {1, 1}, {0, 0}}},
+      {{{4, 3, 0, 0}, {3, 2, 0, 0}, {5, 1, 0, 0}, {2, 1.5, 0, 0}},
+       2,
+       {{0, 1}, {0, 1}, {0, 1}, {0, 1}},
+       {{1, 1}, {0, 0}, {1, 1}, {0, 0}}},
       // cap = 2 * int(1.25 * 2) = 4 >= every load: nothing drops.
       {{{1, 0}, {0, 1}, {2, 1}}, 2, {{0, 1}, {1, 0}, {0, 1}}, {{1, 1}, {1, 1}, {1, 1}}},
   };
@@ -295,7 +307,8 @@ TEST_CASE("swin-moe gate: balance loss by hand, noise only in training", "[swin]
   };
   const double s = 0.5, t1 = std::log(3.0);
   const double imp = cv2({1.25, 0.75});
-  const double load = cv2({normal_cdf(0.5 / s) + normal_cdf((0.75 - t1) / s), normal_cdf(0.5 / s) + normal_cdf((0.25 - t1) / s)});
+  const double load =
+      cv2({normal_cdf(0.5 / s) + normal_cdf((0.75 - t1) / s), normal_cdf(0.5 / s) + normal_cdf((0.25 - t1) / s)});
   auto gen = cpu_gen(1);
   routers::SwinMoeGate gate(1, 1.0, 1.25, 0.1);
   auto r = gate.route(logits, logits, routers::Mode::Eval, gen);
@@ -312,7 +325,9 @@ TEST_CASE("swin-moe gate: balance loss by hand, noise only in training", "[swin]
   // Selected through the factory and the schema.
   config::Config cfg;
   cfg.set("router.name", "swin-moe", "test");
-  CHECK(routers::make_router(cfg, 8, 4, 2)->route(many.narrow(1, 0, 4), many, routers::Mode::Eval, gen).weights.size(1) == 2);
+  CHECK(
+      routers::make_router(cfg, 8, 4, 2)->route(many.narrow(1, 0, 4), many, routers::Mode::Eval, gen).weights.size(1) ==
+      2);
 }
 
 TEST_CASE("MoE layer with GELU experts: dropped slots contribute nothing", "[swin][model]") {
@@ -334,7 +349,11 @@ TEST_CASE("MoE layer with GELU experts: dropped slots contribute nothing", "[swi
 }
 
 TEST_CASE("OOD metrics and accuracies against hand-computed fixtures", "[swin][metrics]") {
-  struct Row { std::vector<double> score; std::vector<int> pos; double aupr, auroc, fpr95; };
+  struct Row {
+    std::vector<double> score;
+    std::vector<int> pos;
+    double aupr, auroc, fpr95;
+  };
   const std::vector<Row> table = {
       // AP = 1/3 + (1/3)(2/3) + (1/3)(3/4) = 29/36; AUROC = 7/9; 95 % recall at 0.6 flags 1 of 3 negatives.
       {{0.9, 0.8, 0.7, 0.6, 0.5, 0.4}, {1, 0, 1, 1, 0, 0}, 100.0 * 29 / 36, 100.0 * 7 / 9, 100.0 / 3},
@@ -384,7 +403,8 @@ TEST_CASE("IDX reader on the real Fashion-MNIST files", "[swin][data]") {
   const auto tmp = temp_dir("idx");
   CHECK_THROWS_WITH(data::read_idx((tmp / "none-images").string(), (tmp / "none-labels").string()),
                     Catch::Contains("none-images"));
-  std::ofstream((tmp / "cut-images").string(), std::ios::binary) << std::string("\0\0\x08\x03\0\0\0\x05\0\0\0\x1c\0\0\0\x1c", 16);
+  std::ofstream((tmp / "cut-images").string(), std::ios::binary)
+      << std::string("\0\0\x08\x03\0\0\0\x05\0\0\0\x1c\0\0\0\x1c", 16);
   std::ofstream((tmp / "cut-labels").string(), std::ios::binary) << std::string("\0\0\x08\x01\0\0\0\x05", 8);
   CHECK_THROWS_WITH(data::read_idx((tmp / "cut-images").string(), (tmp / "cut-labels").string()),
                     Catch::Contains("cut-images"));
@@ -400,10 +420,10 @@ TEST_CASE("JPEG class folders: decode, eval transform, a corrupt file is skipped
   write_jpeg(root / "val/n01/d.JPEG", 48, 24, 255, 0, 0);
   write_jpeg(root / "val/n02/e.JPEG", 24, 24, 0, 0, 255);
   std::ofstream(root / "val/n02/f.JPEG") << "not a jpeg";
-  auto cfg = resolve("fmnist-demo.yaml", {"data.format=imagefolder", "data.dir=" + root.string(), "data.train=train",
-                                          "data.valid=val", "data.test=\"\"", "model.image_size=16", "model.in_chans=3",
-                                          "model.num_classes=2", "data.eval_resize=20", "data.mean=[0,0,0]",
-                                          "data.std=[1,1,1]"});
+  auto cfg = resolve("fmnist-demo.yaml",
+                     {"data.format=imagefolder", "data.dir=" + root.string(), "data.train=train", "data.valid=val",
+                      "data.test=\"\"", "model.image_size=16", "model.in_chans=3", "model.num_classes=2",
+                      "data.eval_resize=20", "data.mean=[0,0,0]", "data.std=[1,1,1]"});
   auto d = data::load_images(cfg);
   CHECK(d.classes == std::vector<std::string>{"n01", "n02"});
   CHECK(d.splits.at("train").labels.equal(torch::tensor({0, 0, 1}, torch::kInt64)));
@@ -431,8 +451,8 @@ TEST_CASE("JPEG class folders: decode, eval transform, a corrupt file is skipped
   }
   write_jpeg(root / "val/n03/g.JPEG", 8, 8, 0, 255, 0);
   CHECK_THROWS_WITH(data::load_images(cfg), Catch::Contains("n03"));
-  CHECK_THROWS_WITH(data::load_images(resolve("fmnist-demo.yaml", {"data.format=imagefolder", "data.dir=" + root.string(),
-                                                                   "data.train=nope"})),
+  CHECK_THROWS_WITH(data::load_images(resolve("fmnist-demo.yaml", {"data.format=imagefolder",
+                                                                   "data.dir=" + root.string(), "data.train=nope"})),
                     Catch::Contains("nope"));
 }
 
@@ -441,7 +461,7 @@ TEST_CASE("image resizing antialiases as PIL does", "[swin][data]") {
   // pixel and returns a 0/1 checkerboard again; an antialiased resize averages it to grey.
   auto ij = torch::arange(80);
   auto board = ((ij.unsqueeze(1) + ij.unsqueeze(0)) % 2).to(torch::kFloat).unsqueeze(0);  // (1, 80, 80)
-  auto small = data::resize_bicubic(board, 16, 16);                                         // (1, 16, 16)
+  auto small = data::resize_bicubic(board, 16, 16);                                       // (1, 16, 16)
   CHECK(small.sizes() == torch::IntArrayRef({1, 16, 16}));
   CHECK((small - 0.5).abs().max().item<double>() < 0.05);
   // Enlarging keeps a constant image constant.
@@ -449,19 +469,25 @@ TEST_CASE("image resizing antialiases as PIL does", "[swin][data]") {
 }
 
 TEST_CASE("learning-rate schedule: warm-up from warmup_lr, cosine to min_lr", "[swin][train]") {
-  auto cfg = resolve("fmnist-demo.yaml", {"train.lr=1", "train.warmup_lr=0.1", "train.min_lr=0.2", "train.warmup=10",
-                                          "train.steps=110"});
-  struct Row { int64_t step; double lr; };
+  auto cfg = resolve("fmnist-demo.yaml",
+                     {"train.lr=1", "train.warmup_lr=0.1", "train.min_lr=0.2", "train.warmup=10", "train.steps=110"});
+  struct Row {
+    int64_t step;
+    double lr;
+  };
   for (const auto& r : std::vector<Row>{{0, 0.1}, {5, 0.55}, {10, 1.0}, {60, 0.6}, {110, 0.2}})
     CHECK(train::learning_rate(cfg, r.step) == Approx(r.lr).margin(1e-12));
-  CHECK(train::learning_rate(resolve("fmnist-demo.yaml", {"train.schedule=constant", "train.lr=1", "train.warmup=10"}), 50) == 1.0);
+  CHECK(train::learning_rate(
+            resolve("fmnist-demo.yaml", {"train.schedule=constant", "train.min_lr=0", "train.lr=1", "train.warmup=10"}),
+            50) == 1.0);
 }
 
 TEST_CASE("a short seeded Fashion-MNIST run lowers the loss and repeats exactly", "[swin][train]") {
   const auto dir = temp_dir("train");
   const std::vector<std::string> small = {
-      "data.dir=" + fmnist_dir(), "train.steps=40", "train.batch_size=32", "train.warmup=4", "run.log_every=1",
-      "run.threads=1", "data.holdout=0.01", "eval.splits=[valid]", "run.out_dir=" + (dir / "ckpt").string(),
+      "data.dir=" + fmnist_dir(), "train.steps=40",      "train.batch_size=32",
+      "train.warmup=4",           "run.log_every=1",     "run.threads=1",
+      "data.holdout=0.01",        "eval.splits=[valid]", "run.out_dir=" + (dir / "ckpt").string(),
       "router=swin_moe"};
   auto cfg = resolve("fmnist-demo.yaml", small);
   store::Store db((dir / "runs.db").string());
@@ -478,7 +504,8 @@ TEST_CASE("a short seeded Fashion-MNIST run lowers the loss and repeats exactly"
   const auto la = losses(a.run_id), lb = losses(b.run_id);
   REQUIRE(la.size() == 40);
   CHECK(la == lb);
-  const double first = (la[0] + la[1] + la[2] + la[3] + la[4]) / 5, last = (la[35] + la[36] + la[37] + la[38] + la[39]) / 5;
+  const double first = (la[0] + la[1] + la[2] + la[3] + la[4]) / 5,
+               last = (la[35] + la[36] + la[37] + la[38] + la[39]) / 5;
   CHECK(last < first - 0.3);
   std::map<std::string, double> res;
   for (const auto& r : db.results(a.run_id)) res[r.split + "/" + r.name] = r.value;
@@ -487,13 +514,23 @@ TEST_CASE("a short seeded Fashion-MNIST run lowers the loss and repeats exactly"
   CHECK(res.at("valid/top5") >= res.at("valid/top1"));
 }
 
-TEST_CASE("an interrupted Fashion-MNIST run resumed from its checkpoint repeats the uninterrupted losses", "[swin][train]") {
+TEST_CASE("an interrupted Fashion-MNIST run resumed from its checkpoint repeats the uninterrupted losses",
+          "[swin][train]") {
   const auto dir = temp_dir("resume");
   // router=noisy: its noise draws from the run's generator, so that must be restored too.
-  const std::vector<std::string> small = {
-      "data.dir=" + fmnist_dir(), "train.steps=60", "train.batch_size=16", "train.warmup=4", "run.log_every=1",
-      "run.threads=1", "data.holdout=0.01", "eval.splits=[valid]", "train.eval_every=8", "train.checkpoint_every=8",
-      "eval.checkpoint=best", "run.out_dir=" + (dir / "ckpt").string(), "router=noisy"};
+  const std::vector<std::string> small = {"data.dir=" + fmnist_dir(),
+                                          "train.steps=60",
+                                          "train.batch_size=16",
+                                          "train.warmup=4",
+                                          "run.log_every=1",
+                                          "run.threads=1",
+                                          "data.holdout=0.01",
+                                          "eval.splits=[valid]",
+                                          "train.eval_every=8",
+                                          "train.checkpoint_every=8",
+                                          "eval.checkpoint=best",
+                                          "run.out_dir=" + (dir / "ckpt").string(),
+                                          "router=noisy"};
   const auto cfg = resolve("fmnist-demo.yaml", small);
   const auto db_a = (dir / "a.db").string(), db_b = (dir / "b.db").string();
   train::Options opts;
@@ -554,8 +591,8 @@ TEST_CASE("mixup, cutmix and random erasing as timm defines them", "[swin][data]
     const char* name;
     double mixup, cutmix, mix_prob, smoothing;
   };
-  for (const Case& c : {Case{"mixup", 0.8, 0, 1, 0}, Case{"cutmix", 0, 1.0, 1, 0}, Case{"both, smoothed", 0.8, 1.0, 1, 0.1},
-                        Case{"never mixed, smoothed", 0.8, 1.0, 0, 0.1}}) {
+  for (const Case& c : {Case{"mixup", 0.8, 0, 1, 0}, Case{"cutmix", 0, 1.0, 1, 0},
+                        Case{"both, smoothed", 0.8, 1.0, 1, 0.1}, Case{"never mixed, smoothed", 0.8, 1.0, 0, 0.1}}) {
     INFO(c.name);
     opt.mixup_alpha = c.mixup;
     opt.cutmix_alpha = c.cutmix;
@@ -574,8 +611,10 @@ TEST_CASE("mixup, cutmix and random erasing as timm defines them", "[swin][data]
       // Sample 0 is mixed with sample 3: mixup blends every pixel, cutmix pastes 3s over 0s.
       const auto first = x[0];  // (3, 8, 8)
       const bool pasted = ((first == 0) | (first == 3)).all().item<bool>();
-      if (pasted) CHECK((first == 0).to(torch::kDouble).mean().item<double>() == Approx(lam).margin(1e-6));
-      else CHECK(first.allclose(torch::full_like(first, 3 * (1 - lam)), 1e-5));
+      if (pasted)
+        CHECK((first == 0).to(torch::kDouble).mean().item<double>() == Approx(lam).margin(1e-6));
+      else
+        CHECK(first.allclose(torch::full_like(first, 3 * (1 - lam)), 1e-5));
       if (c.mixup > 0 && c.cutmix == 0) CHECK(!pasted);
       if (c.cutmix > 0 && c.mixup == 0) CHECK(pasted);
       std::mt19937_64 again(seed);
@@ -591,8 +630,10 @@ TEST_CASE("mixup, cutmix and random erasing as timm defines them", "[swin][data]
       auto image = torch::full({3, 32, 32}, 100.0f);
       data::random_erase(image, p, rng);
       const double erased = (image != 100).to(torch::kDouble).mean().item<double>();
-      if (p == 0) CHECK(erased == 0);
-      else CHECK((erased >= 0.015 && erased <= 0.34));  // one box of 2 %..1/3 of the area (rounded)
+      if (p == 0)
+        CHECK(erased == 0);
+      else
+        CHECK((erased >= 0.015 && erased <= 0.34));  // one box of 2 %..1/3 of the area (rounded)
     }
   }
 }
@@ -616,8 +657,8 @@ TEST_CASE("a Fashion-MNIST training batch with mixup and cutmix carries soft tar
   auto plain_cfg = resolve("fmnist-demo.yaml", {"data.dir=" + fmnist_dir(), "data.hflip=false"});
   auto ra_cfg = resolve("fmnist-demo.yaml", {"data.dir=" + fmnist_dir(), "data.hflip=false", "data.randaug_n=2"});
   data::ImageBatch p, r1, r2;
-  data::ImageLoader plain(data.splits.at("train"), plain_cfg, 32, true, 7), ra1(data.splits.at("train"), ra_cfg, 32, true, 7),
-      ra2(data.splits.at("train"), ra_cfg, 32, true, 7);
+  data::ImageLoader plain(data.splits.at("train"), plain_cfg, 32, true, 7),
+      ra1(data.splits.at("train"), ra_cfg, 32, true, 7), ra2(data.splits.at("train"), ra_cfg, 32, true, 7);
   REQUIRE((plain.next(p) && ra1.next(r1) && ra2.next(r2)));
   CHECK(p.labels.equal(r1.labels));
   CHECK(!p.images.equal(r1.images));
@@ -654,7 +695,9 @@ TEST_CASE("RandAugment ops against hand-computed levels", "[swin][data]") {
     CHECK(got.allclose(torch::tensor(c.expected), 0, 1.01));  // within one level (rounding)
   }
   // PIL's equalize: 300 pixels at level 10, 300 at 20, 420 at 30 map to 0, 150, 255.
-  auto eq = torch::cat({torch::full({300}, 10.f), torch::full({300}, 20.f), torch::full({420}, 30.f)}).view({1, 30, 34}) / 255;
+  auto eq =
+      torch::cat({torch::full({300}, 10.f), torch::full({300}, 20.f), torch::full({420}, 30.f)}).view({1, 30, 34}) /
+      255;
   const auto e = lv(data::rand_op(eq, RandOp::Equalize, 0, false));
   CHECK(e.narrow(0, 0, 300).eq(0).all().item<bool>());
   CHECK(e.narrow(0, 300, 300).eq(150).all().item<bool>());

@@ -30,7 +30,8 @@ const std::string kDemo = std::string(SSR_SOURCE_DIR) + "/experiments/demo.yaml"
 const std::string kSmall =
     "train.steps=40 train.batch_size=8 train.seq_len=32 train.warmup=5 eval.batch_size=8 run.log_every=5 "
     "run.threads=1 eval.max_segments=4 train.eval_every=20 train.eval_segments=2 train.checkpoint_every=10 "
-    "run.out_dir=" + (fs::temp_directory_path() / ("ssr_ckpt_" + std::to_string(::getpid()))).string();
+    "run.out_dir=" +
+    (fs::temp_directory_path() / ("ssr_ckpt_" + std::to_string(::getpid()))).string();
 
 std::string temp_db(const std::string& name) { return ssr::testing::temp_db("train", name); }
 
@@ -87,9 +88,12 @@ TEST_CASE("rejected input exits 2 with one line and writes nothing", "[train]") 
       {fmt::format("train {} data.dir=/nonexistent", kDemo), "/nonexistent"},
       {"show 999", "no run 999"},
       {"runs --where colour=red", "unknown key 'colour'"},
-      {fmt::format("train {} eval.router_modes=[sinkhorn]", kDemo), "eval.router_modes: only the ssr router"},
+      {fmt::format("train {} eval.router_modes=[sinkhorn]", kDemo),
+       "eval.router_modes: router.name=vanilla does not use it (it applies with router.name=ssr)"},
       {fmt::format("train {} router=ssr_l eval.router_modes=[sinkhron]", kDemo), "inference mode 'sinkhron'"},
       {fmt::format("train {}/experiments/table1.yaml", SSR_SOURCE_DIR), "is a sweep file"},
+      {fmt::format("train {}/experiments/fmnist-demo.yaml eval.reset_cache=true", SSR_SOURCE_DIR),
+       "eval.reset_cache: model.arch=swin_moe does not use it (it applies with model.arch=switch_lm)"},
   };
   for (const auto& c : cases) {
     auto r = run(c.args + " --db " + db);
@@ -109,8 +113,8 @@ TEST_CASE("a run killed mid-training keeps its rows and shows as stale", "[train
   if (pid == 0) {
     if (chdir(SSR_SOURCE_DIR) != 0) _exit(127);
     execl(kBin.c_str(), kBin.c_str(), "train", kDemo.c_str(), "train.steps=100000", "train.batch_size=4",
-          "train.seq_len=16", "run.log_every=1", "run.threads=1", "train.eval_every=0", "--db", db.c_str(),
-          "--quiet", (char*)nullptr);
+          "train.seq_len=16", "run.log_every=1", "run.threads=1", "train.eval_every=0", "--db", db.c_str(), "--quiet",
+          (char*)nullptr);
     _exit(127);
   }
   // Wait until the run has written some metrics, then kill it without warning.
@@ -154,8 +158,8 @@ TEST_CASE("a killed run resumed from its checkpoint repeats the uninterrupted lo
   pid_t pid = fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
-    const std::string cmd = fmt::format("cd '{}' && exec '{}' train {} {} --db {} --quiet", SSR_SOURCE_DIR, kBin, kDemo,
-                                        args, db_b);
+    const std::string cmd =
+        fmt::format("cd '{}' && exec '{}' train {} {} --db {} --quiet", SSR_SOURCE_DIR, kBin, kDemo, args, db_b);
     execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
     _exit(127);
   }
@@ -183,7 +187,8 @@ TEST_CASE("a killed run resumed from its checkpoint repeats the uninterrupted lo
   const auto la = losses(sa, ra.id), lb = losses(sb, rb.id);
   REQUIRE(la.size() == 30);
   CHECK(la == lb);
-  const auto va = ssr::testing::series(sa, ra.id, "valid", "loss"), vb = ssr::testing::series(sb, rb.id, "valid", "loss");
+  const auto va = ssr::testing::series(sa, ra.id, "valid", "loss"),
+             vb = ssr::testing::series(sb, rb.id, "valid", "loss");
   REQUIRE(va.size() == 6);
   CHECK(va == vb);
   CHECK(sa.results(ra.id).size() == sb.results(rb.id).size());
@@ -197,8 +202,10 @@ TEST_CASE("a killed run resumed from its checkpoint repeats the uninterrupted lo
 TEST_CASE("one trained SSR model is evaluated under every requested inference mode", "[train]") {
   const auto db = temp_db("modes.db");
   // p = 1: Sinkhorn routes every training forward, so keeping it at inference changes the routing.
-  auto r = run(fmt::format("train {} {} train.steps=10 router=ssr_l_noise router.p=1 "
-                           "eval.router_modes=[sinkhorn,noise,both] --db {} --quiet", kDemo, kSmall, db));
+  auto r =
+      run(fmt::format("train {} {} train.steps=10 router=ssr_l_noise router.p=1 "
+                      "eval.router_modes=[sinkhorn,noise,both] --db {} --quiet",
+                      kDemo, kSmall, db));
   INFO(r.out);
   REQUIRE(r.code == 0);
   ssr::store::Store s(db);
@@ -211,7 +218,30 @@ TEST_CASE("one trained SSR model is evaluated under every requested inference mo
   CHECK(ppl["valid@noise"] != ppl["valid"]);
 }
 
-TEST_CASE("a router's random draws leave data and dropout alone: SSR that never fires trains vanilla's model", "[train]") {
+TEST_CASE("eval.reset_cache scores every segment from empty caches, next to the cached evaluation", "[train]") {
+  // One segment starts from empty caches either way; over four, the cached evaluation carries
+  // each stream's context into the next segment and the reset one does not.
+  std::map<int, std::map<std::string, double>> loss;  // eval.max_segments -> split -> loss
+  for (int segments : {1, 4}) {
+    const auto db = temp_db(fmt::format("reset_cache{}.db", segments));
+    auto r = run(fmt::format("train {} {} train.steps=10 eval.reset_cache=true eval.max_segments={} --db {} --quiet",
+                             kDemo, kSmall, segments, db));
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    ssr::store::Store s(db);
+    for (const auto& x : s.results(s.runs().at(0).id))
+      if (x.name == "loss") loss[segments][x.split] = x.value;
+  }
+  for (const char* split : {"valid", "test"}) {
+    INFO(split);
+    REQUIRE(loss[1].count(split + std::string("@reset_cache")));
+    CHECK(loss[1][split + std::string("@reset_cache")] == loss[1][split]);
+    CHECK(loss[4][split + std::string("@reset_cache")] != loss[4][split]);
+  }
+}
+
+TEST_CASE("a router's random draws leave data and dropout alone: SSR that never fires trains vanilla's model",
+          "[train]") {
   // The 9,000-byte enwik8 fixture in 8 streams wraps every ~17 steps of 64 bytes, and each wrap
   // draws a random offset; dropout draws masks every step. SSR draws a coin per forward, which at
   // p = 1e-9 never picks Sinkhorn: both runs must see the same segments, masks and losses.
@@ -266,7 +296,9 @@ TEST_CASE("partial validation walks the validation stream as the reference does"
     std::string overrides;
     double segments;
   };
-  const std::vector<Case> cases = {{"train.eval_every=100", 4}, {"train.eval_every=20", 2}, {"train.eval_every=5", 1},
+  const std::vector<Case> cases = {{"train.eval_every=100", 4},
+                                   {"train.eval_every=20", 2},
+                                   {"train.eval_every=5", 1},
                                    {"train.eval_every=1 train.eval_segments=7", 7}};
   for (const Case& c : cases) {
     INFO(c.overrides);
@@ -293,15 +325,16 @@ TEST_CASE("every demo base config trains on the real data here", "[train]") {
   const auto db = temp_db("bases.db");
   for (const char* base : {"demo.yaml", "lm-demo.yaml", "lm-demo-enwik8.yaml"}) {
     INFO(base);
-    auto r = run(fmt::format("train {}/experiments/{} train.steps=2 run.log_every=1 eval.max_segments=1 "
-                             "eval.splits=[valid,test] run.out_dir={} --db {} --quiet",
-                             SSR_SOURCE_DIR, base,
-                             (fs::temp_directory_path() / ("ssr_bases_" + std::to_string(::getpid()))).string(), db));
+    auto r = run(fmt::format(
+        "train {}/experiments/{} train.steps=2 run.log_every=1 eval.max_segments=1 "
+        "eval.splits=[valid,test] run.out_dir={} --db {} --quiet",
+        SSR_SOURCE_DIR, base, (fs::temp_directory_path() / ("ssr_bases_" + std::to_string(::getpid()))).string(), db));
     INFO(r.out);
     CHECK(r.code == 0);
   }
   // A split too short for the eval streams is refused before training, naming the split.
-  auto r = run(fmt::format("train {}/experiments/lm-demo-enwik8.yaml eval.batch_size=64 --db {} --quiet", SSR_SOURCE_DIR, db));
+  auto r = run(
+      fmt::format("train {}/experiments/lm-demo-enwik8.yaml eval.batch_size=64 --db {} --quiet", SSR_SOURCE_DIR, db));
   CHECK(r.code == 2);
   CHECK(r.out.find("valid split of ../shared/data/enwik8 (eval.batch_size streams)") != std::string::npos);
   ssr::store::Store s(db);

@@ -82,8 +82,9 @@ int run_router_bench(const BenchArgs& args, std::ostream& out) {
   torch::NoGradGuard no_grad;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(args.seed);
 
-  out << fmt::format("# ssr bench routers: device {}, {} threads, logits N(0, {}^2), top-{}, median of {} after {} warm-up\n\n",
-                     args.device, torch::get_num_threads(), args.scale, kTopK, repeats, args.warmup);
+  out << fmt::format(
+      "# ssr bench routers: device {}, {} threads, logits N(0, {}^2), top-{}, median of {} after {} warm-up\n\n",
+      args.device, torch::get_num_threads(), args.scale, kTopK, repeats, args.warmup);
 
   // --- 1. forward time of each router
   out << "## Router forward time (ms, median)\n\n";
@@ -102,8 +103,8 @@ int run_router_bench(const BenchArgs& args, std::ostream& out) {
         auto router = routers::make_router(router_config(rc.overrides), kDModel, n, kTopK);
         router->to(device);
         auto opts = torch::TensorOptions().device(device);
-        auto logits = (args.scale * torch::randn({m, n}, gen)).to(opts);    // (tokens, experts)
-        auto hidden = torch::randn({m, kDModel}, gen).to(opts);              // (tokens, d)
+        auto logits = (args.scale * torch::randn({m, n}, gen)).to(opts);  // (tokens, experts)
+        auto hidden = torch::randn({m, kDModel}, gen).to(opts);           // (tokens, d)
         // Routers draw on their generator's device: a CUDA generator keeps noise draws on the GPU.
         torch::Generator g = device.is_cuda() ? at::globalContext().defaultGenerator(device)
                                               : at::make_generator<at::CPUGeneratorImpl>(args.seed);
@@ -119,9 +120,12 @@ int run_router_bench(const BenchArgs& args, std::ostream& out) {
   const int64_t cap = args.quick ? 300 : 500;
   const int64_t newton_cap = 30;
   out << fmt::format("\n## Sinkhorn iterations to delta = {} (marginal L1 error), checked every iteration\n", delta);
-  out << fmt::format("cap {} sweeps (plain, log), 3 log sweeps + {} Newton steps (SNS); NaN = plain overflow; "
-                     "time = one solve in ms; err = final marginal error\n\n", cap, newton_cap);
-  out << "| m x n | cost | xi | plain iters | plain ms | log iters | log ms | log err | SNS iters | SNS ms | SNS err |\n";
+  out << fmt::format(
+      "cap {} sweeps (plain, log), 3 log sweeps + {} Newton steps (SNS); NaN = plain overflow; "
+      "time = one solve in ms; err = final marginal error\n\n",
+      cap, newton_cap);
+  out << "| m x n | cost | xi | plain iters | plain ms | log iters | log ms | log err | SNS iters | SNS ms | SNS err "
+         "|\n";
   out << "|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (auto m : tokens) {
     for (auto n : experts) {

@@ -20,7 +20,7 @@ int run_sinkhorn_bench(const SinkhornBenchArgs& args, std::ostream& out) {
   if (device.is_cuda()) sync = [] { torch::cuda::synchronize(); };
   auto gen = at::make_generator<at::CPUGeneratorImpl>(args.seed);
   auto logits = (args.scale * torch::randn({args.tokens, args.experts}, gen)).to(device);  // (tokens, experts)
-  auto cost = args.cost == "softmax" ? logits.softmax(-1) : logits;                      // (tokens, experts)
+  auto cost = args.cost == "softmax" ? logits.softmax(-1) : logits;                        // (tokens, experts)
 
   struct Row {
     std::string label;
@@ -44,14 +44,17 @@ int run_sinkhorn_bench(const SinkhornBenchArgs& args, std::ostream& out) {
     o.check_every = 8;
   });
 #ifdef SSR_WITH_CUDA
-  if (device.is_cuda()) add("fused CUDA kernel, log, check every sweep on device", [](auto& o) { o.solver = routers::Solver::Fused; });
+  if (device.is_cuda())
+    add("fused CUDA kernel, log, check every sweep on device", [](auto& o) { o.solver = routers::Solver::Fused; });
 #endif
 
-  out << fmt::format("# ssr bench sinkhorn: {} x {} {} cost of N(0, {}^2) logits, xi {}, delta {}, device {}, {} threads, "
-                     "median of {} after {} warm-up\n\n",
-                     args.tokens, args.experts, args.cost, args.scale, args.xi, args.delta, args.device,
-                     torch::get_num_threads(), args.repeats, args.warmup);
-  out << "| solver | time (µs, median) | min (µs) | iterations | marginal error | converged |\n|---|---|---|---|---|---|\n";
+  out << fmt::format(
+      "# ssr bench sinkhorn: {} x {} {} cost of N(0, {}^2) logits, xi {}, delta {}, device {}, {} threads, "
+      "median of {} after {} warm-up\n\n",
+      args.tokens, args.experts, args.cost, args.scale, args.xi, args.delta, args.device, torch::get_num_threads(),
+      args.repeats, args.warmup);
+  out << "| solver | time (µs, median) | min (µs) | iterations | marginal error | converged "
+         "|\n|---|---|---|---|---|---|\n";
   for (const auto& r : rows) {
     routers::SinkhornResult res;
     auto t = time_it([&] { res = routers::sinkhorn(cost, r.o); }, args.warmup, args.repeats, sync);

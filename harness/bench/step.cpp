@@ -1,9 +1,8 @@
-// `ssr bench step`: full training steps (forward, backward, Adam) of one model config for every
-// router, or of every job of a sweep file, timed round-robin so that drift of a shared machine
-// hits all cases alike. Overhead is the per-round ratio to the baseline case, averaged, with a
-// t-interval over rounds: never a time from another machine. Token ids are synthetic: timing does
-// not depend on the text. The session goes into the run store under each case's config hash, so
-// the overhead columns and figures of `ssr report` use it for the sweep's jobs.
+// `ssr bench step`: full training steps (forward, backward, clipping, the run's optimizer) of one model config for
+// every router, or of every job of a sweep file, timed round-robin so that drift of a shared machine hits all cases
+// alike. Overhead is the per-round ratio to the baseline case, averaged, with a t-interval over rounds: never a time
+// from another machine. Token ids are synthetic: timing does not depend on the text. The session goes into the run
+// store under each case's config hash, so the overhead columns and figures of `ssr report` use it for the sweep's jobs.
 #include <fmt/format.h>
 #include <torch/torch.h>
 
@@ -20,6 +19,7 @@
 #include "harness/data/corpus.hpp"
 #include "harness/store/store.hpp"
 #include "harness/sweep/sweep.hpp"
+#include "harness/train/schedule.hpp"
 #include "models/precision.hpp"
 #include "models/switch_lm.hpp"
 
@@ -57,7 +57,7 @@ struct Case {
   const config::Config& cfg() const { return job.config; }
   size_t baseline = 0;  // index of the case its overhead is measured against
   models::SwitchLM model{nullptr};
-  std::unique_ptr<torch::optim::Adam> opt;
+  std::unique_ptr<torch::optim::Optimizer> opt;
   std::vector<models::LMState> states;
   torch::Tensor inputs, targets;  // (streams per micro-batch, seq_len)
   std::vector<double> ms;         // one per timed round
@@ -66,7 +66,8 @@ struct Case {
   int64_t resident_bytes = 0, transient_bytes = 0;
   int64_t peak_bytes() const { return resident_bytes + transient_bytes; }
   int64_t tokens() const {
-    return cfg().i("train.batch_size") / cfg().i("train.batch_split") * cfg().i("train.batch_split") * cfg().i("train.seq_len");
+    return cfg().i("train.batch_size") / cfg().i("train.batch_split") * cfg().i("train.batch_split") *
+           cfg().i("train.seq_len");
   }
 };
 
@@ -77,7 +78,8 @@ std::vector<Case> sweep_cases(const StepBenchArgs& args) {
   std::vector<std::pair<std::string, std::string>> where;
   for (const auto& w : args.where) {
     const auto eq = w.find('=');
-    if (eq == std::string::npos || eq == 0) throw config::ConfigError(fmt::format("--where {}: expected AXIS=VALUE", w));
+    if (eq == std::string::npos || eq == 0)
+      throw config::ConfigError(fmt::format("--where {}: expected AXIS=VALUE", w));
     const auto axis = w.substr(0, eq);
     if (std::none_of(spec.jobs.begin(), spec.jobs.end(), [&](const sweep::Job& j) { return !j.label(axis).empty(); }))
       throw config::ConfigError(fmt::format("--where {}: {} has no axis {} (ssr sweep {} --dry-run lists the jobs)", w,
@@ -86,7 +88,8 @@ std::vector<Case> sweep_cases(const StepBenchArgs& args) {
   }
   std::vector<Case> cases;
   for (const auto& j : spec.jobs) {
-    if (std::any_of(where.begin(), where.end(), [&](const auto& kv) { return j.label(kv.first) != kv.second; })) continue;
+    if (std::any_of(where.begin(), where.end(), [&](const auto& kv) { return j.label(kv.first) != kv.second; }))
+      continue;
     cases.push_back(Case{j.describe(), j});
   }
   if (cases.empty()) throw config::ConfigError(fmt::format("--where: no job of {} matches", args.config));
@@ -97,15 +100,17 @@ std::vector<Case> sweep_cases(const StepBenchArgs& args) {
     for (size_t b = 0; b < cases.size() && !found; ++b)
       if (cases[i].job.pairs_with(cases[b].job, "variant", base_variant)) cases[i].baseline = b, found = true;
     if (!found)
-      throw config::ConfigError(fmt::format("--where: job {} has no {} job to compare with; keep variant={} in the selection",
-                                            cases[i].label, base_variant, base_variant));
+      throw config::ConfigError(
+          fmt::format("--where: job {} has no {} job to compare with; keep variant={} in the selection", cases[i].label,
+                      base_variant, base_variant));
   }
   return cases;
 }
 
 std::vector<Case> router_cases(const StepBenchArgs& args) {
   std::vector<std::string> routers = args.routers;
-  if (routers.empty()) routers = {"vanilla", "lb", "zloss", "noisy", "sinkhorn", "ssr_l", "ssr_s", "ssr_l_noise", "ssr_s_noise"};
+  if (routers.empty())
+    routers = {"vanilla", "lb", "zloss", "noisy", "sinkhorn", "ssr_l", "ssr_s", "ssr_l_noise", "ssr_s_noise"};
   if (std::find(routers.begin(), routers.end(), "vanilla") == routers.end()) routers.insert(routers.begin(), "vanilla");
   std::vector<Case> cases;
   for (const auto& r : routers) {
@@ -129,7 +134,8 @@ std::pair<int64_t, std::string> data_vocab(const config::Config& cfg) {
     return {data::load_corpus(clean).vocab_size(), "from " + cfg.s("data.dir")};
   } catch (const config::ConfigError&) {
     const bool bytes = cfg.s("data.format") == "byte";
-    return {bytes ? 205 : 267735, fmt::format("{}'s; {} is not here", bytes ? "enwik8" : "WikiText-103", cfg.s("data.dir"))};
+    return {bytes ? 205 : 267735,
+            fmt::format("{}'s; {} is not here", bytes ? "enwik8" : "WikiText-103", cfg.s("data.dir"))};
   }
 }
 
@@ -140,7 +146,8 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
   if (!sweep_mode && (!args.scale.empty() || !args.where.empty()))
     throw config::ConfigError(fmt::format("--scale/--where: {} is a run config, not a sweep file", args.config));
   if (sweep_mode && !args.routers.empty())
-    throw config::ConfigError(fmt::format("--routers: {} is a sweep file; its variants are the cases (filter with --where)", args.config));
+    throw config::ConfigError(
+        fmt::format("--routers: {} is a sweep file; its variants are the cases (filter with --where)", args.config));
   std::vector<Case> cases = sweep_mode ? sweep_cases(args) : router_cases(args);
   // Stored with each case: reports compare only timings of one thread count (a timed key).
   if (args.threads > 0)
@@ -149,21 +156,26 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
   const auto& base = cases.front().cfg();
   for (const auto& c : cases) {
     if (c.cfg().s("model.arch") != "switch_lm")
-      throw config::ConfigError(fmt::format("model.arch: {} ({}): bench step times the language model only", c.cfg().s("model.arch"), c.label));
+      throw config::ConfigError(fmt::format("model.arch: {} ({}): bench step times the language model only",
+                                            c.cfg().s("model.arch"), c.label));
     if (c.cfg().s("run.device") != base.s("run.device"))
-      throw config::ConfigError(fmt::format("run.device: {} has {}, {} has {}: one bench times one device", cases.front().label,
-                                            base.s("run.device"), c.label, c.cfg().s("run.device")));
+      throw config::ConfigError(fmt::format("run.device: {} has {}, {} has {}: one bench times one device",
+                                            cases.front().label, base.s("run.device"), c.label,
+                                            c.cfg().s("run.device")));
     if (c.cfg().i("run.threads") != base.i("run.threads"))
-      throw config::ConfigError(fmt::format("run.threads: {} has {}, {} has {}: one bench runs one thread count (or pass --threads)",
-                                            cases.front().label, base.i("run.threads"), c.label, c.cfg().i("run.threads")));
+      throw config::ConfigError(
+          fmt::format("run.threads: {} has {}, {} has {}: one bench runs one thread count (or pass --threads)",
+                      cases.front().label, base.i("run.threads"), c.label, c.cfg().i("run.threads")));
     if (c.cfg().i("train.batch_split") > c.cfg().i("train.batch_size"))
-      throw config::ConfigError(fmt::format("train.batch_split: more micro-batches than train.batch_size streams ({})", c.label));
+      throw config::ConfigError(
+          fmt::format("train.batch_split: more micro-batches than train.batch_size streams ({})", c.label));
   }
   if (base.i("run.threads") > 0) torch::set_num_threads(static_cast<int>(base.i("run.threads")));
   const torch::Device device(base.s("run.device") == "cuda" ? torch::kCUDA : torch::kCPU);
   if (device.is_cuda() && !torch::cuda::is_available())
     throw config::ConfigError("run.device: cuda requested but no CUDA device is available (use run.device=cpu)");
-  const auto [vocab, vocab_source] = args.vocab > 0 ? std::make_pair(args.vocab, std::string("--vocab")) : data_vocab(base);
+  const auto [vocab, vocab_source] =
+      args.vocab > 0 ? std::make_pair(args.vocab, std::string("--vocab")) : data_vocab(base);
   auto sync = [&] {
     if (device.is_cuda()) torch::cuda::synchronize();
   };
@@ -183,6 +195,7 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
       }
       ((o.nll + o.aux) / split).backward();
     }
+    if (c.cfg().f("train.clip") > 0) torch::nn::utils::clip_grad_norm_(c.model->parameters(), c.cfg().f("train.clip"));
     c.opt->step();
     sync();
     c.transient_bytes = std::max(c.transient_bytes, device_bytes(device, true) - at_start);
@@ -197,8 +210,9 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
     torch::manual_seed(args.seed);
     c.model = models::SwitchLM(c.cfg(), vocab);
     c.model->to(device);
-    c.opt = std::make_unique<torch::optim::Adam>(c.model->parameters(), torch::optim::AdamOptions(c.cfg().f("train.lr")));
-    const int64_t split = c.cfg().i("train.batch_split"), streams = c.cfg().i("train.batch_size") / split, M = c.cfg().i("train.seq_len");
+    c.opt = train::make_optimizer(c.cfg(), c.model->parameters(), c.model->no_decay_parameters());
+    const int64_t split = c.cfg().i("train.batch_split"), streams = c.cfg().i("train.batch_size") / split,
+                  M = c.cfg().i("train.seq_len");
     for (int64_t j = 0; j < split; ++j) c.states.push_back(c.model->initial_state(streams));
     for (auto& s : c.states)
       for (auto& t : s.cache) t = t.to(device);
@@ -214,11 +228,12 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
     for (const auto& p : cases.front().model->parameters()) n += p.numel();
     return n;
   }();
-  out << fmt::format("# ssr bench step: {}{} ({} parameters in {}), {} tokens per step in {} micro-batch(es), vocab {} ({}), "
-                     "device {}, {}, {} threads; 1 + {} warm-up + {} timed rounds, {} cases interleaved\n\n",
-                     args.config, args.scale.empty() ? "" : " --scale " + args.scale, params, cases.front().label,
-                     cases.front().tokens(), base.i("train.batch_split"), vocab, vocab_source, base.s("run.device"),
-                     base.s("train.precision"), torch::get_num_threads(), args.warmup, args.repeats, cases.size());
+  out << fmt::format(
+      "# ssr bench step: {}{} ({} parameters in {}), {} tokens per step in {} micro-batch(es), vocab {} ({}), "
+      "device {}, {}, {} threads; 1 + {} warm-up + {} timed rounds, {} cases interleaved\n\n",
+      args.config, args.scale.empty() ? "" : " --scale " + args.scale, params, cases.front().label,
+      cases.front().tokens(), base.i("train.batch_split"), vocab, vocab_source, base.s("run.device"),
+      base.s("train.precision"), torch::get_num_threads(), args.warmup, args.repeats, cases.size());
   for (int w = 0; w < args.warmup; ++w)
     for (auto& c : cases) step(c);
   for (int r = 0; r < args.repeats; ++r)
@@ -240,13 +255,14 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
     std::vector<double> ratios;
     for (size_t k = 0; k < c.ms.size(); ++k) ratios.push_back(c.ms[k] / cases[c.baseline].ms[k] - 1.0);
     const auto ci = analysis::estimate(ratios);
-    const std::string overhead =
-        c.baseline == i ? "–"
-                        : fmt::format("{:+.1f} % ± {:.1f} vs {}", 100 * ci.mean, 100 * ci.ci,
-                                      cases[c.baseline].job.label("variant").empty() ? cases[c.baseline].label
-                                                                                     : cases[c.baseline].job.label("variant"));
-    out << fmt::format("| {} | {:.2f} | {:.0f} | {} |{}\n", c.label, median, static_cast<double>(c.tokens()) / (median / 1000.0),
-                       overhead, memory ? fmt::format(" {:.2f} |", static_cast<double>(c.peak_bytes()) / (1 << 30)) : "");
+    const std::string overhead = c.baseline == i ? "–"
+                                                 : fmt::format("{:+.1f} % ± {:.1f} vs {}", 100 * ci.mean, 100 * ci.ci,
+                                                               cases[c.baseline].job.label("variant").empty()
+                                                                   ? cases[c.baseline].label
+                                                                   : cases[c.baseline].job.label("variant"));
+    out << fmt::format("| {} | {:.2f} | {:.0f} | {} |{}\n", c.label, median,
+                       static_cast<double>(c.tokens()) / (median / 1000.0), overhead,
+                       memory ? fmt::format(" {:.2f} |", static_cast<double>(c.peak_bytes()) / (1 << 30)) : "");
   }
   if (!args.csv.empty()) {
     std::filesystem::path p(args.csv);
@@ -256,7 +272,10 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
     std::fputs("case,round,step_ms,device,threads\n", f);
     for (const auto& c : cases)
       for (size_t k = 0; k < c.ms.size(); ++k)
-        std::fputs(fmt::format("\"{}\",{},{:.4f},{},{}\n", c.label, k, c.ms[k], base.s("run.device"), torch::get_num_threads()).c_str(), f);
+        std::fputs(
+            fmt::format("\"{}\",{},{:.4f},{},{}\n", c.label, k, c.ms[k], base.s("run.device"), torch::get_num_threads())
+                .c_str(),
+            f);
     std::fclose(f);
     out << fmt::format("\nper-round times: {}\n", args.csv);
   }

@@ -16,9 +16,9 @@ struct Context {
 // Bad input (config, flags, files): one line on stderr and this exit code.
 constexpr int kBadInput = 2;
 
-void add_run_commands(CLI::App& app, Context& ctx);    // train, runs, show, config, params, data
-void add_bench_commands(CLI::App& app, Context& ctx);  // bench
-void add_sweep_commands(CLI::App& app, Context& ctx);  // sweep, sweep run, sweep status
-void add_report_commands(CLI::App& app, Context& ctx); // report
+void add_run_commands(CLI::App& app, Context& ctx);     // train, runs, show, config, params, data
+void add_bench_commands(CLI::App& app, Context& ctx);   // bench
+void add_sweep_commands(CLI::App& app, Context& ctx);   // sweep, sweep run, sweep status
+void add_report_commands(CLI::App& app, Context& ctx);  // report
 
 }  // namespace ssr::cli

@@ -69,8 +69,8 @@ std::string csv_field(const std::string& s) {
 int cmd_runs(const std::string& db, const std::string& where, const std::string& format, double stale_after) {
   ssr::store::Store store(db);
   auto runs = ssr::store::filter_runs(store.runs(), where, stale_after);
-  const std::vector<std::string> header = {"id", "status", "router", "model", "hash", "seed", "step",
-                                           "valid", "test", "started", "took", "name"};
+  const std::vector<std::string> header = {"id",   "status", "router", "model",   "hash", "seed",
+                                           "step", "valid",  "test",   "started", "took", "name"};
   std::vector<std::vector<std::string>> rows;
   json all = json::array();
   for (const auto& r : runs) {
@@ -81,13 +81,23 @@ int cmd_runs(const std::string& db, const std::string& where, const std::string&
                     std::to_string(r.step), headline(results, "valid"), headline(results, "test"),
                     fmt_time(r.started_at), r.started_at > 0 ? ssr::train::format_duration(end - r.started_at) : "-",
                     ssr::store::lookup(r, "run.name", 0).value_or("")});
-    json j = {{"id", r.id}, {"status", r.shown_status(stale_after)}, {"config_hash", r.config_hash},
-              {"seed", r.seed}, {"step", r.step}, {"git_rev", r.info.git_rev}, {"host", r.info.host},
-              {"device", r.info.device}, {"started_at", r.started_at}, {"ended_at", r.ended_at},
-              {"heartbeat_at", r.heartbeat_at}, {"error", r.error}, {"config", r.config}};
+    json j = {{"id", r.id},
+              {"status", r.shown_status(stale_after)},
+              {"config_hash", r.config_hash},
+              {"seed", r.seed},
+              {"step", r.step},
+              {"git_rev", r.info.git_rev},
+              {"host", r.info.host},
+              {"device", r.info.device},
+              {"started_at", r.started_at},
+              {"ended_at", r.ended_at},
+              {"heartbeat_at", r.heartbeat_at},
+              {"error", r.error},
+              {"config", r.config}};
     if (r.sweep_id) j["sweep_id"] = *r.sweep_id;
     if (r.job_num) j["job_num"] = *r.job_num;
-    for (const auto& res : results) j["results"][res.split][res.name] = std::isnan(res.value) ? json("NaN") : json(res.value);
+    for (const auto& res : results)
+      j["results"][res.split][res.name] = std::isnan(res.value) ? json("NaN") : json(res.value);
     all.push_back(j);
   }
   if (format == "json") {
@@ -127,11 +137,19 @@ int cmd_show(const std::string& db, int64_t id, const std::string& format, doubl
   for (const auto& m : metrics) last[{m.split, m.name}] = m;
 
   if (format == "json") {
-    json j = {{"id", r.id}, {"status", r.shown_status(stale_after)}, {"config_hash", r.config_hash},
-              {"config", r.config}, {"seed", r.seed}, {"git_rev", r.info.git_rev}, {"host", r.info.host},
-              {"device", r.info.device}, {"torch_version", r.info.torch_version}, {"step", r.step},
+    json j = {{"id", r.id},
+              {"status", r.shown_status(stale_after)},
+              {"config_hash", r.config_hash},
+              {"config", r.config},
+              {"seed", r.seed},
+              {"git_rev", r.info.git_rev},
+              {"host", r.info.host},
+              {"device", r.info.device},
+              {"torch_version", r.info.torch_version},
+              {"step", r.step},
               {"error", r.error}};
-    for (const auto& res : results) j["results"][res.split][res.name] = std::isnan(res.value) ? json("NaN") : json(res.value);
+    for (const auto& res : results)
+      j["results"][res.split][res.name] = std::isnan(res.value) ? json("NaN") : json(res.value);
     for (const auto& [p, v] : phase) j["timings_mean_s"][p] = v.first / v.second;
     std::cout << j.dump(2) << "\n";
     return 0;
@@ -144,10 +162,12 @@ int cmd_show(const std::string& db, int64_t id, const std::string& format, doubl
                            fmt_time(r.heartbeat_at));
   if (!r.error.empty()) std::cout << "error: " << r.error << "\n";
   std::cout << "\nresults:\n";
-  for (const auto& res : results) std::cout << fmt::format("  {:<8} {:<10} {}\n", res.split, res.name, fmt_num(res.value));
+  for (const auto& res : results)
+    std::cout << fmt::format("  {:<8} {:<10} {}\n", res.split, res.name, fmt_num(res.value));
   if (results.empty()) std::cout << "  (none)\n";
   std::cout << "\ntimings (mean seconds per step):\n";
-  for (const auto& [p, v] : phase) std::cout << fmt::format("  {:<10} {:.4f}  over {} steps\n", p, v.first / v.second, v.second);
+  for (const auto& [p, v] : phase)
+    std::cout << fmt::format("  {:<10} {:.4f}  over {} steps\n", p, v.first / v.second, v.second);
   const auto cfg = ssr::config::Config::from_json(r.config);
   if (const auto e = ssr::models::sinkhorn_expectation(cfg)) {
     // Observed: the Sinkhorn calls of every logging window, summed (validation calls included
@@ -176,7 +196,6 @@ int cmd_show(const std::string& db, int64_t id, const std::string& format, doubl
 }
 
 }  // namespace
-
 
 void add_run_commands(CLI::App& app, Context& ctx) {
   // Options live as long as the app: parsed values are captured by the callbacks below.
@@ -210,7 +229,9 @@ void add_run_commands(CLI::App& app, Context& ctx) {
   train->add_option("overrides", train_over, "key=value overrides, group=choice, +tags.key=value");
   train->add_option("--db", db, "run store (default: run.db of the config, results/runs.db)");
   train->add_flag("--quiet", quiet, "no progress output");
-  train->add_option("--resume", st->resume, "continue stored run RUN_ID from its last checkpoint (from step 0 when it has none), with its stored config");
+  train->add_option(
+      "--resume", st->resume,
+      "continue stored run RUN_ID from its last checkpoint (from step 0 when it has none), with its stored config");
   train->add_option("--nproc", st->nproc, "data-parallel ranks started on this machine (sets run.nproc)")
       ->check(CLI::Range(int64_t{1}, int64_t{65536}));
   train->footer(
@@ -311,9 +332,10 @@ void add_run_commands(CLI::App& app, Context& ctx) {
     }
     std::cout << "# config hash " << cfg.hash() << "\n" << cfg.to_yaml();
     if (const auto e = ssr::models::sinkhorn_expectation(cfg))
-      std::cout << fmt::format("# expected Sinkhorn forwards in training: {:.4g} (p {:g} x {} router calls: {} layers x {} "
-                               "steps x calls per step, one rank)\n",
-                               e->expected(), e->p, e->router_calls, cfg.i("model.n_layers"), cfg.i("train.steps"));
+      std::cout << fmt::format(
+          "# expected Sinkhorn forwards in training: {:.4g} (p {:g} x {} router calls: {} layers x {} "
+          "steps x calls per step, one rank)\n",
+          e->expected(), e->p, e->router_calls, cfg.i("model.n_layers"), cfg.i("train.steps"));
   });
 
   // ---- params

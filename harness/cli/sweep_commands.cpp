@@ -56,8 +56,9 @@ int launch(store::Store& store, int64_t id, const SweepArgs& a) {
     fs::create_directories(script.parent_path());
     fs::create_directories(log_dir);
     std::ofstream(script) << sweep::slurm_script(sweep, pending, store.path(), log_dir);
-    std::cerr << fmt::format("sweep {}: wrote {} ({} array tasks)\n  submit: sbatch {}\n  watch:  ssr sweep status {} --db {}\n",
-                             id, script.string(), pending.size(), script.string(), id, store.path());
+    std::cerr << fmt::format(
+        "sweep {}: wrote {} ({} array tasks)\n  submit: sbatch {}\n  watch:  ssr sweep status {} --db {}\n", id,
+        script.string(), pending.size(), script.string(), id, store.path());
     return 0;
   }
   sweep::LocalOptions opt;
@@ -91,8 +92,9 @@ int plan_and_run(const std::string& db, const SweepArgs& a) {
   const auto status = sweep::job_status(store, *store.sweep(id), a.stale_after);
   int64_t reused = 0;
   for (const auto& s : status) reused += s.status == "reused";
-  std::cerr << fmt::format("sweep {} ({}{}): {} jobs, {}{}\n", id, spec.name, spec.scale.empty() ? "" : ", scale " + spec.scale,
-                           spec.jobs.size(), created ? "planned" : "already planned with the same jobs, continuing",
+  std::cerr << fmt::format("sweep {} ({}{}): {} jobs, {}{}\n", id, spec.name,
+                           spec.scale.empty() ? "" : ", scale " + spec.scale, spec.jobs.size(),
+                           created ? "planned" : "already planned with the same jobs, continuing",
                            reused ? fmt::format("; {} done by earlier runs of the same config", reused) : "");
   return launch(store, id, a);
 }
@@ -101,7 +103,8 @@ int show_status(const std::string& db, int64_t id, double stale_after) {
   store::Store store(db);
   if (id == 0) {
     for (const auto& s : store.sweeps())
-      std::cout << fmt::format("sweep {:<4} {:<24} scale {:<8} {}\n", s.id, s.name, s.spec.value("scale", std::string("-")),
+      std::cout << fmt::format("sweep {:<4} {:<24} scale {:<8} {}\n", s.id, s.name,
+                               s.spec.value("scale", std::string("-")),
                                sweep::summarize(sweep::job_status(store, s, stale_after)).line());
     return 0;
   }
@@ -111,8 +114,8 @@ int show_status(const std::string& db, int64_t id, double stale_after) {
   std::cout << fmt::format("sweep {} ({}, {}): {}\n", s->id, s->name, s->spec.value("file", std::string()),
                            sweep::summarize(jobs).line());
   for (const auto& j : jobs)
-    std::cout << fmt::format("  job {:<4} {:<9} run {:<6} {}\n", j.num, j.status, j.run_id ? std::to_string(j.run_id) : "-",
-                             j.labels);
+    std::cout << fmt::format("  job {:<4} {:<9} run {:<6} {}\n", j.num, j.status,
+                             j.run_id ? std::to_string(j.run_id) : "-", j.labels);
   return 0;
 }
 
@@ -147,7 +150,9 @@ void add_sweep_commands(CLI::App& app, Context& ctx) {
   run->add_option("--job", a->job, "job number (default: every queued job, one after another)");
   run->add_option("--db", ctx.db, "run store")->capture_default_str();
   run->add_flag("--quiet", a->quiet, "no progress output");
-  run->footer("Examples:\n  ssr sweep run --sweep 3 --job $SLURM_ARRAY_TASK_ID\n  ssr sweep run --sweep 3   # a worker that drains the queue");
+  run->footer(
+      "Examples:\n  ssr sweep run --sweep 3 --job $SLURM_ARRAY_TASK_ID\n  ssr sweep run --sweep 3   # a worker that "
+      "drains the queue");
 
   auto* status = sw->add_subcommand("status", "Per-job state of a sweep (no id: every sweep)");
   status->add_option("sweep_id", a->status_id, "sweep id");

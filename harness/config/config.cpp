@@ -1,5 +1,7 @@
 #include "harness/config/config.hpp"
 
+#include <algorithm>
+
 #include <openssl/evp.h>
 #include <yaml-cpp/yaml.h>
 
@@ -76,8 +78,7 @@ std::optional<int64_t> as_int(const json& v) {
   if (*end == '\0' && errno == 0) return r;
   // Accept integral floats spelled as 1e3.
   double d = std::strtod(s.c_str(), &end);
-  if (*end == '\0' && std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.2e18)
-    return static_cast<int64_t>(d);
+  if (*end == '\0' && std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.2e18) return static_cast<int64_t>(d);
   return std::nullopt;
 }
 
@@ -171,9 +172,7 @@ bool Config::b(const std::string& n) const { return at(n).get<bool>(); }
 const std::string& Config::s(const std::string& n) const { return at(n).get_ref<const std::string&>(); }
 std::vector<int64_t> Config::ints(const std::string& n) const { return at(n).get<std::vector<int64_t>>(); }
 std::vector<double> Config::floats(const std::string& n) const { return at(n).get<std::vector<double>>(); }
-std::vector<std::string> Config::strings(const std::string& n) const {
-  return at(n).get<std::vector<std::string>>();
-}
+std::vector<std::string> Config::strings(const std::string& n) const { return at(n).get<std::vector<std::string>>(); }
 
 void Config::set(const std::string& name, const json& value, const std::string& where) {
   if (const Key* k = find_key(name)) {
@@ -189,11 +188,12 @@ void Config::set(const std::string& name, const json& value, const std::string& 
 
 json Config::to_json() const {
   json j = json::object();
-  for (const auto& [name, v] : values_) j[json::json_pointer("/" + [&] {
-                                             std::string p = name;
-                                             std::replace(p.begin(), p.end(), '.', '/');
-                                             return p;
-                                           }())] = v;
+  for (const auto& [name, v] : values_)
+    j[json::json_pointer("/" + [&] {
+      std::string p = name;
+      std::replace(p.begin(), p.end(), '.', '/');
+      return p;
+    }())] = v;
   j["groups"] = groups_;
   return j;
 }
@@ -281,6 +281,8 @@ std::string Config::to_yaml() const {
   }
   std::string ns;
   for (const auto& [name, v] : values_) {
+    const Key* key = find_key(name);
+    if (key && !applies(*this, *key)) continue;  // the run does not use it (its default, as resolving checked)
     auto dot = name.find('.');
     std::string this_ns = name.substr(0, dot);
     if (this_ns != ns) {
@@ -352,8 +354,7 @@ YAML::Node load_yaml(const std::string& path, const std::string& what) {
     refuse_repeated_keys(root, path);
     return root;
   } catch (const YAML::ParserException& e) {
-    throw ConfigError(fmt::format("{}:{}:{}: YAML syntax error: {}", path, e.mark.line + 1,
-                                  e.mark.column + 1, e.msg));
+    throw ConfigError(fmt::format("{}:{}:{}: YAML syntax error: {}", path, e.mark.line + 1, e.mark.column + 1, e.msg));
   } catch (const YAML::BadFile&) {
     throw ConfigError(fmt::format("{}: cannot read {}", path, what));
   }
@@ -365,8 +366,7 @@ namespace {
 void apply_tree(Config& cfg, const json& node, const std::string& prefix, const std::string& where) {
   for (const auto& [key, v] : node.items()) {
     std::string name = prefix.empty() ? key : prefix + "." + key;
-    if (v.is_null())
-      throw ConfigError(fmt::format("{}: no value given ({})", name, where));
+    if (v.is_null()) throw ConfigError(fmt::format("{}: no value given ({})", name, where));
     if (v.is_object() && !find_key(name)) {
       apply_tree(cfg, v, name, where);
     } else {
@@ -432,8 +432,7 @@ json parse_value(const Override& o) {
 
 }  // namespace
 
-void apply_overrides(Config& cfg, const std::vector<std::string>& overrides,
-                     const std::vector<std::string>& search) {
+void apply_overrides(Config& cfg, const std::vector<std::string>& overrides, const std::vector<std::string>& search) {
   for (const auto& text : overrides) {
     Override o = parse_override(text);
     if (!o.add && is_group(o.key)) {
@@ -462,7 +461,43 @@ const char* sweep_key(const json& tree) {
   return nullptr;
 }
 
-bool is_sweep_file(const std::string& path) { return sweep_key(yaml_to_json(load_yaml(path, "config or sweep file"))) != nullptr; }
+bool is_sweep_file(const std::string& path) {
+  return sweep_key(yaml_to_json(load_yaml(path, "config or sweep file"))) != nullptr;
+}
+
+namespace {
+
+std::string value_text(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+
+// The first condition of `key` that `cfg` fails, directly or through the key it names.
+const std::pair<std::string, std::vector<std::string>>* failed_condition(const Config& cfg, const Key& key) {
+  for (const auto& cond : key.when) {
+    const auto& values = cond.second;
+    if (std::find(values.begin(), values.end(), value_text(cfg.at(cond.first))) == values.end()) return &cond;
+  }
+  for (const auto& cond : key.when)
+    if (const auto* f = failed_condition(cfg, *find_key(cond.first))) return f;
+  return nullptr;
+}
+
+// A key the run does not use, set to anything but its default, would be hashed into the run's
+// identity and change nothing: refused, naming what leaves it unused.
+void refuse_unused(const Config& cfg, const std::string& config_file) {
+  for (const auto& k : schema()) {
+    if (cfg.at(k.name) == k.def) continue;
+    if (const auto* cond = failed_condition(cfg, k)) {
+      std::string allowed;
+      for (const auto& v : cond->second) allowed += (allowed.empty() ? "" : "|") + v;
+      throw ConfigError(
+          fmt::format("{}: {}={} does not use it (it applies with {}={}); remove it from {} or its overrides", k.name,
+                      cond->first, value_text(cfg.at(cond->first)), cond->first, allowed, config_file));
+    }
+  }
+}
+
+}  // namespace
+
+bool applies(const Config& cfg, const Key& key) { return failed_condition(cfg, key) == nullptr; }
 
 Config resolve(const std::string& config_file, const std::vector<std::string>& overrides) {
   Config cfg;
@@ -471,8 +506,8 @@ Config resolve(const std::string& config_file, const std::vector<std::string>& o
   if (tree.is_null()) tree = json::object();
   if (!tree.is_object()) throw ConfigError(fmt::format("{}: expected a map of keys", config_file));
   if (const char* k = sweep_key(tree))
-    throw ConfigError(fmt::format("{} is a sweep file ({}:), not a run config: run it with `ssr sweep {}`", config_file, k,
-                                  config_file));
+    throw ConfigError(fmt::format("{} is a sweep file ({}:), not a run config: run it with `ssr sweep {}`", config_file,
+                                  k, config_file));
 
   // Groups named on the command line replace the file's defaults.
   std::map<std::string, std::string> chosen;
@@ -481,8 +516,8 @@ Config resolve(const std::string& config_file, const std::vector<std::string>& o
       throw ConfigError(fmt::format("{}: defaults: expected a map group: choice", config_file));
     for (const auto& [g, c] : tree["defaults"].items()) {
       if (!is_group(g))
-        throw ConfigError(fmt::format("{}: defaults.{}: unknown config group (groups: model, router, data)",
-                                      config_file, g));
+        throw ConfigError(
+            fmt::format("{}: defaults.{}: unknown config group (groups: model, router, data)", config_file, g));
       chosen[g] = c.get<std::string>();
     }
     tree.erase("defaults");
@@ -490,13 +525,16 @@ Config resolve(const std::string& config_file, const std::vector<std::string>& o
   std::vector<std::string> rest;
   for (const auto& text : overrides) {
     Override o = parse_override(text);
-    if (!o.add && is_group(o.key)) chosen[o.key] = o.value;
-    else rest.push_back(text);
+    if (!o.add && is_group(o.key))
+      chosen[o.key] = o.value;
+    else
+      rest.push_back(text);
   }
   for (const auto& g : groups())
     if (chosen.count(g)) apply_group(cfg, g, chosen[g], search);
   apply_tree(cfg, tree, "", config_file);
   apply_overrides(cfg, rest, search);
+  refuse_unused(cfg, config_file);
   return cfg;
 }
 
@@ -514,8 +552,18 @@ std::string schema_doc() {
       type = "";
       for (const auto& c : k.choices) type += (type.empty() ? "" : "|") + c;
     }
-    out += fmt::format("  {:<22} {:<28} default {:<18} {}{}\n", k.name, type + range_text(k),
-                       shown(k.def), k.doc, k.timed ? " [not hashed; timed]" : !k.hashed ? " [not hashed]" : !k.hashed_at_default ? " [hashed unless default]" : "");
+    std::string only;
+    for (const auto& [other, values] : k.when) {
+      std::string allowed;
+      for (const auto& v : values) allowed += (allowed.empty() ? "" : "|") + v;
+      only += fmt::format(" [only with {}={}]", other, allowed);
+    }
+    out += fmt::format("  {:<22} {:<28} default {:<18} {}{}{}\n", k.name, type + range_text(k), shown(k.def), k.doc,
+                       k.timed                ? " [not hashed; timed]"
+                       : !k.hashed            ? " [not hashed]"
+                       : !k.hashed_at_default ? " [hashed unless default]"
+                                              : "",
+                       only);
   }
   out += "\ngroups: model=NAME, router=NAME, data=NAME load experiments/<group>/NAME.yaml\n";
   out += "tags.*: free-form labels, added with +tags.KEY=VALUE (not hashed)\n";

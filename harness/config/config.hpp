@@ -28,12 +28,15 @@ struct Key {
   std::string doc;
   double min = -1e300, max = 1e300;  // inclusive range for Int/Float (and list elements)
   std::vector<std::string> choices;  // for Choice
-  bool hashed = true;  // false: bookkeeping that cannot change a result (db path, log interval)
+  bool hashed = true;                // false: bookkeeping that cannot change a result (db path, log interval)
   // false: the default value is left out of the hash, so configs that predate the key keep theirs.
   bool hashed_at_default = true;
   // Unhashed, yet it changes speed (a compute path that gives the same function): step times
   // compare only runs and bench cases that agree on every such key.
   bool timed = false;
+  // The key is used only where each (key, values) holds: the other key's value is one of values
+  // (a bool as "true"/"false"). Set elsewhere to anything but its default, it is refused.
+  std::vector<std::pair<std::string, std::vector<std::string>>> when;
 };
 
 // Every key, declared once (harness/config/schema.cpp).
@@ -44,6 +47,9 @@ const std::vector<std::string>& groups();
 // Namespaces that accept new keys with `+ns.key=value` (free-form metadata, never hashed).
 bool is_open_namespace(const std::string& name);
 std::string type_name(Type t);
+class Config;
+// Whether the run `cfg` configures uses `key` (its `when` conditions hold, and theirs in turn).
+bool applies(const Config& cfg, const Key& key);
 // Coerce a YAML/JSON value to the key's type and check its range; throws ConfigError naming `where`.
 json coerce(const Key& key, const json& value, const std::string& where);
 
@@ -104,8 +110,7 @@ bool is_sweep_file(const std::string& path);
 // Resolves CONFIG.yaml plus `key=value` overrides. Throws ConfigError on any bad input.
 Config resolve(const std::string& config_file, const std::vector<std::string>& overrides);
 // Applies overrides to an already resolved config (sweeps add their axis values this way).
-void apply_overrides(Config& cfg, const std::vector<std::string>& overrides,
-                     const std::vector<std::string>& search);
+void apply_overrides(Config& cfg, const std::vector<std::string>& overrides, const std::vector<std::string>& search);
 
 // `ssr config --doc`: every key with type, default, range and its line of documentation.
 std::string schema_doc();

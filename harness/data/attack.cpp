@@ -22,20 +22,26 @@ namespace ssr::data {
 
 const std::vector<std::string>& stop_words() {
   static const std::vector<std::string> words = {
-      "i", "me", "my", "myself", "we", "our", "ours", "ourselves", "you", "you're", "you've", "you'll", "you'd",
-      "your", "yours", "yourself", "yourselves", "he", "him", "his", "himself", "she", "she's", "her", "hers",
-      "herself", "it", "it's", "its", "itself", "they", "them", "their", "theirs", "themselves", "what", "which",
-      "who", "whom", "this", "that", "that'll", "these", "those", "am", "is", "are", "was", "were", "be", "been",
-      "being", "have", "has", "had", "having", "do", "does", "did", "doing", "a", "an", "the", "and", "but", "if",
-      "or", "because", "as", "until", "while", "of", "at", "by", "for", "with", "about", "against", "between",
-      "into", "through", "during", "before", "after", "above", "below", "to", "from", "up", "down", "in", "out",
-      "on", "off", "over", "under", "again", "further", "then", "once", "here", "there", "when", "where", "why",
-      "how", "all", "any", "both", "each", "few", "more", "most", "other", "some", "such", "no", "nor", "not",
-      "only", "own", "same", "so", "than", "too", "very", "s", "t", "can", "will", "just", "don", "don't",
-      "should", "should've", "now", "d", "ll", "m", "o", "re", "ve", "y", "ain", "aren", "aren't", "couldn",
-      "couldn't", "didn", "didn't", "doesn", "doesn't", "hadn", "hadn't", "hasn", "hasn't", "haven", "haven't",
-      "isn", "isn't", "ma", "mightn", "mightn't", "mustn", "mustn't", "needn", "needn't", "shan", "shan't",
-      "shouldn", "shouldn't", "wasn", "wasn't", "weren", "weren't", "won", "won't", "wouldn", "wouldn't"};
+      "i",        "me",     "my",      "myself",   "we",      "our",     "ours",     "ourselves",  "you",
+      "you're",   "you've", "you'll",  "you'd",    "your",    "yours",   "yourself", "yourselves", "he",
+      "him",      "his",    "himself", "she",      "she's",   "her",     "hers",     "herself",    "it",
+      "it's",     "its",    "itself",  "they",     "them",    "their",   "theirs",   "themselves", "what",
+      "which",    "who",    "whom",    "this",     "that",    "that'll", "these",    "those",      "am",
+      "is",       "are",    "was",     "were",     "be",      "been",    "being",    "have",       "has",
+      "had",      "having", "do",      "does",     "did",     "doing",   "a",        "an",         "the",
+      "and",      "but",    "if",      "or",       "because", "as",      "until",    "while",      "of",
+      "at",       "by",     "for",     "with",     "about",   "against", "between",  "into",       "through",
+      "during",   "before", "after",   "above",    "below",   "to",      "from",     "up",         "down",
+      "in",       "out",    "on",      "off",      "over",    "under",   "again",    "further",    "then",
+      "once",     "here",   "there",   "when",     "where",   "why",     "how",      "all",        "any",
+      "both",     "each",   "few",     "more",     "most",    "other",   "some",     "such",       "no",
+      "nor",      "not",    "only",    "own",      "same",    "so",      "than",     "too",        "very",
+      "s",        "t",      "can",     "will",     "just",    "don",     "don't",    "should",     "should've",
+      "now",      "d",      "ll",      "m",        "o",       "re",      "ve",       "y",          "ain",
+      "aren",     "aren't", "couldn",  "couldn't", "didn",    "didn't",  "doesn",    "doesn't",    "hadn",
+      "hadn't",   "hasn",   "hasn't",  "haven",    "haven't", "isn",     "isn't",    "ma",         "mightn",
+      "mightn't", "mustn",  "mustn't", "needn",    "needn't", "shan",    "shan't",   "shouldn",    "shouldn't",
+      "wasn",     "wasn't", "weren",   "weren't",  "won",     "won't",   "wouldn",   "wouldn't"};
   return words;
 }
 
@@ -187,20 +193,25 @@ nlohmann::json write_attacked_splits(const config::Config& cfg) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec)
-    throw config::ConfigError(fmt::format("{}: cannot create data.attack_dir ({}); pick a writable folder",
-                                          dir.string(), ec.message()));
+    throw config::ConfigError(
+        fmt::format("{}: cannot create data.attack_dir ({}); pick a writable folder", dir.string(), ec.message()));
 
   std::string stop_list;
   for (const auto& w : stop_words()) stop_list += w + "\n";
   nlohmann::json manifest = {
-      {"rule", "TextAttack Augmenter: per line max(floor(rate*words),1) non-stop-words -> word, uniform without "
-               "replacement; NLTK English stop-words, case-sensitive"},
+      {"rule",
+       "TextAttack Augmenter: per line max(floor(rate*words),1) non-stop-words -> word, uniform without "
+       "replacement; NLTK English stop-words, case-sensitive"},
       {"seed", seed},
       {"rate", rate},
       {"word", word},
       {"stop_words", {{"count", stop_words().size()}, {"sha256", sha256_hex(stop_list)}}},
-      {"data", {{"dir", cfg.s("data.dir")}, {"train", cfg.s("data.train")}, {"valid", cfg.s("data.valid")},
-                {"test", cfg.s("data.test")}, {"holdout", cfg.f("data.holdout")}}},
+      {"data",
+       {{"dir", cfg.s("data.dir")},
+        {"train", cfg.s("data.train")},
+        {"valid", cfg.s("data.valid")},
+        {"test", cfg.s("data.test")},
+        {"holdout", cfg.f("data.holdout")}}},
       {"splits", nlohmann::json::object()}};
 
   const auto clean = eval_split_texts(cfg);
@@ -213,7 +224,8 @@ nlohmann::json write_attacked_splits(const config::Config& cfg) {
     std::ofstream out(file, std::ios::binary);
     out.write(attacked.data(), static_cast<std::streamsize>(attacked.size()));
     if (!out)
-      throw config::ConfigError(fmt::format("{}: cannot write the attacked split; check data.attack_dir", file.string()));
+      throw config::ConfigError(
+          fmt::format("{}: cannot write the attacked split; check data.attack_dir", file.string()));
     manifest["splits"][name] = {{"file", file.string()},
                                 {"sha256", sha256_hex(attacked)},
                                 {"source_sha256", sha256_hex(clean.at(name))},
@@ -232,7 +244,8 @@ nlohmann::json write_attacked_splits(const config::Config& cfg) {
   std::ofstream m(manifest_path);
   m << manifest.dump(2) << "\n";
   if (!m)
-    throw config::ConfigError(fmt::format("{}: cannot write the manifest; check data.attack_dir", manifest_path.string()));
+    throw config::ConfigError(
+        fmt::format("{}: cannot write the manifest; check data.attack_dir", manifest_path.string()));
   return manifest;
 }
 

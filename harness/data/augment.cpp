@@ -7,7 +7,9 @@
 namespace ssr::data {
 namespace {
 
-double uniform(std::mt19937_64& rng, double lo, double hi) { return std::uniform_real_distribution<double>(lo, hi)(rng); }
+double uniform(std::mt19937_64& rng, double lo, double hi) {
+  return std::uniform_real_distribution<double>(lo, hi)(rng);
+}
 
 double beta(std::mt19937_64& rng, double alpha) {
   std::gamma_distribution<double> g(alpha, 1.0);
@@ -72,7 +74,9 @@ torch::Tensor mix_batch(torch::Tensor& images, const torch::Tensor& labels, cons
       const int64_t y0 = std::clamp<int64_t>(cy - ch / 2, 0, h), y1 = std::clamp<int64_t>(cy + ch / 2, 0, h);
       const int64_t x0 = std::clamp<int64_t>(cx - cw / 2, 0, w), x1 = std::clamp<int64_t>(cx + cw / 2, 0, w);
       if (y1 > y0 && x1 > x0) {
-        images.narrow(2, y0, y1 - y0).narrow(3, x0, x1 - x0).copy_(reversed.narrow(2, y0, y1 - y0).narrow(3, x0, x1 - x0));
+        images.narrow(2, y0, y1 - y0)
+            .narrow(3, x0, x1 - x0)
+            .copy_(reversed.narrow(2, y0, y1 - y0).narrow(3, x0, x1 - x0));
       }
       lam = 1 - static_cast<double>((y1 - y0) * (x1 - x0)) / static_cast<double>(h * w);
     } else {
@@ -109,8 +113,9 @@ torch::Tensor affine(const torch::Tensor& x, double a, double b, double c, doubl
   auto theta = torch::tensor({a, b * h / w, 2 * c / w, d * w / h, e, 2 * f / h}, torch::kFloat).view({1, 2, 3});
   auto grid = torch::nn::functional::affine_grid(theta, {1, x.size(0), x.size(1), x.size(2)}, false);  // (1, H, W, 2)
   namespace F = torch::nn::functional;
-  auto out = F::grid_sample((x - 0.5).unsqueeze(0), grid,
-                            F::GridSampleFuncOptions().mode(torch::kBilinear).padding_mode(torch::kZeros).align_corners(false));
+  auto out = F::grid_sample(
+      (x - 0.5).unsqueeze(0), grid,
+      F::GridSampleFuncOptions().mode(torch::kBilinear).padding_mode(torch::kZeros).align_corners(false));
   return out.squeeze(0) + 0.5;  // (C, H, W)
 }
 
@@ -170,15 +175,21 @@ torch::Tensor rand_op(const torch::Tensor& x, RandOp op, double m, bool negate) 
       return torch::where(q < 128, (q + add).clamp_max(255), q) / 255;
     }
     case RandOp::Color: return blend(grey(x).expand_as(x), x, factor);
-    case RandOp::Contrast: return blend(torch::full_like(x, std::floor(grey(levels(x)).mean().item<double>() + 0.5) / 255), x, factor);
+    case RandOp::Contrast:
+      return blend(torch::full_like(x, std::floor(grey(levels(x)).mean().item<double>() + 0.5) / 255), x, factor);
     case RandOp::Brightness: return blend(torch::zeros_like(x), x, factor);
     case RandOp::Sharpness: {
       // PIL's SMOOTH kernel on the interior; the border keeps the image.
       if (x.size(1) < 3 || x.size(2) < 3) return x;
-      auto k = torch::tensor({1, 1, 1, 1, 5, 1, 1, 1, 1}, torch::kFloat).view({1, 1, 3, 3}).repeat({x.size(0), 1, 1, 1}) / 13;
+      auto k =
+          torch::tensor({1, 1, 1, 1, 5, 1, 1, 1, 1}, torch::kFloat).view({1, 1, 3, 3}).repeat({x.size(0), 1, 1, 1}) /
+          13;
       auto smooth = x.clone();
-      smooth.narrow(1, 1, x.size(1) - 2).narrow(2, 1, x.size(2) - 2)
-          .copy_(torch::nn::functional::conv2d(x.unsqueeze(0), k, torch::nn::functional::Conv2dFuncOptions().groups(x.size(0))).squeeze(0));
+      smooth.narrow(1, 1, x.size(1) - 2)
+          .narrow(2, 1, x.size(2) - 2)
+          .copy_(torch::nn::functional::conv2d(x.unsqueeze(0), k,
+                                               torch::nn::functional::Conv2dFuncOptions().groups(x.size(0)))
+                     .squeeze(0));
       return blend(smooth, x, factor);
     }
     // timm shears about the top-left corner (PIL AFFINE (1, s, 0, 0, 1, 0)); affine() is centred.

@@ -11,13 +11,13 @@
 namespace ssr::data {
 
 struct AugmentOptions {
-  int64_t randaug_n = 0;                  // data.randaug_n (0 = off)
+  int64_t randaug_n = 0;                     // data.randaug_n (0 = off)
   double randaug_m = 9, randaug_mstd = 0.5;  // data.randaug_m, data.randaug_mstd
-  double erase_prob = 0;                  // data.random_erase
+  double erase_prob = 0;                     // data.random_erase
   double mixup_alpha = 0, cutmix_alpha = 0;  // data.mixup, data.cutmix (0 = off)
   double mix_prob = 1, switch_prob = 0.5;    // data.mix_prob, data.mix_switch_prob
-  double label_smoothing = 0;             // train.label_smoothing, folded into the soft targets
-  int64_t classes = 0;                    // model.num_classes
+  double label_smoothing = 0;                // train.label_smoothing, folded into the soft targets
+  int64_t classes = 0;                       // model.num_classes
   static AugmentOptions from(const config::Config& cfg);
   bool mixing() const { return mixup_alpha > 0 || cutmix_alpha > 0; }
 };
@@ -44,8 +44,21 @@ namespace ssr::data {
 // magnitude drawn from N(m, mstd) clipped to [0, 10]. `image` is (C, H, W) in [0, 1] (before
 // normalisation); geometric ops fill with grey 0.5 (timm's 128).
 enum class RandOp {
-  AutoContrast, Equalize, Invert, Rotate, Posterize, Solarize, SolarizeAdd, Color, Contrast, Brightness,
-  Sharpness, ShearX, ShearY, TranslateX, TranslateY
+  AutoContrast,
+  Equalize,
+  Invert,
+  Rotate,
+  Posterize,
+  Solarize,
+  SolarizeAdd,
+  Color,
+  Contrast,
+  Brightness,
+  Sharpness,
+  ShearX,
+  ShearY,
+  TranslateX,
+  TranslateY
 };
 constexpr int kRandOps = 15;
 // One op at magnitude m in [0, 10]; `negate` flips the sign of signed magnitudes (rotation, shear,

@@ -26,8 +26,8 @@ constexpr char kCacheMagic[8] = {'S', 'S', 'R', 'C', 'O', 'R', 'P', '1'};
 std::string read_file(const fs::path& path, const std::string& what) {
   std::ifstream in(path, std::ios::binary);
   if (!in)
-    throw ConfigError(fmt::format("{}: {} not found or unreadable; check data.dir and the data.* file names",
-                                  path.string(), what));
+    throw ConfigError(
+        fmt::format("{}: {} not found or unreadable; check data.dir and the data.* file names", path.string(), what));
   std::string text;
   in.seekg(0, std::ios::end);
   text.resize(static_cast<size_t>(in.tellg()));
@@ -47,7 +47,7 @@ struct Layout {
   fs::path train, valid, test;  // valid/test empty when carved from train
   int64_t carved = 0;           // 0, 1 (valid) or 2 (valid and test) tail pieces of train
   double holdout = 0;
-  bool has_test = true;         // data.test: none = no test split (nanoGPT's train/val only)
+  bool has_test = true;  // data.test: none = no test split (nanoGPT's train/val only)
 };
 
 Layout layout_of(const config::Config& cfg) {
@@ -60,9 +60,10 @@ Layout layout_of(const config::Config& cfg) {
   if (valid.empty() && l.holdout <= 0)
     throw ConfigError("data.valid is '' but data.holdout is 0: name a validation file or set data.holdout > 0");
   if (!valid.empty() && l.holdout > 0)
-    throw ConfigError(fmt::format("data.holdout is {} but data.valid is '{}': set data.valid='' to carve the "
-                                  "validation split from the training file, or data.holdout=0",
-                                  l.holdout, valid));
+    throw ConfigError(
+        fmt::format("data.holdout is {} but data.valid is '{}': set data.valid='' to carve the "
+                    "validation split from the training file, or data.holdout=0",
+                    l.holdout, valid));
   if (test.empty() && !valid.empty())
     throw ConfigError("data.test is '': name a test file, or set data.valid='' and data.holdout > 0 to carve both");
   l.has_test = test != "none";
@@ -73,7 +74,9 @@ Layout layout_of(const config::Config& cfg) {
 }
 
 // Bytes of the UTF-8 sequence that starts with lead byte c (0: not a lead byte).
-size_t utf8_length(unsigned char c) { return c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0; }
+size_t utf8_length(unsigned char c) {
+  return c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+}
 
 // Python's str.isspace() for the code point starting at s[i]; sets len to its UTF-8 length.
 bool is_space_at(std::string_view s, size_t i, size_t& len) {
@@ -83,13 +86,14 @@ bool is_space_at(std::string_view s, size_t i, size_t& len) {
   if (c < 0x80) return false;
   auto at = [&](size_t k) { return i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0u; };
   if (c == 0xc2 && (at(1) == 0x85 || at(1) == 0xa0)) return len = 2, true;  // U+0085, U+00A0
-  if (c == 0xe1 && at(1) == 0x9a && at(2) == 0x80) return len = 3, true;     // U+1680
+  if (c == 0xe1 && at(1) == 0x9a && at(2) == 0x80) return len = 3, true;    // U+1680
   if (c == 0xe2 && at(1) == 0x80) {
     const unsigned t = at(2);
-    if ((t >= 0x80 && t <= 0x8a) || t == 0xa8 || t == 0xa9 || t == 0xaf) return len = 3, true;  // U+2000-200A, 2028/9, 202F
+    if ((t >= 0x80 && t <= 0x8a) || t == 0xa8 || t == 0xa9 || t == 0xaf)
+      return len = 3, true;  // U+2000-200A, 2028/9, 202F
   }
-  if (c == 0xe2 && at(1) == 0x81 && at(2) == 0x9f) return len = 3, true;     // U+205F
-  if (c == 0xe3 && at(1) == 0x80 && at(2) == 0x80) return len = 3, true;     // U+3000
+  if (c == 0xe2 && at(1) == 0x81 && at(2) == 0x9f) return len = 3, true;  // U+205F
+  if (c == 0xe3 && at(1) == 0x80 && at(2) == 0x80) return len = 3, true;  // U+3000
   return false;
 }
 
@@ -102,7 +106,8 @@ struct SplitText {
 // Carves the tail pieces of a training text: by lines (word), bytes (byte) or characters (char).
 // Word and byte carve round(holdout x units) per piece; char keeps the first int(units x (1 -
 // carved x holdout)) characters for training, as nanoGPT's shakespeare_char prepare.py does.
-std::map<std::string, SplitText> carve(std::string text, const Layout& l, const std::string& format, const fs::path& file) {
+std::map<std::string, SplitText> carve(std::string text, const Layout& l, const std::string& format,
+                                       const fs::path& file) {
   std::map<std::string, SplitText> out;
   const std::string unit_name = format == "word" ? "lines" : format == "char" ? "characters" : "bytes";
   std::vector<size_t> starts;  // byte offset of each line (word) or character (char)
@@ -147,9 +152,10 @@ void check_utf8(std::string_view text, const fs::path& file) {
     bool ok = n > 0 && i + n <= text.size();
     for (size_t k = 1; ok && k < n; ++k) ok = (static_cast<unsigned char>(text[i + k]) >> 6) == 0x2;
     if (!ok)
-      throw ConfigError(fmt::format("{}: not UTF-8 text at byte {}; data.format=word and char read UTF-8 "
-                                    "text (use data.format=byte for raw bytes such as enwik8)",
-                                    file.string(), i));
+      throw ConfigError(
+          fmt::format("{}: not UTF-8 text at byte {}; data.format=word and char read UTF-8 "
+                      "text (use data.format=byte for raw bytes such as enwik8)",
+                      file.string(), i));
     i += n;
   }
 }
@@ -164,7 +170,8 @@ std::string read_split_file(const fs::path& path, const std::string& what, bool 
 const std::string& text_format(const config::Config& cfg) {
   const std::string& f = cfg.s("data.format");
   if (f != "word" && f != "byte" && f != "char")
-    throw ConfigError(fmt::format("data.format: '{}' is an image format; the language model reads word, byte or char", f));
+    throw ConfigError(
+        fmt::format("data.format: '{}' is an image format; the language model reads word, byte or char", f));
   return f;
 }
 
@@ -174,8 +181,10 @@ std::map<std::string, SplitText> raw_splits(const config::Config& cfg) {
   const bool word = format != "byte";  // word and char read UTF-8 text
   std::string train = read_split_file(l.train, "training file (data.train)", word);
   std::map<std::string, SplitText> out;
-  if (l.carved > 0) out = carve(std::move(train), l, format, l.train);
-  else out["train"] = {std::move(train), l.train.string()};
+  if (l.carved > 0)
+    out = carve(std::move(train), l, format, l.train);
+  else
+    out["train"] = {std::move(train), l.train.string()};
   if (!l.valid.empty())
     out["valid"] = {read_split_file(l.valid, "validation file (data.valid)", word), l.valid.string()};
   if (!l.test.empty()) out["test"] = {read_split_file(l.test, "test file (data.test)", word), l.test.string()};
@@ -373,8 +382,7 @@ void add_attacked(const config::Config& cfg, Corpus& c) {
   for (const auto& s : cfg.strings("eval.splits"))
     if (s == "valid-attacked" || s == "test-attacked") wanted.push_back(s);
   if (wanted.empty()) return;
-  if (c.format != "word")
-    throw ConfigError("eval.splits: attacked splits exist only for data.format=word (WikiText)");
+  if (c.format != "word") throw ConfigError("eval.splits: attacked splits exist only for data.format=word (WikiText)");
   const fs::path dir = cfg.s("data.attack_dir");
   const fs::path manifest_path = dir / "manifest.json";
   const std::string hint = "run `ssr data attack CONFIG` with the same data.* keys first";
@@ -395,8 +403,8 @@ void add_attacked(const config::Config& cfg, Corpus& c) {
     const std::string text = read_file(file, "attacked " + base + " file");
     const auto& entry = manifest["splits"][base];
     if (!entry.is_object() || entry.value("source_sha256", "") != sha256_hex(clean.at(base).text))
-      throw ConfigError(fmt::format("{}: made from other data than this config's {} split; {}", file.string(),
-                                    base, hint));
+      throw ConfigError(
+          fmt::format("{}: made from other data than this config's {} split; {}", file.string(), base, hint));
     if (entry.value("sha256", "") != sha256_hex(text))
       throw ConfigError(fmt::format("{}: content differs from its manifest (edited?); {}", file.string(), hint));
     std::vector<int32_t> ids;
@@ -404,8 +412,8 @@ void add_attacked(const config::Config& cfg, Corpus& c) {
       int32_t id = dict.find(t);
       if (id < 0) {
         if (unk < 0)
-          throw ConfigError(fmt::format("{}: word '{}' is not in the vocabulary, which has no <unk>", file.string(),
-                                        std::string(t)));
+          throw ConfigError(
+              fmt::format("{}: word '{}' is not in the vocabulary, which has no <unk>", file.string(), std::string(t)));
         id = unk;
       }
       ids.push_back(id);
@@ -483,7 +491,8 @@ std::string decode_bytes(const Corpus& corpus, const torch::Tensor& ids) {
   std::vector<int> byte_of(corpus.vocab.size(), -1);
   for (size_t i = 0; i < corpus.vocab.size(); ++i) {
     const std::string& t = corpus.vocab[i];
-    if (t == kEos) byte_of[i] = '\n';
+    if (t == kEos)
+      byte_of[i] = '\n';
     else if (!t.empty() && t.size() <= 3 && std::all_of(t.begin(), t.end(), ::isdigit) && std::stoi(t) < 256)
       byte_of[i] = std::stoi(t);
   }
@@ -502,9 +511,10 @@ StreamBatcher::StreamBatcher(const torch::Tensor& ids, int64_t streams, int64_t 
     : seq_len_(seq_len), every_token_(every_token) {
   const int64_t per_stream = ids.numel() / streams;
   if (per_stream <= seq_len)
-    throw ConfigError(fmt::format("{} tokens give {} per stream for {} streams, but a stream needs more than the "
-                                  "segment length {}; lower the batch size or train.seq_len",
-                                  ids.numel(), per_stream, streams, seq_len));
+    throw ConfigError(
+        fmt::format("{} tokens give {} per stream for {} streams, but a stream needs more than the "
+                    "segment length {}; lower the batch size or train.seq_len",
+                    ids.numel(), per_stream, streams, seq_len));
   rows_ = ids.narrow(0, 0, per_stream * streams).view({streams, per_stream});  // (streams, len)
 }
 

@@ -13,9 +13,9 @@
 namespace ssr::data {
 
 struct Corpus {
-  std::vector<std::string> vocab;           // id -> token, in first-seen order train -> valid -> test
+  std::vector<std::string> vocab;               // id -> token, in first-seen order train -> valid -> test
   std::map<std::string, torch::Tensor> splits;  // "train"/"valid"/"test" -> (tokens) int64 ids
-  std::string format;                       // data.format: "word", "byte" or "char"
+  std::string format;                           // data.format: "word", "byte" or "char"
   int64_t vocab_size() const { return static_cast<int64_t>(vocab.size()); }
 };
 

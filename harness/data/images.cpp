@@ -25,7 +25,8 @@ uint32_t be32(const unsigned char* p) {
 
 // Whole file through zlib, which reads gzip and plain files alike.
 std::string read_maybe_gzip(const std::string& path) {
-  if (!fs::exists(path)) throw ConfigError(fmt::format("{}: no such file (check data.dir and the split prefixes)", path));
+  if (!fs::exists(path))
+    throw ConfigError(fmt::format("{}: no such file (check data.dir and the split prefixes)", path));
   gzFile f = gzopen(path.c_str(), "rb");
   if (!f) throw ConfigError(fmt::format("{}: cannot open", path));
   std::string out;
@@ -61,12 +62,13 @@ std::vector<std::string> sorted_subdirs(const fs::path& dir) {
 // <root>/<class>/* for the classes in `classes` (ids from `class_id`). Unknown folders are errors.
 void add_folder(const fs::path& root, const std::map<std::string, int64_t>& class_id, ImageSplit& split,
                 std::vector<int64_t>& labels, std::set<int64_t>* seen, bool ood) {
-  if (!fs::is_directory(root)) throw ConfigError(fmt::format("{}: no such folder (check data.dir and the split names)", root.string()));
+  if (!fs::is_directory(root))
+    throw ConfigError(fmt::format("{}: no such folder (check data.dir and the split names)", root.string()));
   for (const auto& name : sorted_subdirs(root)) {
     auto it = class_id.find(name);
     if (it == class_id.end())
-      throw ConfigError(fmt::format("{}: class '{}' is not among the {} training classes", (root / name).string(),
-                                    name, class_id.size()));
+      throw ConfigError(fmt::format("{}: class '{}' is not among the {} training classes", (root / name).string(), name,
+                                    class_id.size()));
     std::vector<std::string> files;
     for (const auto& e : fs::directory_iterator(root / name))
       if (e.is_regular_file() && is_image_file(e.path())) files.push_back(e.path().string());
@@ -108,9 +110,11 @@ ImageSplit ood_split(const fs::path& root, const fs::path& valid_root, const std
   add_folder(root, class_id, s, labels, &seen, true);
   const size_t n_ood = labels.size();
   for (int64_t c : seen) {
-    const std::string& wnid = std::find_if(class_id.begin(), class_id.end(), [&](auto& kv) { return kv.second == c; })->first;
+    const std::string& wnid =
+        std::find_if(class_id.begin(), class_id.end(), [&](auto& kv) { return kv.second == c; })->first;
     const fs::path dir = valid_root / wnid;
-    if (!fs::is_directory(dir)) throw ConfigError(fmt::format("{}: missing; ImageNet-O needs the valid images of its classes", dir.string()));
+    if (!fs::is_directory(dir))
+      throw ConfigError(fmt::format("{}: missing; ImageNet-O needs the valid images of its classes", dir.string()));
     std::vector<std::string> files;
     for (const auto& e : fs::directory_iterator(dir))
       if (e.is_regular_file() && is_image_file(e.path())) files.push_back(e.path().string());
@@ -141,7 +145,8 @@ ImageData load_idx(const config::Config& cfg) {
   } else if (cfg.f("data.holdout") > 0) {
     const int64_t n = train.labels.size(0);
     const auto held = static_cast<int64_t>(std::llround(cfg.f("data.holdout") * static_cast<double>(n)));
-    d.splits["valid"] = ImageSplit{train.pixels.narrow(0, n - held, held), {}, train.labels.narrow(0, n - held, held), {}};
+    d.splits["valid"] =
+        ImageSplit{train.pixels.narrow(0, n - held, held), {}, train.labels.narrow(0, n - held, held), {}};
     train.pixels = train.pixels.narrow(0, 0, n - held);
     train.labels = train.labels.narrow(0, 0, n - held);
   }
@@ -163,7 +168,8 @@ ImageData load_folders(const config::Config& cfg) {
   const fs::path dir = cfg.s("data.dir");
   const fs::path train_root = dir / cfg.s("data.train");
   if (!fs::is_directory(train_root))
-    throw ConfigError(fmt::format("{}: no such folder (data.dir/data.train must hold one folder per class)", train_root.string()));
+    throw ConfigError(
+        fmt::format("{}: no such folder (data.dir/data.train must hold one folder per class)", train_root.string()));
   ImageData d;
   d.channels = 3;
   d.classes = sorted_subdirs(train_root);
@@ -175,7 +181,8 @@ ImageData load_folders(const config::Config& cfg) {
   if (!cfg.s("data.imagenet_a").empty()) d.splits["imagenet-a"] = subset_split(cfg.s("data.imagenet_a"), class_id);
   if (!cfg.s("data.imagenet_r").empty()) d.splits["imagenet-r"] = subset_split(cfg.s("data.imagenet_r"), class_id);
   if (!cfg.s("data.imagenet_o").empty()) {
-    if (cfg.s("data.valid").empty()) throw ConfigError("data.imagenet_o: needs data.valid (its in-distribution images)");
+    if (cfg.s("data.valid").empty())
+      throw ConfigError("data.imagenet_o: needs data.valid (its in-distribution images)");
     d.splits["imagenet-o"] = ood_split(cfg.s("data.imagenet_o"), dir / cfg.s("data.valid"), class_id);
   }
   return d;
@@ -236,14 +243,17 @@ torch::Tensor decode_jpeg(const std::string& path) {
 ImageData load_images(const config::Config& cfg) {
   const std::string& format = cfg.s("data.format");
   ImageData d;
-  if (format == "idx") d = load_idx(cfg);
-  else if (format == "imagefolder") d = load_folders(cfg);
-  else throw ConfigError(fmt::format("data.format: {} is text; model.arch=swin_moe needs idx or imagefolder", format));
+  if (format == "idx")
+    d = load_idx(cfg);
+  else if (format == "imagefolder")
+    d = load_folders(cfg);
+  else
+    throw ConfigError(fmt::format("data.format: {} is text; model.arch=swin_moe needs idx or imagefolder", format));
   const auto n_classes = static_cast<int64_t>(d.classes.size());
   if (n_classes != cfg.i("model.num_classes"))
     throw ConfigError(fmt::format("model.num_classes: {} but {} has {} classes (set model.num_classes={})",
-                                  cfg.i("model.num_classes"), (fs::path(cfg.s("data.dir")) / cfg.s("data.train")).string(),
-                                  n_classes, n_classes));
+                                  cfg.i("model.num_classes"),
+                                  (fs::path(cfg.s("data.dir")) / cfg.s("data.train")).string(), n_classes, n_classes));
   if (cfg.i("model.in_chans") != d.channels)
     throw ConfigError(fmt::format("model.in_chans: {} but the images of {} have {} channel(s)", cfg.i("model.in_chans"),
                                   cfg.s("data.dir"), d.channels));
@@ -252,7 +262,8 @@ ImageData load_images(const config::Config& cfg) {
     throw ConfigError(fmt::format("data.mean, data.std: need {} value(s) each, one per channel", d.channels));
   for (const auto& [name, split] : d.splits)
     if (split.size() > 0 && split.labels.max().item<int64_t>() >= n_classes)
-      throw ConfigError(fmt::format("{}: split {} has labels beyond the {} training classes", cfg.s("data.dir"), name, n_classes));
+      throw ConfigError(
+          fmt::format("{}: split {} has labels beyond the {} training classes", cfg.s("data.dir"), name, n_classes));
   return d;
 }
 
@@ -287,7 +298,8 @@ void ImageLoader::refill() {
     if (train_) {
       const int64_t epoch = t / batches_, pos = (t % batches_) * batch_;
       if (epoch != perm_epoch_) {
-        auto g = at::make_generator<at::CPUGeneratorImpl>(seed_ + 0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(epoch + 1));
+        auto g =
+            at::make_generator<at::CPUGeneratorImpl>(seed_ + 0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(epoch + 1));
         auto p = torch::randperm(n, g, torch::kInt64);  // (N)
         perm_.assign(p.data_ptr<int64_t>(), p.data_ptr<int64_t>() + n);
         perm_epoch_ = epoch;
@@ -297,14 +309,14 @@ void ImageLoader::refill() {
       for (int64_t i = t * batch_; i < std::min(n, (t + 1) * batch_); ++i) rows.push_back(i);
     }
     const uint64_t batch_seed = seed_ ^ (0xD1B54A32D192ED03ULL * static_cast<uint64_t>(t + 1));
-    queue_.push_back(std::async(std::launch::async, [this, rows = std::move(rows), batch_seed] {
-      return make(rows, batch_seed);
-    }));
+    queue_.push_back(
+        std::async(std::launch::async, [this, rows = std::move(rows), batch_seed] { return make(rows, batch_seed); }));
   }
 }
 
 void ImageLoader::seek(int64_t taken, int64_t skipped) {
-  if (!train_ || !queue_.empty() || taken_ > 0) throw std::logic_error("ImageLoader::seek: only before a training pass starts");
+  if (!train_ || !queue_.empty() || taken_ > 0)
+    throw std::logic_error("ImageLoader::seek: only before a training pass starts");
   launched_ = taken_ = taken;
   skipped_ = skipped;
 }
@@ -360,15 +372,18 @@ ImageBatch ImageLoader::make(std::vector<int64_t> rows, uint64_t batch_seed) con
         }
         if (!found) {
           const double r = static_cast<double>(w) / static_cast<double>(h);
-          if (r < 3.0 / 4) ch = std::lround(w / (3.0 / 4));
-          else if (r > 4.0 / 3) cw = std::lround(h * (4.0 / 3));
+          if (r < 3.0 / 4)
+            ch = std::lround(w / (3.0 / 4));
+          else if (r > 4.0 / 3)
+            cw = std::lround(h * (4.0 / 3));
           top = (h - ch) / 2;
           left = (w - cw) / 2;
         }
         x = resize_bicubic(x.narrow(1, top, ch).narrow(2, left, cw), size_, size_);
       } else {
         const double s = static_cast<double>(eval_resize_) / static_cast<double>(std::min(h, w));
-        const int64_t rh = std::max<int64_t>(size_, std::lround(h * s)), rw = std::max<int64_t>(size_, std::lround(w * s));
+        const int64_t rh = std::max<int64_t>(size_, std::lround(h * s)),
+                      rw = std::max<int64_t>(size_, std::lround(w * s));
         x = resize_bicubic(x, rh, rw).narrow(1, (rh - size_) / 2, size_).narrow(2, (rw - size_) / 2, size_);
       }
     }
@@ -381,8 +396,9 @@ ImageBatch ImageLoader::make(std::vector<int64_t> rows, uint64_t batch_seed) con
   }
   const int64_t c = static_cast<int64_t>(mean_.size());
   b.images = images.empty() ? torch::empty({0, c, size_, size_}) : torch::stack(images);  // (B, C, S, S)
-  b.labels = torch::tensor(labels, torch::kInt64);                                          // (B)
-  if (train_ && aug_.mixing() && b.labels.size(0) > 0) b.targets = mix_batch(b.images, b.labels, aug_, rng);  // (B, classes)
+  b.labels = torch::tensor(labels, torch::kInt64);                                        // (B)
+  if (train_ && aug_.mixing() && b.labels.size(0) > 0)
+    b.targets = mix_batch(b.images, b.labels, aug_, rng);  // (B, classes)
   return b;
 }
 

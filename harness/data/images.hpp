@@ -59,15 +59,16 @@ torch::Tensor resize_bicubic(const torch::Tensor& x, int64_t h, int64_t w);
 ImageData load_images(const config::Config& cfg);
 
 struct ImageBatch {
-  torch::Tensor images;  // (B, C, S, S) float32, normalised
-  torch::Tensor labels;  // (B) int64
+  torch::Tensor images;   // (B, C, S, S) float32, normalised
+  torch::Tensor labels;   // (B) int64
   torch::Tensor targets;  // (B, classes) soft targets when mixup / cutmix is on; else undefined
-  int64_t skipped = 0;   // unreadable images left out of this batch
+  int64_t skipped = 0;    // unreadable images left out of this batch
 };
 
 // Train: endless batches of an epoch-wise shuffled order (drop_last), random resized crop (folders)
-// horizontal flip, then random erasing and mixup / cutmix when configured (augment.hpp). Eval: the split in order, the last batch partial, resize + centre crop.
-// Batch t is a function of (seed, t) only, so the worker threads never change a result.
+// horizontal flip, then random erasing and mixup / cutmix when configured (augment.hpp). Eval: the split in order, the
+// last batch partial, resize + centre crop. Batch t is a function of (seed, t) only, so the worker threads never change
+// a result.
 class ImageLoader {
  public:
   ImageLoader(const ImageSplit& split, const config::Config& cfg, int64_t batch, bool train, uint64_t seed);

@@ -101,13 +101,20 @@ Env environment() {
     e.source = "SLURM_NTASKS";
     e.rank = required_int("SLURM_PROCID", 0, world - 1, "SLURM_NTASKS is");
     e.local_rank = var("SLURM_LOCALID") ? int_var("SLURM_LOCALID", *var("SLURM_LOCALID"), 0, 65535) : 0;
-    if (auto a = var("MASTER_ADDR")) e.master_addr = *a;
-    else if (auto l = var("SLURM_JOB_NODELIST")) e.master_addr = first_host(*l);
-    else if (auto l2 = var("SLURM_NODELIST")) e.master_addr = first_host(*l2);
-    else throw ConfigError("MASTER_ADDR: not set and no SLURM_JOB_NODELIST to take rank 0's host from");
-    if (auto p = var("MASTER_PORT")) e.master_port = int_var("MASTER_PORT", *p, 1, 65535);
-    else if (auto j = var("SLURM_JOB_ID")) e.master_port = 15000 + int_var("SLURM_JOB_ID", *j, 0, 2147483647) % 20000;
-    else throw ConfigError("MASTER_PORT: not set and no SLURM_JOB_ID to derive it from");
+    if (auto a = var("MASTER_ADDR"))
+      e.master_addr = *a;
+    else if (auto l = var("SLURM_JOB_NODELIST"))
+      e.master_addr = first_host(*l);
+    else if (auto l2 = var("SLURM_NODELIST"))
+      e.master_addr = first_host(*l2);
+    else
+      throw ConfigError("MASTER_ADDR: not set and no SLURM_JOB_NODELIST to take rank 0's host from");
+    if (auto p = var("MASTER_PORT"))
+      e.master_port = int_var("MASTER_PORT", *p, 1, 65535);
+    else if (auto j = var("SLURM_JOB_ID"))
+      e.master_port = 15000 + int_var("SLURM_JOB_ID", *j, 0, 2147483647) % 20000;
+    else
+      throw ConfigError("MASTER_PORT: not set and no SLURM_JOB_ID to derive it from");
   }
   return e;
 }
@@ -116,8 +123,8 @@ void check_world(config::Config& cfg, const Env& env) {
   if (env.source.empty()) return;
   const int64_t asked = cfg.i("run.nproc");
   if (asked != 1 && asked != env.world)
-    throw ConfigError(fmt::format("run.nproc: {} ranks asked, but {} says {}; make them agree or drop run.nproc",
-                                  asked, env.source, env.world));
+    throw ConfigError(fmt::format("run.nproc: {} ranks asked, but {} says {}; make them agree or drop run.nproc", asked,
+                                  env.source, env.world));
   cfg.set("run.nproc", env.world, env.source);
 }
 
@@ -157,8 +164,10 @@ void check_ranks(const config::Config& cfg) {
   const int64_t rows = share(B, 0, world, "train.batch_size").second;
   share(cfg.i("eval.batch_size"), 0, world, "eval.batch_size");
   if (split > rows)
-    throw ConfigError(fmt::format("train.batch_split: {} micro-batches need at least as many streams per rank "
-                                  "(train.batch_size {} over {} ranks)", split, B, world));
+    throw ConfigError(
+        fmt::format("train.batch_split: {} micro-batches need at least as many streams per rank "
+                    "(train.batch_size {} over {} ranks)",
+                    split, B, world));
 }
 
 struct Group::Impl {
@@ -173,9 +182,10 @@ struct Group::Impl {
     try {
       work->wait();
     } catch (const std::exception& e) {
-      throw std::runtime_error(fmt::format("rank {}: {} failed (another rank died, or did not answer within "
-                                           "run.dist_timeout_s = {} s): {}",
-                                           rank, what, timeout_s, first_line(e.what())));
+      throw std::runtime_error(
+          fmt::format("rank {}: {} failed (another rank died, or did not answer within "
+                      "run.dist_timeout_s = {} s): {}",
+                      rank, what, timeout_s, first_line(e.what())));
     }
   }
   void allreduce(torch::Tensor& flat, const char* what) {
@@ -213,9 +223,9 @@ Group::Group(const Env& env, const std::string& backend, torch::Device device, d
   } catch (const ConfigError&) {
     throw;
   } catch (const std::exception& e) {
-    throw std::runtime_error(fmt::format("rank {} of {}: no process group at {}:{} within run.dist_timeout_s = {} s: {}",
-                                         env.rank, env.world, env.master_addr, env.master_port, timeout_s,
-                                         first_line(e.what())));
+    throw std::runtime_error(
+        fmt::format("rank {} of {}: no process group at {}:{} within run.dist_timeout_s = {} s: {}", env.rank,
+                    env.world, env.master_addr, env.master_port, timeout_s, first_line(e.what())));
   }
 }
 
@@ -313,7 +323,9 @@ struct Group::GatherRows : torch::autograd::Function<Group::GatherRows> {
   }
 };
 
-torch::Tensor Group::gather_rows(const torch::Tensor& t) { return GatherRows::apply(t, reinterpret_cast<int64_t>(this)); }
+torch::Tensor Group::gather_rows(const torch::Tensor& t) {
+  return GatherRows::apply(t, reinterpret_cast<int64_t>(this));
+}
 
 double Group::take_gather_seconds() {
   const double s = impl_->gather_seconds;

@@ -66,16 +66,17 @@ std::vector<Run> filter_runs(const std::vector<Run>& runs, const std::string& wh
     conds.push_back({part.substr(0, negate ? eq - 1 : eq), part.substr(eq + 1), negate});
   }
   for (const auto& c : conds) {
-    static const std::vector<std::string> columns = {"id", "status", "sweep", "job", "hash", "seed", "host", "device", "git"};
+    static const std::vector<std::string> columns = {"id",   "status", "sweep",  "job", "hash",
+                                                     "seed", "host",   "device", "git"};
     const auto& g = config::groups();
     const bool known = std::find(columns.begin(), columns.end(), c.key) != columns.end() ||
                        std::find(g.begin(), g.end(), c.key) != g.end() || config::find_key(c.key) ||
                        config::is_open_namespace(c.key);
     if (!known)
-      throw config::ConfigError(fmt::format(
-          "--where: unknown key '{}' (a config key like router.p, a group: model, router, data, or one of "
-          "id, status, sweep, job, hash, seed, host, device, git)",
-          c.key));
+      throw config::ConfigError(
+          fmt::format("--where: unknown key '{}' (a config key like router.p, a group: model, router, data, or one of "
+                      "id, status, sweep, job, hash, seed, host, device, git)",
+                      c.key));
   }
   std::vector<Run> out;
   for (const auto& r : runs) {

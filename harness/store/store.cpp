@@ -23,7 +23,8 @@ namespace ssr::store {
 
 // Versioned migrations: entry i takes the schema from version i to i + 1. Never edit a
 // released entry; append a new one.
-static const std::array<const char*, 4> kMigrations = {R"sql(
+static const std::array<const char*, 4> kMigrations = {
+    R"sql(
 CREATE TABLE sweeps (
   id          INTEGER PRIMARY KEY,
   name        TEXT NOT NULL,
@@ -77,11 +78,11 @@ CREATE TABLE timings (
 );
 CREATE INDEX timings_run ON timings(run_id, phase);
 )sql",
-// 2: `ssr bench step` sessions. A session times its cases round-robin on one machine, so two
-// cases of one session pair round by round; a case's config hash is that of the sweep job (or
-// config) it times, which is how reports find it. Kept apart from runs: a benchmark trains on
-// synthetic tokens and must never count as a job's run.
-R"sql(
+    // 2: `ssr bench step` sessions. A session times its cases round-robin on one machine, so two
+    // cases of one session pair round by round; a case's config hash is that of the sweep job (or
+    // config) it times, which is how reports find it. Kept apart from runs: a benchmark trains on
+    // synthetic tokens and must never count as a job's run.
+    R"sql(
 CREATE TABLE bench_sessions (
   id            INTEGER PRIMARY KEY,
   command       TEXT NOT NULL,
@@ -144,10 +145,15 @@ class Stmt {
       throw StoreError(fmt::format("SQL error: {} in: {}", sqlite3_errmsg(db), sql));
   }
   ~Stmt() { sqlite3_finalize(st_); }
-  Stmt& bind(int i, int64_t v) { sqlite3_bind_int64(st_, i, v); return *this; }
+  Stmt& bind(int i, int64_t v) {
+    sqlite3_bind_int64(st_, i, v);
+    return *this;
+  }
   Stmt& bind(int i, double v) {
-    if (std::isfinite(v)) sqlite3_bind_double(st_, i, v);
-    else sqlite3_bind_text(st_, i, std::isnan(v) ? "NaN" : (v > 0 ? "Inf" : "-Inf"), -1, SQLITE_STATIC);
+    if (std::isfinite(v))
+      sqlite3_bind_double(st_, i, v);
+    else
+      sqlite3_bind_text(st_, i, std::isnan(v) ? "NaN" : (v > 0 ? "Inf" : "-Inf"), -1, SQLITE_STATIC);
     return *this;
   }
   Stmt& bind(int i, const std::string& v) {
@@ -155,7 +161,10 @@ class Stmt {
     return *this;
   }
   Stmt& bind(int i, std::optional<int64_t> v) {
-    if (v) sqlite3_bind_int64(st_, i, *v); else sqlite3_bind_null(st_, i);
+    if (v)
+      sqlite3_bind_int64(st_, i, *v);
+    else
+      sqlite3_bind_null(st_, i);
     return *this;
   }
   bool step() {
@@ -164,7 +173,10 @@ class Stmt {
     if (rc == SQLITE_DONE) return false;
     throw StoreError(fmt::format("SQL error: {}", sqlite3_errmsg(db_)));
   }
-  void reset() { sqlite3_reset(st_); sqlite3_clear_bindings(st_); }
+  void reset() {
+    sqlite3_reset(st_);
+    sqlite3_clear_bindings(st_);
+  }
   int64_t i64(int c) const { return sqlite3_column_int64(st_, c); }
   std::optional<int64_t> opt_i64(int c) const {
     if (sqlite3_column_type(st_, c) == SQLITE_NULL) return std::nullopt;
@@ -224,9 +236,7 @@ RunInfo this_machine(const std::string& device) {
   char host[256] = {0};
   gethostname(host, sizeof host - 1);
   info.host = host;
-  info.device = device == "cpu"
-                    ? fmt::format("cpu: {} ({} threads)", cpu_model(), torch::get_num_threads())
-                    : device;
+  info.device = device == "cpu" ? fmt::format("cpu: {} ({} threads)", cpu_model(), torch::get_num_threads()) : device;
 #ifdef SSR_WITH_CUDA
   // Reports compare step times only between runs on the same device: name the GPU, not "cuda".
   if (device == "cuda" && torch::cuda::is_available()) {
@@ -291,8 +301,8 @@ void Store::migrate() {
   Transaction tx(db_);
   int v = schema_version();  // re-read under the write lock: another process may have migrated
   if (v > static_cast<int>(kMigrations.size()))
-    throw StoreError(fmt::format("{}: schema version {} is newer than this ssr ({}); update ssr", path_, v,
-                                 kMigrations.size()));
+    throw StoreError(
+        fmt::format("{}: schema version {} is newer than this ssr ({}); update ssr", path_, v, kMigrations.size()));
   for (; v < static_cast<int>(kMigrations.size()); ++v) {
     exec(kMigrations[v]);
     exec(fmt::format("PRAGMA user_version={}", v + 1));
@@ -300,9 +310,8 @@ void Store::migrate() {
   tx.commit();
 }
 
-int64_t Store::create_run(const std::string& config_hash, const json& config, int64_t seed,
-                          const RunInfo& info, const std::string& status,
-                          std::optional<int64_t> sweep_id, std::optional<int64_t> job_num) {
+int64_t Store::create_run(const std::string& config_hash, const json& config, int64_t seed, const RunInfo& info,
+                          const std::string& status, std::optional<int64_t> sweep_id, std::optional<int64_t> job_num) {
   Transaction tx(db_);
   Stmt s(db_,
          "INSERT INTO runs (sweep_id, job_num, config_hash, config_json, status, seed, git_rev, host, "
@@ -310,9 +319,19 @@ int64_t Store::create_run(const std::string& config_hash, const json& config, in
          "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
   const double t = now();
   const bool running = status == "running";
-  s.bind(1, sweep_id).bind(2, job_num).bind(3, config_hash).bind(4, config.dump()).bind(5, status)
-      .bind(6, seed).bind(7, info.git_rev).bind(8, info.host).bind(9, info.device)
-      .bind(10, info.torch_version).bind(11, info.world_size).bind(12, info.backend).bind(13, t);
+  s.bind(1, sweep_id)
+      .bind(2, job_num)
+      .bind(3, config_hash)
+      .bind(4, config.dump())
+      .bind(5, status)
+      .bind(6, seed)
+      .bind(7, info.git_rev)
+      .bind(8, info.host)
+      .bind(9, info.device)
+      .bind(10, info.torch_version)
+      .bind(11, info.world_size)
+      .bind(12, info.backend)
+      .bind(13, t);
   if (running) s.bind(14, t).bind(15, t);
   s.step();
   int64_t id = sqlite3_last_insert_rowid(db_);
@@ -320,15 +339,31 @@ int64_t Store::create_run(const std::string& config_hash, const json& config, in
   return id;
 }
 
-void Store::start_run(int64_t run, const RunInfo& info) {
-  Transaction tx(db_);
-  Stmt s(db_,
+namespace {
+
+// queued (or a stale run being taken over) -> running on this machine, inside the caller's transaction.
+void mark_running(sqlite3* db, int64_t run, const RunInfo& info) {
+  Stmt s(db,
          "UPDATE runs SET status='running', git_rev=?, host=?, device=?, torch_version=?, world_size=?, "
          "backend=?, started_at=?, heartbeat_at=?, ended_at=NULL, error=NULL WHERE id=?");
   const double t = now();
-  s.bind(1, info.git_rev).bind(2, info.host).bind(3, info.device).bind(4, info.torch_version)
-      .bind(5, info.world_size).bind(6, info.backend).bind(7, t).bind(8, t).bind(9, run);
+  s.bind(1, info.git_rev)
+      .bind(2, info.host)
+      .bind(3, info.device)
+      .bind(4, info.torch_version)
+      .bind(5, info.world_size)
+      .bind(6, info.backend)
+      .bind(7, t)
+      .bind(8, t)
+      .bind(9, run);
   s.step();
+}
+
+}  // namespace
+
+void Store::start_run(int64_t run, const RunInfo& info) {
+  Transaction tx(db_);
+  mark_running(db_, run, info);
   tx.commit();
 }
 
@@ -441,10 +476,16 @@ std::vector<Timing> Store::timings(int64_t run) const {
 int64_t Store::add_bench_session(const std::string& command, const RunInfo& info, int64_t warmup,
                                  const std::vector<BenchCase>& cases) {
   Transaction tx(db_);
-  Stmt s(db_, "INSERT INTO bench_sessions (command, git_rev, host, device, torch_version, warmup, created_at) "
-              "VALUES (?,?,?,?,?,?,?)");
-  s.bind(1, command).bind(2, info.git_rev).bind(3, info.host).bind(4, info.device).bind(5, info.torch_version)
-      .bind(6, warmup).bind(7, now());
+  Stmt s(db_,
+         "INSERT INTO bench_sessions (command, git_rev, host, device, torch_version, warmup, created_at) "
+         "VALUES (?,?,?,?,?,?,?)");
+  s.bind(1, command)
+      .bind(2, info.git_rev)
+      .bind(3, info.host)
+      .bind(4, info.device)
+      .bind(5, info.torch_version)
+      .bind(6, warmup)
+      .bind(7, now());
   s.step();
   const int64_t session = sqlite3_last_insert_rowid(db_);
   Stmt c(db_,
@@ -470,7 +511,8 @@ int64_t Store::add_bench_session(const std::string& command, const RunInfo& info
 std::vector<BenchCase> Store::bench_cases(const std::string& config_hash) const {
   Stmt s(db_,
          "SELECT c.id, c.session_id, c.label, c.config_hash, c.config_json, c.tokens_per_step, s.git_rev, s.host, "
-         "s.device, s.torch_version, s.created_at, c.peak_bytes FROM bench_cases c JOIN bench_sessions s ON s.id = c.session_id "
+         "s.device, s.torch_version, s.created_at, c.peak_bytes FROM bench_cases c JOIN bench_sessions s ON s.id = "
+         "c.session_id "
          "WHERE c.config_hash=? ORDER BY c.session_id DESC, c.id DESC");
   s.bind(1, config_hash);
   std::vector<BenchCase> out;
@@ -509,12 +551,12 @@ void Store::truncate_after(int64_t run, int64_t step) {
   tx.commit();
 }
 
-
 std::pair<int64_t, bool> Store::plan_sweep(const std::string& name, const json& spec, const std::string& plan_hash,
                                            const std::vector<PlannedJob>& jobs) {
   Transaction tx(db_);
   {
-    Stmt f(db_, "SELECT id FROM sweeps WHERE name=? AND json_extract(spec_json, '$.plan_hash')=? ORDER BY id DESC LIMIT 1");
+    Stmt f(db_,
+           "SELECT id FROM sweeps WHERE name=? AND json_extract(spec_json, '$.plan_hash')=? ORDER BY id DESC LIMIT 1");
     f.bind(1, name).bind(2, plan_hash);
     if (f.step()) return {f.i64(0), false};
   }
@@ -573,8 +615,9 @@ std::optional<Run> Store::claim_job(int64_t sweep, std::optional<int64_t> job, c
   Transaction tx(db_);
   std::optional<int64_t> id;
   for (;;) {
-    Stmt pick(db_, job ? "SELECT id, config_hash FROM runs WHERE sweep_id=? AND status='queued' AND job_num=?"
-                       : "SELECT id, config_hash FROM runs WHERE sweep_id=? AND status='queued' ORDER BY job_num LIMIT 1");
+    Stmt pick(db_,
+              job ? "SELECT id, config_hash FROM runs WHERE sweep_id=? AND status='queued' AND job_num=?"
+                  : "SELECT id, config_hash FROM runs WHERE sweep_id=? AND status='queued' ORDER BY job_num LIMIT 1");
     pick.bind(1, sweep);
     if (job) pick.bind(2, *job);
     if (!pick.step()) break;
@@ -593,13 +636,7 @@ std::optional<Run> Store::claim_job(int64_t sweep, std::optional<int64_t> job, c
     tx.commit();
     return std::nullopt;
   }
-  Stmt s(db_,
-         "UPDATE runs SET status='running', git_rev=?, host=?, device=?, torch_version=?, world_size=?, "
-         "backend=?, started_at=?, heartbeat_at=?, ended_at=NULL, error=NULL WHERE id=?");
-  const double t = now();
-  s.bind(1, info.git_rev).bind(2, info.host).bind(3, info.device).bind(4, info.torch_version)
-      .bind(5, info.world_size).bind(6, info.backend).bind(7, t).bind(8, t).bind(9, *id);
-  s.step();
+  mark_running(db_, *id, info);
   tx.commit();
   return run(*id);
 }

@@ -30,7 +30,7 @@ struct Run {
   int64_t id = 0;
   std::optional<int64_t> sweep_id, job_num;
   std::string config_hash;
-  json config;  // resolved config as stored (nested, with "groups")
+  json config;         // resolved config as stored (nested, with "groups")
   std::string status;  // queued | running | finished | failed | nan
   int64_t seed = 0;
   RunInfo info;
@@ -67,9 +67,9 @@ struct BenchCase {
   std::string config_hash;
   json config;
   int64_t tokens_per_step = 0;
-  std::vector<double> seconds;  // one per timed round, in round order
+  std::vector<double> seconds;        // one per timed round, in round order
   std::optional<int64_t> peak_bytes;  // CUDA: the case's resident tensors + its step's transient peak
-  RunInfo info;                 // the session's machine
+  RunInfo info;                       // the session's machine
   double created_at = 0;
 };
 
@@ -101,9 +101,9 @@ class Store {
   const std::string& id() const { return id_; }
 
   // A new run row (status running unless given), returns its id.
-  int64_t create_run(const std::string& config_hash, const json& config, int64_t seed,
-                     const RunInfo& info, const std::string& status = "running",
-                     std::optional<int64_t> sweep_id = {}, std::optional<int64_t> job_num = {});
+  int64_t create_run(const std::string& config_hash, const json& config, int64_t seed, const RunInfo& info,
+                     const std::string& status = "running", std::optional<int64_t> sweep_id = {},
+                     std::optional<int64_t> job_num = {});
   void start_run(int64_t run, const RunInfo& info);  // queued -> running (sweeps)
   void heartbeat(int64_t run, int64_t step);
   void finish_run(int64_t run, const std::string& status, const std::string& error = "");

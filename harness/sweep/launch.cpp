@@ -83,11 +83,16 @@ Summary summarize(const std::vector<JobStatus>& jobs) {
   Summary s;
   s.total = static_cast<int64_t>(jobs.size());
   for (const auto& j : jobs) {
-    if (ended_well(j.status)) ++s.done;
-    else if (j.status == "failed") ++s.failed;
-    else if (j.status == "running") ++s.running;
-    else if (j.status == "stale") ++s.stale;
-    else if (j.status == "queued" || j.status == "missing") ++s.queued;
+    if (ended_well(j.status))
+      ++s.done;
+    else if (j.status == "failed")
+      ++s.failed;
+    else if (j.status == "running")
+      ++s.running;
+    else if (j.status == "stale")
+      ++s.stale;
+    else if (j.status == "queued" || j.status == "missing")
+      ++s.queued;
   }
   return s;
 }
@@ -119,7 +124,8 @@ int work(store::Store& store, int64_t sweep, std::optional<int64_t> job, bool qu
       if (nproc > 1) {
         // The ranks are `ssr train --resume RUN` processes of this binary, like `ssr train --nproc`.
         dist::check_ranks(cfg);
-        std::vector<std::string> argv = {self_exe(), "train", "--resume", std::to_string(run->id), "--db", store.path()};
+        std::vector<std::string> argv = {self_exe(), "train",     "--resume", std::to_string(run->id),
+                                         "--db",     store.path()};
         if (quiet) argv.push_back("--quiet");
         if (dist::launch(static_cast<int>(nproc), argv, store.path()) != 0) code = 1;
       } else if (train::train(cfg, store, opts).status == "failed") {
@@ -156,8 +162,10 @@ int run_local(store::Store& store, int64_t sweep_id, const LocalOptions& opt) {
   auto show = [&](bool force) {
     if (opt.quiet) return;
     const auto line = summarize(job_status(store, *sweep, opt.stale_after)).line();
-    if (tty) std::cerr << "\r\033[K" << line << std::flush;
-    else if (force || line != last_line) std::cerr << line << "\n";
+    if (tty)
+      std::cerr << "\r\033[K" << line << std::flush;
+    else if (force || line != last_line)
+      std::cerr << line << "\n";
     last_line = line;
   };
   size_t next = 0;
@@ -170,8 +178,8 @@ int run_local(store::Store& store, int64_t sweep_id, const LocalOptions& opt) {
     while (!stopping && children.size() < static_cast<size_t>(opt.jobs) && next < pending.size()) {
       const int64_t num = pending[next++];
       const std::string log = (fs::path(opt.log_dir) / fmt::format("job-{}.log", num)).string();
-      std::vector<std::string> args = {exe, "sweep", "run", "--sweep", std::to_string(sweep_id), "--job",
-                                       std::to_string(num), "--db", store.path()};
+      std::vector<std::string> args = {
+          exe, "sweep", "run", "--sweep", std::to_string(sweep_id), "--job", std::to_string(num), "--db", store.path()};
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);

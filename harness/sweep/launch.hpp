@@ -31,10 +31,10 @@ Summary summarize(const std::vector<JobStatus>& jobs);
 int work(store::Store& store, int64_t sweep, std::optional<int64_t> job, bool quiet);
 
 struct LocalOptions {
-  int jobs = 1;            // worker processes at once
-  std::string log_dir;     // one log file per job: <log_dir>/job-<num>.log
+  int jobs = 1;         // worker processes at once
+  std::string log_dir;  // one log file per job: <log_dir>/job-<num>.log
   double stale_after = 120;
-  bool quiet = false;      // no live summary line
+  bool quiet = false;  // no live summary line
 };
 // The local pool: one `ssr sweep run --sweep ID --job N` process per job, at most `jobs` at once,
 // so a crash of one kills nothing else. Returns 0 when every job ended finished or nan.

@@ -102,16 +102,20 @@ Axis random_axis(const YAML::Node& r, const std::string& file) {
       const std::string key = kv.first.Scalar(), pw = where + ".params." + key;
       const auto& d = kv.second;
       if (!d.IsMap() || d.size() != 1)
-        throw ConfigError(fmt::format("{}: expected one of {{values: [...]}}, {{uniform: [lo, hi]}}, "
-                                      "{{log_uniform: [lo, hi]}}, {{int_uniform: [lo, hi]}}", pw));
+        throw ConfigError(
+            fmt::format("{}: expected one of {{values: [...]}}, {{uniform: [lo, hi]}}, "
+                        "{{log_uniform: [lo, hi]}}, {{int_uniform: [lo, hi]}}",
+                        pw));
       const std::string dist = d.begin()->first.Scalar();
       const YAML::Node args = d.begin()->second;
       std::string value;
       if (dist == "values") {
-        if (!args.IsSequence() || args.size() == 0) throw ConfigError(fmt::format("{}.values: expected a non-empty list", pw));
+        if (!args.IsSequence() || args.size() == 0)
+          throw ConfigError(fmt::format("{}.values: expected a non-empty list", pw));
         value = text_of(args[static_cast<size_t>(uniform01() * args.size())]);
       } else if (dist == "uniform" || dist == "log_uniform" || dist == "int_uniform") {
-        if (!args.IsSequence() || args.size() != 2) throw ConfigError(fmt::format("{}.{}: expected [lo, hi]", pw, dist));
+        if (!args.IsSequence() || args.size() != 2)
+          throw ConfigError(fmt::format("{}.{}: expected [lo, hi]", pw, dist));
         const double lo = as_number(args[0], pw), hi = as_number(args[1], pw);
         if (!(lo <= hi)) throw ConfigError(fmt::format("{}.{}: lo must not exceed hi", pw, dist));
         const double u = uniform01();
@@ -125,7 +129,8 @@ Axis random_axis(const YAML::Node& r, const std::string& file) {
           value = std::to_string(std::min(ihi, ilo + static_cast<int64_t>(u * static_cast<double>(ihi - ilo + 1))));
         }
       } else {
-        throw ConfigError(fmt::format("{}: unknown distribution '{}' (values, uniform, log_uniform, int_uniform)", pw, dist));
+        throw ConfigError(
+            fmt::format("{}: unknown distribution '{}' (values, uniform, log_uniform, int_uniform)", pw, dist));
       }
       overrides.push_back(key + "=" + value);
       labels.push_back({key, value});
@@ -210,14 +215,17 @@ std::optional<std::vector<std::string>> expand_range(const std::string& raw) {
 
 Spec load(const std::string& file, const std::vector<std::string>& cli, const std::string& scale) {
   const YAML::Node root = config::load_yaml(file, "sweep file");
-  if (!root.IsMap()) throw ConfigError(fmt::format("{}: expected a sweep (a map with base:, variants:, grid: ...)", file));
-  static const std::vector<std::string> known = {"name", "base", "overrides", "scales", "variants", "grid",
-                                                 "random", "seeds", "slurm", "reports"};
+  if (!root.IsMap())
+    throw ConfigError(fmt::format("{}: expected a sweep (a map with base:, variants:, grid: ...)", file));
+  static const std::vector<std::string> known = {"name", "base",   "overrides", "scales", "variants",
+                                                 "grid", "random", "seeds",     "slurm",  "reports"};
   for (const auto& kv : root) {
     const auto k = kv.first.Scalar();
     if (std::find(known.begin(), known.end(), k) == known.end())
-      throw ConfigError(fmt::format("{}: unknown sweep key '{}' (known: name, base, overrides, scales, variants, "
-                                    "grid, random, seeds, slurm, reports)", file, k));
+      throw ConfigError(
+          fmt::format("{}: unknown sweep key '{}' (known: name, base, overrides, scales, variants, "
+                      "grid, random, seeds, slurm, reports)",
+                      file, k));
   }
   if (!root["base"] && !root["scales"])
     throw ConfigError(fmt::format("{}: base: names the config file every job starts from", file));
@@ -237,7 +245,8 @@ Spec load(const std::string& file, const std::vector<std::string>& cli, const st
   std::optional<YAML::Node> scale_seeds;  // a scale may set its own seeds
   if (root["seeds"]) scale_seeds.emplace(root["seeds"]);
   if (const auto scales = root["scales"]) {
-    if (!scales.IsMap() || scales.size() == 0) throw ConfigError(fmt::format("{}: scales: expected a map name: [overrides]", file));
+    if (!scales.IsMap() || scales.size() == 0)
+      throw ConfigError(fmt::format("{}: scales: expected a map name: [overrides]", file));
     spec.scale = scale.empty() ? scales.begin()->first.Scalar() : scale;
     if (!scales[spec.scale]) {
       std::string names;
@@ -266,7 +275,8 @@ Spec load(const std::string& file, const std::vector<std::string>& cli, const st
 
   std::vector<Axis> axes;
   if (const auto v = root["variants"]) {
-    if (!v.IsMap() || v.size() == 0) throw ConfigError(fmt::format("{}: variants: expected a map name: [overrides]", file));
+    if (!v.IsMap() || v.size() == 0)
+      throw ConfigError(fmt::format("{}: variants: expected a map name: [overrides]", file));
     Axis a{"variant", {}, {}, {}};
     for (const auto& kv : v) {
       const std::string name = kv.first.Scalar(), where = file + ": variants." + name;
@@ -298,8 +308,10 @@ Spec load(const std::string& file, const std::vector<std::string>& cli, const st
     if (eq == std::string::npos || eq == 0) throw ConfigError(fmt::format("override '{}': expected key=value", o));
     const std::string key = o.substr(0, eq), value = o.substr(eq + 1);
     auto values = expand_range(value).value_or(split_top_level(value));
-    if (values.size() > 1 || value.rfind("range(", 0) == 0) axes.push_back(key_axis(key, values));
-    else cli_common.push_back(o);
+    if (values.size() > 1 || value.rfind("range(", 0) == 0)
+      axes.push_back(key_axis(key, values));
+    else
+      cli_common.push_back(o);
   }
   if (const auto r = root["random"]) axes.push_back(random_axis(r, file));
   if (scale_seeds) axes.push_back(key_axis("run.seed", axis_values(*scale_seeds, file + ": seeds")));
@@ -315,7 +327,8 @@ Spec load(const std::string& file, const std::vector<std::string>& cli, const st
     }
     size_t total = 1;
     for (const auto* a : used) total *= a->values.size();
-    if (spec.jobs.size() + total > 100000) throw ConfigError(fmt::format("{}: a sweep is limited to 100,000 jobs", file));
+    if (spec.jobs.size() + total > 100000)
+      throw ConfigError(fmt::format("{}: a sweep is limited to 100,000 jobs", file));
     for (size_t j = 0; j < total; ++j) {
       Job job;
       job.num = static_cast<int64_t>(spec.jobs.size());
@@ -352,11 +365,21 @@ json Spec::to_json() const {
   for (const auto& j : jobs) {
     json labels = json::array();
     for (const auto& [k, v] : j.labels) labels.push_back({k, v});
-    jobs_j.push_back({{"num", j.num}, {"hash", j.config.hash()}, {"labels", labels}, {"overrides", j.overrides},
-                      {"nproc", j.config.i("run.nproc")}, {"device", j.config.s("run.device")}});
+    jobs_j.push_back({{"num", j.num},
+                      {"hash", j.config.hash()},
+                      {"labels", labels},
+                      {"overrides", j.overrides},
+                      {"nproc", j.config.i("run.nproc")},
+                      {"device", j.config.s("run.device")}});
   }
-  return {{"file", file}, {"name", name}, {"scale", scale}, {"base", base}, {"cli_overrides", cli_overrides},
-          {"plan_hash", plan_hash()}, {"slurm", slurm}, {"jobs", jobs_j}};
+  return {{"file", file},
+          {"name", name},
+          {"scale", scale},
+          {"base", base},
+          {"cli_overrides", cli_overrides},
+          {"plan_hash", plan_hash()},
+          {"slurm", slurm},
+          {"jobs", jobs_j}};
 }
 
 void check_distinct_runs(const Spec& spec) {
@@ -373,7 +396,8 @@ void check_distinct_runs(const Spec& spec) {
     for (const auto& kv : a)
       if (!b.count(kv.first)) add(kv.first);
     throw ConfigError(fmt::format(
-        "{}: jobs {} ({}) and {} ({}) are one run: they differ only in keys outside the configuration hash ({}), so the "
+        "{}: jobs {} ({}) and {} ({}) are one run: they differ only in keys outside the configuration hash ({}), so "
+        "the "
         "second would reuse the first; time compute paths with `ssr bench step {}`, or train each with `ssr train`",
         spec.file, first.num, first.describe(), j.num, j.describe(), keys.empty() ? "none" : keys, spec.file));
   }

@@ -37,7 +37,7 @@ struct Job {
   // Axis name -> the value's text: "variant" -> "ssr_l", "router.p" -> "1e-3", "run.seed" -> "2";
   // random samples add "sample" -> "0".. and one entry per sampled key.
   std::vector<std::pair<std::string, std::string>> labels;
-  config::Config config;  // resolved
+  config::Config config;                             // resolved
   std::string label(const std::string& axis) const;  // "" when the job has no such axis
   std::string describe() const;                      // "variant=lb model.block=momentum"
   // Whether `base` is this job's baseline: `axis` = `value`, every other label equal (or absent
@@ -46,10 +46,10 @@ struct Job {
 };
 
 struct Spec {
-  std::string file;   // the sweep file as given
-  std::string name;   // file stem unless `name:` is set
-  std::string scale;  // "" when the file has no scales
-  std::string base;   // resolved path of the base config
+  std::string file;                        // the sweep file as given
+  std::string name;                        // file stem unless `name:` is set
+  std::string scale;                       // "" when the file has no scales
+  std::string base;                        // resolved path of the base config
   std::vector<std::string> cli_overrides;  // as given on the command line
   std::vector<Job> jobs;
   json slurm = json::object();    // sbatch options ("parallel" is the array's %P)

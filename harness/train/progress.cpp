@@ -35,8 +35,8 @@ void Progress::update(int64_t step, double loss, int64_t tokens) {
   last_draw_ = t;
   const double per_step = elapsed / static_cast<double>(step - first_step_);
   const std::string line =
-      fmt::format("step {}/{}  loss {:.4f}  {:.0f} {}/s  ETA {}", step, total_, loss,
-                  tokens_ / std::max(elapsed, 1e-9), unit_, format_duration(per_step * (total_ - step)));
+      fmt::format("step {}/{}  loss {:.4f}  {:.0f} {}/s  ETA {}", step, total_, loss, tokens_ / std::max(elapsed, 1e-9),
+                  unit_, format_duration(per_step * (total_ - step)));
   if (tty_) {
     std::fprintf(stderr, "\r\033[K%s", line.c_str());
     dirty_ = true;

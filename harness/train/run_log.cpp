@@ -63,7 +63,9 @@ void RunLog::router_stats(int64_t step, const std::vector<routers::RouterStats>&
   }
 }
 
-void RunLog::timing(int64_t step, const std::string& phase, double seconds) { timings_.push_back({step, phase, seconds}); }
+void RunLog::timing(int64_t step, const std::string& phase, double seconds) {
+  timings_.push_back({step, phase, seconds});
+}
 
 void RunLog::result(const std::string& split, const std::string& name, double value) {
   if (lead_) store_.set_result(id_, split, name, value);

@@ -10,13 +10,15 @@ double learning_rate(const config::Config& cfg, int64_t step) {
   const double lr = cfg.f("train.lr"), warmup_lr = cfg.f("train.warmup_lr"), min_lr = cfg.f("train.min_lr");
   const int64_t warmup = cfg.i("train.warmup"), steps = cfg.i("train.steps");
   // (step / warmup) first: at warmup_lr 0 this is the reference LM's lr * min(1, step / warmup) to the bit.
-  if (warmup > 0 && step <= warmup) return warmup_lr + (lr - warmup_lr) * (static_cast<double>(step) / static_cast<double>(warmup));
+  if (warmup > 0 && step <= warmup)
+    return warmup_lr + (lr - warmup_lr) * (static_cast<double>(step) / static_cast<double>(warmup));
   if (cfg.s("train.schedule") == "constant" || steps <= warmup) return lr;
   const double t = static_cast<double>(step - warmup) / static_cast<double>(steps - warmup);  // (0, 1]
   return min_lr + 0.5 * (lr - min_lr) * (1 + std::cos(std::numbers::pi * t));
 }
 
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const config::Config& cfg, const std::vector<torch::Tensor>& params,
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const config::Config& cfg,
+                                                        const std::vector<torch::Tensor>& params,
                                                         const std::vector<torch::Tensor>& no_decay) {
   const double lr = cfg.f("train.lr"), wd = cfg.f("train.weight_decay");
   const std::tuple<double, double> betas{cfg.f("train.beta1"), cfg.f("train.beta2")};

@@ -17,7 +17,8 @@ double learning_rate(const config::Config& cfg, int64_t step);
 // train.optimizer over `params`: adam (L2 weight decay on every parameter, the reference LM's) or
 // adamw (decoupled decay, none on `no_decay`: biases, norms, position tables, as timm and nanoGPT
 // group them).
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const config::Config& cfg, const std::vector<torch::Tensor>& params,
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const config::Config& cfg,
+                                                        const std::vector<torch::Tensor>& params,
                                                         const std::vector<torch::Tensor>& no_decay);
 
 // Sets every parameter group's lr.

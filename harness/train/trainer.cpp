@@ -24,12 +24,9 @@ namespace fs = std::filesystem;
 namespace ssr::train {
 namespace {
 
-
 using Clock = std::chrono::steady_clock;
 
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 torch::Device device_of(const config::Config& cfg, int local_rank) {
   if (cfg.s("run.device") == "cuda") {
@@ -80,21 +77,22 @@ struct Rngs {
 };
 
 // Token-weighted mean NLL over `count` segments handed out by `next_segment(i)`, carrying
-// `state` across them (a segment with reset set zeroes the caches first). This rank scores rows
-// [row0, row0 + rows) of every segment; the sums are reduced over ranks.
+// `state` across them (a segment with reset set, or every segment with `reset_each`, zeroes the
+// caches first). This rank scores rows [row0, row0 + rows) of every segment; the sums are reduced
+// over ranks.
 double evaluate(models::SwitchLM& model, const std::function<data::StreamBatcher::Batch(int64_t)>& next_segment,
                 int64_t count, models::LMState& state, torch::Device device, torch::Generator& gen, bool bf16,
-                int64_t row0, int64_t rows, dist::Group* group) {
+                int64_t row0, int64_t rows, dist::Group* group, bool reset_each = false) {
   torch::NoGradGuard no_grad;
   models::AutocastGuard autocast(device, bf16);
   model->eval();
   double total = 0, tokens = 0;
   for (int64_t i = 0; i < count; ++i) {
     auto batch = next_segment(i);
-    if (batch.reset)
+    if (batch.reset || reset_each)
       for (auto& c : state.cache) c.zero_();
-    auto tokens_in = batch.tokens.narrow(0, row0, rows).to(device);   // (rows, seq_len)
-    auto targets = batch.targets.narrow(0, row0, rows).to(device);    // (rows, seq_len)
+    auto tokens_in = batch.tokens.narrow(0, row0, rows).to(device);  // (rows, seq_len)
+    auto targets = batch.targets.narrow(0, row0, rows).to(device);   // (rows, seq_len)
     auto out = model->forward(tokens_in, targets, state, gen);
     const double n = static_cast<double>(targets.numel());
     total += out.nll.item<double>() * n;
@@ -120,7 +118,9 @@ struct Snapshot {
 // Rank r's generator and micro-batch caches are stored under the names a one-process run over
 // the same global batch with world * batch_split micro-batches would use (its group r * split + j
 // holds the same streams), so rank 0's names are those of a one-process checkpoint.
-std::string gen_key(const std::string& base, int rank) { return rank == 0 ? base : fmt::format("{}_rank{}", base, rank); }
+std::string gen_key(const std::string& base, int rank) {
+  return rank == 0 ? base : fmt::format("{}_rank{}", base, rank);
+}
 
 // Called by every rank (the state travels to rank 0); only rank 0 writes the file.
 void save_checkpoint(const fs::path& path, models::SwitchLM& model, torch::optim::Optimizer& opt, const Rngs& rng,
@@ -234,26 +234,20 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
   const int64_t B = cfg.i("train.batch_size"), M = cfg.i("train.seq_len");
   const int64_t steps = cfg.i("train.steps"), split = cfg.i("train.batch_split");
   if (cfg.i("run.nproc") != world)
-    throw config::ConfigError(fmt::format("run.nproc: {} ranks asked, but this process is one of {}; `ssr train` "
-                                          "starts the ranks (or srun/torchrun with RANK and WORLD_SIZE)",
-                                          cfg.i("run.nproc"), world));
+    throw config::ConfigError(
+        fmt::format("run.nproc: {} ranks asked, but this process is one of {}; `ssr train` "
+                    "starts the ranks (or srun/torchrun with RANK and WORLD_SIZE)",
+                    cfg.i("run.nproc"), world));
   dist::check_ranks(cfg);
   const auto [row0, rows] = dist::share(B, rank, world, "train.batch_size");
   const auto [eval_row0, eval_rows] = dist::share(cfg.i("eval.batch_size"), rank, world, "eval.batch_size");
   for (const auto& name : cfg.strings("eval.splits"))
     if (!corpus.splits.count(name))
       throw config::ConfigError(fmt::format("eval.splits: no split '{}' in {}", name, cfg.s("data.dir")));
-  if (!cfg.strings("eval.router_modes").empty() && cfg.s("router.name") != "ssr")
-    throw config::ConfigError(fmt::format("eval.router_modes: only the ssr router has inference modes (router.name is {})",
-                                          cfg.s("router.name")));
   for (const auto& mode : cfg.strings("eval.router_modes")) routers::eval_mode_named(mode);  // rejects unknown modes
   models::SwitchLM model(cfg, corpus.vocab_size());
   model->to(device);
-  // nanoGPT's AdamW groups: decay on matrices (weights, embeddings), none on biases and norms.
-  std::vector<torch::Tensor> no_decay;
-  for (const auto& p : model->parameters())
-    if (p.dim() < 2) no_decay.push_back(p);
-  auto optimizer_ptr = make_optimizer(cfg, model->parameters(), no_decay);
+  auto optimizer_ptr = make_optimizer(cfg, model->parameters(), model->no_decay_parameters());
   torch::optim::Optimizer& optimizer = *optimizer_ptr;
   // Every split is batched here, so that one too short for its streams stops the job before the
   // run row exists instead of after training.
@@ -269,8 +263,11 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
   std::optional<data::StreamBatcher> valid_walk;
   if (eval_every > 0) {
     if (!corpus.splits.count("valid"))
-      throw config::ConfigError("train.eval_every: partial validation needs a valid split (set data.valid or data.holdout, or train.eval_every=0)");
-    valid_walk.emplace(walk("valid", B, false, "partial validation every train.eval_every steps reads train.batch_size streams"));
+      throw config::ConfigError(
+          "train.eval_every: partial validation needs a valid split (set data.valid or data.holdout, or "
+          "train.eval_every=0)");
+    valid_walk.emplace(
+        walk("valid", B, false, "partial validation every train.eval_every steps reads train.batch_size streams"));
   }
   // The reference validates on a tenth of an iteration's steps, at most one pass of the stream.
   const int64_t valid_segments =
@@ -411,8 +408,8 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       log.timing(step, "backward", t_bwd);
       log.timing(step, "optimizer", t_opt);
       log.timing(step, "step", t_fwd + t_bwd + t_sync + t_opt);
-      if (time_router) log.timing(step, "router", model->take_router_seconds());  // part of forward
-      if (group) log.timing(step, "allreduce", t_sync);  // loss and gradients
+      if (time_router) log.timing(step, "router", model->take_router_seconds());     // part of forward
+      if (group) log.timing(step, "allreduce", t_sync);                              // loss and gradients
       if (global_routing) log.timing(step, "gather", group->take_gather_seconds());  // in forward and backward
       progress.update(step, nll, B * M);
 
@@ -441,8 +438,10 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
       }
       if ((ckpt_every > 0 && step % ckpt_every == 0) || step == steps)
         save_checkpoint(ckpt_dir / "last.pt", model, optimizer, rng, states, valid_state, snapshot(step), lay);
-      if (log_step) log.flush(step);
-      else log.flush_if_due(step);
+      if (log_step)
+        log.flush(step);
+      else
+        log.flush_if_due(step);
     }
     log.flush(steps);
     progress.finish();
@@ -462,17 +461,17 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
     if (cfg.i("router.eval_group_tokens") > 0) model->set_router_group_tokens(cfg.i("router.eval_group_tokens"));
     const int64_t max_seg = cfg.i("eval.max_segments");
     // Evaluates one split and stores its results under `stored_as`; returns the mean NLL.
-    auto final_eval = [&](const std::string& split_name, const std::string& stored_as) {
+    auto final_eval = [&](const std::string& split_name, const std::string& stored_as, bool reset_each = false) {
       const data::StreamBatcher& walk = eval_walks.at(split_name);
       const int64_t n = max_seg > 0 ? std::min(max_seg, walk.eval_segments()) : walk.eval_segments();
       auto state = model->initial_state(eval_rows);
       to_device(state, device);
-      const bool norms = stored_as == "valid";  // paper Fig. 2: MoE output norm per layer
+      const bool norms = stored_as == "valid";    // paper Fig. 2: MoE output norm per layer
       if (norms) model->take_moe_output_norms();  // drop what training steps accumulated
       model->collect_router_stats(norms);
       const double loss = evaluate(
           model, [&](int64_t i) { return walk.segment(i); }, n, state, device, gen, bf16, eval_row0, eval_rows,
-          group.get());
+          group.get(), reset_each);
       model->collect_router_stats(false);
       const auto [metric, value] = headline(cfg, loss);
       log.result(stored_as, "loss", loss);
@@ -495,6 +494,11 @@ Outcome train(const config::Config& cfg, store::Store& store, const Options& opt
         return {run_id, "nan"};
       }
     }
+    // The same model without the context its caches carry across segments: how much of its loss
+    // is the evaluation protocol (nanoGPT scores independent blocks).
+    if (cfg.b("eval.reset_cache"))
+      for (const auto& split_name : cfg.strings("eval.splits"))
+        final_eval(split_name, split_name + "@reset_cache", true);
     // The same model under SSR's other inference modes (paper Table 3): SPLIT@MODE.
     for (const auto& mode : cfg.strings("eval.router_modes")) {
       model->set_router_eval_mode(mode);

@@ -40,10 +40,11 @@ SplitScores evaluate(models::SwinMoE& model, const data::ImageSplit& split, cons
   while (loader.next(b)) {
     if (b.labels.size(0) == 0) continue;
     auto aux = torch::zeros({}, torch::TensorOptions().device(device));
-    auto logits = train::mask_logits(model->forward(b.images.to(device), aux, gen).cpu(), split.class_subset);  // (B, C)
-    auto in_dist = b.labels >= 0;                                                                                // (B)
-    auto known = logits.index({in_dist});                                                                        // (B_in, C)
-    auto labels = b.labels.index({in_dist});                                                                     // (B_in)
+    auto logits =
+        train::mask_logits(model->forward(b.images.to(device), aux, gen).cpu(), split.class_subset);  // (B, C)
+    auto in_dist = b.labels >= 0;                                                                     // (B)
+    auto known = logits.index({in_dist});                                                             // (B_in, C)
+    auto labels = b.labels.index({in_dist});                                                          // (B_in)
     if (labels.size(0) > 0) {
       s.top1 += top_k_correct(known, labels, 1);
       s.top5 += top_k_correct(known, labels, 5);
@@ -53,7 +54,7 @@ SplitScores evaluate(models::SwinMoE& model, const data::ImageSplit& split, cons
     }
     s.images += labels.size(0);
     s.ood_score.push_back(-logits.softmax(-1).amax(-1));  // (B)
-    s.ood_positive.push_back(~in_dist);                    // (B)
+    s.ood_positive.push_back(~in_dist);                   // (B)
   }
   s.skipped = loader.skipped();
   model->train();
@@ -117,8 +118,9 @@ Snapshot load_checkpoint(const fs::path& path, models::SwinMoE& model, torch::op
 
 Outcome train_vision(const config::Config& cfg, store::Store& store, const Options& opts) {
   if (cfg.i("run.nproc") > 1)
-    throw config::ConfigError("run.nproc: data-parallel training is implemented for the language model only; "
-                              "train model.arch=swin_moe with run.nproc=1");
+    throw config::ConfigError(
+        "run.nproc: data-parallel training is implemented for the language model only; "
+        "train model.arch=swin_moe with run.nproc=1");
   if (cfg.i("run.threads") > 0) torch::set_num_threads(static_cast<int>(cfg.i("run.threads")));
   if (cfg.s("run.device") == "cuda" && !torch::cuda::is_available())
     throw config::ConfigError("run.device: cuda requested but no CUDA device is available (use run.device=cpu)");
@@ -131,11 +133,13 @@ Outcome train_vision(const config::Config& cfg, store::Store& store, const Optio
   const data::ImageData data = data::load_images(cfg);
   for (const auto& name : cfg.strings("eval.splits"))
     if (!data.splits.count(name))
-      throw config::ConfigError(fmt::format("eval.splits: no split '{}' in {} (data.valid, data.test, data.imagenet_a/r/o)",
-                                            name, cfg.s("data.dir")));
+      throw config::ConfigError(fmt::format(
+          "eval.splits: no split '{}' in {} (data.valid, data.test, data.imagenet_a/r/o)", name, cfg.s("data.dir")));
   const int64_t eval_every = cfg.i("train.eval_every");
   if (eval_every > 0 && !data.splits.count("valid"))
-    throw config::ConfigError("train.eval_every: partial validation needs a valid split (set data.valid or data.holdout, or train.eval_every=0)");
+    throw config::ConfigError(
+        "train.eval_every: partial validation needs a valid split (set data.valid or data.holdout, or "
+        "train.eval_every=0)");
   models::SwinMoE model(cfg);
   model->to(device);
   auto optimizer = make_optimizer(cfg, model->parameters(), model->no_decay_parameters());
@@ -252,8 +256,10 @@ Outcome train_vision(const config::Config& cfg, store::Store& store, const Optio
       }
       if ((ckpt_every > 0 && step % ckpt_every == 0) || step == steps)
         save_checkpoint(ckpt_dir / "last.pt", model, *optimizer, gen, router_gen, snapshot(step));
-      if (log_step) log.flush(step);
-      else log.flush_if_due(step);
+      if (log_step)
+        log.flush(step);
+      else
+        log.flush_if_due(step);
     }
     log.flush(steps);
     progress.finish();
@@ -273,8 +279,8 @@ Outcome train_vision(const config::Config& cfg, store::Store& store, const Optio
         log.result(name, "aupr", m.aupr);
         log.result(name, "auroc", m.auroc);
         log.result(name, "fpr95", m.fpr95);
-        progress.message(fmt::format("run {}: {} aupr {:.2f} auroc {:.2f} fpr95 {:.2f}", run_id, name, m.aupr,
-                                     m.auroc, m.fpr95));
+        progress.message(
+            fmt::format("run {}: {} aupr {:.2f} auroc {:.2f} fpr95 {:.2f}", run_id, name, m.aupr, m.auroc, m.fpr95));
         continue;
       }
       const double top1 = top1_of(s), top5 = s.images > 0 ? 100.0 * s.top5 / s.images : NAN;

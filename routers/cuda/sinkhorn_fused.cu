@@ -42,16 +42,15 @@ __device__ inline float warp_lse(float x0, float x1) {
   return mx + logf(sm);
 }
 
-__global__ void __launch_bounds__(kThreads) sinkhorn_kernel(const float* __restrict__ log_k,
-                                                            float* __restrict__ plan, float* __restrict__ stats,
-                                                            float* __restrict__ scratch, int64_t m, int n,
-                                                            float delta, int max_iter) {
+__global__ void __launch_bounds__(kThreads)
+    sinkhorn_kernel(const float* __restrict__ log_k, float* __restrict__ plan, float* __restrict__ stats,
+                    float* __restrict__ scratch, int64_t m, int n, float delta, int max_iter) {
   cg::grid_group grid = cg::this_grid();
-  __shared__ float b[kFusedMaxExperts];                   // (experts) column potentials
-  __shared__ float wmax[kWarps][kFusedMaxExperts];        // (warps, experts) partial logsumexp
+  __shared__ float b[kFusedMaxExperts];             // (experts) column potentials
+  __shared__ float wmax[kWarps][kFusedMaxExperts];  // (warps, experts) partial logsumexp
   __shared__ float wsum[kWarps][kFusedMaxExperts];
-  __shared__ float colerr[kFusedMaxExperts];              // (experts)
-  __shared__ float next_b[kFusedMaxExperts];              // (experts)
+  __shared__ float colerr[kFusedMaxExperts];  // (experts)
+  __shared__ float next_b[kFusedMaxExperts];  // (experts)
   __shared__ int done;
   __shared__ float err;
 
@@ -76,8 +75,14 @@ __global__ void __launch_bounds__(kThreads) sinkhorn_kernel(const float* __restr
       if (has0) lse_merge(cm0, cs0, l0 + a, 1.f);
       if (has1) lse_merge(cm1, cs1, l1 + a, 1.f);
     }
-    if (has0) { wmax[warp][j0] = cm0; wsum[warp][j0] = cs0; }
-    if (has1) { wmax[warp][j1] = cm1; wsum[warp][j1] = cs1; }
+    if (has0) {
+      wmax[warp][j0] = cm0;
+      wsum[warp][j0] = cs0;
+    }
+    if (has1) {
+      wmax[warp][j1] = cm1;
+      wsum[warp][j1] = cs1;
+    }
     __syncthreads();
     float* part = scratch + static_cast<int64_t>(pass & 1) * 2 * gridDim.x * n;  // (blocks, 2, experts)
     if (threadIdx.x < n) {
@@ -139,12 +144,12 @@ int fused_sinkhorn_blocks(int64_t m) {
   return static_cast<int>(wanted < 1 ? 1 : (wanted < cap ? wanted : cap));
 }
 
-cudaError_t fused_log_sinkhorn(const float* log_k, float* plan, float* stats, float* scratch, int blocks,
-                               int64_t m, int n, float delta, int max_iter, cudaStream_t stream) {
+cudaError_t fused_log_sinkhorn(const float* log_k, float* plan, float* stats, float* scratch, int blocks, int64_t m,
+                               int n, float delta, int max_iter, cudaStream_t stream) {
   if (n < 1 || n > kFusedMaxExperts || m < 1 || blocks < 1) return cudaErrorInvalidValue;
   void* args[] = {&log_k, &plan, &stats, &scratch, &m, &n, &delta, &max_iter};
-  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(sinkhorn_kernel), dim3(blocks), dim3(kThreads),
-                                     args, 0, stream);
+  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(sinkhorn_kernel), dim3(blocks), dim3(kThreads), args,
+                                     0, stream);
 }
 
 }  // namespace ssr::routers::cuda

@@ -19,7 +19,7 @@ inline int64_t fused_sinkhorn_scratch_floats(int blocks, int n) { return 2LL * 2
 // log_k: (m, n) row-major float32, log K = C / xi - 1. Writes plan (m, n) with rows summing to 1
 // and columns to m / n, and stats = {sweeps run, column error sum_j |col_j - m/n| / m}.
 // Stops when the column error is <= delta, is not finite, or after max_iter sweeps.
-cudaError_t fused_log_sinkhorn(const float* log_k, float* plan, float* stats, float* scratch, int blocks,
-                               int64_t m, int n, float delta, int max_iter, cudaStream_t stream);
+cudaError_t fused_log_sinkhorn(const float* log_k, float* plan, float* stats, float* scratch, int blocks, int64_t m,
+                               int n, float delta, int max_iter, cudaStream_t stream);
 
 }  // namespace ssr::routers::cuda

@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "analysis/stats.hpp"
 #include "harness/store/store.hpp"
 
 namespace ssr::analysis {
@@ -49,13 +50,5 @@ std::vector<std::string> report_names(const std::string& dir);
 // sweep was run with (`ssr sweep FILE key=value`), which are part of every job's config hash.
 Output build(const std::string& name, const std::string& file, const std::string& scale,
              const std::vector<std::string>& overrides, const store::Store& store);
-
-// Two-sided 95 % Student-t quantile for `df` degrees of freedom (df >= 1).
-double t95(int64_t df);
-struct Estimate {
-  double mean = 0, ci = 0;  // ci: half-width of the 95 % interval (0 with one value)
-  int64_t n = 0;
-};
-Estimate estimate(const std::vector<double>& values);
 
 }  // namespace ssr::analysis

@@ -229,20 +229,6 @@ torch::Tensor SwinMoEImpl::forward(const torch::Tensor& images, torch::Tensor& a
   return head->forward(norm->forward(x).mean(1));  // (B, num_classes)
 }
 
-void SwinMoEImpl::collect_router_stats(bool on) {
-  for (auto& m : moe_layers) m->collect_stats(on);
-}
-
-void SwinMoEImpl::use_router_generator(const torch::Generator& gen) {
-  for (auto& m : moe_layers) m->use_router_generator(gen);
-}
-
-std::vector<routers::RouterStats> SwinMoEImpl::take_router_stats() {
-  std::vector<routers::RouterStats> out;
-  for (auto& m : moe_layers) out.push_back(m->take_stats());
-  return out;
-}
-
 std::vector<ParamCount> SwinMoEImpl::parameter_count() const {
   std::vector<ParamCount> rows = {{"patch_embed"}, {"attention"},   {"mlp"},           {"experts"}, {"gates"},
                                   {"routers"},     {"layer_norms"}, {"patch_merging"}, {"head"},    {"total"}};

@@ -96,12 +96,6 @@ class SwinMoEImpl : public torch::nn::Module {
   // auxiliary losses to aux (a () tensor).
   torch::Tensor forward(const torch::Tensor& images, torch::Tensor& aux, torch::Generator& gen);
 
-  // Ask the MoE layers to accumulate routing statistics during the next forwards.
-  void collect_router_stats(bool on);
-  // Every MoE layer's router draws from `gen` (MoEImpl::use_router_generator); the layers share it.
-  void use_router_generator(const torch::Generator& gen);
-  // Per-MoE-layer statistics since the last call (and reset them).
-  std::vector<routers::RouterStats> take_router_stats();
   // By component, ending with "total" (what `ssr params` prints).
   std::vector<ParamCount> parameter_count() const;
   // Parameters that AdamW should not decay: biases, norms, the relative position tables.
@@ -112,7 +106,7 @@ class SwinMoEImpl : public torch::nn::Module {
   std::vector<std::vector<SwinBlock>> stages;  // stages[s][b]
   std::vector<PatchMerging> merges;            // after every stage but the last
   torch::nn::Linear head{nullptr};             // features -> num_classes
-  std::vector<MoE> moe_layers;                 // every MoE layer, in order
+  std::vector<MoE> moe_layers;                 // every MoE layer, in order (callers visit these)
 };
 TORCH_MODULE(SwinMoE);
 

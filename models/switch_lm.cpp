@@ -1,7 +1,5 @@
 #include "models/switch_lm.hpp"
 
-#include "routers/ssr.hpp"
-
 #include "models/precision.hpp"
 
 #include <fmt/format.h>
@@ -211,6 +209,7 @@ SwitchLMImpl::SwitchLMImpl(const config::Config& cfg, int64_t vocab_size)
   for (int64_t l = 0; l < cfg.i("model.n_layers"); ++l) {
     layers.push_back(Layer(cfg));
     list->push_back(layers.back());
+    moe_layers.push_back(layers.back()->moe);
   }
   out = register_module("out", torch::nn::Linear(torch::nn::LinearOptions(d_model_, vocab_size).bias(true)));
 }
@@ -254,54 +253,6 @@ LMOutput SwitchLMImpl::forward(const torch::Tensor& tokens, const torch::Tensor&
   auto nll = chunked_nll_sum(flat, out->weight, out->bias, targets.reshape({-1}), loss_chunk_, vocab_multiple_) /
              static_cast<double>(flat.size(0));
   return LMOutput{nll, aux};
-}
-
-std::vector<routers::RouterStats> SwitchLMImpl::take_router_stats() {
-  std::vector<routers::RouterStats> stats;
-  for (auto& layer : layers) stats.push_back(layer->moe->take_stats());
-  return stats;
-}
-
-void SwitchLMImpl::collect_router_stats(bool on) {
-  for (auto& layer : layers) layer->moe->collect_stats(on);
-}
-
-std::vector<double> SwitchLMImpl::take_moe_output_norms() {
-  std::vector<double> norms;
-  for (auto& layer : layers) norms.push_back(layer->moe->take_output_norm());
-  return norms;
-}
-
-void SwitchLMImpl::set_router_group_tokens(int64_t n) {
-  for (auto& layer : layers) layer->moe->set_group_tokens(n);
-}
-
-bool SwitchLMImpl::set_router_eval_mode(const std::string& mode) {
-  const auto m = routers::eval_mode_named(mode);
-  for (auto& layer : layers) {
-    auto* ssr = dynamic_cast<routers::SsrRouter*>(layer->moe->router.get());
-    if (!ssr) return false;
-    ssr->set_eval_mode(m);
-  }
-  return true;
-}
-
-void SwitchLMImpl::route_globally(const MoEImpl::Gather& gather, int64_t rank, const torch::Generator& gen) {
-  for (auto& layer : layers) layer->moe->route_globally(gather, rank, gen);
-}
-
-void SwitchLMImpl::use_router_generator(const torch::Generator& gen) {
-  for (auto& layer : layers) layer->moe->use_router_generator(gen);
-}
-
-void SwitchLMImpl::time_routers(bool on) {
-  for (auto& layer : layers) layer->moe->time_router(on);
-}
-
-double SwitchLMImpl::take_router_seconds() {
-  double s = 0;
-  for (auto& layer : layers) s += layer->moe->take_router_seconds();
-  return s;
 }
 
 std::vector<ParamCount> SwitchLMImpl::parameter_count() const {

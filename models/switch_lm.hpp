@@ -115,25 +115,6 @@ class SwitchLMImpl : public torch::nn::Module {
   // and adds the routers' auxiliary losses to `aux` (a () tensor).
   torch::Tensor hidden(const torch::Tensor& tokens, LMState& state, torch::Tensor& aux, torch::Generator& gen);
 
-  // Per-layer routing statistics accumulated since the last call (and reset them).
-  std::vector<routers::RouterStats> take_router_stats();
-  // Ask the MoE layers to accumulate statistics during the next forwards (logging steps only).
-  void collect_router_stats(bool on);
-  // Per-layer mean L2 norm of the MoE output per token, accumulated while collecting statistics
-  // (paper Fig. 2), then reset.
-  std::vector<double> take_moe_output_norms();
-  // router.global_batch on every MoE layer (see MoEImpl::route_globally); the layers share `gen`.
-  void route_globally(const MoEImpl::Gather& gather, int64_t rank, const torch::Generator& gen);
-  // Every MoE layer's router draws from `gen` (MoEImpl::use_router_generator); the layers share it.
-  void use_router_generator(const torch::Generator& gen);
-  // Router timing of every MoE layer (see MoEImpl::time_router); seconds summed over layers.
-  void time_routers(bool on);
-  double take_router_seconds();
-  // Tokens per router call in every MoE layer (MoEImpl::set_group_tokens).
-  void set_router_group_tokens(int64_t n);
-  // Sets SSR's inference mode in every layer; false when the routers are not SSR.
-  bool set_router_eval_mode(const std::string& mode);
-
   // Parameters by component, in a fixed order, ending with "total" (what `ssr params` prints).
   std::vector<ParamCount> parameter_count() const;
 
@@ -143,6 +124,9 @@ class SwitchLMImpl : public torch::nn::Module {
   torch::nn::Linear out{nullptr};       // d_model -> vocab, with bias, untied
   torch::Tensor key_pe;                 // (1, head_dim, attn_span) shared by all layers, N(0, 1)
   std::vector<Layer> layers;
+  // Every layer's MoE, in order: callers visit these for routing statistics, router generators,
+  // timing, eval modes and output norms (one loop at the call site instead of a method per job).
+  std::vector<MoE> moe_layers;
 
  private:
   int64_t d_model_, span_, loss_chunk_, vocab_multiple_;

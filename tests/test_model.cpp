@@ -422,22 +422,20 @@ TEST_CASE("router statistics and MoE output norms are collected on request", "[m
   auto tokens = torch::randint(30, {2, 16}, torch::kInt64);
   auto state = lm->initial_state(2);
   lm->forward(tokens, tokens, state, gen);
-  CHECK(lm->take_router_stats()[0].tokens_per_expert == std::vector<int64_t>(4, 0));
-  lm->collect_router_stats(true);
+  REQUIRE(lm->moe_layers.size() == 2);
+  CHECK(lm->moe_layers[0]->take_stats().tokens_per_expert == std::vector<int64_t>(4, 0));
+  for (auto& m : lm->moe_layers) m->collect_stats(true);
   lm->forward(tokens, tokens, state, gen);
   lm->forward(tokens, tokens, state, gen);
-  auto stats = lm->take_router_stats();
-  REQUIRE(stats.size() == 2);
-  for (const auto& s : stats) {
+  for (auto& m : lm->moe_layers) {
+    const auto s = m->take_stats();
     int64_t routed = 0;
     for (auto n : s.tokens_per_expert) routed += n;
     CHECK(routed == 2 * 2 * 16 * 2);  // two forwards x 32 tokens x top-2
     CHECK(s.entropy > 0);
   }
-  auto norms = lm->take_moe_output_norms();
-  REQUIRE(norms.size() == 2);
-  CHECK(norms[0] > 0);
-  CHECK(lm->take_moe_output_norms()[0] == 0);
+  CHECK(lm->moe_layers[0]->take_output_norm() > 0);
+  CHECK(lm->moe_layers[0]->take_output_norm() == 0);
 }
 
 TEST_CASE("router.group_tokens routes consecutive groups by separate router calls", "[model][moe]") {

@@ -19,7 +19,7 @@
 #include "harness/store/store.hpp"
 #include "harness/train/metrics.hpp"
 #include "harness/train/schedule.hpp"
-#include "harness/train/vision_trainer.hpp"
+#include "harness/train/trainer.hpp"
 #include "models/swin_moe.hpp"
 #include "routers/router.hpp"
 #include "routers/swin_moe_gate.hpp"
@@ -579,6 +579,52 @@ TEST_CASE("an interrupted Fashion-MNIST run resumed from its checkpoint repeats 
     INFO(ra[i].split << " " << ra[i].name);
     if (ra[i].name != "seconds") CHECK(ra[i].value == rb[i].value);  // seconds: wall time
   }
+}
+
+TEST_CASE("the vision task trains in bf16, times its routers and evaluates SSR's inference modes", "[swin][train]") {
+  // The training loop is the LM's: these keys work for every task.
+  const auto dir = temp_dir("loop_keys");
+  const std::vector<std::string> small = {"data.dir=" + fmnist_dir(),
+                                          "train.steps=6",
+                                          "train.batch_size=16",
+                                          "run.threads=1",
+                                          "data.holdout=0.01",
+                                          "eval.splits=[valid]",
+                                          "run.out_dir=" + (dir / "ckpt").string(),
+                                          "router=ssr_l",
+                                          "router.p=1",
+                                          "train.time_router=true",
+                                          "eval.router_modes=[sinkhorn]"};
+  store::Store db((dir / "runs.db").string());
+  train::Options opts;
+  opts.quiet = true;
+  auto fp32 = small, bf16 = small;
+  bf16.push_back("train.precision=bf16");
+  const auto a = train::train(resolve("fmnist-demo.yaml", fp32), db, opts);
+  const auto b = train::train(resolve("fmnist-demo.yaml", bf16), db, opts);
+  REQUIRE(a.status == "finished");
+  REQUIRE(b.status == "finished");
+  auto results = [&](int64_t run) {
+    std::map<std::string, double> res;
+    for (const auto& r : db.results(run)) res[r.split + "/" + r.name] = r.value;
+    return res;
+  };
+  for (const auto& run : {a.run_id, b.run_id}) {
+    const auto res = results(run);
+    CHECK(res.count("valid/top1"));
+    CHECK(res.count("valid@sinkhorn/top1"));
+    int64_t router_rows = 0;
+    for (const auto& t : db.timings(run)) router_rows += t.phase == "router";
+    CHECK(router_rows == 6);
+  }
+  double first_a = 0, first_b = 0;
+  for (const auto& m : db.metrics(a.run_id))
+    if (m.split == "train" && m.name == "loss" && m.step == 1) first_a = m.value;
+  for (const auto& m : db.metrics(b.run_id))
+    if (m.split == "train" && m.name == "loss" && m.step == 1) first_b = m.value;
+  CHECK(std::isfinite(first_b));
+  CHECK(first_b != first_a);                        // bfloat16 matmuls round differently
+  CHECK(first_b == Approx(first_a).epsilon(0.05));  // but compute the same function
 }
 
 TEST_CASE("mixup, cutmix and random erasing as timm defines them", "[swin][data]") {

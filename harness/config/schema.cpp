@@ -312,7 +312,7 @@ const std::vector<Scope>& scopes() {
         "data.attack_word", "model.n_layers", "model.d_model", "model.n_heads", "model.d_inner", "model.attn_span",
         "model.attn_impl", "model.block", "model.unused_norm", "model.vocab_multiple", "model.loss_chunk",
         "router.eval_group_tokens", "router.global_batch", "train.seq_len", "train.batch_split", "train.eval_segments",
-        "train.precision", "train.time_router", "eval.max_segments", "eval.reset_cache", "eval.router_modes"}},
+        "eval.max_segments", "eval.reset_cache"}},
       {"model.arch", {"swin_moe"},
        {"data.mean", "data.std", "data.hflip", "data.randaug_n", "data.randaug_m", "data.randaug_mstd",
         "data.random_erase", "data.mixup", "data.cutmix", "data.mix_prob", "data.mix_switch_prob", "model.image_size",

@@ -1,10 +1,12 @@
-// Checkpoint files are written to a temporary name and renamed, so a kill during the write leaves
-// the previous checkpoint intact.
+// The one checkpoint format of every task. A file is a 64-byte header (magic "SSRCKPT", format
+// version, payload length, SHA-256 of the payload) followed by the payload, a LibTorch archive.
+// Writes go to PATH.tmp, are fsynced and renamed over PATH, so a kill or a full disk leaves the
+// previous checkpoint intact; reads check the length and the checksum before LibTorch sees a byte,
+// so a truncated, altered or foreign file is a one-line CheckpointError naming it.
 #pragma once
-#include <fmt/format.h>
 #include <torch/torch.h>
 
-#include <cstdio>
+#include <cstdint>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
@@ -13,17 +15,21 @@
 
 namespace ssr::train {
 
-// The checkpoint folder of run `run`: run.out_dir / store id / run id (run ids are per store).
-inline std::filesystem::path run_dir(const std::string& out_dir, const store::Store& store, int64_t run) {
-  return std::filesystem::path(out_dir) / store.id() / std::to_string(run);
-}
+// Format 1 (before 2026-12-05) was a bare LibTorch archive without header or checksum.
+inline constexpr uint32_t kCheckpointFormat = 2;
 
-inline void save_atomically(torch::serialize::OutputArchive& ar, const std::filesystem::path& path) {
-  std::filesystem::create_directories(path.parent_path());
-  const std::string tmp = path.string() + ".tmp";
-  ar.save_to(tmp);
-  if (std::rename(tmp.c_str(), path.c_str()) != 0)
-    throw std::runtime_error(fmt::format("{}: cannot write checkpoint", path.string()));
-}
+struct CheckpointError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// The checkpoint folder of run `run`: run.out_dir / store id / run id (run ids are per store).
+std::filesystem::path run_dir(const std::string& out_dir, const store::Store& store, int64_t run);
+
+// Writes `archive` to `path` atomically (creating its folder). On failure the temporary file is
+// removed, the previous file is untouched, and the error names the path and the free space.
+void write_checkpoint(torch::serialize::OutputArchive& archive, const std::filesystem::path& path);
+
+// Loads `path` into `archive`, tensors on `device`, after checking header, length and checksum.
+void read_checkpoint(torch::serialize::InputArchive& archive, const std::filesystem::path& path, torch::Device device);
 
 }  // namespace ssr::train

@@ -1,0 +1,185 @@
+// The store's schema: opening a file, WAL mode, and the versioned migrations.
+#include <fmt/format.h>
+#include <sqlite3.h>
+
+#include <array>
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+#include "harness/store/sqlite.hpp"
+#include "harness/store/store.hpp"
+
+namespace fs = std::filesystem;
+
+namespace ssr::store {
+
+// Versioned migrations: entry i takes the schema from version i to i + 1. Never edit a
+// released entry; append a new one.
+static const std::array<const char*, 4> kMigrations = {
+    R"sql(
+CREATE TABLE sweeps (
+  id          INTEGER PRIMARY KEY,
+  name        TEXT NOT NULL,
+  spec_json   TEXT NOT NULL,
+  created_at  REAL NOT NULL
+);
+CREATE TABLE runs (
+  id            INTEGER PRIMARY KEY,
+  sweep_id      INTEGER REFERENCES sweeps(id),
+  job_num       INTEGER,
+  config_hash   TEXT NOT NULL,
+  config_json   TEXT NOT NULL,
+  status        TEXT NOT NULL CHECK (status IN ('queued','running','finished','failed','nan')),
+  seed          INTEGER,
+  git_rev       TEXT,
+  host          TEXT,
+  device        TEXT,
+  torch_version TEXT,
+  world_size    INTEGER NOT NULL DEFAULT 1,
+  backend       TEXT,
+  created_at    REAL NOT NULL,
+  started_at    REAL,
+  ended_at      REAL,
+  heartbeat_at  REAL,
+  step          INTEGER NOT NULL DEFAULT 0,
+  error         TEXT,
+  UNIQUE (sweep_id, job_num)
+);
+CREATE INDEX runs_hash ON runs(config_hash);
+CREATE TABLE metrics (
+  run_id  INTEGER NOT NULL REFERENCES runs(id),
+  step    INTEGER NOT NULL,
+  split   TEXT NOT NULL,
+  name    TEXT NOT NULL,
+  value   REAL,
+  wall_s  REAL
+);
+CREATE INDEX metrics_run ON metrics(run_id, name, step);
+CREATE TABLE results (
+  run_id  INTEGER NOT NULL REFERENCES runs(id),
+  split   TEXT NOT NULL,
+  name    TEXT NOT NULL,
+  value   REAL,
+  PRIMARY KEY (run_id, split, name)
+);
+CREATE TABLE timings (
+  run_id   INTEGER NOT NULL REFERENCES runs(id),
+  step     INTEGER NOT NULL,
+  phase    TEXT NOT NULL,
+  seconds  REAL NOT NULL
+);
+CREATE INDEX timings_run ON timings(run_id, phase);
+)sql",
+    // 2: `ssr bench step` sessions. A session times its cases round-robin on one machine, so two
+    // cases of one session pair round by round; a case's config hash is that of the sweep job (or
+    // config) it times, which is how reports find it. Kept apart from runs: a benchmark trains on
+    // synthetic tokens and must never count as a job's run.
+    R"sql(
+CREATE TABLE bench_sessions (
+  id            INTEGER PRIMARY KEY,
+  command       TEXT NOT NULL,
+  git_rev       TEXT,
+  host          TEXT,
+  device        TEXT,
+  torch_version TEXT,
+  warmup        INTEGER NOT NULL,
+  created_at    REAL NOT NULL
+);
+CREATE TABLE bench_cases (
+  id              INTEGER PRIMARY KEY,
+  session_id      INTEGER NOT NULL REFERENCES bench_sessions(id),
+  label           TEXT NOT NULL,
+  config_hash     TEXT NOT NULL,
+  config_json     TEXT NOT NULL,
+  tokens_per_step INTEGER NOT NULL
+);
+CREATE INDEX bench_cases_hash ON bench_cases(config_hash);
+CREATE TABLE bench_times (
+  case_id  INTEGER NOT NULL REFERENCES bench_cases(id),
+  round    INTEGER NOT NULL,
+  seconds  REAL NOT NULL
+);
+CREATE INDEX bench_times_case ON bench_times(case_id, round);
+)sql",
+    // 3: a random id per store, so that run N of two stores never shares a checkpoint folder.
+    R"sql(
+CREATE TABLE store_info (
+  key   TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+);
+INSERT INTO store_info (key, value) VALUES ('id', lower(hex(randomblob(8))));
+)sql",
+    // 4: a bench case's peak device memory (CUDA only; NULL on CPU, where LibTorch keeps no count).
+    R"sql(
+ALTER TABLE bench_cases ADD COLUMN peak_bytes INTEGER;
+)sql"};
+
+double now() {
+  using namespace std::chrono;
+  return duration<double>(system_clock::now().time_since_epoch()).count();
+}
+
+Store::Store(const std::string& path) : path_(path) {
+  fs::path p(path);
+  if (p.has_parent_path()) {
+    std::error_code ec;
+    fs::create_directories(p.parent_path(), ec);
+    if (ec) throw StoreError(fmt::format("{}: cannot create folder: {}", path, ec.message()));
+  }
+  if (sqlite3_open(path.c_str(), &db_) != SQLITE_OK) {
+    std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
+    sqlite3_close(db_);
+    db_ = nullptr;
+    throw StoreError(fmt::format("{}: cannot open the run store: {}", path, msg));
+  }
+  sqlite3_busy_timeout(db_, 30000);
+  // WAL lets readers and one writer proceed together; retried because switching needs a lock.
+  for (int attempt = 0;; ++attempt) {
+    char* err = nullptr;
+    int rc = sqlite3_exec(db_, "PRAGMA journal_mode=WAL", nullptr, nullptr, &err);
+    sqlite3_free(err);
+    if (rc == SQLITE_OK) break;
+    if (attempt > 100) throw StoreError(fmt::format("{}: cannot switch to WAL mode", path));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  exec("PRAGMA foreign_keys=ON");
+  exec("PRAGMA synchronous=NORMAL");
+  migrate();
+  Stmt id(db_, "SELECT value FROM store_info WHERE key='id'");
+  if (!id.step()) throw StoreError(fmt::format("{}: the store has no id (store_info)", path));
+  id_ = id.text(0);
+}
+
+Store::~Store() { sqlite3_close(db_); }
+
+void Store::exec(const std::string& sql) const {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err ? err : "?";
+    sqlite3_free(err);
+    throw StoreError(fmt::format("{}: {}", path_, msg));
+  }
+}
+
+int Store::schema_version() const {
+  Stmt s(db_, "PRAGMA user_version");
+  s.step();
+  return static_cast<int>(s.i64(0));
+}
+
+void Store::migrate() {
+  if (schema_version() == static_cast<int>(kMigrations.size())) return;
+  Transaction tx(db_);
+  int v = schema_version();  // re-read under the write lock: another process may have migrated
+  if (v > static_cast<int>(kMigrations.size()))
+    throw StoreError(
+        fmt::format("{}: schema version {} is newer than this ssr ({}); update ssr", path_, v, kMigrations.size()));
+  for (; v < static_cast<int>(kMigrations.size()); ++v) {
+    exec(kMigrations[v]);
+    exec(fmt::format("PRAGMA user_version={}", v + 1));
+  }
+  tx.commit();
+}
+
+}  // namespace ssr::store

@@ -1,0 +1,262 @@
+#include "harness/train/loop.hpp"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+
+#include "harness/dist/launch.hpp"
+#include "harness/train/checkpoint.hpp"
+#include "harness/train/schedule.hpp"
+#include "routers/ssr.hpp"
+
+namespace fs = std::filesystem;
+
+namespace ssr::train {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// The loop's part of a checkpoint; the task adds its generators, data position and carried state.
+struct LoopState {
+  int64_t step = 0, best_step = 0;
+  double best_score = INFINITY;  // the lowest Validation::score so far
+};
+
+int64_t parameter_total(torch::nn::Module& model) {
+  int64_t n = 0;
+  for (const auto& p : model.parameters()) n += p.numel();
+  return n;
+}
+
+// Called by every rank; only rank 0 writes.
+void save(const fs::path& path, Task& task, torch::optim::Optimizer& opt, const LoopState& s) {
+  torch::serialize::OutputArchive ar;
+  task.save(ar, s.step);
+  if (task.rank() != 0) return;
+  torch::serialize::OutputArchive m, o;
+  task.model().save(m);
+  opt.save(o);
+  ar.write("model", m);
+  ar.write("optimizer", o);
+  ar.write("default_gen_state", at::detail::getDefaultCPUGenerator().get_state());
+  ar.write("loop_counters", torch::tensor({s.step, s.best_step}));
+  ar.write("best_score", torch::tensor(s.best_score, torch::kDouble));
+  write_checkpoint(ar, path);
+}
+
+// Weights only without `opt` (the final evaluation of best.pt).
+LoopState load(const fs::path& path, Task& task, torch::optim::Optimizer* opt) {
+  torch::serialize::InputArchive ar, m;
+  read_checkpoint(ar, path, task.device());
+  ar.read("model", m);
+  task.model().load(m);
+  LoopState s;
+  if (!opt) return s;
+  torch::serialize::InputArchive o;
+  ar.read("optimizer", o);
+  opt->load(o);
+  torch::Tensor counters, best, d;
+  ar.read("loop_counters", counters);
+  ar.read("best_score", best);
+  s.step = counters[0].item<int64_t>();
+  s.best_step = counters[1].item<int64_t>();
+  s.best_score = best.item<double>();
+  ar.read("default_gen_state", d);
+  at::Generator default_gen = at::detail::getDefaultCPUGenerator();  // shares the global state
+  default_gen.set_state(d.cpu());
+  task.load(ar, s.step);
+  return s;
+}
+
+// Rank 0 decides, so that every rank takes the same path even without a shared file system.
+bool on_lead(Task& task, bool lead_says) {
+  bool yes = task.rank() == 0 && lead_says;
+  if (auto* g = task.group()) yes = g->sum({yes ? 1.0 : 0.0})[0] > 0;
+  return yes;
+}
+
+// SSR's inference mode (paper Table 3) in every layer; eval.router_modes applies to SSR only.
+void set_eval_mode(const std::vector<models::MoE>& layers, const std::string& mode) {
+  const auto m = routers::eval_mode_named(mode);
+  for (const auto& layer : layers) {
+    auto* ssr = dynamic_cast<routers::SsrRouter*>(layer->router.get());
+    if (!ssr) throw config::ConfigError("eval.router_modes: the router is not SSR (set router.name=ssr)");
+    ssr->set_eval_mode(m);
+  }
+}
+
+}  // namespace
+
+Outcome run_training(const config::Config& cfg, store::Store& store, const Options& opts, Task& task) {
+  const bool lead = task.rank() == 0;
+  dist::Group* group = task.group();
+  const int world = group ? opts.dist.world : 1;
+  const torch::Device device = task.device();
+  torch::nn::Module& model = task.model();
+  const std::vector<models::MoE> layers = task.moe_layers();
+  auto optimizer = make_optimizer(cfg, model.parameters(), task.no_decay_parameters());
+  const int64_t steps = cfg.i("train.steps");
+
+  LoopState state;
+  std::string restart_note;  // why a resumed run starts from step 0
+  if (opts.run) {
+    const fs::path last = run_dir(cfg.s("run.out_dir"), store, *opts.run) / "last.pt";
+    const fs::path tmp = last.string() + ".tmp";
+    // A kill during the first write leaves only the temporary, which is never a whole checkpoint.
+    if (lead && !fs::exists(last) && fs::exists(tmp)) {
+      fs::remove(tmp);
+      restart_note = fmt::format(" (only an unfinished write, {}, was there: removed)", tmp.string());
+    }
+    if (on_lead(task, fs::exists(last))) state = load(last, task, optimizer.get());
+  }
+  RunLog log(store, cfg, lead);
+  const int64_t run_id = log.open(task.run_info(), opts.run, state.step, group);
+  if (lead) dist::announce_run(run_id);
+  const fs::path ckpt_dir = run_dir(cfg.s("run.out_dir"), store, run_id);
+
+  Progress progress(steps, cfg.i("run.log_every"), opts.quiet || !lead, task.unit());
+  progress.message(fmt::format("run {}: {}, {} parameters, config {}{}", run_id, task.describe(),
+                               parameter_total(model), cfg.hash(),
+                               state.step > 0         ? fmt::format(", resumed at step {}", state.step)
+                               : restart_note.empty() ? ""
+                                                      : ", from step 0" + restart_note));
+
+  const int64_t log_every = cfg.i("run.log_every"), ckpt_every = cfg.i("train.checkpoint_every");
+  const int64_t eval_every = cfg.i("train.eval_every");
+  const double clip = cfg.f("train.clip");
+  const bool time_router = cfg.b("train.time_router");
+  const bool bf16 = cfg.s("train.precision") == "bf16";
+  for (const auto& layer : layers) layer->time_router(time_router);
+  auto sync = [&] {
+    if (device.is_cuda()) torch::cuda::synchronize();
+  };
+  auto checkpoint = [&](const char* name, int64_t step) {
+    state.step = step;
+    save(ckpt_dir / name, task, *optimizer, state);
+  };
+  try {
+    model.train();
+    for (int64_t step = state.step + 1; step <= steps; ++step) {
+      if (const int sig = log.interrupted()) {
+        log.flush(step - 1);
+        log.finish("failed", fmt::format("interrupted by signal {} at step {}", sig, step - 1));
+        progress.finish();
+        return {run_id, "failed"};
+      }
+      const bool log_step = step % log_every == 0 || step == steps;
+      for (const auto& layer : layers) layer->collect_stats(log_step);
+      // The reference steps its LambdaLR before the optimizer: update s uses lr * min(1, s / warmup).
+      const double lr = learning_rate(cfg, step);
+      set_learning_rate(*optimizer, lr);
+
+      optimizer->zero_grad();
+      for (const auto& layer : layers) layer->take_router_seconds();  // drop evaluations' router time
+      StepResult r = task.forward_backward(step, bf16);
+      if (r.units > 0) {
+        auto t0 = Clock::now();
+        if (group) {
+          // The global batch's loss (every rank then takes the same nan decision) and gradient.
+          const auto sums = group->sum({r.loss_sum, r.aux_sum});
+          r.loss_sum = sums[0] / world;
+          r.aux_sum = sums[1] / world;
+        }
+        const double loss = r.loss_sum / static_cast<double>(r.parts);
+        const double aux = r.aux_sum / static_cast<double>(r.parts);
+        if (!std::isfinite(loss) || !std::isfinite(aux)) {
+          log.metric(step, "train", "loss", loss);
+          log.flush(step);
+          log.finish("nan", fmt::format("loss became {} at step {}", loss, step));
+          progress.message(fmt::format("run {}: loss became {} at step {}; recorded as nan", run_id, loss, step));
+          return {run_id, "nan"};
+        }
+        if (group) group->average_gradients(model.parameters());
+        const double t_sync = seconds_since(t0);
+        t0 = Clock::now();
+        if (clip > 0) torch::nn::utils::clip_grad_norm_(model.parameters(), clip);
+        optimizer->step();
+        sync();
+        const double t_opt = seconds_since(t0);
+        const double t_step = r.t_forward + r.t_backward + t_sync + t_opt;
+        log.timing(step, "data", r.t_data);
+        log.timing(step, "forward", r.t_forward);
+        log.timing(step, "backward", r.t_backward);
+        log.timing(step, "optimizer", t_opt);
+        log.timing(step, "step", t_step);
+        if (time_router) {  // part of forward
+          double router = 0;
+          for (const auto& layer : layers) router += layer->take_router_seconds();
+          log.timing(step, "router", router);
+        }
+        if (group) log.timing(step, "allreduce", t_sync);  // loss and gradients
+        task.log_timings(step, log);
+        progress.update(step, loss, r.units);
+        if (log_step) {
+          log.metric(step, "train", "loss", loss);
+          log.metric(step, "train", "aux", aux);
+          log.metric(step, "train", "lr", lr);
+          log.metric(step, "train", task.rate_metric(), static_cast<double>(r.units) / t_step);
+          std::vector<routers::RouterStats> stats;
+          for (const auto& layer : layers) stats.push_back(layer->take_stats());
+          log.router_stats(step, stats);
+        }
+      }
+      if (log_step) task.log_metrics(step, log);
+      if (eval_every > 0 && (step % eval_every == 0 || step == steps)) {
+        const Validation v = task.validate(step, bf16);
+        for (const auto& [name, value] : v.metrics) log.metric(step, "valid", name, value);
+        progress.message(fmt::format("run {}: step {} {}", run_id, step, v.summary));
+        if (v.score < state.best_score) {
+          state.best_score = v.score;
+          state.best_step = step;
+          checkpoint("best.pt", step);
+        }
+      }
+      if ((ckpt_every > 0 && step % ckpt_every == 0) || step == steps) checkpoint("last.pt", step);
+      if (log_step)
+        log.flush(step);
+      else
+        log.flush_if_due(step);
+    }
+    log.flush(steps);
+    progress.finish();
+
+    // Final evaluation: the best partial-validation checkpoint, like the reference's
+    // --resume --full-eval-mode, unless eval.checkpoint=last. Rank 0 reads it and broadcasts the
+    // weights: the ranks need not share a file system here.
+    if (on_lead(task, cfg.s("eval.checkpoint") == "best" && fs::exists(ckpt_dir / "best.pt"))) {
+      if (lead) load(ckpt_dir / "best.pt", task, nullptr);
+      if (group) dist::broadcast_module(*group, model);
+      log.result("train", "best_step", static_cast<double>(state.best_step));
+    }
+    task.begin_final_evaluation();
+    const auto splits = cfg.strings("eval.splits");
+    for (const auto& split : splits) {
+      const double loss = task.evaluate(split, split, bf16, log, progress);
+      if (!std::isfinite(loss)) {
+        log.finish("nan", fmt::format("{} loss is {}", split, loss));
+        return {run_id, "nan"};
+      }
+    }
+    task.extra_evaluations(bf16, log, progress);
+    // The same model under SSR's other inference modes (paper Table 3): SPLIT@MODE.
+    for (const auto& mode : cfg.strings("eval.router_modes")) {
+      set_eval_mode(layers, mode);
+      for (const auto& split : splits) task.evaluate(split, split + "@" + mode, bf16, log, progress);
+    }
+    task.final_results(log);
+    log.result("train", "seconds", log.wall());
+    log.finish("finished");
+    return {run_id, "finished"};
+  } catch (const std::exception& e) {
+    progress.finish();
+    log.finish("failed", e.what());
+    throw;
+  }
+}
+
+}  // namespace ssr::train

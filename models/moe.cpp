@@ -6,6 +6,8 @@
 #include <cmath>
 #include <limits>
 
+#include "routers/registry.hpp"
+
 namespace ssr::models {
 
 torch::Tensor dropout(const torch::Tensor& x, double p, bool training, torch::Generator& gen) {
@@ -60,7 +62,7 @@ MoEImpl::MoEImpl(const config::Config& cfg, const MoEShape& shape)
       dropout_(cfg.f("model.dropout")),
       grouped_gemm_(cfg.s("model.expert_impl") == "grouped"),
       group_tokens_(cfg.i("router.group_tokens")),
-      gather_hidden_(cfg.s("router.name") == "noisy") {
+      gather_hidden_(routers::router_spec(cfg.s("router.name")).caps.hidden) {
   const int64_t d = shape.d_model, inner = shape.d_inner, e = n_experts_;
   if (grouped_gemm_ && (d % 8 != 0 || inner % 8 != 0))
     throw config::ConfigError(

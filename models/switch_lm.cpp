@@ -1,6 +1,7 @@
 #include "models/switch_lm.hpp"
 
 #include "models/precision.hpp"
+#include "routers/registry.hpp"
 
 #include <fmt/format.h>
 
@@ -296,8 +297,8 @@ std::vector<ParamCount> parameter_count(const config::Config& cfg, int64_t vocab
 }
 
 std::optional<SinkhornExpectation> sinkhorn_expectation(const config::Config& cfg) {
-  const std::string& router = cfg.s("router.name");
-  if (cfg.s("model.arch") != "switch_lm" || (router != "ssr" && router != "sinkhorn")) return std::nullopt;
+  const auto& solves = routers::router_spec(cfg.s("router.name")).sinkhorn_p;
+  if (cfg.s("model.arch") != "switch_lm" || !solves) return std::nullopt;
   const int64_t world = cfg.i("run.nproc"), split = cfg.i("train.batch_split");
   const int64_t rows = cfg.i("train.batch_size") / world;  // this rank's streams per step
   const bool global = world > 1 && cfg.b("router.global_batch");
@@ -307,7 +308,7 @@ std::optional<SinkhornExpectation> sinkhorn_expectation(const config::Config& cf
   const int64_t groups = group > 0 ? (tokens + group - 1) / group : 1;
   SinkhornExpectation e;
   e.router_calls = cfg.i("model.n_layers") * cfg.i("train.steps") * split * groups;
-  e.p = router == "ssr" ? cfg.f("router.p") : 1.0;
+  e.p = solves(cfg);
   return e;
 }
 

@@ -7,6 +7,8 @@
 
 #include <fmt/format.h>
 
+#include "harness/config/declare.hpp"
+#include "routers/registry.hpp"
 #include "routers/util.hpp"
 #include "routers/vanilla.hpp"
 
@@ -31,11 +33,33 @@ torch::Tensor load_balance_loss(const torch::Tensor& logits, const torch::Tensor
 
 LbRouter::LbRouter(int64_t top_k, double coef, LbForm form) : k_(top_k), coef_(coef), form_(form) {}
 
-Routing LbRouter::route(const torch::Tensor& logits, const torch::Tensor&, Mode, torch::Generator&) {
+Routing LbRouter::decide(const torch::Tensor& logits, const torch::Tensor&, Mode, torch::Generator&) {
   auto r = top_k_softmax(logits, k_);
   r.aux_loss = coef_ * load_balance_loss(logits, r.experts, form_);
-  count(r);
   return r;
+}
+
+config::Key lb_coef_key() {
+  return config::keys::F("router.lb_coef", 0.01, 0, config::keys::kInf, "load-balancing loss coefficient");
+}
+
+config::Key lb_form_key() {
+  return config::keys::C("router.lb_form", "reference", {"reference", "switch"},
+                         "lb normalisation: reference divides importance by N*k; switch by N");
+}
+
+RouterSpec lb_spec() {
+  RouterSpec s;
+  s.name = "lb";
+  s.summary = "vanilla routing plus the Switch/GShard load-balancing loss";
+  s.source = "Fedus et al. 2021 (Switch) Eq. 4; reference-setup 1.6";
+  s.caps.aux_loss = true;
+  s.keys = {lb_coef_key(), lb_form_key()};
+  s.make = [](const config::Config& cfg, const RouterShape& sh) -> Router {
+    return std::make_shared<LbRouter>(sh.top_k, cfg.f("router.lb_coef"), lb_form(cfg.s("router.lb_form")));
+  };
+  s.bench = {{"lb", {}}};
+  return s;
 }
 
 }  // namespace ssr::routers

@@ -19,12 +19,19 @@ torch::Tensor load_balance_loss(const torch::Tensor& logits, const torch::Tensor
 class LbRouter : public RouterImpl {
  public:
   LbRouter(int64_t top_k, double coef, LbForm form);
-  Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
 
+ protected:
+  Routing decide(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
+
+ public:
  private:
   int64_t k_;
   double coef_;
   LbForm form_;
 };
+
+// router.lb_coef and router.lb_form, shared by the routers that add this loss.
+config::Key lb_coef_key();
+config::Key lb_form_key();
 
 }  // namespace ssr::routers

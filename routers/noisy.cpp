@@ -7,6 +7,8 @@
 
 #include <cmath>
 
+#include "harness/config/declare.hpp"
+#include "routers/registry.hpp"
 #include "routers/util.hpp"
 
 namespace ssr::routers {
@@ -23,7 +25,8 @@ NoisyRouter::NoisyRouter(int64_t d_model, int64_t n_experts, int64_t top_k, doub
   w_noise = register_parameter("w_noise", torch::zeros({d_model, n_experts}));
 }
 
-Routing NoisyRouter::route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) {
+Routing NoisyRouter::decide(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode,
+                            torch::Generator& gen) {
   const int64_t n_exp = logits.size(1);
   auto clean = at_least_float(logits);  // (tokens, experts)
   const bool noisy = mode == Mode::Train;
@@ -54,8 +57,22 @@ Routing NoisyRouter::route(const torch::Tensor& logits, const torch::Tensor& hid
     load = (gates > 0).to(clean.scalar_type()).sum(0);
   }
   r.aux_loss = coef_ * (cv_squared(importance) + cv_squared(load));
-  count(r);
   return r;
+}
+
+RouterSpec noisy_spec() {
+  RouterSpec s;
+  s.name = "noisy";
+  s.summary = "noisy top-k gating with a trainable noise scale and the importance + load loss";
+  s.source = "Shazeer et al. 2017 Eqs. 3-5, 6-10";
+  s.caps.aux_loss = s.caps.draws = s.caps.hidden = true;
+  s.keys = {config::keys::F("router.noisy_coef", 0.01, 0, config::keys::kInf,
+                            "importance+load loss coefficient of noisy top-k gating")};
+  s.make = [](const config::Config& cfg, const RouterShape& sh) -> Router {
+    return std::make_shared<NoisyRouter>(sh.d_model, sh.n_experts, sh.top_k, cfg.f("router.noisy_coef"));
+  };
+  s.bench = {{"noisy (train)", {}}};
+  return s;
 }
 
 }  // namespace ssr::routers

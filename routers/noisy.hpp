@@ -13,8 +13,11 @@ torch::Tensor cv_squared(const torch::Tensor& x);
 class NoisyRouter : public RouterImpl {
  public:
   NoisyRouter(int64_t d_model, int64_t n_experts, int64_t top_k, double coef);
-  Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
 
+ protected:
+  Routing decide(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
+
+ public:
   torch::Tensor w_noise;  // (d_model, experts)
 
  private:

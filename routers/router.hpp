@@ -47,22 +47,27 @@ struct RouterStats {
 
 class RouterImpl : public torch::nn::Module {
  public:
-  // logits: (tokens, experts) gating scores S; hidden: (tokens, d) the gate's input.
-  virtual Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) = 0;
+  // logits: (tokens, experts) gating scores S; hidden: (tokens, d) the gate's input. Every call is
+  // counted here (the Sinkhorn tally), whatever the router decides.
+  Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) {
+    Routing r = decide(logits, hidden, mode, gen);
+    ++tally_.calls;
+    if (r.used_sinkhorn) {
+      ++tally_.sinkhorn_calls;
+      tally_.iters_sum += r.sinkhorn_iters;
+      tally_.error_sum += r.sinkhorn_error;
+    }
+    return r;
+  }
 
-  // Counts since construction or the last reset; every router adds each of its calls.
+  // Counts since construction or the last reset.
   const SinkhornTally& sinkhorn_tally() const { return tally_; }
   void reset_sinkhorn_tally() { tally_ = {}; }
 
  protected:
-  // Routers call this on every result they return.
-  void count(const Routing& r) {
-    ++tally_.calls;
-    if (!r.used_sinkhorn) return;
-    ++tally_.sinkhorn_calls;
-    tally_.iters_sum += r.sinkhorn_iters;
-    tally_.error_sum += r.sinkhorn_error;
-  }
+  // The router's own part of route().
+  virtual Routing decide(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode,
+                         torch::Generator& gen) = 0;
 
  private:
   SinkhornTally tally_;

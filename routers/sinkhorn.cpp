@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "harness/config/choice.hpp"
+#include "harness/config/declare.hpp"
 #include "routers/util.hpp"
 
 #ifdef SSR_WITH_CUDA
@@ -195,6 +196,30 @@ SinkhornResult sinkhorn(const torch::Tensor& cost, const SinkhornOptions& opt) {
   if (opt.newton_steps > 0) return solve_newton(log_k, opt);
   if (opt.stop == StopRule::Scaling) return solve_scaling(log_k, opt);
   return opt.numerics == Numerics::Plain ? solve_plain(log_k, opt) : solve_log(log_k, opt);
+}
+
+std::vector<config::Key> sinkhorn_keys() {
+  using namespace config::keys;
+  return {
+      F("router.xi", 0.5, 1e-6, kInf, "Sinkhorn entropic regularisation xi"),
+      F("router.delta", 1e-4, 0, kInf,
+        "Sinkhorn tolerance on the marginal error (L1 of the normalised row/column marginals)"),
+      I("router.max_iter", 100, 1, 1000000, "Sinkhorn iteration limit eta"),
+      C("router.numerics", "log", {"plain", "log"},
+        "Sinkhorn scaling in the plain domain (reference; overflows for small xi) or log domain"),
+      I("router.check_every", 10, 1, 1000000,
+        "Sinkhorn iterations between convergence checks (each check syncs with the host)"),
+      I("router.newton_steps", 0, 0, 1000,
+        "Newton steps on the dual potential after the Sinkhorn sweeps (0 = off; SNS; needs numerics log)"),
+      I("router.newton_warmup", 3, 0, 1000, "log-domain Sinkhorn sweeps before the Newton stage"),
+      unhashed_at_default(
+          C("router.stop_rule", "marginal", {"marginal", "scaling"},
+            "Sinkhorn stop: marginal errors <= router.delta (paper Algorithm 1), or u and v changing by < router.delta "
+            "in L1 (the authors' prototype: u first, kernel exp(C/xi); plain numerics)")),
+      C("router.solver", "eager", {"eager", "fused"},
+        "Sinkhorn implementation: eager LibTorch ops, or one fused CUDA kernel (log domain, <= 64 experts, CUDA "
+        "builds)"),
+  };
 }
 
 SinkhornOptions sinkhorn_options(const config::Config& cfg) {

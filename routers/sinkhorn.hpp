@@ -56,4 +56,7 @@ torch::Tensor marginal_error(const torch::Tensor& plan);
 // stop_rule.
 SinkhornOptions sinkhorn_options(const config::Config& cfg);
 
+// The Sinkhorn solver's router.* keys (xi, delta, max_iter, ...), shared by the routers that solve.
+std::vector<config::Key> sinkhorn_keys();
+
 }  // namespace ssr::routers

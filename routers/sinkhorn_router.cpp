@@ -9,6 +9,8 @@
 #include <limits>
 
 #include "harness/config/choice.hpp"
+#include "harness/config/declare.hpp"
+#include "routers/registry.hpp"
 #include "routers/util.hpp"
 #include "routers/vanilla.hpp"
 
@@ -33,15 +35,34 @@ void fill_sinkhorn_fields(Routing& r, const SinkhornResult& res) {
 
 SinkhornRouter::SinkhornRouter(int64_t top_k, Cost cost, SinkhornOptions opt) : k_(top_k), cost_(cost), opt_(opt) {}
 
-Routing SinkhornRouter::route(const torch::Tensor& logits, const torch::Tensor&, Mode, torch::Generator&) {
+Routing SinkhornRouter::decide(const torch::Tensor& logits, const torch::Tensor&, Mode, torch::Generator&) {
   auto res = sinkhorn(transport_cost(logits, cost_), opt_);
   Routing r;
   r.experts = stable_top_k(res.plan, k_).second;  // (tokens, k)
   r.weights = softmax_at(logits, r.experts);      // (tokens, k)
   r.aux_loss = torch::zeros({}, logits.options());
   fill_sinkhorn_fields(r, res);
-  count(r);
   return r;
+}
+
+config::Key cost_key() {
+  return config::keys::C("router.cost", "linear", {"linear", "softmax"},
+                         "transport cost: linear (C = S, SSR-L) or row softmax of S (SSR-S)");
+}
+
+RouterSpec sinkhorn_spec() {
+  RouterSpec s;
+  s.name = "sinkhorn";
+  s.summary = "Sinkhorn transport plan at every forward, top-k of the plan, weights from the logits";
+  s.source = "the SSR authors' prototype (reference-setup 1.6); paper Algorithm 1";
+  s.keys = sinkhorn_keys();
+  s.keys.insert(s.keys.begin(), cost_key());
+  s.make = [](const config::Config& cfg, const RouterShape& sh) -> Router {
+    return std::make_shared<SinkhornRouter>(sh.top_k, cost_kind(cfg.s("router.cost")), sinkhorn_options(cfg));
+  };
+  s.sinkhorn_p = [](const config::Config&) { return 1.0; };
+  s.bench = {{"sinkhorn baseline (xi 1, plain)", {"xi=1", "numerics=plain"}}};
+  return s;
 }
 
 }  // namespace ssr::routers

@@ -23,12 +23,18 @@ void fill_sinkhorn_fields(Routing& r, const SinkhornResult& res);
 class SinkhornRouter : public RouterImpl {
  public:
   SinkhornRouter(int64_t top_k, Cost cost, SinkhornOptions opt);
-  Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
 
+ protected:
+  Routing decide(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
+
+ public:
  private:
   int64_t k_;
   Cost cost_;
   SinkhornOptions opt_;
 };
+
+// router.cost, shared by the routers that build a transport cost.
+config::Key cost_key();
 
 }  // namespace ssr::routers

@@ -12,6 +12,8 @@
 #include <fmt/format.h>
 
 #include "harness/config/choice.hpp"
+#include "harness/config/declare.hpp"
+#include "routers/registry.hpp"
 #include "routers/util.hpp"
 #include "routers/vanilla.hpp"
 
@@ -40,7 +42,7 @@ EvalMode eval_mode_named(const std::string& ev) {
 
 SsrRouter::SsrRouter(int64_t top_k, SsrOptions opt) : k_(top_k), opt_(opt) {}
 
-Routing SsrRouter::route(const torch::Tensor& logits, const torch::Tensor&, Mode mode, torch::Generator& gen) {
+Routing SsrRouter::decide(const torch::Tensor& logits, const torch::Tensor&, Mode mode, torch::Generator& gen) {
   const bool train = mode == Mode::Train;
   const bool sinkhorn_on = train || opt_.eval_mode == EvalMode::Sinkhorn || opt_.eval_mode == EvalMode::Both;
   const bool noise_on =
@@ -51,9 +53,7 @@ Routing SsrRouter::route(const torch::Tensor& logits, const torch::Tensor&, Mode
   const bool noisy_cost = noise_on && (use_sinkhorn || opt_.noise_scope == NoiseScope::All || !train);
 
   if (!use_sinkhorn && !noisy_cost) {
-    auto r = top_k_softmax(logits, k_);
-    count(r);
-    return r;
+    return top_k_softmax(logits, k_);
   }
   auto cost = transport_cost(logits, opt_.cost);  // (tokens, experts)
   if (noisy_cost) cost = cost + (opt_.noise * opt_.noise_std) * draw_normal(cost, gen);
@@ -63,7 +63,6 @@ Routing SsrRouter::route(const torch::Tensor& logits, const torch::Tensor&, Mode
     // noise_scope all, vanilla forward: select by the noisy cost, weigh by the clean logits.
     r.experts = stable_top_k(cost, k_).second;  // (tokens, k)
     r.weights = softmax_at(logits, r.experts);  // (tokens, k)
-    count(r);
     return r;
   }
   auto res = sinkhorn(cost, opt_.sinkhorn);
@@ -71,8 +70,35 @@ Routing SsrRouter::route(const torch::Tensor& logits, const torch::Tensor&, Mode
   r.experts = idx;
   r.weights = (top / top.sum(-1, /*keepdim=*/true)).to(logits.scalar_type());  // (tokens, k)
   fill_sinkhorn_fields(r, res);
-  count(r);
   return r;
+}
+
+RouterSpec ssr_spec() {
+  using namespace config::keys;
+  RouterSpec s;
+  s.name = "ssr";
+  s.summary = "Selective Sinkhorn Routing: Sinkhorn with probability p in training, top-k otherwise";
+  s.source = "paper Algorithm 2, Eq. 6 (cost noise)";
+  s.caps.draws = s.caps.eval_modes = true;
+  s.keys = {F("router.p", 0.001, 0, 1, "SSR: probability that a block uses Sinkhorn routing in a training forward"),
+            cost_key(),
+            F("router.noise", 0, 0, kInf, "SSR: alpha_noise, scale of Gaussian noise added to the cost (0 = off)"),
+            F("router.noise_std", 1.0, 0, kInf, "SSR: sigma of the cost noise"),
+            C("router.noise_scope", "sinkhorn", {"sinkhorn", "all"},
+              "SSR: cost noise only in Sinkhorn forwards, or also selecting experts (top-k of the noisy cost) in "
+              "vanilla forwards"),
+            C("router.eval_mode", "none", {"none", "sinkhorn", "noise", "both"},
+              "SSR at inference: none (vanilla), or keep Sinkhorn / noise / both (paper Table 3)")};
+  for (auto& k : sinkhorn_keys()) s.keys.push_back(std::move(k));
+  s.make = [](const config::Config& cfg, const RouterShape& sh) -> Router {
+    return std::make_shared<SsrRouter>(sh.top_k, ssr_options(cfg));
+  };
+  s.sinkhorn_p = [](const config::Config& cfg) { return cfg.f("router.p"); };
+  // p = 1: every timed forward is a Sinkhorn forward (at the paper's p = 0.001 one costs a vanilla one).
+  s.bench = {{"ssr-l Sinkhorn fwd (xi .5, log)", {"p=1", "cost=linear", "xi=0.5"}},
+             {"ssr-s Sinkhorn fwd (xi .5, log)", {"p=1", "cost=softmax", "xi=0.5"}},
+             {"ssr-l Sinkhorn fwd (xi .5, SNS)", {"p=1", "cost=linear", "xi=0.5", "newton_steps=8"}}};
+  return s;
 }
 
 }  // namespace ssr::routers

@@ -32,7 +32,11 @@ EvalMode eval_mode_named(const std::string& name);
 class SsrRouter : public RouterImpl {
  public:
   SsrRouter(int64_t top_k, SsrOptions opt);
-  Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
+
+ protected:
+  Routing decide(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
+
+ public:
   // Switches what stays on at inference, so one trained model is evaluated several ways (Table 3).
   void set_eval_mode(EvalMode m) { opt_.eval_mode = m; }
 

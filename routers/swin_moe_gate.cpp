@@ -11,6 +11,9 @@
 
 #include <cmath>
 
+#include "harness/config/declare.hpp"
+#include "routers/lb.hpp"
+#include "routers/registry.hpp"
 #include "routers/util.hpp"
 
 namespace ssr::routers {
@@ -32,7 +35,7 @@ torch::Tensor swin_moe_balance_loss(const torch::Tensor& probs, const torch::Ten
 SwinMoeGate::SwinMoeGate(int64_t top_k, double gate_noise, double capacity_factor, double coef)
     : k_(top_k), gate_noise_(gate_noise), capacity_factor_(capacity_factor), coef_(coef) {}
 
-Routing SwinMoeGate::route(const torch::Tensor& logits, const torch::Tensor&, Mode mode, torch::Generator& gen) {
+Routing SwinMoeGate::decide(const torch::Tensor& logits, const torch::Tensor&, Mode mode, torch::Generator& gen) {
   const int64_t n = logits.size(0), e = logits.size(1);
   auto clean = at_least_float(logits);  // (tokens, experts)
   auto noisy = clean;                   // (tokens, experts)
@@ -59,8 +62,27 @@ Routing SwinMoeGate::route(const torch::Tensor& logits, const torch::Tensor&, Mo
   r.weights = top * keep.to(top.scalar_type());                               // (tokens, k), 0 for dropped slots
   auto threshold = noisy.gather(1, experts.narrow(1, k_ - 1, 1)).squeeze(1);  // (tokens)
   r.aux_loss = coef_ * swin_moe_balance_loss(clean.softmax(-1), threshold, gate_noise_);
-  count(r);
   return r;
+}
+
+RouterSpec swin_moe_spec() {
+  using namespace config::keys;
+  RouterSpec s;
+  s.name = "swin-moe";
+  s.summary = "Tutel's top-k gate of Swin-MoE: gate noise, expert capacity with dropping, balance loss";
+  s.source = "Swin-MoE (Hwang et al. 2022, Tutel) as in microsoft/Swin-Transformer; reference-setup 5";
+  s.caps.aux_loss = s.caps.draws = true;
+  s.keys = {lb_coef_key(),
+            F("router.gate_noise", 1.0, 1e-6, kInf,
+              "swin-moe: training noise gate_noise * N(0,1) / E on the logits; also the load loss's normal std * E"),
+            F("router.capacity_factor", 1.25, 0.01, kInf,
+              "swin-moe: expert capacity k * int(factor * ceil(tokens / experts)); the overflow is dropped")};
+  s.make = [](const config::Config& cfg, const RouterShape& sh) -> Router {
+    return std::make_shared<SwinMoeGate>(sh.top_k, cfg.f("router.gate_noise"), cfg.f("router.capacity_factor"),
+                                         cfg.f("router.lb_coef"));
+  };
+  s.bench = {{"swin-moe gate (train)", {}}};
+  return s;
 }
 
 }  // namespace ssr::routers

@@ -15,8 +15,11 @@ torch::Tensor swin_moe_balance_loss(const torch::Tensor& probs, const torch::Ten
 class SwinMoeGate : public RouterImpl {
  public:
   SwinMoeGate(int64_t top_k, double gate_noise, double capacity_factor, double coef);
-  Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
 
+ protected:
+  Routing decide(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
+
+ public:
  private:
   int64_t k_;
   double gate_noise_, capacity_factor_, coef_;

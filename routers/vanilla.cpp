@@ -4,6 +4,8 @@
 // Not differentiated: the choice of experts (a discrete top-k). Identical in training and eval.
 #include "routers/vanilla.hpp"
 
+#include "harness/config/declare.hpp"
+#include "routers/registry.hpp"
 #include "routers/util.hpp"
 
 namespace ssr::routers {
@@ -24,10 +26,20 @@ Routing top_k_softmax(const torch::Tensor& logits, int64_t k) {
 
 VanillaRouter::VanillaRouter(int64_t top_k) : k_(top_k) {}
 
-Routing VanillaRouter::route(const torch::Tensor& logits, const torch::Tensor&, Mode, torch::Generator&) {
-  auto r = top_k_softmax(logits, k_);
-  count(r);
-  return r;
+Routing VanillaRouter::decide(const torch::Tensor& logits, const torch::Tensor&, Mode, torch::Generator&) {
+  return top_k_softmax(logits, k_);
+}
+
+RouterSpec vanilla_spec() {
+  RouterSpec s;
+  s.name = "vanilla";
+  s.summary = "top-k of the gate logits, weights softmax over the k selected";
+  s.source = "paper Sec. 3.1; reference CustomNaiveGate_Balance_SMoE";
+  s.make = [](const config::Config&, const RouterShape& sh) -> Router {
+    return std::make_shared<VanillaRouter>(sh.top_k);
+  };
+  s.bench = {{"vanilla", {}}};
+  return s;
 }
 
 }  // namespace ssr::routers

@@ -12,8 +12,11 @@ torch::Tensor softmax_at(const torch::Tensor& logits, const torch::Tensor& exper
 class VanillaRouter : public RouterImpl {
  public:
   explicit VanillaRouter(int64_t top_k);
-  Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
 
+ protected:
+  Routing decide(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
+
+ public:
  private:
   int64_t k_;
 };

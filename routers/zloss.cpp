@@ -4,6 +4,8 @@
 // Not differentiated: the choice of experts and the lb counts.
 #include "routers/zloss.hpp"
 
+#include "harness/config/declare.hpp"
+#include "routers/registry.hpp"
 #include "routers/util.hpp"
 #include "routers/vanilla.hpp"
 
@@ -16,11 +18,26 @@ torch::Tensor z_loss(const torch::Tensor& logits) {
 ZLossRouter::ZLossRouter(int64_t top_k, double lb_coef, LbForm form, double z_coef)
     : k_(top_k), lb_coef_(lb_coef), z_coef_(z_coef), form_(form) {}
 
-Routing ZLossRouter::route(const torch::Tensor& logits, const torch::Tensor&, Mode, torch::Generator&) {
+Routing ZLossRouter::decide(const torch::Tensor& logits, const torch::Tensor&, Mode, torch::Generator&) {
   auto r = top_k_softmax(logits, k_);
   r.aux_loss = lb_coef_ * load_balance_loss(logits, r.experts, form_) + z_coef_ * z_loss(logits);
-  count(r);
   return r;
+}
+
+RouterSpec zloss_spec() {
+  RouterSpec s;
+  s.name = "zloss";
+  s.summary = "lb routing plus the ST-MoE router z-loss";
+  s.source = "Zoph et al. 2022 (ST-MoE) Eq. 5";
+  s.caps.aux_loss = true;
+  s.keys = {lb_coef_key(), lb_form_key(),
+            config::keys::F("router.z_coef", 0.001, 0, config::keys::kInf, "router z-loss coefficient")};
+  s.make = [](const config::Config& cfg, const RouterShape& sh) -> Router {
+    return std::make_shared<ZLossRouter>(sh.top_k, cfg.f("router.lb_coef"), lb_form(cfg.s("router.lb_form")),
+                                         cfg.f("router.z_coef"));
+  };
+  s.bench = {{"zloss", {}}};
+  return s;
 }
 
 }  // namespace ssr::routers

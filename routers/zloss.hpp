@@ -10,8 +10,11 @@ torch::Tensor z_loss(const torch::Tensor& logits);
 class ZLossRouter : public RouterImpl {
  public:
   ZLossRouter(int64_t top_k, double lb_coef, LbForm form, double z_coef);
-  Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
 
+ protected:
+  Routing decide(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
+
+ public:
  private:
   int64_t k_;
   double lb_coef_, z_coef_;

@@ -9,6 +9,7 @@
 
 #include "harness/bench/bench.hpp"
 #include "harness/config/config.hpp"
+#include "routers/registry.hpp"
 #include "routers/router.hpp"
 #include "routers/sinkhorn.hpp"
 
@@ -39,19 +40,16 @@ struct RouterCase {
   std::vector<std::string> overrides;  // router.* values
 };
 
-// Routers as the paper runs them; `ssr` rows use p = 1 so that every timed forward is a
-// Sinkhorn forward (with the paper's p = 0.001 an SSR forward costs a vanilla one).
+// Every registered router's bench rows (routers/registry.hpp).
 std::vector<RouterCase> router_cases() {
-  return {
-      {"vanilla", {"name=vanilla"}},
-      {"lb", {"name=lb"}},
-      {"zloss", {"name=zloss"}},
-      {"noisy (train)", {"name=noisy"}},
-      {"sinkhorn baseline (xi 1, plain)", {"name=sinkhorn", "xi=1", "numerics=plain"}},
-      {"ssr-l Sinkhorn fwd (xi .5, log)", {"name=ssr", "p=1", "cost=linear", "xi=0.5"}},
-      {"ssr-s Sinkhorn fwd (xi .5, log)", {"name=ssr", "p=1", "cost=softmax", "xi=0.5"}},
-      {"ssr-l Sinkhorn fwd (xi .5, SNS)", {"name=ssr", "p=1", "cost=linear", "xi=0.5", "newton_steps=8"}},
-  };
+  std::vector<RouterCase> cases;
+  for (const auto& spec : routers::registry())
+    for (const auto& [label, overrides] : spec.bench) {
+      RouterCase c{label, {"name=" + spec.name}};
+      c.overrides.insert(c.overrides.end(), overrides.begin(), overrides.end());
+      cases.push_back(std::move(c));
+    }
+  return cases;
 }
 
 config::Config router_config(const std::vector<std::string>& overrides) {

@@ -2,50 +2,21 @@
 // Defaults are the reference setup of the paper's WikiText-103 "medium" runs
 // (../shared/spec/reference-setup.md); presets in experiments/ scale them down.
 #include <algorithm>
+#include <map>
 
 #include "harness/config/config.hpp"
+#include "harness/config/declare.hpp"
+#include "routers/registry.hpp"
 
 namespace ssr::config {
 namespace {
 
-constexpr double kInf = 1e300;
+using namespace keys;
 
-Key I(std::string n, int64_t d, double lo, double hi, std::string doc, bool hashed = true) {
-  return Key{std::move(n), Type::Int, d, std::move(doc), lo, hi, {}, hashed};
-}
-Key F(std::string n, double d, double lo, double hi, std::string doc, bool hashed = true) {
-  return Key{std::move(n), Type::Float, d, std::move(doc), lo, hi, {}, hashed};
-}
-Key B(std::string n, bool d, std::string doc, bool hashed = true) {
-  return Key{std::move(n), Type::Bool, d, std::move(doc), -kInf, kInf, {}, hashed};
-}
-Key S(std::string n, std::string d, std::string doc, bool hashed = true) {
-  return Key{std::move(n), Type::String, d, std::move(doc), -kInf, kInf, {}, hashed};
-}
-Key C(std::string n, std::string d, std::vector<std::string> choices, std::string doc, bool hashed = true) {
-  return Key{std::move(n), Type::Choice, d, std::move(doc), -kInf, kInf, std::move(choices), hashed};
-}
-Key IL(std::string n, std::vector<int64_t> d, double lo, double hi, std::string doc) {
-  return Key{std::move(n), Type::IntList, d, std::move(doc), lo, hi, {}, true};
-}
-Key FL(std::string n, std::vector<double> d, double lo, double hi, std::string doc) {
-  return Key{std::move(n), Type::FloatList, d, std::move(doc), lo, hi, {}, true};
-}
-// For keys added after runs were stored: at its default the key stays out of the hash, so every
-// earlier run keeps its configuration hash (and sweeps and reports still find it).
-Key unhashed_at_default(Key k) {
-  k.hashed_at_default = false;
-  return k;
-}
-// A compute path that gives the same function (so runs stay comparable and reusable across it)
-// but not the same speed.
-Key timed(Key k) {
-  k.hashed = false;
-  k.timed = true;
-  return k;
-}
-Key SL(std::string n, std::vector<std::string> d, std::string doc) {
-  return Key{std::move(n), Type::StringList, d, std::move(doc), -kInf, kInf, {}, true};
+std::vector<std::string> router_names() {
+  std::vector<std::string> names;
+  for (const auto& r : routers::registry()) names.push_back(r.name);
+  return names;
 }
 
 std::vector<Key> build() {
@@ -192,35 +163,7 @@ std::vector<Key> build() {
               "tokens per output-layer + cross-entropy chunk (bounds the logits memory)")),
 
       // ---- router.*: token-to-expert routing (routers/)
-      C("router.name", "vanilla", {"vanilla", "lb", "zloss", "noisy", "sinkhorn", "ssr", "swin-moe"}, "routing method"),
-      F("router.lb_coef", 0.01, 0, kInf, "load-balancing loss coefficient (lb, zloss, swin-moe)"),
-      F("router.gate_noise", 1.0, 1e-6, kInf,
-        "swin-moe: training noise gate_noise * N(0,1) / E on the logits; also the load loss's normal std * E"),
-      F("router.capacity_factor", 1.25, 0.01, kInf,
-        "swin-moe: expert capacity k * int(factor * ceil(tokens / experts)); the overflow is dropped"),
-      C("router.lb_form", "reference", {"reference", "switch"},
-        "lb normalisation: reference divides importance by N*k; switch by N"),
-      F("router.z_coef", 0.001, 0, kInf, "router z-loss coefficient (zloss)"),
-      F("router.noisy_coef", 0.01, 0, kInf, "importance+load loss coefficient of noisy top-k gating"),
-      F("router.p", 0.001, 0, 1, "SSR: probability that a block uses Sinkhorn routing in a training forward"),
-      C("router.cost", "linear", {"linear", "softmax"},
-        "transport cost (ssr, sinkhorn): linear (C = S, SSR-L) or row softmax of S (SSR-S)"),
-      F("router.noise", 0, 0, kInf, "SSR: alpha_noise, scale of Gaussian noise added to the cost (0 = off)"),
-      F("router.noise_std", 1.0, 0, kInf, "SSR: sigma of the cost noise"),
-      C("router.noise_scope", "sinkhorn", {"sinkhorn", "all"},
-        "SSR: cost noise only in Sinkhorn forwards, or also selecting experts (top-k of the noisy cost) in vanilla "
-        "forwards"),
-      F("router.xi", 0.5, 1e-6, kInf, "Sinkhorn entropic regularisation xi"),
-      F("router.delta", 1e-4, 0, kInf,
-        "Sinkhorn tolerance on the marginal error (L1 of the normalised row/column marginals)"),
-      I("router.max_iter", 100, 1, 1000000, "Sinkhorn iteration limit eta"),
-      C("router.numerics", "log", {"plain", "log"},
-        "Sinkhorn scaling in the plain domain (reference; overflows for small xi) or log domain"),
-      I("router.check_every", 10, 1, 1000000,
-        "Sinkhorn iterations between convergence checks (each check syncs with the host)"),
-      I("router.newton_steps", 0, 0, 1000,
-        "Newton steps on the dual potential after the Sinkhorn sweeps (0 = off; SNS; needs numerics log)"),
-      I("router.newton_warmup", 3, 0, 1000, "log-domain Sinkhorn sweeps before the Newton stage"),
+      C("router.name", "vanilla", router_names(), "routing method (routers/registry.cpp lists them)"),
       I("router.group_tokens", 0, 0, 1LL << 40,
         "tokens per router call: the micro-batch is routed in consecutive groups of this many (the reference: 6,144, "
         "one GPU's micro-batch); 0 = the whole micro-batch"),
@@ -230,18 +173,9 @@ std::vector<Key> build() {
       unhashed_at_default(I("router.eval_group_tokens", 0, 0, 1LL << 40,
                             "tokens per router call in the final evaluation (the reference: 12,288, one GPU's 24 of "
                             "the 48 eval streams, batch_split 1); 0 = router.group_tokens")),
-      unhashed_at_default(
-          C("router.stop_rule", "marginal", {"marginal", "scaling"},
-            "Sinkhorn stop: marginal errors <= router.delta (paper Algorithm 1), or u and v changing by < router.delta "
-            "in L1 (the authors' prototype: u first, kernel exp(C/xi); plain numerics)")),
-      C("router.solver", "eager", {"eager", "fused"},
-        "Sinkhorn implementation: eager LibTorch ops, or one fused CUDA kernel (log domain, <= 64 experts, CUDA "
-        "builds)"),
       unhashed_at_default(B("router.global_batch", false,
                             "with run.nproc > 1: all-gather the gate logits so routers (Sinkhorn marginals, balance "
                             "losses, SSR's draw) see the global micro-batch, not one rank's (timing phase 'gather')")),
-      C("router.eval_mode", "none", {"none", "sinkhorn", "noise", "both"},
-        "SSR at inference: none (vanilla), or keep Sinkhorn / noise / both (paper Table 3)"),
 
       // ---- train.*: optimisation (reference: Adam 7e-4, warm-up 4000, constant, no clipping)
       I("train.steps", 80000, 0, 1LL << 40, "optimizer steps"),
@@ -323,19 +257,34 @@ const std::vector<Scope>& scopes() {
        {"data.crop_scale", "data.eval_resize", "data.imagenet_a", "data.imagenet_r", "data.imagenet_o", "data.workers"}},
       {"model.block", {"momentum"}, {"model.mu", "model.gamma"}},
       {"train.schedule", {"cosine"}, {"train.min_lr"}},
-      {"router.name", {"lb", "zloss", "swin-moe"}, {"router.lb_coef"}},
-      {"router.name", {"lb", "zloss"}, {"router.lb_form"}},
-      {"router.name", {"zloss"}, {"router.z_coef"}},
-      {"router.name", {"noisy"}, {"router.noisy_coef"}},
-      {"router.name", {"swin-moe"}, {"router.gate_noise", "router.capacity_factor"}},
-      {"router.name", {"ssr"},
-       {"router.p", "router.noise", "router.noise_std", "router.noise_scope", "router.eval_mode", "eval.router_modes"}},
-      {"router.name", {"sinkhorn", "ssr"},
-       {"router.cost", "router.xi", "router.delta", "router.max_iter", "router.numerics", "router.check_every",
-        "router.newton_steps", "router.newton_warmup", "router.stop_rule", "router.solver"}},
   };
   // clang-format on
   return s;
+}
+
+// The registry's router.* keys, inserted after router.name, each used only by the routers that
+// declare it; eval.router_modes only by routers with inference modes.
+std::vector<Key> with_router_keys(std::vector<Key> keys) {
+  std::vector<Key> declared;
+  std::map<std::string, std::vector<std::string>> users;  // key -> routers
+  for (const auto& r : routers::registry())
+    for (const auto& k : r.keys) {
+      auto it = std::find_if(declared.begin(), declared.end(), [&](const Key& d) { return d.name == k.name; });
+      if (it == declared.end())
+        declared.push_back(k);
+      else if (it->def != k.def || it->type != k.type || it->doc != k.doc)
+        throw std::logic_error("router key declared twice, differently: " + k.name);
+      users[k.name].push_back(r.name);
+    }
+  for (auto& k : declared) k.when.emplace_back("router.name", users.at(k.name));
+  auto at = std::find_if(keys.begin(), keys.end(), [](const Key& k) { return k.name == "router.name"; });
+  keys.insert(at + 1, declared.begin(), declared.end());
+  std::vector<std::string> with_modes;
+  for (const auto& r : routers::registry())
+    if (r.caps.eval_modes) with_modes.push_back(r.name);
+  for (auto& k : keys)
+    if (k.name == "eval.router_modes") k.when.emplace_back("router.name", with_modes);
+  return keys;
 }
 
 std::vector<Key> scoped(std::vector<Key> keys) {
@@ -351,7 +300,7 @@ std::vector<Key> scoped(std::vector<Key> keys) {
 }  // namespace
 
 const std::vector<Key>& schema() {
-  static const std::vector<Key> keys = scoped(build());
+  static const std::vector<Key> keys = scoped(with_router_keys(build()));
   return keys;
 }
 

@@ -1,0 +1,32 @@
+#include "routers/registry.hpp"
+
+#include <fmt/format.h>
+
+namespace ssr::routers {
+
+// Each router's spec, defined in its own file. Adding a router: one line here and one in the list.
+RouterSpec vanilla_spec();
+RouterSpec lb_spec();
+RouterSpec zloss_spec();
+RouterSpec noisy_spec();
+RouterSpec sinkhorn_spec();
+RouterSpec ssr_spec();
+RouterSpec swin_moe_spec();
+
+const std::vector<RouterSpec>& registry() {
+  static const std::vector<RouterSpec> specs = {
+      vanilla_spec(), lb_spec(), zloss_spec(), noisy_spec(), sinkhorn_spec(), ssr_spec(), swin_moe_spec(),
+  };
+  return specs;
+}
+
+const RouterSpec& router_spec(const std::string& name) {
+  std::string known;
+  for (const auto& s : registry()) {
+    if (s.name == name) return s;
+    known += (known.empty() ? "" : ", ") + s.name;
+  }
+  throw config::ConfigError(fmt::format("router.name '{}': expected one of {}", name, known));
+}
+
+}  // namespace ssr::routers

@@ -12,10 +12,13 @@ RouterSpec noisy_spec();
 RouterSpec sinkhorn_spec();
 RouterSpec ssr_spec();
 RouterSpec swin_moe_spec();
+RouterSpec sigmoid_spec();
+RouterSpec aux_free_spec();
 
 const std::vector<RouterSpec>& registry() {
   static const std::vector<RouterSpec> specs = {
-      vanilla_spec(), lb_spec(), zloss_spec(), noisy_spec(), sinkhorn_spec(), ssr_spec(), swin_moe_spec(),
+      vanilla_spec(), lb_spec(),       zloss_spec(),   noisy_spec(),    sinkhorn_spec(),
+      ssr_spec(),     swin_moe_spec(), sigmoid_spec(), aux_free_spec(),
   };
   return specs;
 }

@@ -19,6 +19,7 @@ struct Capabilities {
   bool draws = false;       // draws random numbers (noise, a coin) from the router generator
   bool hidden = false;      // reads the gate's input (hidden states), so router.global_batch gathers them too
   bool eval_modes = false;  // has inference modes (router.eval_mode; eval.router_modes evaluates each)
+  bool stateful = false;    // keeps state across steps (a buffer, saved with the weights; end_step())
 };
 
 // The sizes a router is built for.

@@ -3,6 +3,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -59,6 +60,12 @@ class RouterImpl : public torch::nn::Module {
     }
     return r;
   }
+
+  // Called once after every optimizer step. A router with state that follows the training load
+  // (an expert bias) updates it here; `sum_over_ranks` sums a tensor over data-parallel ranks
+  // (identity with one rank), so every rank applies the same update.
+  using SumOverRanks = std::function<torch::Tensor(const torch::Tensor&)>;
+  virtual void end_step(const SumOverRanks& /*sum_over_ranks*/) {}
 
   // Counts since construction or the last reset.
   const SinkhornTally& sinkhorn_tally() const { return tally_; }

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "routers/aux_free.hpp"
 #include "routers/lb.hpp"
 #include "routers/noisy.hpp"
 #include "routers/router.hpp"
@@ -496,4 +497,66 @@ TEST_CASE("router configs: every experiments/router file builds its router", "[r
   }
   CHECK(files >= 9);
   CHECK_THROWS_AS(build({{"name", "vanilla"}}, 8, 2, 3), ssr::config::ConfigError);
+}
+
+TEST_CASE("sigmoid scores: top-k of sigmoid(S), weights normalised over the selected experts", "[routers]") {
+  // s = sigmoid([2, 0, -1, 1]) = [.880797, .5, .268941, .731059]; top-2 = experts 0, 3.
+  auto gen = cpu_gen(0);
+  const auto logits = torch::tensor({{2.0, 0.0, -1.0, 1.0}});
+  const auto r = build({{"name", "sigmoid"}}, 8, 4, 2)->route(logits, torch::zeros({1, 8}), Mode::Train, gen);
+  CHECK(r.experts.equal(torch::tensor({{0, 3}}, torch::kInt64)));
+  CHECK(r.weights[0][0].item<double>() == Approx(0.880797 / (0.880797 + 0.731059)).epsilon(1e-5));
+  CHECK(r.weights[0][1].item<double>() == Approx(0.731059 / (0.880797 + 0.731059)).epsilon(1e-5));
+  CHECK(r.aux_loss.item<double>() == 0);
+}
+
+TEST_CASE("DeepSeek-V3's sequence-wise balance loss by hand", "[routers]") {
+  // Two tokens, two experts, k = 1, both choose expert 0: f = [2, 0] * E / (k T) = [2, 0];
+  // rows of s normalised: [.8, .2], [.5, .5], so P = [.65, .35]; loss = 2 * .65 = 1.3.
+  const auto s = torch::tensor({{0.8, 0.2}, {0.6, 0.6}});
+  const auto experts = torch::tensor({{0}, {0}}, torch::kInt64);
+  CHECK(sequence_balance_loss(s, experts).item<double>() == Approx(1.3).epsilon(1e-6));
+}
+
+TEST_CASE("aux-free: the expert bias over two steps, and only selection sees it", "[routers]") {
+  // Every token has logits [2, 0, 0, 0], s = [.8808, .5, .5, .5], k = 1, u = 0.5.
+  // Step 1 (b = 0): all take expert 0, load [4, 0, 0, 0], mean 1: b = u * sign(1 - load) = [-.5, .5, .5, .5].
+  // Step 2: s + b = [.3808, 1, 1, 1], ties to the lowest id: all take expert 1, load [0, 4, 0, 0]:
+  // b = [0, 0, 1, 1]. Re-centred (torchtitan): [-.75, .25, .25, .25], then [-.5, -.5, .5, .5].
+  struct Row {
+    bool recenter;
+    std::vector<double> after1, after2;
+  };
+  for (const Row& row : {Row{false, {-0.5, 0.5, 0.5, 0.5}, {0, 0, 1, 1}},
+                         Row{true, {-0.75, 0.25, 0.25, 0.25}, {-0.5, -0.5, 0.5, 0.5}}}) {
+    INFO("recenter " << row.recenter);
+    auto router = build({{"name", "aux-free"}, {"bias_rate", 0.5}, {"bias_recenter", row.recenter}}, 8, 4, 1);
+    auto* r = dynamic_cast<ScoreRouterImpl*>(router.get());
+    REQUIRE(r);
+    auto gen = cpu_gen(0);
+    const auto logits = torch::tensor({2.0, 0.0, 0.0, 0.0}).repeat({4, 1});  // (4 tokens, 4 experts)
+    const auto identity = [](const torch::Tensor& t) { return t; };
+    auto first = router->route(logits, torch::zeros({4, 8}), Mode::Train, gen);
+    CHECK((first.experts == 0).all().item<bool>());
+    router->route(logits, torch::zeros({4, 8}), Mode::Eval, gen);  // evaluation calls do not count as load
+    router->end_step(identity);
+    CHECK(torch::allclose(r->expert_bias, torch::tensor(row.after1, torch::kFloat), 0, 1e-6));
+    auto second = router->route(logits, torch::zeros({4, 8}), Mode::Train, gen);
+    CHECK((second.experts == 1).all().item<bool>());
+    CHECK(second.weights.eq(1).all().item<bool>());  // k = 1: the unbiased score normalised
+    router->end_step(identity);
+    CHECK(torch::allclose(r->expert_bias, torch::tensor(row.after2, torch::kFloat), 0, 1e-6));
+    router->end_step(identity);  // a step without training calls leaves the bias alone
+    CHECK(torch::allclose(r->expert_bias, torch::tensor(row.after2, torch::kFloat), 0, 1e-6));
+  }
+}
+
+TEST_CASE("aux-free with softmax scores and no bias update routes as vanilla", "[routers]") {
+  auto gen = cpu_gen(5);
+  const auto logits = random_logits(64, 8, 2.0, 11);
+  const auto a = build({{"name", "aux-free"}, {"score", "softmax"}, {"bias_rate", 0.0}}, 8, 8, 2)
+                     ->route(logits, torch::zeros({64, 8}), Mode::Train, gen);
+  const auto b = build({{"name", "vanilla"}}, 8, 8, 2)->route(logits, torch::zeros({64, 8}), Mode::Train, gen);
+  CHECK(a.experts.equal(b.experts));
+  CHECK(torch::allclose(a.weights, b.weights, 1e-6, 1e-6));
 }

@@ -135,6 +135,9 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
   auto sync = [&] {
     if (device.is_cuda()) torch::cuda::synchronize();
   };
+  const routers::RouterImpl::SumOverRanks sum_over_ranks = [group](const torch::Tensor& t) {
+    return group ? group->sum_tensor(t) : t;
+  };
   auto checkpoint = [&](const char* name, int64_t step) {
     state.step = step;
     save(ckpt_dir / name, task, *optimizer, state);
@@ -179,6 +182,7 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
         t0 = Clock::now();
         if (clip > 0) torch::nn::utils::clip_grad_norm_(model.parameters(), clip);
         optimizer->step();
+        for (const auto& layer : layers) layer->router->end_step(sum_over_ranks);  // stateful routers
         sync();
         const double t_opt = seconds_since(t0);
         const double t_step = r.t_forward + r.t_backward + t_sync + t_opt;

@@ -62,7 +62,9 @@ MoEImpl::MoEImpl(const config::Config& cfg, const MoEShape& shape)
       dropout_(cfg.f("model.dropout")),
       grouped_gemm_(cfg.s("model.expert_impl") == "grouped"),
       group_tokens_(cfg.i("router.group_tokens")),
-      gather_hidden_(routers::router_spec(cfg.s("router.name")).caps.hidden) {
+      gather_hidden_(routers::router_spec(cfg.s("router.name")).caps.hidden),
+      capacity_factor_(routers::router_spec(cfg.s("router.name")).caps.own_capacity ? 0.0
+                                                                                    : cfg.f("model.capacity_factor")) {
   const int64_t d = shape.d_model, inner = shape.d_inner, e = n_experts_;
   if (grouped_gemm_ && (d % 8 != 0 || inner % 8 != 0))
     throw config::ConfigError(
@@ -128,8 +130,9 @@ routers::Routing MoEImpl::route_logits(const torch::Tensor& logits, const torch:
   // right row count instead of a d_model-wide all-gather.
   auto all_x = gather_hidden_ ? gather_(x) : x.new_empty({all_logits.size(0), 0});  // (ranks * tokens, d_model or 0)
   auto r = route_rows(all_logits, all_x, gen);
-  r.experts = r.experts.narrow(0, rank_ * n, n);  // (tokens, k)
-  r.weights = r.weights.narrow(0, rank_ * n, n);  // (tokens, k)
+  r.experts = r.experts.narrow(0, rank_ * n, n);                  // (tokens, k)
+  r.weights = r.weights.narrow(0, rank_ * n, n);                  // (tokens, k)
+  if (r.kept.defined()) r.kept = r.kept.narrow(0, rank_ * n, n);  // (tokens, k)
   return r;
 }
 
@@ -138,27 +141,47 @@ routers::Routing MoEImpl::route_rows(const torch::Tensor& logits, const torch::T
   const auto mode = is_training() ? routers::Mode::Train : routers::Mode::Eval;
   const int64_t n = logits.size(0);
   routers::Routing r;
+  // Expert capacity per router call, when the router has none of its own (model.capacity_factor).
+  auto call = [&](const torch::Tensor& l, const torch::Tensor& h) {
+    auto c = router->route(l, h, mode, gen);
+    return capacity_factor_ > 0 ? routers::with_capacity(std::move(c), n_experts_, capacity_factor_) : c;
+  };
   if (group_tokens_ <= 0 || n <= group_tokens_) {
-    r = router->route(logits, x, mode, gen);
+    r = call(logits, x);
   } else {
     // Consecutive groups routed by separate calls, as the reference's routers each saw one GPU's
     // micro-batch: Sinkhorn marginals, balance losses and SSR's draw are per group.
-    std::vector<torch::Tensor> experts, weights;
+    std::vector<torch::Tensor> experts, weights, kept;
     torch::Tensor aux = torch::zeros({}, logits.options());
     int64_t groups = 0;
     for (int64_t start = 0; start < n; start += group_tokens_, ++groups) {
       const int64_t len = std::min(group_tokens_, n - start);
-      auto g = router->route(logits.narrow(0, start, len), x.narrow(0, start, len), mode, gen);
-      experts.push_back(g.experts);  // (len, k)
-      weights.push_back(g.weights);  // (len, k)
+      auto g = call(logits.narrow(0, start, len), x.narrow(0, start, len));
+      experts.push_back(g.experts);                  // (len, k)
+      weights.push_back(g.weights);                  // (len, k)
+      if (g.kept.defined()) kept.push_back(g.kept);  // (len, k)
       aux = aux + g.aux_loss;
       r.used_sinkhorn = r.used_sinkhorn || g.used_sinkhorn;
       r.sinkhorn_iters = std::max(r.sinkhorn_iters, g.sinkhorn_iters);
       r.sinkhorn_error = std::max(r.sinkhorn_error, g.sinkhorn_error);
       r.sinkhorn_finite = r.sinkhorn_finite && g.sinkhorn_finite;
     }
+    if (!kept.empty() && kept.size() != experts.size())
+      throw std::logic_error("router: some calls returned kept slots and some did not");
+    // Expert Choice gives each group as many slots as its busiest token needs: pad to the widest.
+    int64_t width = 0;
+    for (const auto& e : experts) width = std::max(width, e.size(1));
+    for (size_t i = 0; i < experts.size(); ++i) {
+      const int64_t pad = width - experts[i].size(1);
+      if (pad == 0) continue;
+      if (kept.empty()) throw std::logic_error("router: calls of different widths without kept slots");
+      experts[i] = torch::nn::functional::pad(experts[i], torch::nn::functional::PadFuncOptions({0, pad}));
+      weights[i] = torch::nn::functional::pad(weights[i], torch::nn::functional::PadFuncOptions({0, pad}));
+      kept[i] = torch::nn::functional::pad(kept[i], torch::nn::functional::PadFuncOptions({0, pad}));
+    }
     r.experts = torch::cat(experts);                 // (tokens, k)
     r.weights = torch::cat(weights);                 // (tokens, k)
+    if (!kept.empty()) r.kept = torch::cat(kept);    // (tokens, k)
     r.aux_loss = aux / static_cast<double>(groups);  // like averaging over data-parallel ranks
   }
   if (time_router_) {
@@ -193,21 +216,27 @@ torch::Tensor MoEImpl::forward(const torch::Tensor& x, torch::Tensor& aux, torch
 
   // Slot t*k + j is token t's j-th choice. Sorting slots by expert makes each expert's rows
   // contiguous; the stable sort keeps token order inside an expert (deterministic layout).
-  auto slot_expert = routing.experts.reshape({-1});           // (tokens*k)
+  // Slots that are not kept sort last, behind a sentinel expert id, and are not computed.
+  auto slot_expert = routing.experts.reshape({-1});  // (tokens*k)
+  if (routing.kept.defined()) slot_expert = slot_expert.masked_fill(~routing.kept.reshape({-1}), n_experts_);
   auto order = torch::argsort(slot_expert, /*stable=*/true);  // (tokens*k) sorted -> slot
   auto inverse =
       torch::empty_like(order).scatter_(0, order, torch::arange(n * k, order.options()));  // (tokens*k) slot -> sorted
-  auto counts = torch::bincount(slot_expert, {}, n_experts_);                              // (experts)
+  auto counts_all = torch::bincount(slot_expert, {}, n_experts_ + 1);                      // (experts + 1)
+  auto counts = counts_all.narrow(0, 0, n_experts_);                                       // (experts)
+  // One host sync, only for routings that drop: how many sorted rows the experts compute.
+  const int64_t rows = routing.kept.defined() ? n * k - counts_all[n_experts_].item<int64_t>() : n * k;
 
   // Gathering through a permutation of the expanded slots (rather than index_select with repeated
   // token ids) keeps the backward free of colliding atomic adds, so CUDA runs stay bitwise
   // reproducible.
   auto x_slots = x.unsqueeze(1).expand({n, k, d}).reshape({n * k, d});  // (tokens*k, d_model)
-  auto x_sorted = x_slots.index_select(0, order);                       // (tokens*k, d_model)
-  torch::Tensor y_sorted;                                               // (tokens*k, d_model)
+  auto kept_order = rows < n * k ? order.narrow(0, 0, rows) : order;    // (rows) sorted -> slot
+  auto x_sorted = x_slots.index_select(0, kept_order);                  // (rows, d_model)
+  torch::Tensor y_sorted;                                               // (rows, d_model)
   if (grouped_gemm_) {
-    auto offsets = counts.cumsum(0).to(torch::kInt32);     // (experts) group ends, on the device
-    auto row_expert = slot_expert.index_select(0, order);  // (tokens*k)
+    auto offsets = counts.cumsum(0).to(torch::kInt32);          // (experts) group ends, on the device
+    auto row_expert = slot_expert.index_select(0, kept_order);  // (rows)
     auto h = activate(grouped_linear_gemm(x_sorted, offsets, row_expert, w1, b1));  // (tokens*k, d_inner)
     h = dropout(h, dropout_, is_training(), gen);
     y_sorted = grouped_linear_gemm(h, offsets, row_expert, w2, b2);
@@ -216,13 +245,17 @@ torch::Tensor MoEImpl::forward(const torch::Tensor& x, torch::Tensor& aux, torch
     std::vector<int64_t> sizes(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + n_experts_);
     y_sorted = experts_sorted(x_sorted, sizes, gen);
   }
-  auto y = y_sorted.index_select(0, inverse).view({n, k, d});                 // (tokens, k, d_model)
-  auto out = (routing.weights.unsqueeze(-1).to(y.scalar_type()) * y).sum(1);  // (tokens, d_model)
+  if (rows < n * k) y_sorted = torch::cat({y_sorted, y_sorted.new_zeros({n * k - rows, d})});  // (tokens*k, d_model)
+  auto y = y_sorted.index_select(0, inverse).view({n, k, d});                                  // (tokens, k, d_model)
+  auto out = (routing.weights.unsqueeze(-1).to(y.scalar_type()) * y).sum(1);                   // (tokens, d_model)
 
   if (collect_) {
     torch::NoGradGuard no_grad;
     auto s = routers::routing_stats(logits, routing, n_experts_);
     for (int64_t e = 0; e < n_experts_; ++e) acc_.tokens_per_expert[e] += s.tokens_per_expert[e];
+    acc_.dropped_slots += s.drop_rate * static_cast<double>(n * k);
+    acc_.unrouted_tokens += s.unrouted * static_cast<double>(n);
+    acc_.slots += n * k;
     acc_.entropy_sum += s.entropy * static_cast<double>(n);
     acc_.tokens += n;
     acc_.output_norm_sum += out.norm(2, -1).sum().item<double>();
@@ -243,6 +276,8 @@ routers::RouterStats MoEImpl::take_stats() {
   routers::RouterStats s;
   routers::set_load(s, acc_.tokens_per_expert);
   if (acc_.tokens > 0) s.entropy = acc_.entropy_sum / static_cast<double>(acc_.tokens);
+  if (acc_.slots > 0) s.drop_rate = acc_.dropped_slots / static_cast<double>(acc_.slots);
+  if (acc_.tokens > 0) s.unrouted = acc_.unrouted_tokens / static_cast<double>(acc_.tokens);
   // Sinkhorn use is rare (SSR's p ~ 1e-3), so it is counted over every call since the last
   // logging step (the router's tally), not only over the calls that collected statistics.
   routers::set_sinkhorn(s, router->sinkhorn_tally());
@@ -254,6 +289,17 @@ routers::RouterStats MoEImpl::take_stats() {
   acc_.output_norm_sum = norm_sum;
   acc_.norm_tokens = norm_tokens;
   return s;
+}
+
+double MoEImpl::expert_similarity() const {
+  torch::NoGradGuard no_grad;
+  const int64_t e = n_experts_;
+  if (e < 2) return 0;
+  auto flat = torch::cat({w1.reshape({e, -1}), b1.reshape({e, -1}), w2.reshape({e, -1}), b2.reshape({e, -1})}, 1)
+                  .to(torch::kDouble);                                    // (experts, parameters)
+  auto unit = flat / flat.norm(2, 1, /*keepdim=*/true).clamp_min(1e-30);  // (experts, parameters)
+  auto cos = unit.matmul(unit.t());                                       // (experts, experts)
+  return ((cos.sum() - cos.diagonal().sum()) / static_cast<double>(e * (e - 1))).item<double>();
 }
 
 double MoEImpl::take_output_norm() {

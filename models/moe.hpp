@@ -47,6 +47,9 @@ struct MoEStatsAccumulator {
   int64_t tokens = 0;                      // tokens routed
   double output_norm_sum = 0;              // sum over tokens of ||MoE(x)||_2 (paper Fig. 2)
   int64_t norm_tokens = 0;                 // tokens in output_norm_sum
+  double dropped_slots = 0;                // slots not kept (capacity, Expert Choice padding)
+  double unrouted_tokens = 0;              // tokens no expert processed
+  int64_t slots = 0;                       // tokens x k over calls
 };
 
 enum class Activation { Relu, Gelu };
@@ -104,6 +107,9 @@ class MoEImpl : public torch::nn::Module {
   routers::RouterStats take_stats();
   // Mean L2 norm of this layer's MoE output per token since the last call (0 if none), then reset.
   double take_output_norm();
+  // Mean over expert pairs of the cosine similarity of their flattened weights (w1, b1, w2, b2):
+  // near 1 when the experts learnt the same function, near 0 for independent ones.
+  double expert_similarity() const;
 
   torch::nn::Linear gate{nullptr};  // d_model -> experts, with bias, fp32
   torch::Tensor w1, b1;             // (experts, d_inner, d_model), (experts, d_inner)
@@ -124,10 +130,11 @@ class MoEImpl : public torch::nn::Module {
   int64_t n_experts_;
   Activation activation_;
   double dropout_;
-  bool grouped_gemm_;     // model.expert_impl == grouped
-  int64_t group_tokens_;  // router.group_tokens: tokens per router call (0 = the whole call)
-  bool gather_hidden_;    // the router reads hidden states (noisy gating), so they are gathered too
-  Gather gather_;         // set by route_globally
+  bool grouped_gemm_;       // model.expert_impl == grouped
+  int64_t group_tokens_;    // router.group_tokens: tokens per router call (0 = the whole call)
+  bool gather_hidden_;      // the router reads hidden states (noisy gating), so they are gathered too
+  Gather gather_;           // set by route_globally
+  double capacity_factor_;  // model.capacity_factor (0: no capacity), unless the router has its own
   int64_t rank_ = 0;
   torch::Generator router_gen_;  // undefined: the router draws from the forward's generator
   bool time_router_ = false;

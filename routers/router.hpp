@@ -14,8 +14,11 @@ namespace ssr::routers {
 enum class Mode { Train, Eval };
 
 struct Routing {
-  torch::Tensor experts;   // (tokens, k) int64 expert ids, row-wise in descending preference
-  torch::Tensor weights;   // (tokens, k) float combine weights
+  torch::Tensor experts;  // (tokens, k) int64 expert ids, row-wise in descending preference
+  torch::Tensor weights;  // (tokens, k) float combine weights (0 in a slot that is not kept)
+  // (tokens, k) bool: false for a slot dropped by a capacity or padding a token that got fewer
+  // experts than k (Expert Choice); the layer computes no expert for it. Undefined: all kept.
+  torch::Tensor kept;
   torch::Tensor aux_loss;  // () scalar added to the training loss (zero when the method has none)
   // Sinkhorn bookkeeping of this call (zeros when Sinkhorn did not run).
   bool used_sinkhorn = false;
@@ -39,6 +42,8 @@ struct RouterStats {
   double load_cv = 0;                      // std/mean of tokens per expert (population std)
   double max_vio = 0;                      // MaxVio: max load / mean load - 1 (arXiv 2408.15664, eq. 4)
   int64_t dead_experts = 0;                // experts that received no token
+  double drop_rate = 0;                    // share of the token x k slots dropped (capacity) or unfilled
+  double unrouted = 0;                     // share of tokens that no expert processed
   double entropy = 0;                      // mean entropy of softmax(logits) over all experts
   int64_t sinkhorn_calls = 0;  // calls since the last reset that used Sinkhorn (summed: the run's observed count)
   double sinkhorn_frac = 0;    // fraction of calls since the last reset that used Sinkhorn
@@ -88,6 +93,11 @@ Router make_router(const config::Config& cfg, int64_t d_model, int64_t n_experts
 void set_load(RouterStats& s, const std::vector<int64_t>& tokens_per_expert);
 // Fills the Sinkhorn fields from a tally.
 void set_sinkhorn(RouterStats& s, const SinkhornTally& tally);
+
+// Switch/GShard expert capacity: each expert keeps at most ceil(factor * tokens * k / experts)
+// slots, first choices before second choices, in token order within a choice; the others are
+// dropped (kept false, weight 0; the token keeps its residual path).
+Routing with_capacity(Routing r, int64_t n_experts, double factor);
 
 // Statistics of one routing decision (logits (tokens, experts), routing.experts (tokens, k)).
 // The Sinkhorn fields then describe this one call only.

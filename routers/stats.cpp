@@ -2,6 +2,8 @@
 // experts, gate entropy and Sinkhorn counts, as the run log stores them (layerL/*).
 #include "routers/router.hpp"
 
+#include <cmath>
+
 namespace ssr::routers {
 
 void set_load(RouterStats& s, const std::vector<int64_t>& tokens_per_expert) {
@@ -36,12 +38,33 @@ RouterStats routing_stats(const torch::Tensor& logits, const Routing& routing, i
 RouterStats routing_stats(const torch::Tensor& logits, const Routing& routing, int64_t n_experts,
                           const SinkhornTally& tally) {
   RouterStats s;
-  auto counts = torch::bincount(routing.experts.reshape(-1).cpu(), {}, n_experts);  // (experts)
+  auto slots = routing.experts.reshape(-1).cpu();  // (tokens*k)
+  if (routing.kept.defined()) {
+    const auto kept = routing.kept.cpu();  // (tokens, k)
+    slots = slots.masked_select(kept.reshape(-1));
+    s.drop_rate = 1.0 - kept.to(torch::kDouble).mean().item<double>();
+    s.unrouted = (~kept.any(1)).to(torch::kDouble).mean().item<double>();
+  }
+  auto counts = torch::bincount(slots, {}, n_experts);  // (experts)
   set_load(s, std::vector<int64_t>(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + n_experts));
   auto logp = logits.detach().to(torch::kFloat).log_softmax(-1);  // (tokens, experts)
   s.entropy = -(logp.exp() * logp).sum(-1).mean().item<double>();
   set_sinkhorn(s, tally);
   return s;
+}
+
+Routing with_capacity(Routing r, int64_t n_experts, double factor) {
+  const int64_t n = r.experts.size(0), k = r.experts.size(1);
+  const auto capacity =
+      static_cast<int64_t>(std::ceil(factor * static_cast<double>(n * k) / static_cast<double>(n_experts)));
+  // Slots in priority order: every token's first choice, then every second choice, ... (GShard).
+  auto by_choice = r.experts.t().reshape(-1);                   // (k*tokens)
+  auto onehot = torch::one_hot(by_choice, n_experts);           // (k*tokens, experts)
+  auto rank = (onehot.cumsum(0) * onehot).sum(1) - 1;           // (k*tokens) place in its expert's queue
+  auto kept = (rank < capacity).view({k, n}).t().contiguous();  // (tokens, k)
+  r.kept = r.kept.defined() ? r.kept.logical_and(kept) : kept;
+  r.weights = r.weights * r.kept.to(r.weights.scalar_type());  // (tokens, k)
+  return r;
 }
 
 }  // namespace ssr::routers

@@ -71,7 +71,7 @@ RouterSpec swin_moe_spec() {
   s.name = "swin-moe";
   s.summary = "Tutel's top-k gate of Swin-MoE: gate noise, expert capacity with dropping, balance loss";
   s.source = "Swin-MoE (Hwang et al. 2022, Tutel) as in microsoft/Swin-Transformer; reference-setup 5";
-  s.caps.aux_loss = s.caps.draws = true;
+  s.caps.aux_loss = s.caps.draws = s.caps.own_capacity = true;
   s.keys = {lb_coef_key(),
             F("router.gate_noise", 1.0, 1e-6, kInf,
               "swin-moe: training noise gate_noise * N(0,1) / E on the logits; also the load loss's normal std * E"),

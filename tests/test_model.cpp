@@ -521,3 +521,38 @@ TEST_CASE("bf16 autocast runs the matmuls in bfloat16 and stays close to float32
     CHECK(rel < 0.05);
   }
 }
+
+TEST_CASE("expert similarity: 1 for copies of one expert, 0 for orthogonal experts", "[model][moe]") {
+  models::MoE moe(tiny({"model.n_experts=4"}));
+  torch::NoGradGuard no_grad;
+  for (auto* t : {&moe->w1, &moe->b1, &moe->w2, &moe->b2}) t->copy_((*t)[0].unsqueeze(0).expand_as(*t));
+  CHECK(moe->expert_similarity() == Approx(1.0).epsilon(1e-9));
+  // Each expert nonzero in its own block of w1 only: pairwise cosine 0.
+  for (auto* t : {&moe->b1, &moe->w2, &moe->b2}) t->zero_();
+  moe->w1.zero_();
+  for (int64_t e = 0; e < 4; ++e) moe->w1[e][e].fill_(1.0);
+  CHECK(moe->expert_similarity() == Approx(0.0).margin(1e-12));
+}
+
+TEST_CASE("slots not kept are not computed and add nothing: the layer equals the masked dense reference",
+          "[model][moe]") {
+  struct Row {
+    std::string impl, routing;
+  };
+  for (const Row& row : {Row{"loop", "model.capacity_factor=0.5"}, Row{"grouped", "model.capacity_factor=0.5"},
+                         Row{"loop", "router.name=expert-choice"}, Row{"grouped", "router.name=expert-choice"}}) {
+    INFO("model.expert_impl=" << row.impl << " " << row.routing);
+    torch::manual_seed(3);
+    models::MoE moe(tiny({"model.n_experts=4", row.routing, "model.expert_impl=" + row.impl}));
+    moe->eval();
+    auto gen = cpu_gen(1);
+    auto x = torch::randn({32, moe->w1.size(2)});  // (tokens, d_model)
+    auto aux = torch::zeros({});
+    auto out = moe->forward(x, aux, gen);
+    auto gen2 = cpu_gen(1);
+    const auto routing = moe->route(x, gen2);
+    REQUIRE(routing.kept.defined());
+    CHECK_FALSE(routing.kept.all().item<bool>());  // dropped or padding slots exist
+    CHECK(torch::allclose(out, moe->dense_reference(x, routing), 1e-5, 1e-5));
+  }
+}

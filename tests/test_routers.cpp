@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "routers/aux_free.hpp"
+#include "routers/expert_choice.hpp"
 #include "routers/lb.hpp"
 #include "routers/noisy.hpp"
 #include "routers/router.hpp"
@@ -559,4 +560,56 @@ TEST_CASE("aux-free with softmax scores and no bias update routes as vanilla", "
   const auto b = build({{"name", "vanilla"}}, 8, 8, 2)->route(logits, torch::zeros({64, 8}), Mode::Train, gen);
   CHECK(a.experts.equal(b.experts));
   CHECK(torch::allclose(a.weights, b.weights, 1e-6, 1e-6));
+}
+
+TEST_CASE("Expert Choice by hand: 6 tokens, 3 experts, each expert takes 2", "[routers]") {
+  // S = softmax over experts of each row. Expert 0's column: t0 .909, t1 .787, t3 .665 -> t0, t1.
+  // Expert 1: t2 .909, t5 .778 -> t2, t5. Expert 2: t4 .333, t5 .116, t1 .107 -> t4, t5. So t5
+  // has experts 1 and 2 (by score), t3 none (unrouted), the others one each.
+  const auto logits = torch::tensor(
+      {{3.0, 0.0, 0.0}, {2.0, 0.0, 0.0}, {0.0, 3.0, 0.0}, {1.0, 0.0, -1.0}, {0.0, 0.0, 0.0}, {0.0, 2.0, 0.1}});
+  const auto s = logits.softmax(-1);
+  CHECK(expert_choice_capacity(6, 3, 1, 1.0) == 2);
+  auto gen = cpu_gen(0);
+  const auto r = build({{"name", "expert-choice"}}, 8, 3, 1)->route(logits, torch::zeros({6, 8}), Mode::Train, gen);
+  REQUIRE(r.kept.defined());
+  REQUIRE(r.experts.sizes() == torch::IntArrayRef({6, 2}));  // t5 needs two slots
+  const std::vector<std::vector<int64_t>> expected = {{0}, {0}, {1}, {}, {2}, {1, 2}};
+  for (int64_t t = 0; t < 6; ++t) {
+    INFO("token " << t);
+    std::vector<int64_t> got;
+    for (int64_t j = 0; j < 2; ++j)
+      if (r.kept[t][j].item<bool>()) {
+        const int64_t e = r.experts[t][j].item<int64_t>();
+        got.push_back(e);
+        CHECK(r.weights[t][j].item<double>() == Approx(s[t][e].item<double>()).epsilon(1e-6));
+      } else {
+        CHECK(r.weights[t][j].item<double>() == 0);
+      }
+    CHECK(got == expected[t]);
+  }
+  const auto stats = routing_stats(logits, r, 3);
+  CHECK(stats.tokens_per_expert == std::vector<int64_t>{2, 2, 2});  // every expert full
+  CHECK(stats.unrouted == Approx(1.0 / 6));
+  CHECK(stats.drop_rate == Approx(6.0 / 12));  // 6 of the 12 slots hold a choice
+}
+
+TEST_CASE("expert capacity (Switch/GShard): first choices first, the overflow dropped", "[routers]") {
+  // 4 tokens, 2 experts, k = 2. Factor 1: capacity 4, nothing dropped. Factor 0.5: capacity 2.
+  // First choices: expert 0 takes t0, t1 (t3 dropped), expert 1 takes t2. Second choices: expert
+  // 1 takes t0 (its 2nd), drops t1 and t3; expert 0 already has 2, drops t2's.
+  Routing r;
+  r.experts = torch::tensor({{0, 1}, {0, 1}, {1, 0}, {0, 1}}, torch::kInt64);
+  r.weights = torch::full({4, 2}, 0.5);
+  r.aux_loss = torch::zeros({});
+  const auto all = with_capacity(r, 2, 1.0);
+  CHECK(all.kept.all().item<bool>());
+  const auto half = with_capacity(r, 2, 0.5);
+  const auto expected = torch::tensor({{true, true}, {true, false}, {true, false}, {false, false}});
+  CHECK(half.kept.equal(expected));
+  CHECK(half.weights.equal(0.5 * expected.to(torch::kFloat)));
+  const auto stats = routing_stats(torch::zeros({4, 2}), half, 2);
+  CHECK(stats.drop_rate == Approx(4.0 / 8));
+  CHECK(stats.unrouted == Approx(1.0 / 4));
+  CHECK(stats.tokens_per_expert == std::vector<int64_t>{2, 2});
 }

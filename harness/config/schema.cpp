@@ -162,6 +162,10 @@ std::vector<Key> build() {
       timed(I("model.loss_chunk", 2048, 1, 1 << 30,
               "tokens per output-layer + cross-entropy chunk (bounds the logits memory)")),
 
+      unhashed_at_default(F("model.capacity_factor", 0, 0, kInf,
+                            "expert capacity ceil(factor * tokens * k / experts) per router call, first choices "
+                            "first (Switch/GShard); the overflow is dropped and counted (drop_rate); 0 = none")),
+
       // ---- router.*: token-to-expert routing (routers/)
       C("router.name", "vanilla", router_names(), "routing method (routers/registry.cpp lists them)"),
       I("router.group_tokens", 0, 0, 1LL << 40,
@@ -263,7 +267,8 @@ const std::vector<Scope>& scopes() {
 }
 
 // The registry's router.* keys, inserted after router.name, each used only by the routers that
-// declare it; eval.router_modes only by routers with inference modes.
+// declare it; eval.router_modes only by routers with inference modes, model.capacity_factor only
+// by routers without a capacity of their own.
 std::vector<Key> with_router_keys(std::vector<Key> keys) {
   std::vector<Key> declared;
   std::map<std::string, std::vector<std::string>> users;  // key -> routers
@@ -282,8 +287,13 @@ std::vector<Key> with_router_keys(std::vector<Key> keys) {
   std::vector<std::string> with_modes;
   for (const auto& r : routers::registry())
     if (r.caps.eval_modes) with_modes.push_back(r.name);
-  for (auto& k : keys)
+  std::vector<std::string> without_capacity;
+  for (const auto& r : routers::registry())
+    if (!r.caps.own_capacity) without_capacity.push_back(r.name);
+  for (auto& k : keys) {
     if (k.name == "eval.router_modes") k.when.emplace_back("router.name", with_modes);
+    if (k.name == "model.capacity_factor") k.when.emplace_back("router.name", without_capacity);
+  }
   return keys;
 }
 

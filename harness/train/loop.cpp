@@ -253,6 +253,11 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
       for (const auto& split : splits) task.evaluate(split, split + "@" + mode, bf16, log, progress);
     }
     task.final_results(log);
+    if (!layers.empty()) {  // the related work's question: does balance come with specialised experts?
+      double similarity = 0;
+      for (const auto& layer : layers) similarity += layer->expert_similarity();
+      log.result("train", "expert_similarity", similarity / static_cast<double>(layers.size()));
+    }
     log.result("train", "seconds", log.wall());
     log.finish("finished");
     return {run_id, "finished"};

@@ -55,6 +55,8 @@ void RunLog::router_stats(int64_t step, const std::vector<routers::RouterStats>&
     metric(step, "train", p + "load_cv", s.load_cv);
     metric(step, "train", p + "max_vio", s.max_vio);
     metric(step, "train", p + "dead_experts", static_cast<double>(s.dead_experts));
+    metric(step, "train", p + "drop_rate", s.drop_rate);
+    metric(step, "train", p + "unrouted", s.unrouted);
     metric(step, "train", p + "entropy", s.entropy);
     metric(step, "train", p + "sinkhorn_calls", static_cast<double>(s.sinkhorn_calls));
     metric(step, "train", p + "sinkhorn_frac", s.sinkhorn_frac);
@@ -113,7 +115,7 @@ void RunLog::routing_results() {
     if (m.step >= at.first) at = {m.step, m.value};
   }
   if (any) result("train", "sinkhorn_forwards", sinkhorn);
-  for (const char* what : {"load_cv", "max_vio", "dead_experts", "entropy"}) {
+  for (const char* what : {"load_cv", "max_vio", "dead_experts", "entropy", "drop_rate", "unrouted"}) {
     const auto it = last.find(what);
     if (it == last.end() || it->second.empty()) continue;
     double sum = 0;

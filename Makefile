@@ -20,7 +20,7 @@ OFFLINE_PACKAGES := libyaml-cpp-dev libyaml-cpp0.7 libsqlite3-dev libsqlite3-0 l
 OFFLINE_ROOT := $(CURDIR)/.offline/root
 PY ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 
-.PHONY: deps build test demo clean offline-bundle offline-build gpu-bundle gpu-check paper demo-paper demo-vision study
+.PHONY: deps build test demo clean offline-bundle offline-build gpu-bundle gpu-check paper demo-paper demo-vision study routers-beyond
 
 deps: $(VENV)/.torch-$(TORCH_VERSION)
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
@@ -87,6 +87,14 @@ study: build
 	@for r in $(STUDY_TABLES); do $(SSR) report $$r --db $(DB) --scale $(STUDY_SCALE) || exit 1; done
 	@for f in $(STUDY_FIGURES); do \
 	  $(SSR) report $$f --db $(DB) --scale $(STUDY_SCALE) > /dev/null && gnuplot $(dir $(DB))figures/$$f.gp || exit 1; done
+
+# Routers beyond the paper in the same study (experiments/routers-beyond.yaml; docs/routers.md).
+BEYOND_TABLES := beyond beyond_balance
+routers-beyond: build
+	$(SSR) sweep experiments/routers-beyond.yaml --scale $(STUDY_SCALE) --jobs $(JOBS) --db $(DB)
+	@for r in $(BEYOND_TABLES); do $(SSR) report $$r --db $(DB) --scale $(STUDY_SCALE) || exit 1; done
+	$(SSR) report beyond_max_vio --db $(DB) --scale $(STUDY_SCALE) > /dev/null && \
+	  gnuplot $(dir $(DB))figures/beyond_max_vio.gp
 
 # Table 2 at demo scale: five routers on Fashion-MNIST (one job at a time: each uses 2 threads).
 demo-vision: build

@@ -2,8 +2,11 @@
 // to the app with a callback that does the work; errors propagate as exceptions to main().
 #pragma once
 #include <CLI/CLI.hpp>
+#include <filesystem>
 #include <string>
 #include <vector>
+
+#include "harness/config/config.hpp"
 
 namespace ssr::cli {
 
@@ -15,6 +18,12 @@ struct Context {
 
 // Bad input (config, flags, files): one line on stderr and this exit code.
 constexpr int kBadInput = 2;
+
+// Commands that only read a store refuse one that does not exist instead of creating it.
+inline void require_store(const std::string& db) {
+  if (!std::filesystem::exists(db))
+    throw config::ConfigError("--db: " + db + " does not exist (no run has been stored there; check --db)");
+}
 
 void add_run_commands(CLI::App& app, Context& ctx);     // train, runs, show, config, params, data
 void add_bench_commands(CLI::App& app, Context& ctx);   // bench

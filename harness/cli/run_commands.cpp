@@ -1,4 +1,5 @@
 // train, runs, show, config, params, data: the commands around one run and the store.
+#include <filesystem>
 #include <fmt/format.h>
 
 #include <cmath>
@@ -17,6 +18,8 @@
 #include "harness/train/trainer.hpp"
 #include "models/swin_moe.hpp"
 #include "models/switch_lm.hpp"
+
+namespace fs = std::filesystem;
 
 namespace ssr::cli {
 namespace {
@@ -67,6 +70,7 @@ std::string csv_field(const std::string& s) {
 }
 
 int cmd_runs(const std::string& db, const std::string& where, const std::string& format, double stale_after) {
+  require_store(db);
   ssr::store::Store store(db);
   auto runs = ssr::store::filter_runs(store.runs(), where, stale_after);
   const std::vector<std::string> header = {"id",   "status", "router", "model",   "hash", "seed",
@@ -119,6 +123,7 @@ int cmd_runs(const std::string& db, const std::string& where, const std::string&
 }
 
 int cmd_show(const std::string& db, int64_t id, const std::string& format, double stale_after) {
+  require_store(db);
   ssr::store::Store store(db);
   auto run = store.run(id);
   if (!run) throw ConfigError(fmt::format("RUN_ID: no run {} in {} (ssr runs lists them)", id, db));
@@ -310,11 +315,21 @@ void add_run_commands(CLI::App& app, Context& ctx) {
     }
     ssr::dist::check_world(cfg, env);
     opts.dist = env;
-    ssr::store::Store store(cfg.s("run.db"));
-    auto out = ssr::train::train(cfg, store, opts);
+    const std::string db = cfg.s("run.db");
+    const bool fresh = !fs::exists(db);
+    ssr::train::Outcome out;
+    try {
+      ssr::store::Store store(db);
+      out = ssr::train::train(cfg, store, opts);
+    } catch (const ConfigError&) {
+      // Rejected before a run row existed: a store this command created is left behind empty.
+      if (fresh && fs::exists(db) && ssr::store::Store(db).runs().empty())
+        for (const auto* suffix : {"", "-wal", "-shm"}) fs::remove(db + suffix);
+      throw;
+    }
     if (env.rank == 0)
       std::cerr << fmt::format("run {} {}: stored in {}\n  ssr show {} --db {}\n  ssr runs --db {}\n", out.run_id,
-                               out.status, store.path(), out.run_id, store.path(), store.path());
+                               out.status, db, out.run_id, db, db);
     ctx.exit_code = out.status == "failed" ? 1 : 0;
   });
   runs->callback([st, &ctx] { ctx.exit_code = cmd_runs(ctx.db, st->where, st->format, st->stale_after); });

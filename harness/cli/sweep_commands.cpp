@@ -100,6 +100,7 @@ int plan_and_run(const std::string& db, const SweepArgs& a) {
 }
 
 int show_status(const std::string& db, int64_t id, double stale_after) {
+  require_store(db);
   store::Store store(db);
   if (id == 0) {
     for (const auto& s : store.sweeps())

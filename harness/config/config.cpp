@@ -311,37 +311,52 @@ std::vector<std::string> search_path(const std::string& config_file) {
   return dirs;
 }
 
-json yaml_to_json(const YAML::Node& n) {
+namespace {
+
+// Deeper than any config: only a recursive alias (`a: &a [*a]`) gets here.
+constexpr int kMaxYamlDepth = 64;
+
+json yaml_to_json(const YAML::Node& n, int depth) {
+  if (depth > kMaxYamlDepth)
+    throw ConfigError(
+        fmt::format("YAML nested deeper than {} levels (a recursive alias such as `a: &a [*a]`?)", kMaxYamlDepth));
   switch (n.Type()) {
     case YAML::NodeType::Scalar: return n.Scalar();
     case YAML::NodeType::Sequence: {
       json a = json::array();
-      for (const auto& e : n) a.push_back(yaml_to_json(e));
+      for (const auto& e : n) a.push_back(yaml_to_json(e, depth + 1));
       return a;
     }
     case YAML::NodeType::Map: {
       json o = json::object();
-      for (const auto& kv : n) o[kv.first.Scalar()] = yaml_to_json(kv.second);
+      for (const auto& kv : n) o[kv.first.Scalar()] = yaml_to_json(kv.second, depth + 1);
       return o;
     }
     default: return nullptr;
   }
 }
 
+}  // namespace
+
+json yaml_to_json(const YAML::Node& n) { return yaml_to_json(n, 0); }
+
 namespace {
 
 // yaml-cpp keeps both entries of a repeated key, and a lookup sees the first while a walk keeps
 // the last: a file that says a thing twice is refused instead.
-void refuse_repeated_keys(const YAML::Node& n, const std::string& path) {
+void refuse_repeated_keys(const YAML::Node& n, const std::string& path, int depth = 0) {
+  if (depth > kMaxYamlDepth)
+    throw ConfigError(fmt::format("{}: YAML nested deeper than {} levels (a recursive alias such as `a: &a [*a]`?)",
+                                  path, kMaxYamlDepth));
   if (n.IsSequence())
-    for (const auto& e : n) refuse_repeated_keys(e, path);
+    for (const auto& e : n) refuse_repeated_keys(e, path, depth + 1);
   if (!n.IsMap()) return;
   std::set<std::string> seen;
   for (const auto& kv : n) {
     if (kv.first.IsScalar() && !seen.insert(kv.first.Scalar()).second)
       throw ConfigError(fmt::format("{}:{}: key '{}' appears twice in one mapping; keep one", path,
                                     kv.first.Mark().line + 1, kv.first.Scalar()));
-    refuse_repeated_keys(kv.second, path);
+    refuse_repeated_keys(kv.second, path, depth + 1);
   }
 }
 
@@ -350,7 +365,11 @@ void refuse_repeated_keys(const YAML::Node& n, const std::string& path) {
 YAML::Node load_yaml(const std::string& path, const std::string& what) {
   if (!fs::exists(path)) throw ConfigError(fmt::format("{}: {} not found", path, what));
   try {
-    YAML::Node root = YAML::LoadFile(path);
+    const auto docs = YAML::LoadAllFromFile(path);
+    if (docs.size() > 1)
+      throw ConfigError(
+          fmt::format("{}: {} YAML documents (a second `---` or text after the first); keep one", path, docs.size()));
+    YAML::Node root = docs.empty() ? YAML::Node() : docs.front();
     refuse_repeated_keys(root, path);
     return root;
   } catch (const YAML::ParserException& e) {
@@ -363,16 +382,25 @@ YAML::Node load_yaml(const std::string& path, const std::string& what) {
 namespace {
 
 // Sets every leaf of `node` under `prefix`; a map whose dotted path is a declared key is a value.
-void apply_tree(Config& cfg, const json& node, const std::string& prefix, const std::string& where) {
+// `seen`: the keys this file set so far, so that one given nested and dotted is refused.
+void apply_tree(Config& cfg, const json& node, const std::string& prefix, const std::string& where,
+                std::set<std::string>& seen) {
   for (const auto& [key, v] : node.items()) {
     std::string name = prefix.empty() ? key : prefix + "." + key;
     if (v.is_null()) throw ConfigError(fmt::format("{}: no value given ({})", name, where));
     if (v.is_object() && !find_key(name)) {
-      apply_tree(cfg, v, name, where);
+      apply_tree(cfg, v, name, where, seen);
     } else {
+      if (!seen.insert(name).second)
+        throw ConfigError(fmt::format("{}: {} is given twice (nested and dotted); keep one", where, name));
       cfg.set(name, v, where);
     }
   }
+}
+
+void apply_tree(Config& cfg, const json& node, const std::string& prefix, const std::string& where) {
+  std::set<std::string> seen;
+  apply_tree(cfg, node, prefix, where, seen);
 }
 
 std::string find_group_file(const std::string& group, const std::string& choice,

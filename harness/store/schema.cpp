@@ -121,6 +121,9 @@ double now() {
 }
 
 Store::Store(const std::string& path) : path_(path) {
+  // SQLite would open these without a file, and every result would be gone at exit.
+  if (path.empty() || path == ":memory:" || path.rfind("file:", 0) == 0)
+    throw StoreError(fmt::format("run store '{}': not a file path; give --db PATH (or run.db)", path));
   fs::path p(path);
   if (p.has_parent_path()) {
     std::error_code ec;

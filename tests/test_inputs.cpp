@@ -1,0 +1,61 @@
+// Bad input through the `ssr` binary: each case is refused with exit 2 and one line naming the
+// flag, key or file, and leaves no store behind that it did not find.
+#include <catch2/catch.hpp>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fmt/format.h>
+#include <fstream>
+
+#include "tests/cli_helpers.hpp"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path temp_dir() {
+  const auto dir = fs::temp_directory_path() / fmt::format("ssr_inputs_{}", ::getpid());
+  fs::create_directories(dir);
+  return dir;
+}
+
+std::string write_file(const std::string& name, const std::string& text) {
+  const auto p = temp_dir() / name;
+  std::ofstream(p) << text;
+  return p.string();
+}
+
+}  // namespace
+
+TEST_CASE("bad stores, YAML and keys are refused with one line, and a refused run leaves no store", "[config][cli]") {
+  const auto dir = temp_dir();
+  const std::string demo = "experiments/demo.yaml train.steps=1";
+  const std::string absent = (dir / "absent.db").string();
+  struct Case {
+    std::string what, args, expected;
+  };
+  const std::vector<Case> cases = {
+      {"an empty store path", "train " + demo + " --db ''", "run store '': not a file path"},
+      {"an in-memory store", "train " + demo + " --db :memory:", "run store ':memory:': not a file path"},
+      {"runs on a store that does not exist", "runs --db " + absent, "does not exist"},
+      {"show on a store that does not exist", "show 1 --db " + absent, "does not exist"},
+      {"sweep status on a store that does not exist", "sweep status --db " + absent, "does not exist"},
+      {"a recursive YAML alias", "config " + write_file("alias.yaml", "train: &a [*a]\n"), "nested deeper than 64"},
+      {"a second YAML document", "config " + write_file("two.yaml", "train:\n  steps: 3\n---\nx: 1\n"),
+       "2 YAML documents"},
+      {"a key nested and dotted", "config " + write_file("twice.yaml", "train:\n  steps: 3\ntrain.steps: 7\n"),
+       "train.steps is given twice (nested and dotted)"},
+      {"an unknown key", "train " + demo + " model.nope=1 --db " + absent, "model.nope"},
+      // Refused by the task, after the store was opened: the store it created is removed again.
+      {"a split the data lacks", "train " + demo + " 'eval.splits=[nope]' --db " + absent, "no split 'nope'"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.what << ": ssr " << c.args);
+    const auto r = ssr::testing::run(c.args);
+    INFO(r.out);
+    CHECK(r.code == 2);
+    CHECK(r.out.find(c.expected) != std::string::npos);
+    CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+    CHECK_FALSE(fs::exists(absent));
+  }
+}

@@ -34,13 +34,13 @@ inline Key FL(std::string n, std::vector<double> d, double lo, double hi, std::s
 }
 // For keys added after runs were stored: at its default the key stays out of the hash, so every
 // earlier run keeps its configuration hash (and sweeps and reports still find it).
-inline Key unhashed_at_default(inline Key k) {
+inline Key unhashed_at_default(Key k) {
   k.hashed_at_default = false;
   return k;
 }
 // A compute path that gives the same function (so runs stay comparable and reusable across it)
 // but not the same speed.
-inline Key timed(inline Key k) {
+inline Key timed(Key k) {
   k.hashed = false;
   k.timed = true;
   return k;

@@ -245,3 +245,34 @@ TEST_CASE("reports take the overrides the sweep ran with: they are part of the j
   CHECK(normalise(other.md, db).find("`ssr sweep SRC/tests/fixtures/report-study.yaml train.lr=1e-3`") !=
         std::string::npos);
 }
+
+TEST_CASE("ssr compare: differing keys, results with units, paired differences by seed", "[report][cli]") {
+  const auto dir = std::filesystem::temp_directory_path() / ("ssr_compare_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string db = (dir / "runs.db").string();
+  {
+    ssr::store::Store s(db);
+    auto add = [&](const std::string& router, int64_t seed, double ppl) {
+      ssr::config::Config cfg;
+      cfg.set("router.name", router, "test");
+      cfg.set("run.seed", seed, "test");
+      const auto id = s.create_run(cfg.hash(), cfg.to_json(), seed, ssr::store::this_machine("cpu"));
+      s.set_result(id, "valid", "ppl", ppl);
+      s.finish_run(id, "finished");
+    };
+    // lb is 2 and 4 PPL above vanilla at seeds 1 and 2: Δ = +3 ± t(1) * 1 = ±12.7.
+    add("vanilla", 1, 100);
+    add("vanilla", 2, 110);
+    add("lb", 1, 102);
+    add("lb", 2, 114);
+  }
+  const auto r = ssr::testing::run(fmt::format("compare 1 2 3 4 --db {}", db));
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("| router.name | vanilla | vanilla | lb | lb |") != std::string::npos);
+  CHECK(r.out.find("| valid/ppl (perplexity) | 100 | 110 | 102 | 114 |") != std::string::npos);
+  CHECK(r.out.find("| router.name=lb | valid/ppl | +3 ± 13 |") != std::string::npos);
+  CHECK(ssr::testing::run(fmt::format("compare 1 9 --db {}", db)).out.find("no run 9") != std::string::npos);
+  CHECK(ssr::testing::run(fmt::format("compare 1 --db {}", db)).code == 2);
+}

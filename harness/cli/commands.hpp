@@ -29,5 +29,6 @@ void add_run_commands(CLI::App& app, Context& ctx);     // train, runs, show, co
 void add_bench_commands(CLI::App& app, Context& ctx);   // bench
 void add_sweep_commands(CLI::App& app, Context& ctx);   // sweep, sweep run, sweep status
 void add_report_commands(CLI::App& app, Context& ctx);  // report
+void add_compare_command(CLI::App& app, Context& ctx);  // compare
 
 }  // namespace ssr::cli

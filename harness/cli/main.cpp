@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   ssr::cli::add_bench_commands(app, ctx);
   ssr::cli::add_sweep_commands(app, ctx);
   ssr::cli::add_report_commands(app, ctx);
+  ssr::cli::add_compare_command(app, ctx);
   try {
     app.parse(argc, argv);
     return ctx.exit_code;

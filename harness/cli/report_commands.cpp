@@ -1,10 +1,12 @@
-// report: paper tables (md, tex, csv) and figures (tidy csv + a gnuplot script) from the store.
+// report: paper tables (md, tex, csv) and figures (tidy csv + a gnuplot script) from the store;
+// compare: runs side by side.
 #include <fmt/format.h>
 
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 
+#include "analysis/compare.hpp"
 #include "analysis/report.hpp"
 #include "harness/cli/commands.hpp"
 #include "harness/config/config.hpp"
@@ -72,6 +74,23 @@ void add_report_commands(CLI::App& app, Context& ctx) {
     std::cerr << fmt::format(
         "{}: wrote {}.{{{}}}{}\n", a->name, base.string(), fig ? "csv,md,gp" : "md,tex,csv",
         out.missing.empty() ? "" : fmt::format(" ({} planned runs missing, listed in the footer)", out.missing.size()));
+  });
+}
+
+void add_compare_command(CLI::App& app, Context& ctx) {
+  auto ids = std::make_shared<std::vector<int64_t>>();
+  auto* cmp = app.add_subcommand("compare", "Runs side by side: differing config keys, results, paired differences");
+  cmp->add_option("runs", *ids, "two or more run ids")->required()->expected(2, 1 << 20);
+  cmp->add_option("--db", ctx.db, "run store")->capture_default_str();
+  cmp->footer(
+      "Runs of one configuration but the seed form a group; each other group is paired with the first by seed.\n"
+      "Examples:\n"
+      "  ssr compare 1 2\n"
+      "  ssr compare 1 2 3 4 5 6   # e.g. vanilla seeds 1-3 and ssr_l seeds 1-3: paired Δ with a 95 % interval");
+  cmp->callback([ids, &ctx] {
+    require_store(ctx.db);
+    store::Store store(ctx.db);
+    std::cout << analysis::compare_runs(store, *ids);
   });
 }
 

@@ -46,6 +46,10 @@ TEST_CASE("bad stores, YAML and keys are refused with one line, and a refused ru
       {"a key nested and dotted", "config " + write_file("twice.yaml", "train:\n  steps: 3\ntrain.steps: 7\n"),
        "train.steps is given twice (nested and dotted)"},
       {"an unknown key", "train " + demo + " model.nope=1 --db " + absent, "model.nope"},
+      {"a typo in a key", "config experiments/demo.yaml router.pp=1", "did you mean router.p?"},
+      {"a typo in a group choice", "config experiments/demo.yaml router=ssr-l", "did you mean router=ssr_l?"},
+      {"a group choice that is no file", "config experiments/demo.yaml router=zzz",
+       "(choices: aux_free, expert_choice"},
       // Refused by the task, after the store was opened: the store it created is removed again.
       {"a split the data lacks", "train " + demo + " 'eval.splits=[nope]' --db " + absent, "no split 'nope'"},
   };

@@ -17,6 +17,31 @@
 namespace fs = std::filesystem;
 
 namespace ssr::config {
+namespace {
+
+// The candidate nearest to `word` by edit distance, if it is close enough to be a typo (at most a
+// third of the word's length, and 2 at least); "" otherwise.
+std::string closest(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t best_d = std::max<size_t>(2, word.size() / 3) + 1;
+  for (const auto& c : candidates) {
+    std::vector<size_t> prev(c.size() + 1), cur(c.size() + 1);
+    for (size_t j = 0; j <= c.size(); ++j) prev[j] = j;
+    for (size_t i = 1; i <= word.size(); ++i) {
+      cur[0] = i;
+      for (size_t j = 1; j <= c.size(); ++j)
+        cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (word[i - 1] == c[j - 1] ? 0 : 1)});
+      std::swap(prev, cur);
+    }
+    if (prev[c.size()] < best_d) {
+      best_d = prev[c.size()];
+      best = c;
+    }
+  }
+  return best;
+}
+
+}  // namespace
 
 std::string type_name(Type t) {
   switch (t) {
@@ -183,7 +208,13 @@ void Config::set(const std::string& name, const json& value, const std::string& 
     values_[name] = value.is_string() ? value : json(value.dump());
     return;
   }
-  throw ConfigError(fmt::format("{}: unknown key ({}); `ssr config --doc` lists every key", name, where));
+  const std::string near = closest(name, [] {
+    std::vector<std::string> names;
+    for (const auto& k : schema()) names.push_back(k.name);
+    return names;
+  }());
+  throw ConfigError(fmt::format("{}: unknown key ({}){}; `ssr config --doc` lists every key", name, where,
+                                near.empty() ? "" : "; did you mean " + near + "?"));
 }
 
 json Config::to_json() const {
@@ -410,8 +441,20 @@ std::string find_group_file(const std::string& group, const std::string& choice,
     if (fs::exists(p)) return p.string();
   }
   std::string tried;
-  for (const auto& d : search) tried += " " + (fs::path(d) / group).string();
-  throw ConfigError(fmt::format("{}={}: no file {}.yaml in{}", group, choice, choice, tried));
+  std::vector<std::string> choices;
+  for (const auto& d : search) {
+    tried += " " + (fs::path(d) / group).string();
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(fs::path(d) / group, ec))
+      if (e.path().extension() == ".yaml") choices.push_back(e.path().stem().string());
+  }
+  std::sort(choices.begin(), choices.end());
+  choices.erase(std::unique(choices.begin(), choices.end()), choices.end());
+  const std::string near = closest(choice, choices);
+  std::string listed;
+  for (const auto& c : choices) listed += (listed.empty() ? "" : ", ") + c;
+  throw ConfigError(fmt::format("{}={}: no file {}.yaml in{}{} (choices: {})", group, choice, choice, tried,
+                                near.empty() ? "" : "; did you mean " + group + "=" + near + "?", listed));
 }
 
 void apply_group(Config& cfg, const std::string& group, const std::string& choice,

@@ -81,9 +81,9 @@ bool on_lead(Task& task, bool lead_says) {
 }
 
 // SSR's inference mode (paper Table 3) in every layer; eval.router_modes applies to SSR only.
-void set_eval_mode(const std::vector<models::MoE>& layers, const std::string& mode) {
+void set_eval_mode(std::vector<models::MoE>& layers, const std::string& mode) {
   const auto m = routers::eval_mode_named(mode);
-  for (const auto& layer : layers) {
+  for (auto& layer : layers) {
     auto* ssr = dynamic_cast<routers::SsrRouter*>(layer->router.get());
     if (!ssr) throw config::ConfigError("eval.router_modes: the router is not SSR (set router.name=ssr)");
     ssr->set_eval_mode(m);
@@ -98,7 +98,7 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
   const int world = group ? opts.dist.world : 1;
   const torch::Device device = task.device();
   torch::nn::Module& model = task.model();
-  const std::vector<models::MoE> layers = task.moe_layers();
+  std::vector<models::MoE> layers = task.moe_layers();
   auto optimizer = make_optimizer(cfg, model.parameters(), task.no_decay_parameters());
   const int64_t steps = cfg.i("train.steps");
 
@@ -131,7 +131,7 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
   const double clip = cfg.f("train.clip");
   const bool time_router = cfg.b("train.time_router");
   const bool bf16 = cfg.s("train.precision") == "bf16";
-  for (const auto& layer : layers) layer->time_router(time_router);
+  for (auto& layer : layers) layer->time_router(time_router);
   auto sync = [&] {
     if (device.is_cuda()) torch::cuda::synchronize();
   };
@@ -152,13 +152,13 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
         return {run_id, "interrupted"};
       }
       const bool log_step = step % log_every == 0 || step == steps;
-      for (const auto& layer : layers) layer->collect_stats(log_step);
+      for (auto& layer : layers) layer->collect_stats(log_step);
       // The reference steps its LambdaLR before the optimizer: update s uses lr * min(1, s / warmup).
       const double lr = learning_rate(cfg, step);
       set_learning_rate(*optimizer, lr);
 
       optimizer->zero_grad();
-      for (const auto& layer : layers) layer->take_router_seconds();  // drop evaluations' router time
+      for (auto& layer : layers) layer->take_router_seconds();  // drop evaluations' router time
       StepResult r = task.forward_backward(step, bf16);
       if (r.units > 0) {
         auto t0 = Clock::now();
@@ -182,7 +182,7 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
         t0 = Clock::now();
         if (clip > 0) torch::nn::utils::clip_grad_norm_(model.parameters(), clip);
         optimizer->step();
-        for (const auto& layer : layers) layer->router->end_step(sum_over_ranks);  // stateful routers
+        for (auto& layer : layers) layer->router->end_step(sum_over_ranks);  // stateful routers
         sync();
         const double t_opt = seconds_since(t0);
         const double t_step = r.t_forward + r.t_backward + t_sync + t_opt;
@@ -193,7 +193,7 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
         log.timing(step, "step", t_step);
         if (time_router) {  // part of forward
           double router = 0;
-          for (const auto& layer : layers) router += layer->take_router_seconds();
+          for (auto& layer : layers) router += layer->take_router_seconds();
           log.timing(step, "router", router);
         }
         if (group) log.timing(step, "allreduce", t_sync);  // loss and gradients
@@ -205,7 +205,7 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
           log.metric(step, "train", "lr", lr);
           log.metric(step, "train", task.rate_metric(), static_cast<double>(r.units) / t_step);
           std::vector<routers::RouterStats> stats;
-          for (const auto& layer : layers) stats.push_back(layer->take_stats());
+          for (auto& layer : layers) stats.push_back(layer->take_stats());
           log.router_stats(step, stats);
         }
       }
@@ -255,7 +255,7 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
     task.final_results(log);
     if (!layers.empty()) {  // the related work's question: does balance come with specialised experts?
       double similarity = 0;
-      for (const auto& layer : layers) similarity += layer->expert_similarity();
+      for (auto& layer : layers) similarity += layer->expert_similarity();
       log.result("train", "expert_similarity", similarity / static_cast<double>(layers.size()));
     }
     log.result("train", "seconds", log.wall());

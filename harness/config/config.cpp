@@ -347,7 +347,7 @@ namespace {
 // Deeper than any config: only a recursive alias (`a: &a [*a]`) gets here.
 constexpr int kMaxYamlDepth = 64;
 
-json yaml_to_json(const YAML::Node& n, int depth) {
+json yaml_to_json_at(const YAML::Node& n, int depth) {
   if (depth > kMaxYamlDepth)
     throw ConfigError(
         fmt::format("YAML nested deeper than {} levels (a recursive alias such as `a: &a [*a]`?)", kMaxYamlDepth));
@@ -355,12 +355,12 @@ json yaml_to_json(const YAML::Node& n, int depth) {
     case YAML::NodeType::Scalar: return n.Scalar();
     case YAML::NodeType::Sequence: {
       json a = json::array();
-      for (const auto& e : n) a.push_back(yaml_to_json(e, depth + 1));
+      for (const auto& e : n) a.push_back(yaml_to_json_at(e, depth + 1));
       return a;
     }
     case YAML::NodeType::Map: {
       json o = json::object();
-      for (const auto& kv : n) o[kv.first.Scalar()] = yaml_to_json(kv.second, depth + 1);
+      for (const auto& kv : n) o[kv.first.Scalar()] = yaml_to_json_at(kv.second, depth + 1);
       return o;
     }
     default: return nullptr;
@@ -369,7 +369,7 @@ json yaml_to_json(const YAML::Node& n, int depth) {
 
 }  // namespace
 
-json yaml_to_json(const YAML::Node& n) { return yaml_to_json(n, 0); }
+json yaml_to_json(const YAML::Node& n) { return yaml_to_json_at(n, 0); }
 
 namespace {
 

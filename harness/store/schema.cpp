@@ -115,11 +115,6 @@ INSERT INTO store_info (key, value) VALUES ('id', lower(hex(randomblob(8))));
 ALTER TABLE bench_cases ADD COLUMN peak_bytes INTEGER;
 )sql"};
 
-double now() {
-  using namespace std::chrono;
-  return duration<double>(system_clock::now().time_since_epoch()).count();
-}
-
 Store::Store(const std::string& path) : path_(path) {
   // SQLite would open these without a file, and every result would be gone at exit.
   if (path.empty() || path == ":memory:" || path.rfind("file:", 0) == 0)

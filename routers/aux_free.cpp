@@ -64,8 +64,10 @@ void ScoreRouterImpl::end_step(const SumOverRanks& sum_over_ranks) {
 namespace {
 
 config::Key seq_aux_key() {
-  return config::keys::F("router.seq_aux_coef", 0, 0, config::keys::kInf,
-                         "alpha of DeepSeek-V3's sequence-wise balance loss (0 = off; DeepSeek-V3: 1e-4)");
+  // Keys added after runs were stored stay out of the hash at their defaults (schema.cpp).
+  return config::keys::unhashed_at_default(
+      config::keys::F("router.seq_aux_coef", 0, 0, config::keys::kInf,
+                      "alpha of DeepSeek-V3's sequence-wise balance loss (0 = off; DeepSeek-V3: 1e-4)"));
 }
 
 ScoreRouterOptions score_options(const config::Config& cfg, bool with_bias) {
@@ -101,9 +103,12 @@ RouterSpec aux_free_spec() {
   s.summary = "auxiliary-loss-free balancing: a per-expert bias on the scores for selection, moved after each step";
   s.source = "Wang et al. 2024 (arXiv 2408.15664) Eq. 3, Algorithm 1; DeepSeek-V3 Eq. 16";
   s.caps.aux_loss = s.caps.stateful = true;
-  s.keys = {C("router.score", "sigmoid", {"sigmoid", "softmax"}, "aux-free: gating scores (DeepSeek-V3: sigmoid)"),
-            F("router.bias_rate", 1e-3, 0, kInf, "aux-free: bias update speed u (b_i += u * sign(mean load - load_i))"),
-            B("router.bias_recenter", false, "aux-free: subtract the bias update's mean (torchtitan), keeping mean 0"),
+  s.keys = {unhashed_at_default(
+                C("router.score", "sigmoid", {"sigmoid", "softmax"}, "aux-free: gating scores (DeepSeek-V3: sigmoid)")),
+            unhashed_at_default(F("router.bias_rate", 1e-3, 0, kInf,
+                                  "aux-free: bias update speed u (b_i += u * sign(mean load - load_i))")),
+            unhashed_at_default(B("router.bias_recenter", false,
+                                  "aux-free: subtract the bias update's mean (torchtitan), keeping mean 0")),
             seq_aux_key()};
   s.make = [](const config::Config& cfg, const RouterShape& sh) -> Router {
     return std::make_shared<ScoreRouterImpl>(sh.n_experts, sh.top_k, score_options(cfg, true));

@@ -50,9 +50,10 @@ RouterSpec expert_choice_spec() {
   s.summary = "each expert takes its top-c tokens of the call; a token gets any number of experts";
   s.source = "Zhou et al. 2022 (arXiv 2202.09368) Sec. 3.1, Eq. 1";
   s.caps.own_capacity = true;
-  s.keys = {config::keys::F("router.ec_factor", 1.0, 1e-6, config::keys::kInf,
-                            "expert-choice: capacity factor; each expert takes round(factor * tokens * k / experts) "
-                            "tokens of a call (k = model.top_k experts per token on average)")};
+  s.keys = {config::keys::unhashed_at_default(
+      config::keys::F("router.ec_factor", 1.0, 1e-6, config::keys::kInf,
+                      "expert-choice: capacity factor; each expert takes round(factor * tokens * k / experts) "
+                      "tokens of a call (k = model.top_k experts per token on average)"))};
   s.make = [](const config::Config& cfg, const RouterShape& sh) -> Router {
     return std::make_shared<ExpertChoiceRouter>(sh.top_k, cfg.f("router.ec_factor"));
   };

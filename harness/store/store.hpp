@@ -135,8 +135,8 @@ class Store {
   // transaction, so concurrent workers never take the same job. A queued job whose config hash
   // has meanwhile been done by another run is dropped instead (nothing ran under it).
   std::optional<Run> claim_job(int64_t sweep, std::optional<int64_t> job, const RunInfo& info);
-  // Back to queued: running jobs whose heartbeat is older than stale_after seconds, interrupted
-  // jobs (stopped by a signal at a step boundary), and failed jobs if `failed`. Returns how many.
+  // Back to queued: running jobs whose heartbeat is older than stale_after seconds, and failed
+  // jobs if `failed`. Returns how many.
   int64_t requeue(int64_t sweep, double stale_after, bool failed);
 
   // ---- benchmarks

@@ -50,7 +50,6 @@ bool ended_well(const std::string& status) { return status == "finished" || stat
 std::string Summary::line() const {
   std::string s = fmt::format("[{}/{} done", done, total);
   if (failed) s += fmt::format(", {} failed", failed);
-  if (interrupted) s += fmt::format(", {} interrupted", interrupted);
   if (running) s += fmt::format(", {} running", running);
   if (stale) s += fmt::format(", {} stale", stale);
   if (queued) s += fmt::format(", {} queued", queued);
@@ -88,8 +87,6 @@ Summary summarize(const std::vector<JobStatus>& jobs) {
       ++s.done;
     else if (j.status == "failed")
       ++s.failed;
-    else if (j.status == "interrupted")
-      ++s.interrupted;
     else if (j.status == "running")
       ++s.running;
     else if (j.status == "stale")
@@ -131,8 +128,7 @@ int work(store::Store& store, int64_t sweep, std::optional<int64_t> job, bool qu
                                          "--db",     store.path()};
         if (quiet) argv.push_back("--quiet");
         if (dist::launch(static_cast<int>(nproc), argv, store.path()) != 0) code = 1;
-      } else if (const auto status = train::train(cfg, store, opts).status;
-                 status == "failed" || status == "interrupted") {
+      } else if (train::train(cfg, store, opts).status == "failed") {
         code = 1;
       }
     } catch (const std::exception& e) {

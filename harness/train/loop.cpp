@@ -147,9 +147,9 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
     for (int64_t step = state.step + 1; step <= steps; ++step) {
       if (const int sig = log.interrupted()) {
         log.flush(step - 1);
-        log.finish("interrupted", fmt::format("interrupted by signal {} at step {}", sig, step - 1));
+        log.finish("failed", fmt::format("interrupted by signal {} at step {}", sig, step - 1));
         progress.finish();
-        return {run_id, "interrupted"};
+        return {run_id, "failed"};
       }
       const bool log_step = step % log_every == 0 || step == steps;
       for (auto& layer : layers) layer->collect_stats(log_step);

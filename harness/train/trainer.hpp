@@ -20,7 +20,7 @@ struct Options {
 
 struct Outcome {
   int64_t run_id = 0;
-  std::string status;  // finished | nan (diverged) | interrupted (SIGINT/SIGTERM; resumable) | failed
+  std::string status;  // finished | nan | failed
 };
 
 // Runs the whole job. Data and model errors before the run starts throw (nothing is stored);

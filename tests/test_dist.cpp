@@ -169,7 +169,7 @@ TEST_CASE("two Gloo ranks train what one process trains over the same global bat
     check_close({result(p->one, p->r1.id, split, "loss")}, {result(p->two, p->r2.id, split, "loss")}, 1e-5);
   std::set<std::string> phases;
   for (const auto& t : p->two.timings(p->r2.id)) phases.insert(t.phase);
-  CHECK(phases == std::set<std::string>{"allreduce", "backward", "forward", "optimizer", "router", "step"});
+  CHECK(phases == std::set<std::string>{"allreduce", "backward", "data", "forward", "optimizer", "router", "step"});
 }
 
 TEST_CASE("router.global_batch routes the ranks' streams as one router call", "[dist]") {

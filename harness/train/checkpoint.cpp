@@ -130,11 +130,14 @@ void write_checkpoint(torch::serialize::OutputArchive& archive, const fs::path& 
   const std::array<unsigned char, kHeaderBytes> placeholder{};
   if (!write_all(fd.fd, placeholder.data(), placeholder.size())) throw fail(std::strerror(errno));
   try {
+    // A short count makes LibTorch's zip writer throw again from its destructor, which
+    // terminates the process: after a failed write the rest is accepted and dropped, and the
+    // error is reported once save_to returns.
     archive.save_to([&](const void* data, size_t n) -> size_t {
-      if (error != 0) return 0;
+      if (error != 0) return n;
       if (!write_all(fd.fd, data, n)) {
         error = errno != 0 ? errno : EIO;
-        return 0;  // LibTorch then throws; we report `error` instead of its message
+        return n;
       }
       sha.update(data, n);
       h.payload += n;
@@ -143,6 +146,7 @@ void write_checkpoint(torch::serialize::OutputArchive& archive, const fs::path& 
   } catch (const std::exception& e) {
     throw fail(error != 0 ? std::strerror(error) : first_line(e));
   }
+  if (error != 0) throw fail(std::strerror(error));
   h.digest = sha.finish();
   const auto header = encode(h);
   if (::pwrite(fd.fd, header.data(), header.size(), 0) != static_cast<ssize_t>(header.size()) || ::fsync(fd.fd) != 0)

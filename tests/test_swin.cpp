@@ -586,6 +586,7 @@ TEST_CASE("the vision task trains in bf16, times its routers and evaluates SSR's
   const auto dir = temp_dir("loop_keys");
   const std::vector<std::string> small = {"data.dir=" + fmnist_dir(),
                                           "train.steps=6",
+                                          "run.log_every=1",
                                           "train.batch_size=16",
                                           "run.threads=1",
                                           "data.holdout=0.01",

@@ -66,7 +66,7 @@ TEST_CASE("training on real text lowers the loss and a seeded run repeats exactl
   CHECK(has_test_ppl);
   std::set<std::string> phases;
   for (const auto& t : s.timings(runs[0].id)) phases.insert(t.phase);
-  CHECK(phases == std::set<std::string>{"forward", "backward", "optimizer", "router", "step"});
+  CHECK(phases == std::set<std::string>{"data", "forward", "backward", "optimizer", "router", "step"});
 
   auto listed = run(fmt::format("runs --db {} --where run.seed=2 --format csv", db));
   CHECK(listed.code == 0);
@@ -86,7 +86,7 @@ TEST_CASE("rejected input exits 2 with one line and writes nothing", "[train]") 
       {fmt::format("train {} train.stepz=2", kDemo), "train.stepz: unknown key"},
       {"train no/such/file.yaml", "no/such/file.yaml: config file not found"},
       {fmt::format("train {} data.dir=/nonexistent", kDemo), "/nonexistent"},
-      {"show 999", "no run 999"},
+      {"show 999", "rejected.db does not exist"},  // a read-only command creates no store
       {"runs --where colour=red", "unknown key 'colour'"},
       {fmt::format("train {} eval.router_modes=[sinkhorn]", kDemo),
        "eval.router_modes: router.name=vanilla does not use it (it applies with router.name=ssr)"},

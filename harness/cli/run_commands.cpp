@@ -70,6 +70,7 @@ std::string csv_field(const std::string& s) {
 }
 
 int cmd_runs(const std::string& db, const std::string& where, const std::string& format, double stale_after) {
+  ssr::store::filter_runs({}, where, stale_after);  // a bad --where is named before the store
   require_store(db);
   ssr::store::Store store(db);
   auto runs = ssr::store::filter_runs(store.runs(), where, stale_after);

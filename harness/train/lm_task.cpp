@@ -217,16 +217,18 @@ class LMTask final : public Task {
   }
 
   void load(torch::serialize::InputArchive& ar, int64_t /*step*/) override {
-    torch::Tensor t;
-    ar.read(gen_key("gen_state", rank_), t);
-    gen_.set_state(t.cpu());
-    ar.read("data_gen_state", t);
-    data_gen_.set_state(t.cpu());
-    ar.read(gen_key("router_gen_state", rank_), t);
-    router_gen_.set_state(t.cpu());
-    ar.read("data_position", t);
-    train_walk_->set_position(t[0].item<int64_t>());
-    if (valid_walk_) valid_walk_->set_position(t[1].item<int64_t>());
+    // A fresh tensor for every read: reading into a defined tensor re-points it (set_).
+    auto read = [&](const std::string& key) {
+      torch::Tensor t;
+      ar.read(key, t);
+      return t.cpu();
+    };
+    gen_.set_state(read(gen_key("gen_state", rank_)));
+    data_gen_.set_state(read("data_gen_state"));
+    router_gen_.set_state(read(gen_key("router_gen_state", rank_)));
+    const auto position = read("data_position");
+    train_walk_->set_position(position[0].item<int64_t>());
+    if (valid_walk_) valid_walk_->set_position(position[1].item<int64_t>());
     for (size_t j = 0; j < states_.size(); ++j)
       for (size_t l = 0; l < states_[j].cache.size(); ++l)
         ar.read(fmt::format("cache_{}_{}", rank_ * split_ + static_cast<int64_t>(j), l), states_[j].cache[l]);

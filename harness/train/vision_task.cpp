@@ -113,13 +113,14 @@ class VisionTask final : public Task {
     ar.write("data_position", torch::tensor({loader_->skipped()}));
   }
   void load(torch::serialize::InputArchive& ar, int64_t step) override {
-    torch::Tensor t;
-    ar.read("gen_state", t);
-    gen_.set_state(t.cpu());
-    ar.read("router_gen_state", t);
-    router_gen_.set_state(t.cpu());
-    ar.read("data_position", t);
-    loader_->seek(step, t[0].item<int64_t>());
+    // A fresh tensor for every read: reading into a defined tensor re-points it (set_).
+    torch::Tensor g, r, position;
+    ar.read("gen_state", g);
+    gen_.set_state(g.cpu());
+    ar.read("router_gen_state", r);
+    router_gen_.set_state(r.cpu());
+    ar.read("data_position", position);
+    loader_->seek(step, position[0].item<int64_t>());
   }
 
   double evaluate(const std::string& name, const std::string& stored_as, bool bf16, RunLog& log,

@@ -32,7 +32,9 @@ Routing ExpertChoiceRouter::decide(const torch::Tensor& logits, const torch::Ten
   auto s = at_least_float(logits).softmax(-1);  // (tokens, experts)
   const int64_t c = expert_choice_capacity(n, e, k_, factor_);
   auto taken_by = stable_top_k(s.detach().t(), c).second;  // (experts, c) token ids
-  auto taken = torch::zeros({e, n}, torch::kBool).to(s.device()).scatter_(1, taken_by, true).t();  // (tokens, experts)
+  auto taken = torch::zeros({e, n}, torch::TensorOptions().dtype(torch::kBool).device(s.device()))
+                   .scatter_(1, taken_by, true)
+                   .t();  // (tokens, experts)
   const int64_t width = std::max<int64_t>(1, taken.sum(1).max().item<int64_t>());
   // A token's taken experts first, by score; then untaken experts as padding.
   auto order = stable_top_k(taken.to(s.scalar_type()) * 2 + s.detach(), width).second;  // (tokens, width)

@@ -90,11 +90,12 @@ study: build
 
 # Routers beyond the paper in the same study (experiments/routers-beyond.yaml; docs/routers.md).
 BEYOND_TABLES := beyond beyond_balance
+BEYOND_FIGURES := beyond_max_vio beyond_token_mi
 routers-beyond: build
 	$(SSR) sweep experiments/routers-beyond.yaml --scale $(STUDY_SCALE) --jobs $(JOBS) --db $(DB)
 	@for r in $(BEYOND_TABLES); do $(SSR) report $$r --db $(DB) --scale $(STUDY_SCALE) || exit 1; done
-	$(SSR) report beyond_max_vio --db $(DB) --scale $(STUDY_SCALE) > /dev/null && \
-	  gnuplot $(dir $(DB))figures/beyond_max_vio.gp
+	@for f in $(BEYOND_FIGURES); do \
+	  $(SSR) report $$f --db $(DB) --scale $(STUDY_SCALE) > /dev/null && gnuplot $(dir $(DB))figures/$$f.gp || exit 1; done
 
 # Table 2 at demo scale: five routers on Fashion-MNIST (one job at a time: each uses 2 threads).
 demo-vision: build

@@ -62,10 +62,17 @@ MoEImpl::MoEImpl(const config::Config& cfg, const MoEShape& shape)
       dropout_(cfg.f("model.dropout")),
       grouped_gemm_(cfg.s("model.expert_impl") == "grouped"),
       group_tokens_(cfg.i("router.group_tokens")),
-      gather_hidden_(routers::router_spec(cfg.s("router.name")).caps.hidden),
+      reads_hidden_(routers::router_spec(cfg.s("router.name")).caps.hidden),
+      reads_gate_(routers::router_spec(cfg.s("router.name")).caps.gate_weight),
+      reads_tokens_(routers::router_spec(cfg.s("router.name")).caps.token_ids),
       capacity_factor_(routers::router_spec(cfg.s("router.name")).caps.own_capacity ? 0.0
                                                                                     : cfg.f("model.capacity_factor")) {
   const int64_t d = shape.d_model, inner = shape.d_inner, e = n_experts_;
+  if (!shape.token_ids && reads_tokens_)
+    throw config::ConfigError(
+        fmt::format("router.name: {} routes by input token id, which this model ({}) does not "
+                    "have; pick another router",
+                    cfg.s("router.name"), cfg.s("model.arch")));
   if (grouped_gemm_ && (d % 8 != 0 || inner % 8 != 0))
     throw config::ConfigError(
         fmt::format("model.expert_impl: grouped needs model.d_model and model.d_inner to be multiples of 8 (got {} and "
@@ -102,15 +109,25 @@ MoEImpl::MoEImpl(const config::Config& cfg, const MoEShape& shape)
   acc_.tokens_per_expert.assign(e, 0);
 }
 
-routers::Routing MoEImpl::route(const torch::Tensor& x, torch::Generator& gen) { return gate_and_route(x, gen).second; }
+routers::Routing MoEImpl::route(const torch::Tensor& x, torch::Generator& gen, const torch::Tensor& token_ids) {
+  return gate_and_route(x, token_ids, gen).second;
+}
 
-std::pair<torch::Tensor, routers::Routing> MoEImpl::gate_and_route(const torch::Tensor& x, torch::Generator& gen) {
+std::pair<torch::Tensor, routers::Routing> MoEImpl::gate_and_route(const torch::Tensor& x,
+                                                                   const torch::Tensor& token_ids,
+                                                                   torch::Generator& gen) {
   // Under train.precision=bf16 the gate and its router stay float32, as the reference's fp32
   // gate: bfloat16 logits (8-bit mantissas) tie and reorder the top-k choices.
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const auto xf = x.to(torch::kFloat);  // (tokens, d_model)
   auto logits = gate->forward(xf);      // (tokens, experts)
-  auto routing = route_logits(logits, xf, gen);
+  routers::RouteInput in;
+  in.logits = logits;
+  // Routers that do not read the hidden states get a zero-width stand-in of the right row count.
+  in.hidden = reads_hidden_ ? xf : xf.new_empty({xf.size(0), 0});  // (tokens, d_model or 0)
+  if (reads_tokens_) in.token_ids = token_ids;                     // (tokens)
+  if (reads_gate_) in.gate_weight = gate->weight;                  // (experts, d_model)
+  auto routing = route_logits(in, gen);
   return {logits, std::move(routing)};
 }
 
@@ -120,34 +137,36 @@ void MoEImpl::route_globally(Gather gather, int64_t rank, torch::Generator gen) 
   router_gen_ = std::move(gen);
 }
 
-routers::Routing MoEImpl::route_logits(const torch::Tensor& logits, const torch::Tensor& x,
-                                       torch::Generator& forward_gen) {
+routers::Routing MoEImpl::route_logits(const routers::RouteInput& in, torch::Generator& forward_gen) {
   torch::Generator& gen = router_gen_.defined() ? router_gen_ : forward_gen;
-  if (!gather_) return route_rows(logits, x, gen);
-  const int64_t n = logits.size(0);
-  auto all_logits = gather_(logits);  // (ranks * tokens, experts)
-  // Only noisy gating reads the hidden states; the others get a zero-width stand-in of the
-  // right row count instead of a d_model-wide all-gather.
-  auto all_x = gather_hidden_ ? gather_(x) : x.new_empty({all_logits.size(0), 0});  // (ranks * tokens, d_model or 0)
-  auto r = route_rows(all_logits, all_x, gen);
+  if (!gather_) return route_rows(in, gen);
+  const int64_t n = in.logits.size(0);
+  routers::RouteInput all = in;
+  all.logits = gather_(in.logits);  // (ranks * tokens, experts)
+  // The hidden states only when the router reads them, not a d_model-wide all-gather for all.
+  all.hidden = reads_hidden_ ? gather_(in.hidden) : in.hidden.new_empty({all.logits.size(0), 0});
+  // A router that reads token ids decides each token alone; the LM task refuses global_batch for it.
+  if (in.token_ids.defined()) throw std::logic_error("router.global_batch: this router reads token ids");
+  auto r = route_rows(all, gen);
   r.experts = r.experts.narrow(0, rank_ * n, n);                  // (tokens, k)
   r.weights = r.weights.narrow(0, rank_ * n, n);                  // (tokens, k)
   if (r.kept.defined()) r.kept = r.kept.narrow(0, rank_ * n, n);  // (tokens, k)
   return r;
 }
 
-routers::Routing MoEImpl::route_rows(const torch::Tensor& logits, const torch::Tensor& x, torch::Generator& gen) {
+routers::Routing MoEImpl::route_rows(const routers::RouteInput& in, torch::Generator& gen) {
   const auto t0 = std::chrono::steady_clock::now();
+  const auto& logits = in.logits;  // (tokens, experts)
   const auto mode = is_training() ? routers::Mode::Train : routers::Mode::Eval;
   const int64_t n = logits.size(0);
   routers::Routing r;
   // Expert capacity per router call, when the router has none of its own (model.capacity_factor).
-  auto call = [&](const torch::Tensor& l, const torch::Tensor& h) {
-    auto c = router->route(l, h, mode, gen);
+  auto call = [&](const routers::RouteInput& part) {
+    auto c = router->route(part, mode, gen);
     return capacity_factor_ > 0 ? routers::with_capacity(std::move(c), n_experts_, capacity_factor_) : c;
   };
   if (group_tokens_ <= 0 || n <= group_tokens_) {
-    r = call(logits, x);
+    r = call(in);
   } else {
     // Consecutive groups routed by separate calls, as the reference's routers each saw one GPU's
     // micro-batch: Sinkhorn marginals, balance losses and SSR's draw are per group.
@@ -156,7 +175,11 @@ routers::Routing MoEImpl::route_rows(const torch::Tensor& logits, const torch::T
     int64_t groups = 0;
     for (int64_t start = 0; start < n; start += group_tokens_, ++groups) {
       const int64_t len = std::min(group_tokens_, n - start);
-      auto g = call(logits.narrow(0, start, len), x.narrow(0, start, len));
+      routers::RouteInput part = in;
+      part.logits = in.logits.narrow(0, start, len);                                    // (len, experts)
+      part.hidden = in.hidden.narrow(0, start, len);                                    // (len, d_model or 0)
+      if (in.token_ids.defined()) part.token_ids = in.token_ids.narrow(0, start, len);  // (len)
+      auto g = call(part);
       experts.push_back(g.experts);                  // (len, k)
       weights.push_back(g.weights);                  // (len, k)
       if (g.kept.defined()) kept.push_back(g.kept);  // (len, k)
@@ -208,9 +231,10 @@ torch::Tensor MoEImpl::experts_sorted(const torch::Tensor& x_sorted, const std::
   return grouped_linear(h, group_sizes, w2, b2);  // (rows, d_model)
 }
 
-torch::Tensor MoEImpl::forward(const torch::Tensor& x, torch::Tensor& aux, torch::Generator& gen) {
+torch::Tensor MoEImpl::forward(const torch::Tensor& x, torch::Tensor& aux, torch::Generator& gen,
+                               const torch::Tensor& token_ids) {
   const int64_t n = x.size(0), d = x.size(1);
-  auto [logits, routing] = gate_and_route(x, gen);  // (tokens, experts), the router's decision
+  auto [logits, routing] = gate_and_route(x, token_ids, gen);  // (tokens, experts), the router's decision
   aux = aux + routing.aux_loss;
   const int64_t k = routing.experts.size(1);
 
@@ -260,6 +284,7 @@ torch::Tensor MoEImpl::forward(const torch::Tensor& x, torch::Tensor& aux, torch
     acc_.tokens += n;
     acc_.output_norm_sum += out.norm(2, -1).sum().item<double>();
     acc_.norm_tokens += n;
+    if (token_ids.defined()) acc_.token_expert.add(token_ids, routing);
   }
   return out;
 }
@@ -278,6 +303,7 @@ routers::RouterStats MoEImpl::take_stats() {
   if (acc_.tokens > 0) s.entropy = acc_.entropy_sum / static_cast<double>(acc_.tokens);
   if (acc_.slots > 0) s.drop_rate = acc_.dropped_slots / static_cast<double>(acc_.slots);
   if (acc_.tokens > 0) s.unrouted = acc_.unrouted_tokens / static_cast<double>(acc_.tokens);
+  if (!acc_.token_expert.empty()) s.token_mi = acc_.token_expert.mutual_information();
   // Sinkhorn use is rare (SSR's p ~ 1e-3), so it is counted over every call since the last
   // logging step (the router's tally), not only over the calls that collected statistics.
   routers::set_sinkhorn(s, router->sinkhorn_tally());

@@ -42,14 +42,15 @@ torch::Tensor grouped_linear_gemm(const torch::Tensor& x_sorted, const torch::Te
 
 // Accumulated routing statistics of one MoE layer between two take_stats() calls.
 struct MoEStatsAccumulator {
-  std::vector<int64_t> tokens_per_expert;  // (experts) summed over calls
-  double entropy_sum = 0;                  // sum over calls of mean entropy x tokens
-  int64_t tokens = 0;                      // tokens routed
-  double output_norm_sum = 0;              // sum over tokens of ||MoE(x)||_2 (paper Fig. 2)
-  int64_t norm_tokens = 0;                 // tokens in output_norm_sum
-  double dropped_slots = 0;                // slots not kept (capacity, Expert Choice padding)
-  double unrouted_tokens = 0;              // tokens no expert processed
-  int64_t slots = 0;                       // tokens x k over calls
+  std::vector<int64_t> tokens_per_expert;   // (experts) summed over calls
+  double entropy_sum = 0;                   // sum over calls of mean entropy x tokens
+  int64_t tokens = 0;                       // tokens routed
+  double output_norm_sum = 0;               // sum over tokens of ||MoE(x)||_2 (paper Fig. 2)
+  int64_t norm_tokens = 0;                  // tokens in output_norm_sum
+  double dropped_slots = 0;                 // slots not kept (capacity, Expert Choice padding)
+  double unrouted_tokens = 0;               // tokens no expert processed
+  int64_t slots = 0;                        // tokens x k over calls
+  routers::TokenExpertCounts token_expert;  // (input token id, expert) pairs of kept slots (LM only)
 };
 
 enum class Activation { Relu, Gelu };
@@ -62,6 +63,7 @@ struct MoEShape {
   // > 0: Tutel's init, expert weights trunc-normal(std) in +-2 std, zero biases, fc2 bias frozen;
   // 0: model.expert_init decides.
   double init_std = 0;
+  bool token_ids = true;  // forward() gets the input token ids (false: Swin-MoE's patches have none)
 };
 
 class MoEImpl : public torch::nn::Module {
@@ -73,8 +75,10 @@ class MoEImpl : public torch::nn::Module {
   MoEImpl(const config::Config& cfg, const MoEShape& shape);
 
   // x: (tokens, d_model) -> (tokens, d_model) = sum_k w_k * expert_{e_k}(x). Adds the router's
-  // auxiliary loss of this call to `aux` (a () tensor).
-  torch::Tensor forward(const torch::Tensor& x, torch::Tensor& aux, torch::Generator& gen);
+  // auxiliary loss of this call to `aux` (a () tensor). token_ids: (tokens) int64, the input token
+  // at each row (for routers that read them and the token/expert statistics); undefined: none.
+  torch::Tensor forward(const torch::Tensor& x, torch::Tensor& aux, torch::Generator& gen,
+                        const torch::Tensor& token_ids = {});
 
   // Every expert on every token, combined with the routing weights (zero for unselected experts):
   // the dense reference the sparse dispatch must equal. Uses the routing of `routing`.
@@ -82,8 +86,8 @@ class MoEImpl : public torch::nn::Module {
   // The expert FFN on rows sorted by expert (the part a grouped GEMM replaces).
   torch::Tensor experts_sorted(const torch::Tensor& x_sorted, const std::vector<int64_t>& group_sizes,
                                torch::Generator& gen);
-  // Routes x (tokens, d_model) without computing experts.
-  routers::Routing route(const torch::Tensor& x, torch::Generator& gen);
+  // Routes x (tokens, d_model) without computing experts; token_ids as in forward().
+  routers::Routing route(const torch::Tensor& x, torch::Generator& gen, const torch::Tensor& token_ids = {});
 
   // Every data-parallel rank's rows concatenated in rank order, with autograd
   // (dist::Group::gather_rows).
@@ -117,13 +121,14 @@ class MoEImpl : public torch::nn::Module {
   routers::Router router;
 
  private:
-  // logits (tokens, experts) of x (tokens, d_model) -> the router's decision in the module's mode.
-  routers::Routing route_logits(const torch::Tensor& logits, const torch::Tensor& x, torch::Generator& gen);
+  // The router's decision on `in` (logits and x of this rank's rows) in the module's mode.
+  routers::Routing route_logits(const routers::RouteInput& in, torch::Generator& gen);
   // logits (tokens, experts) of x (tokens, d_model) in float32 whatever autocast says, and the
   // router's decision on them.
-  std::pair<torch::Tensor, routers::Routing> gate_and_route(const torch::Tensor& x, torch::Generator& gen);
+  std::pair<torch::Tensor, routers::Routing> gate_and_route(const torch::Tensor& x, const torch::Tensor& token_ids,
+                                                            torch::Generator& gen);
   // The router on one call's rows, in groups of router.group_tokens.
-  routers::Routing route_rows(const torch::Tensor& logits, const torch::Tensor& x, torch::Generator& gen);
+  routers::Routing route_rows(const routers::RouteInput& in, torch::Generator& gen);
 
   torch::Tensor activate(const torch::Tensor& h) const;  // (rows, d_inner) -> same
 
@@ -132,7 +137,9 @@ class MoEImpl : public torch::nn::Module {
   double dropout_;
   bool grouped_gemm_;       // model.expert_impl == grouped
   int64_t group_tokens_;    // router.group_tokens: tokens per router call (0 = the whole call)
-  bool gather_hidden_;      // the router reads hidden states (noisy gating), so they are gathered too
+  bool reads_hidden_;       // the router reads hidden states, so they are passed (and gathered) too
+  bool reads_gate_;         // the router reads the gate's rows
+  bool reads_tokens_;       // the router reads the input token ids
   Gather gather_;           // set by route_globally
   double capacity_factor_;  // model.capacity_factor (0: no capacity), unless the router has its own
   int64_t rank_ = 0;

@@ -104,7 +104,8 @@ SwinBlockImpl::SwinBlockImpl(const config::Config& cfg, int64_t dim, int64_t res
   norm2 = register_module("norm2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
   const auto hidden = static_cast<int64_t>(static_cast<double>(dim) * cfg.f("model.mlp_ratio"));
   if (moe_block) {
-    moe = register_module("moe", MoE(cfg, MoEShape{dim, hidden, Activation::Gelu, /*gate_bias=*/false, init_std}));
+    moe = register_module(
+        "moe", MoE(cfg, MoEShape{dim, hidden, Activation::Gelu, /*gate_bias=*/false, init_std, /*token_ids=*/false}));
     init_linear(moe->gate, init_std);
     // Rows are image-major, so a group of images is a group of consecutive tokens.
     if (const int64_t images = cfg.i("router.group_images"); images > 0) moe->set_group_tokens(images * res * res);

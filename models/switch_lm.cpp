@@ -179,11 +179,12 @@ LayerImpl::LayerImpl(const config::Config& cfg)
 }
 
 torch::Tensor LayerImpl::forward(const torch::Tensor& h_in, const torch::Tensor& cache, const torch::Tensor& key_pe,
-                                 torch::Tensor& momentum, torch::Tensor& aux, torch::Generator& gen) {
+                                 torch::Tensor& momentum, torch::Tensor& aux, torch::Generator& gen,
+                                 const torch::Tensor& tokens) {
   auto h = norm1->forward(h_in + attn->forward(h_in, cache, key_pe, gen));  // (streams, M, d_model)
-  auto smoe = dropout(moe->forward(h.reshape({-1, h.size(2)}), aux, gen).view_as(h), dropout_, is_training(),
-                      gen);  // (streams, M, d_model)
-  torch::Tensor s;           // (streams, M, d_model)
+  auto smoe = dropout(moe->forward(h.reshape({-1, h.size(2)}), aux, gen, tokens.reshape(-1)).view_as(h), dropout_,
+                      is_training(), gen);  // (streams, M, d_model)
+  torch::Tensor s;                          // (streams, M, d_model)
   if (momentum_block_) {
     momentum = mu_ * momentum + gamma_ * smoe;
     s = moe_norm->forward(h - momentum);
@@ -240,7 +241,7 @@ torch::Tensor SwitchLMImpl::hidden(const torch::Tensor& tokens, LMState& state, 
   for (size_t l = 0; l < layers.size(); ++l) {
     auto& cache = state.cache[l];                                                // (streams, L, d_model)
     auto next = torch::cat({cache, h.detach()}, 1).narrow(1, h.size(1), span_);  // (streams, L, d_model)
-    h = layers[l]->forward(h, cache, key_pe, momentum, aux, gen);
+    h = layers[l]->forward(h, cache, key_pe, momentum, aux, gen, tokens);
     cache = next;
   }
   return h;

@@ -77,9 +77,11 @@ class LayerImpl : public torch::nn::Module {
  public:
   explicit LayerImpl(const config::Config& cfg);
   // h (streams, M, d_model), cache (streams, L, d_model); momentum (streams, M, d_model) is read
-  // and updated by the momentum block only. Adds the router's auxiliary loss to aux.
+  // and updated by the momentum block only; tokens (streams, M) the input ids at these positions
+  // (for routers that read them). Adds the router's auxiliary loss to aux.
   torch::Tensor forward(const torch::Tensor& h, const torch::Tensor& cache, const torch::Tensor& key_pe,
-                        torch::Tensor& momentum, torch::Tensor& aux, torch::Generator& gen);
+                        torch::Tensor& momentum, torch::Tensor& aux, torch::Generator& gen,
+                        const torch::Tensor& tokens);
 
   SeqAttention attn{nullptr};
   MoE moe{nullptr};

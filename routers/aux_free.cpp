@@ -33,7 +33,8 @@ ScoreRouterImpl::ScoreRouterImpl(int64_t n_experts, int64_t top_k, ScoreRouterOp
   expert_bias = register_buffer("expert_bias", torch::zeros({n_experts}));
 }
 
-Routing ScoreRouterImpl::decide(const torch::Tensor& logits, const torch::Tensor&, Mode mode, torch::Generator&) {
+Routing ScoreRouterImpl::decide(const RouteInput& in, Mode mode, torch::Generator&) {
+  const auto& logits = in.logits;  // (tokens, experts)
   auto s = opt_.score == Score::Sigmoid ? at_least_float(logits).sigmoid()
                                         : at_least_float(logits).softmax(-1);  // (tokens, experts)
   Routing r;

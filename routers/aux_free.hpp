@@ -30,7 +30,7 @@ class ScoreRouterImpl : public RouterImpl {
   torch::Tensor expert_bias;  // (experts) float32 buffer, used only to select
 
  protected:
-  Routing decide(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
+  Routing decide(const RouteInput& in, Mode mode, torch::Generator& gen) override;
 
  private:
   int64_t k_;

@@ -27,7 +27,8 @@ int64_t expert_choice_capacity(int64_t tokens, int64_t experts, int64_t k, doubl
 
 ExpertChoiceRouter::ExpertChoiceRouter(int64_t top_k, double factor) : k_(top_k), factor_(factor) {}
 
-Routing ExpertChoiceRouter::decide(const torch::Tensor& logits, const torch::Tensor&, Mode, torch::Generator&) {
+Routing ExpertChoiceRouter::decide(const RouteInput& in, Mode, torch::Generator&) {
+  const auto& logits = in.logits;  // (tokens, experts)
   const int64_t n = logits.size(0), e = logits.size(1);
   auto s = at_least_float(logits).softmax(-1);  // (tokens, experts)
   const int64_t c = expert_choice_capacity(n, e, k_, factor_);

@@ -13,7 +13,7 @@ class ExpertChoiceRouter : public RouterImpl {
   ExpertChoiceRouter(int64_t top_k, double factor);
 
  protected:
-  Routing decide(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
+  Routing decide(const RouteInput& in, Mode mode, torch::Generator& gen) override;
 
  private:
   int64_t k_;

@@ -33,7 +33,8 @@ torch::Tensor load_balance_loss(const torch::Tensor& logits, const torch::Tensor
 
 LbRouter::LbRouter(int64_t top_k, double coef, LbForm form) : k_(top_k), coef_(coef), form_(form) {}
 
-Routing LbRouter::decide(const torch::Tensor& logits, const torch::Tensor&, Mode, torch::Generator&) {
+Routing LbRouter::decide(const RouteInput& in, Mode, torch::Generator&) {
+  const auto& logits = in.logits;  // (tokens, experts)
   auto r = top_k_softmax(logits, k_);
   r.aux_loss = coef_ * load_balance_loss(logits, r.experts, form_);
   return r;

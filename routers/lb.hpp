@@ -21,7 +21,7 @@ class LbRouter : public RouterImpl {
   LbRouter(int64_t top_k, double coef, LbForm form);
 
  protected:
-  Routing decide(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
+  Routing decide(const RouteInput& in, Mode mode, torch::Generator& gen) override;
 
  public:
  private:

@@ -25,8 +25,9 @@ NoisyRouter::NoisyRouter(int64_t d_model, int64_t n_experts, int64_t top_k, doub
   w_noise = register_parameter("w_noise", torch::zeros({d_model, n_experts}));
 }
 
-Routing NoisyRouter::decide(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode,
-                            torch::Generator& gen) {
+Routing NoisyRouter::decide(const RouteInput& in, Mode mode, torch::Generator& gen) {
+  const auto& logits = in.logits;  // (tokens, experts)
+  const auto& hidden = in.hidden;  // (tokens, d_model)
   const int64_t n_exp = logits.size(1);
   auto clean = at_least_float(logits);  // (tokens, experts)
   const bool noisy = mode == Mode::Train;

@@ -15,7 +15,7 @@ class NoisyRouter : public RouterImpl {
   NoisyRouter(int64_t d_model, int64_t n_experts, int64_t top_k, double coef);
 
  protected:
-  Routing decide(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
+  Routing decide(const RouteInput& in, Mode mode, torch::Generator& gen) override;
 
  public:
   torch::Tensor w_noise;  // (d_model, experts)

@@ -21,6 +21,8 @@ struct Capabilities {
   bool eval_modes = false;    // has inference modes (router.eval_mode; eval.router_modes evaluates each)
   bool stateful = false;      // keeps state across steps (a buffer, saved with the weights; end_step())
   bool own_capacity = false;  // limits the tokens per expert itself, so model.capacity_factor does not apply
+  bool token_ids = false;     // reads the input token ids (RouteInput::token_ids): language models only
+  bool gate_weight = false;   // reads the gate's rows (RouteInput::gate_weight)
 };
 
 // The sizes a router is built for.

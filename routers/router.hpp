@@ -1,11 +1,15 @@
-// The router seam: a function of the gating logits (plus an RNG, and for trainable-noise gating
-// the hidden states). Routers know nothing about models, data or the store.
+// The router seam: a function of the gating logits (plus an RNG, and where a router's capabilities
+// ask for them the hidden states, the input token ids or the gate's weights). Routers know nothing
+// about models, data or the store.
 #pragma once
 #include <torch/torch.h>
 
 #include <functional>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 
 #include "harness/config/config.hpp"
 
@@ -27,6 +31,15 @@ struct Routing {
   bool sinkhorn_finite = true;  // false: the plan overflowed; the weights are then NaN on purpose
 };
 
+// What a router reads. The layer fills `hidden`, `token_ids` and `gate_weight` only for routers
+// whose capabilities ask for them (routers/registry.hpp); the others see them undefined or empty.
+struct RouteInput {
+  torch::Tensor logits;       // (tokens, experts) gating scores S, float32
+  torch::Tensor hidden;       // (tokens, d_model) the gate's input; (tokens, 0) unless caps.hidden
+  torch::Tensor token_ids;    // (tokens) int64 input token ids at these positions (caps.token_ids; LM only)
+  torch::Tensor gate_weight;  // (experts, d_model) the gate's rows (caps.gate_weight)
+};
+
 // Sinkhorn usage of one router over several calls (e.g. one logging window).
 struct SinkhornTally {
   int64_t calls = 0;           // route() calls
@@ -45,18 +58,37 @@ struct RouterStats {
   double drop_rate = 0;                    // share of the token x k slots dropped (capacity) or unfilled
   double unrouted = 0;                     // share of tokens that no expert processed
   double entropy = 0;                      // mean entropy of softmax(logits) over all experts
+  // I(input token id; expert) in nats over the window's kept slots (plug-in estimate; see
+  // TokenExpertCounts). Empty where the model has no token ids (Swin-MoE).
+  std::optional<double> token_mi;
   int64_t sinkhorn_calls = 0;  // calls since the last reset that used Sinkhorn (summed: the run's observed count)
   double sinkhorn_frac = 0;    // fraction of calls since the last reset that used Sinkhorn
   double sinkhorn_iters = 0;   // mean iterations over the calls that used Sinkhorn
   double sinkhorn_error = 0;   // mean final marginal error over those calls
 };
 
+// Joint counts of (input token id, expert) over kept routing slots, for the mutual information
+// between what a token is and where it goes (docs/routers.md, "Specialisation").
+class TokenExpertCounts {
+ public:
+  // token_ids (tokens) int64; routing.experts (tokens, k); slots that are not kept do not count.
+  void add(const torch::Tensor& token_ids, const Routing& routing);
+  bool empty() const { return total_ == 0; }
+  // Plug-in estimate sum_{t,e} p(t,e) log(p(t,e) / (p(t) p(e))) in nats (0 when empty). It is
+  // biased upwards by about (distinct ids - 1)(experts - 1) / (2 slots) (Miller-Madow), so compare
+  // it between runs over the same windows, not against zero.
+  double mutual_information() const;
+
+ private:
+  std::map<std::pair<int64_t, int64_t>, int64_t> joint_;  // (token id, expert) -> slots
+  int64_t total_ = 0;
+};
+
 class RouterImpl : public torch::nn::Module {
  public:
-  // logits: (tokens, experts) gating scores S; hidden: (tokens, d) the gate's input. Every call is
-  // counted here (the Sinkhorn tally), whatever the router decides.
-  Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) {
-    Routing r = decide(logits, hidden, mode, gen);
+  // Every call is counted here (the Sinkhorn tally), whatever the router decides.
+  Routing route(const RouteInput& in, Mode mode, torch::Generator& gen) {
+    Routing r = decide(in, mode, gen);
     ++tally_.calls;
     if (r.used_sinkhorn) {
       ++tally_.sinkhorn_calls;
@@ -65,6 +97,10 @@ class RouterImpl : public torch::nn::Module {
     }
     return r;
   }
+  // logits: (tokens, experts) gating scores S; hidden: (tokens, d) the gate's input.
+  Routing route(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) {
+    return route(RouteInput{logits, hidden, {}, {}}, mode, gen);
+  }
 
   // Called once after every optimizer step. A router with state that follows the training load
   // (an expert bias) updates it here; `sum_over_ranks` sums a tensor over data-parallel ranks
@@ -72,14 +108,19 @@ class RouterImpl : public torch::nn::Module {
   using SumOverRanks = std::function<torch::Tensor(const torch::Tensor&)>;
   virtual void end_step(const SumOverRanks& /*sum_over_ranks*/) {}
 
+  // What stays on at inference, for routers with inference modes (caps.eval_modes; the values of
+  // router.eval_mode): one trained model is then evaluated several ways (eval.router_modes).
+  virtual void set_eval_mode(const std::string& mode) {
+    throw config::ConfigError("eval.router_modes: this router has no inference modes (SSR has: router.name=ssr)");
+  }
+
   // Counts since construction or the last reset.
   const SinkhornTally& sinkhorn_tally() const { return tally_; }
   void reset_sinkhorn_tally() { tally_ = {}; }
 
  protected:
   // The router's own part of route().
-  virtual Routing decide(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode,
-                         torch::Generator& gen) = 0;
+  virtual Routing decide(const RouteInput& in, Mode mode, torch::Generator& gen) = 0;
 
  private:
   SinkhornTally tally_;

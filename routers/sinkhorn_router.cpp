@@ -35,7 +35,8 @@ void fill_sinkhorn_fields(Routing& r, const SinkhornResult& res) {
 
 SinkhornRouter::SinkhornRouter(int64_t top_k, Cost cost, SinkhornOptions opt) : k_(top_k), cost_(cost), opt_(opt) {}
 
-Routing SinkhornRouter::decide(const torch::Tensor& logits, const torch::Tensor&, Mode, torch::Generator&) {
+Routing SinkhornRouter::decide(const RouteInput& in, Mode, torch::Generator&) {
+  const auto& logits = in.logits;  // (tokens, experts)
   auto res = sinkhorn(transport_cost(logits, cost_), opt_);
   Routing r;
   r.experts = stable_top_k(res.plan, k_).second;  // (tokens, k)

@@ -25,7 +25,7 @@ class SinkhornRouter : public RouterImpl {
   SinkhornRouter(int64_t top_k, Cost cost, SinkhornOptions opt);
 
  protected:
-  Routing decide(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
+  Routing decide(const RouteInput& in, Mode mode, torch::Generator& gen) override;
 
  public:
  private:

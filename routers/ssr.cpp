@@ -42,7 +42,8 @@ EvalMode eval_mode_named(const std::string& ev) {
 
 SsrRouter::SsrRouter(int64_t top_k, SsrOptions opt) : k_(top_k), opt_(opt) {}
 
-Routing SsrRouter::decide(const torch::Tensor& logits, const torch::Tensor&, Mode mode, torch::Generator& gen) {
+Routing SsrRouter::decide(const RouteInput& in, Mode mode, torch::Generator& gen) {
+  const auto& logits = in.logits;  // (tokens, experts)
   const bool train = mode == Mode::Train;
   const bool sinkhorn_on = train || opt_.eval_mode == EvalMode::Sinkhorn || opt_.eval_mode == EvalMode::Both;
   const bool noise_on =

@@ -34,11 +34,11 @@ class SsrRouter : public RouterImpl {
   SsrRouter(int64_t top_k, SsrOptions opt);
 
  protected:
-  Routing decide(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
+  Routing decide(const RouteInput& in, Mode mode, torch::Generator& gen) override;
 
  public:
   // Switches what stays on at inference, so one trained model is evaluated several ways (Table 3).
-  void set_eval_mode(EvalMode m) { opt_.eval_mode = m; }
+  void set_eval_mode(const std::string& mode) override { opt_.eval_mode = eval_mode_named(mode); }
 
  private:
   int64_t k_;

@@ -1,5 +1,6 @@
 // Routing statistics of every router (declared in router.hpp): expert loads, MaxVio, dead
-// experts, gate entropy and Sinkhorn counts, as the run log stores them (layerL/*).
+// experts, gate entropy, Sinkhorn counts and the token/expert mutual information, as the run log
+// stores them (layerL/*).
 #include "routers/router.hpp"
 
 #include <cmath>
@@ -53,18 +54,38 @@ RouterStats routing_stats(const torch::Tensor& logits, const Routing& routing, i
   return s;
 }
 
-Routing with_capacity(Routing r, int64_t n_experts, double factor) {
-  const int64_t n = r.experts.size(0), k = r.experts.size(1);
-  const auto capacity =
-      static_cast<int64_t>(std::ceil(factor * static_cast<double>(n * k) / static_cast<double>(n_experts)));
-  // Slots in priority order: every token's first choice, then every second choice, ... (GShard).
-  auto by_choice = r.experts.t().reshape(-1);                   // (k*tokens)
-  auto onehot = torch::one_hot(by_choice, n_experts);           // (k*tokens, experts)
-  auto rank = (onehot.cumsum(0) * onehot).sum(1) - 1;           // (k*tokens) place in its expert's queue
-  auto kept = (rank < capacity).view({k, n}).t().contiguous();  // (tokens, k)
-  r.kept = r.kept.defined() ? r.kept.logical_and(kept) : kept;
-  r.weights = r.weights * r.kept.to(r.weights.scalar_type());  // (tokens, k)
-  return r;
+void TokenExpertCounts::add(const torch::Tensor& token_ids, const Routing& routing) {
+  const int64_t n = routing.experts.size(0), k = routing.experts.size(1);
+  auto ids =
+      token_ids.reshape({n, 1}).expand({n, k}).reshape(-1).to(torch::kCPU, torch::kLong).contiguous();  // (tokens*k)
+  auto experts = routing.experts.reshape(-1).to(torch::kCPU, torch::kLong).contiguous();                // (tokens*k)
+  torch::Tensor kept;                                                                                   // (tokens*k)
+  if (routing.kept.defined()) kept = routing.kept.reshape(-1).to(torch::kCPU).contiguous();
+  const auto* id = ids.data_ptr<int64_t>();
+  const auto* ex = experts.data_ptr<int64_t>();
+  const bool* keep = kept.defined() ? kept.data_ptr<bool>() : nullptr;
+  for (int64_t i = 0; i < n * k; ++i) {
+    if (keep && !keep[i]) continue;
+    ++joint_[{id[i], ex[i]}];
+    ++total_;
+  }
+}
+
+double TokenExpertCounts::mutual_information() const {
+  if (total_ == 0) return 0;
+  std::map<int64_t, int64_t> by_token, by_expert;
+  for (const auto& [te, c] : joint_) {
+    by_token[te.first] += c;
+    by_expert[te.second] += c;
+  }
+  const double n = static_cast<double>(total_);
+  double mi = 0;
+  // p(t,e) log(p(t,e) / (p(t) p(e))) = c/n * log(c n / (c_t c_e))
+  for (const auto& [te, c] : joint_) {
+    const double ct = static_cast<double>(by_token.at(te.first)), ce = static_cast<double>(by_expert.at(te.second));
+    mi += static_cast<double>(c) / n * std::log(static_cast<double>(c) * n / (ct * ce));
+  }
+  return std::max(0.0, mi);  // rounding can leave -1e-17 for independent counts
 }
 
 }  // namespace ssr::routers

@@ -35,7 +35,8 @@ torch::Tensor swin_moe_balance_loss(const torch::Tensor& probs, const torch::Ten
 SwinMoeGate::SwinMoeGate(int64_t top_k, double gate_noise, double capacity_factor, double coef)
     : k_(top_k), gate_noise_(gate_noise), capacity_factor_(capacity_factor), coef_(coef) {}
 
-Routing SwinMoeGate::decide(const torch::Tensor& logits, const torch::Tensor&, Mode mode, torch::Generator& gen) {
+Routing SwinMoeGate::decide(const RouteInput& in, Mode mode, torch::Generator& gen) {
+  const auto& logits = in.logits;  // (tokens, experts)
   const int64_t n = logits.size(0), e = logits.size(1);
   auto clean = at_least_float(logits);  // (tokens, experts)
   auto noisy = clean;                   // (tokens, experts)

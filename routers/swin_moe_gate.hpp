@@ -17,7 +17,7 @@ class SwinMoeGate : public RouterImpl {
   SwinMoeGate(int64_t top_k, double gate_noise, double capacity_factor, double coef);
 
  protected:
-  Routing decide(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
+  Routing decide(const RouteInput& in, Mode mode, torch::Generator& gen) override;
 
  public:
  private:

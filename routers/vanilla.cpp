@@ -26,7 +26,8 @@ Routing top_k_softmax(const torch::Tensor& logits, int64_t k) {
 
 VanillaRouter::VanillaRouter(int64_t top_k) : k_(top_k) {}
 
-Routing VanillaRouter::decide(const torch::Tensor& logits, const torch::Tensor&, Mode, torch::Generator&) {
+Routing VanillaRouter::decide(const RouteInput& in, Mode, torch::Generator&) {
+  const auto& logits = in.logits;  // (tokens, experts)
   return top_k_softmax(logits, k_);
 }
 

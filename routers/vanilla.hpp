@@ -14,7 +14,7 @@ class VanillaRouter : public RouterImpl {
   explicit VanillaRouter(int64_t top_k);
 
  protected:
-  Routing decide(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
+  Routing decide(const RouteInput& in, Mode mode, torch::Generator& gen) override;
 
  public:
  private:

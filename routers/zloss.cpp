@@ -18,7 +18,8 @@ torch::Tensor z_loss(const torch::Tensor& logits) {
 ZLossRouter::ZLossRouter(int64_t top_k, double lb_coef, LbForm form, double z_coef)
     : k_(top_k), lb_coef_(lb_coef), z_coef_(z_coef), form_(form) {}
 
-Routing ZLossRouter::decide(const torch::Tensor& logits, const torch::Tensor&, Mode, torch::Generator&) {
+Routing ZLossRouter::decide(const RouteInput& in, Mode, torch::Generator&) {
+  const auto& logits = in.logits;  // (tokens, experts)
   auto r = top_k_softmax(logits, k_);
   r.aux_loss = lb_coef_ * load_balance_loss(logits, r.experts, form_) + z_coef_ * z_loss(logits);
   return r;

@@ -12,7 +12,7 @@ class ZLossRouter : public RouterImpl {
   ZLossRouter(int64_t top_k, double lb_coef, LbForm form, double z_coef);
 
  protected:
-  Routing decide(const torch::Tensor& logits, const torch::Tensor& hidden, Mode mode, torch::Generator& gen) override;
+  Routing decide(const RouteInput& in, Mode mode, torch::Generator& gen) override;
 
  public:
  private:

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "harness/store/store.hpp"
+#include "tests/helpers.hpp"
 
 namespace ssr::testing {
 
@@ -40,15 +41,6 @@ inline Result shell(const std::string& command) {
 
 // `ssr ARGS`.
 inline Result run(const std::string& args) { return shell(fmt::format("'{}' {}", kBin, args)); }
-
-// A store path under a directory of this test process; the file and its WAL are removed first.
-inline std::string temp_db(const std::string& suite, const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() / fmt::format("ssr_{}_{}", suite, ::getpid());
-  std::filesystem::create_directories(dir);
-  const auto p = (dir / name).string();
-  for (const char* ext : {"", "-wal", "-shm"}) std::filesystem::remove(p + ext);
-  return p;
-}
 
 // The values of one metric of a run, in step order.
 inline std::vector<double> series(const store::Store& s, int64_t run, const std::string& split,

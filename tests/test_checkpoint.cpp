@@ -14,6 +14,7 @@
 #include "harness/store/store.hpp"
 #include "harness/train/checkpoint.hpp"
 #include "tests/cli_helpers.hpp"
+#include "tests/helpers.hpp"
 
 namespace fs = std::filesystem;
 using ssr::train::CheckpointError;
@@ -22,12 +23,7 @@ using ssr::train::write_checkpoint;
 
 namespace {
 
-fs::path temp_dir(const std::string& name) {
-  const auto dir = fs::temp_directory_path() / fmt::format("ssr_ckpt_test_{}_{}", ::getpid(), name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+using ssr::testing::temp_dir;
 
 std::string bytes_of(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -62,7 +58,7 @@ std::string refusal(const std::function<void()>& f) {
 }  // namespace
 
 TEST_CASE("a checkpoint reads back bit for bit and leaves no temporary", "[checkpoint]") {
-  const auto dir = temp_dir("roundtrip");
+  const auto dir = temp_dir("ckpt_test", "roundtrip");
   const auto w = torch::randn({64, 33}, torch::kDouble);
   write_weights(dir / "sub" / "last.pt", w);  // creates the folder
   CHECK(torch::equal(read_weights(dir / "sub" / "last.pt"), w));
@@ -73,7 +69,7 @@ TEST_CASE("a checkpoint reads back bit for bit and leaves no temporary", "[check
 }
 
 TEST_CASE("damaged, foreign and older checkpoints are refused with one line naming the file", "[checkpoint]") {
-  const auto dir = temp_dir("damaged");
+  const auto dir = temp_dir("ckpt_test", "damaged");
   const auto good = dir / "good.pt";
   write_weights(good, torch::randn({256, 64}));
   const std::string b = bytes_of(good);
@@ -131,7 +127,7 @@ TEST_CASE("damaged, foreign and older checkpoints are refused with one line nami
 }
 
 TEST_CASE("a write that fails on a full disk keeps the previous checkpoint and removes its temporary", "[checkpoint]") {
-  const auto dir = temp_dir("full");
+  const auto dir = temp_dir("ckpt_test", "full");
   const auto path = dir / "last.pt";
   const auto w = torch::randn({8, 8});
   write_weights(path, w);
@@ -154,7 +150,7 @@ TEST_CASE("a write that fails on a full disk keeps the previous checkpoint and r
 }
 
 TEST_CASE("resuming from a corrupted checkpoint is refused with the file's name", "[checkpoint][train]") {
-  const auto dir = temp_dir("resume");
+  const auto dir = temp_dir("ckpt_test", "resume");
   const auto db = (dir / "runs.db").string();
   const std::string cfg = std::string(SSR_SOURCE_DIR) + "/experiments/demo.yaml";
   const std::string args =

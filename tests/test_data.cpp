@@ -12,12 +12,15 @@
 #include "harness/config/config.hpp"
 #include "harness/data/attack.hpp"
 #include "harness/data/corpus.hpp"
+#include "tests/helpers.hpp"
 
 namespace fs = std::filesystem;
 using namespace ssr;
 using data::StreamBatcher;
 
 namespace {
+
+using ssr::testing::cpu_gen;
 
 fs::path data_root() {
   if (const char* env = std::getenv("SSR_DATA")) return env;
@@ -69,8 +72,6 @@ std::vector<int64_t> ids_of(const torch::Tensor& t) {
   auto c = t.contiguous();
   return {c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel()};
 }
-
-torch::Generator cpu_gen(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
 
 }  // namespace
 

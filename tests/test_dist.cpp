@@ -21,10 +21,13 @@
 #include "harness/dist/dist.hpp"
 #include "harness/store/store.hpp"
 #include "tests/cli_helpers.hpp"
+#include "tests/helpers.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
+
+using ssr::testing::temp_db;
 
 using ssr::testing::kBin;
 using ssr::testing::result;
@@ -38,8 +41,6 @@ const std::string kTiny =
     "eval.max_segments=3 train.eval_every=4 train.eval_segments=2 model.dropout=0 run.dist_timeout_s=60 "
     "run.out_dir=" +
     (fs::temp_directory_path() / ("ssr_dist_ckpt_" + std::to_string(::getpid()))).string();
-
-std::string temp_db(const std::string& name) { return ssr::testing::temp_db("dist", name); }
 
 // The one run of a store that must hold exactly one.
 ssr::store::Run only_run(ssr::store::Store& s) {
@@ -63,7 +64,7 @@ struct Pair {
   ssr::store::Run r1, r2;
 };
 std::unique_ptr<Pair> train_pair(const std::string& name, const std::string& one_args, const std::string& two_args) {
-  const auto db1 = temp_db(name + "_1.db"), db2 = temp_db(name + "_2.db");
+  const auto db1 = temp_db("dist", name + "_1.db"), db2 = temp_db("dist", name + "_2.db");
   auto a = run(fmt::format("train {} {} {} --db {} --quiet", kDemo, kTiny, one_args, db1));
   INFO(a.out);
   REQUIRE(a.code == 0);
@@ -191,7 +192,7 @@ TEST_CASE("router.global_batch routes the ranks' streams as one router call", "[
 }
 
 TEST_CASE("a killed rank fails the run without a hang, and the run resumes to the same losses", "[dist]") {
-  const auto db_a = temp_db("kill_ref.db"), db_b = temp_db("kill.db");
+  const auto db_a = temp_db("dist", "kill_ref.db"), db_b = temp_db("dist", "kill.db");
   // Dropout on: each rank draws its own masks, and the resumed run must restore both streams.
   const std::string args =
       kTiny + " model.dropout=0.1 train.steps=60 train.checkpoint_every=10 router=ssr_l router.p=0.3";
@@ -236,7 +237,7 @@ TEST_CASE("a killed rank fails the run without a hang, and the run resumes to th
 }
 
 TEST_CASE("when rank 0 dies the launcher marks its run failed", "[dist]") {
-  const auto db = temp_db("kill0.db");
+  const auto db = temp_db("dist", "kill0.db");
   std::vector<std::string> cmd = {"train", kDemo};
   for (const auto& w : words(kTiny + " train.steps=100000")) cmd.push_back(w);
   for (const auto& w : words(fmt::format("--nproc 2 --db {} --quiet", db))) cmd.push_back(w);
@@ -255,7 +256,7 @@ TEST_CASE("when rank 0 dies the launcher marks its run failed", "[dist]") {
 }
 
 TEST_CASE("distributed input errors stop before any rank starts, with one line", "[dist]") {
-  const auto db = temp_db("rejected.db");
+  const auto db = temp_db("dist", "rejected.db");
   struct Case {
     std::string args, expect;
   };
@@ -400,7 +401,7 @@ TEST_CASE("ranks come from the launcher's, torchrun's or Slurm's environment", "
 
 TEST_CASE("a sweep job with run.nproc=2 trains on two ranks into its one row, and its Slurm task asks for one node",
           "[dist][sweep]") {
-  const auto db = temp_db("sweep.db");
+  const auto db = temp_db("dist", "sweep.db");
   const auto file = fs::path(db).parent_path() / "dp-sweep.yaml";
   std::string overrides;
   std::istringstream tokens(kTiny);

@@ -8,19 +8,20 @@
 #include <fstream>
 
 #include "tests/cli_helpers.hpp"
+#include "tests/helpers.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-fs::path temp_dir() {
+fs::path inputs_dir() {
   const auto dir = fs::temp_directory_path() / fmt::format("ssr_inputs_{}", ::getpid());
   fs::create_directories(dir);
   return dir;
 }
 
 std::string write_file(const std::string& name, const std::string& text) {
-  const auto p = temp_dir() / name;
+  const auto p = inputs_dir() / name;
   std::ofstream(p) << text;
   return p.string();
 }
@@ -28,7 +29,7 @@ std::string write_file(const std::string& name, const std::string& text) {
 }  // namespace
 
 TEST_CASE("bad stores, YAML and keys are refused with one line, and a refused run leaves no store", "[config][cli]") {
-  const auto dir = temp_dir();
+  const auto dir = inputs_dir();
   const std::string demo = "experiments/demo.yaml train.steps=1";
   const std::string absent = (dir / "absent.db").string();
   struct Case {
@@ -49,7 +50,7 @@ TEST_CASE("bad stores, YAML and keys are refused with one line, and a refused ru
       {"a typo in a key", "config experiments/demo.yaml router.pp=1", "did you mean router.p?"},
       {"a typo in a group choice", "config experiments/demo.yaml router=ssr-l", "did you mean router=ssr_l?"},
       {"a group choice that is no file", "config experiments/demo.yaml router=zzz",
-       "(choices: aux_free, expert_choice"},
+       "(choices: aux_free, entropy, expert_choice"},
       // Refused by the task, after the store was opened: the store it created is removed again.
       {"a split the data lacks", "train " + demo + " 'eval.splits=[nope]' --db " + absent, "no split 'nope'"},
   };

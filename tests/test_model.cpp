@@ -11,12 +11,15 @@
 #include "models/moe.hpp"
 #include "models/precision.hpp"
 #include "models/switch_lm.hpp"
+#include "tests/helpers.hpp"
 
 using namespace ssr;
 using models::LMState;
 using models::SwitchLM;
 
 namespace {
+
+using ssr::testing::cpu_gen;
 
 config::Config with(const std::vector<std::string>& overrides) {
   config::Config cfg;
@@ -29,8 +32,6 @@ config::Config tiny(std::vector<std::string> extra = {}) {
   o.insert(o.end(), extra.begin(), extra.end());
   return with(o);
 }
-
-torch::Generator cpu_gen(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
 
 int64_t count_of(const std::vector<models::ParamCount>& rows, const std::string& name) {
   for (const auto& r : rows)
@@ -351,7 +352,7 @@ TEST_CASE("module shapes and state of the tiny model", "[model][shapes]") {
   models::Layer layer(cfg);
   auto h = torch::randn({b, m, d});
   torch::Tensor momentum;
-  CHECK(layer->forward(h, torch::zeros({b, span, d}), lm->key_pe, momentum, aux, gen).sizes() == h.sizes());
+  CHECK(layer->forward(h, torch::zeros({b, span, d}), lm->key_pe, momentum, aux, gen, tokens).sizes() == h.sizes());
 }
 
 TEST_CASE("carried caches make two segments equal one segment twice as long", "[model][cache]") {

@@ -29,10 +29,13 @@ TEST_CASE("every registered router builds from its defaults and routes in traini
     auto router = make_router(cfg, /*d_model=*/8, /*n_experts=*/4, /*top_k=*/2);
     REQUIRE(router);
     auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
-    const auto logits = torch::randn({16, 4}, gen);  // (tokens, experts)
-    const auto hidden = torch::randn({16, 8}, gen);  // (tokens, d_model)
+    RouteInput in;
+    in.logits = torch::randn({16, 4}, gen);                         // (tokens, experts)
+    in.hidden = torch::randn({16, 8}, gen);                         // (tokens, d_model)
+    in.token_ids = torch::randint(0, 50, {16}, gen, torch::kLong);  // (tokens)
+    in.gate_weight = torch::randn({4, 8}, gen);                     // (experts, d_model)
     for (const auto mode : {Mode::Train, Mode::Eval}) {
-      const auto r = router->route(logits, hidden, mode, gen);
+      const auto r = router->route(in, mode, gen);
       CHECK(r.experts.size(0) == 16);
       CHECK(r.weights.sizes() == r.experts.sizes());
       // (tokens, k) for top-k routers; Expert Choice gives a token as many slots as experts took it.
@@ -100,6 +103,14 @@ TEST_CASE("every registered router trains through `ssr train`, and the expert bi
     if (registry()[i].name == "aux-free") aux_free_run = static_cast<int64_t>(i) + 1;
   REQUIRE(aux_free_run > 0);
   ssr::store::Store store(db);
+  // Every LM run records the token/expert mutual information (test_routers.cpp checks its value).
+  for (size_t i = 0; i < registry().size(); ++i) {
+    INFO("router.name=" << registry()[i].name);
+    bool found = false;
+    for (const auto& r : store.results(static_cast<int64_t>(i) + 1))
+      if (r.split == "train" && r.name == "token_mi") found = r.value >= 0;
+    CHECK(found);
+  }
   const auto last = ssr::train::run_dir((dir / "ckpt").string(), store, aux_free_run) / "last.pt";
   torch::serialize::InputArchive ar, model, layers, layer, moe, router;
   ssr::train::read_checkpoint(ar, last, torch::kCPU);

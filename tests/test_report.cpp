@@ -13,14 +13,16 @@
 #include "harness/store/store.hpp"
 #include "tests/cli_helpers.hpp"
 #include "harness/sweep/sweep.hpp"
+#include "tests/helpers.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
 
+using ssr::testing::kSrc;
+
 using ssr::testing::check_golden;
 
-const std::string kSrc = SSR_SOURCE_DIR;
 const std::string kStudy = kSrc + "/tests/fixtures/report-study.yaml";
 
 // Config hashes change whenever the schema gains a key, the store is a temporary file and the

@@ -5,11 +5,15 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "routers/aux_free.hpp"
 #include "routers/expert_choice.hpp"
+#include "routers/hash.hpp"
 #include "routers/lb.hpp"
 #include "routers/noisy.hpp"
+#include "routers/osr.hpp"
+#include "routers/regularised.hpp"
 #include "routers/registry.hpp"
 #include "routers/router.hpp"
 #include "routers/sinkhorn_router.hpp"
@@ -17,18 +21,16 @@
 #include "routers/util.hpp"
 #include "routers/vanilla.hpp"
 #include "routers/zloss.hpp"
+#include "tests/helpers.hpp"
 
 using namespace ssr::routers;
 namespace fs = std::filesystem;
 
 namespace {
 
-torch::Generator cpu_gen(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
-
-torch::Tensor random_logits(int64_t m, int64_t n, double scale, uint64_t seed, torch::Dtype dtype = torch::kFloat32) {
-  auto gen = cpu_gen(seed);
-  return scale * torch::randn({m, n}, gen, torch::TensorOptions().dtype(dtype));  // (m, n)
-}
+using ssr::testing::cpu_gen;
+using ssr::testing::normal_cdf;
+using ssr::testing::random_logits;
 
 ssr::config::Config router_cfg(std::initializer_list<std::pair<const char*, ssr::config::json>> kv) {
   ssr::config::Config cfg;
@@ -42,8 +44,6 @@ Router build(std::initializer_list<std::pair<const char*, ssr::config::json>> kv
 }
 
 bool same(const torch::Tensor& a, const torch::Tensor& b) { return a.sizes() == b.sizes() && a.equal(b); }
-
-double normal_cdf(double z) { return 0.5 * std::erfc(-z / std::sqrt(2.0)); }
 
 }  // namespace
 
@@ -493,7 +493,12 @@ TEST_CASE("router configs: every experiments/router file builds its router", "[r
     INFO(name);
     auto cfg = ssr::config::resolve(empty.string(), {"router=" + name});
     auto router = make_router(cfg, 8, 16, 2);
-    auto r = router->route(random_logits(64, 16, 1.0, 5), torch::zeros({64, 8}), Mode::Train, gen);
+    RouteInput in;
+    in.logits = random_logits(64, 16, 1.0, 5);                       // (tokens, experts)
+    in.hidden = torch::randn({64, 8}, gen);                          // (tokens, d)
+    in.token_ids = torch::randint(0, 100, {64}, gen, torch::kLong);  // (tokens)
+    in.gate_weight = torch::randn({16, 8}, gen);                     // (experts, d)
+    auto r = router->route(in, Mode::Train, gen);
     CHECK(r.experts.size(0) == 64);
     // Expert Choice gives a token as many slots as experts took it; top-k routers give k.
     if (!router_spec(cfg.s("router.name")).caps.own_capacity) CHECK(r.experts.size(1) == 2);
@@ -615,4 +620,121 @@ TEST_CASE("expert capacity (Switch/GShard): first choices first, the overflow dr
   CHECK(stats.drop_rate == Approx(4.0 / 8));
   CHECK(stats.unrouted == Approx(1.0 / 4));
   CHECK(stats.tokens_per_expert == std::vector<int64_t>{2, 2});
+}
+
+TEST_CASE("hash: a fixed random table of token ids, k distinct experts, weight 1/k, gate ignored", "[routers]") {
+  // The table is a function of (seed, id) only.
+  CHECK(hashed_experts(0, 17, 8, 2) == hashed_experts(0, 17, 8, 2));
+  int64_t moved = 0;
+  for (int64_t id = 0; id < 100; ++id) {
+    const auto e = hashed_experts(0, id, 8, 3);
+    REQUIRE(e.size() == 3);
+    CHECK(std::set<int64_t>(e.begin(), e.end()).size() == 3);
+    moved += hashed_experts(1, id, 8, 3) != e;
+  }
+  CHECK(moved > 90);  // another seed is another table
+  // Balanced over a vocabulary: 40,000 ids over 4 experts, each share 0.25 +- 0.01 (binomial sd 0.0022).
+  std::vector<int64_t> count(4, 0);
+  for (int64_t id = 0; id < 40000; ++id) ++count[hashed_experts(7, id, 4, 1)[0]];
+  for (const auto c : count) CHECK(std::abs(static_cast<double>(c) / 40000 - 0.25) < 0.01);
+
+  auto gen = cpu_gen(0);
+  auto router = build({{"name", "hash"}}, 8, 8, 2);
+  RouteInput in;
+  in.logits = random_logits(6, 8, 1.0, 1);  // (tokens, experts)
+  in.hidden = torch::zeros({6, 0});
+  in.token_ids = torch::tensor({5, 9, 5, 0, 123456789, 9}, torch::kInt64);
+  const auto r = router->route(in, Mode::Train, gen);
+  for (int64_t t = 0; t < 6; ++t) {
+    const auto e = hashed_experts(0, in.token_ids[t].item<int64_t>(), 8, 2);
+    CHECK(r.experts[t][0].item<int64_t>() == e[0]);
+    CHECK(r.experts[t][1].item<int64_t>() == e[1]);
+  }
+  CHECK(torch::allclose(r.weights, torch::full({6, 2}, 0.5)));
+  CHECK(r.experts[0].equal(r.experts[2]));  // same id, same experts
+  in.logits = random_logits(6, 8, 5.0, 2);  // other logits, same routing, in eval too
+  CHECK(router->route(in, Mode::Eval, gen).experts.equal(r.experts));
+}
+
+TEST_CASE("osr: the score by hand, and repulsion 0 is Sinkhorn routing on the cosine scores", "[routers]") {
+  // x = (1, 0); gate rows (1, 0), (0, 1), (1, 1). sim = [1, 0, 1/sqrt 2]; G o G off the diagonal:
+  // (0,2) and (1,2) are 1/2. |sim| (G o G) = [0.35355, 0.35355, 0.5]; lambda 0.5 subtracts half.
+  const auto x = torch::tensor({{1.0, 0.0}});
+  const auto w = torch::tensor({{1.0, 0.0}, {0.0, 1.0}, {1.0, 1.0}});
+  const auto score = osr_score(x, w, 0.5);
+  const std::vector<double> expected = {0.8232233, -0.1767767, 0.4571068};
+  for (int64_t e = 0; e < 3; ++e) CHECK(score[0][e].item<double>() == Approx(expected[e]).margin(1e-6));
+  CHECK(torch::allclose(osr_score(x, w, 0.0), torch::tensor({{1.0, 0.0, 1.0 / std::sqrt(2.0)}}), 1e-6, 1e-6));
+
+  auto gen = cpu_gen(0);
+  RouteInput in;
+  in.hidden = torch::randn({32, 8}, gen);      // (tokens, d)
+  in.gate_weight = torch::randn({4, 8}, gen);  // (experts, d)
+  in.logits = random_logits(32, 4, 1.0, 3);    // (tokens, experts)
+  const auto cos = osr_score(in.hidden, in.gate_weight, 0.0);
+  const auto plain = build({{"name", "sinkhorn"}})->route(cos, in.hidden, Mode::Train, gen);
+  const auto osr0 = build({{"name", "osr"}, {"osr_repulsion", 0.0}})->route(in, Mode::Train, gen);
+  CHECK(osr0.experts.equal(plain.experts));
+  CHECK(torch::allclose(osr0.weights, softmax_at(in.logits, osr0.experts), 1e-6, 1e-6));
+  CHECK(osr0.used_sinkhorn);
+  // Two nearly parallel experts repel each other: strong repulsion moves some choices; the
+  // weights still come from the logits.
+  in.gate_weight[1] = in.gate_weight[0] + 0.1 * torch::randn({8}, gen);
+  const auto osr0b = build({{"name", "osr"}, {"osr_repulsion", 0.0}})->route(in, Mode::Train, gen);
+  const auto osr = build({{"name", "osr"}, {"osr_repulsion", 2.0}})->route(in, Mode::Train, gen);
+  CHECK_FALSE(osr.experts.equal(osr0b.experts));
+  CHECK(torch::allclose(osr.weights, softmax_at(in.logits, osr.experts), 1e-6, 1e-6));
+}
+
+TEST_CASE("regularisers by hand: gate-row orthogonality and gate entropy", "[routers]") {
+  // Rows (1, 0) and (1, 1): cosine 1/sqrt 2, so ||G - I||_F^2 = 2 * 1/2 = 1. Orthogonal rows: 0.
+  CHECK(gate_orthogonality_loss(torch::tensor({{1.0, 0.0}, {1.0, 1.0}})).item<double>() == Approx(1.0).margin(1e-6));
+  CHECK(gate_orthogonality_loss(torch::tensor({{2.0, 0.0}, {0.0, -3.0}})).item<double>() == Approx(0).margin(1e-7));
+  // Entropy: uniform over 2 is ln 2; logits (0, ln 3) give (1/4, 3/4): 0.5623351.
+  CHECK(gate_entropy_loss(torch::tensor({{0.0, 0.0}, {0.0, std::log(3.0)}})).item<double>() ==
+        Approx((std::log(2.0) + 0.5623351) / 2).margin(1e-6));
+
+  auto gen = cpu_gen(0);
+  RouteInput in;
+  in.logits = random_logits(16, 4, 1.0, 5).requires_grad_(true);
+  in.hidden = torch::zeros({16, 0});
+  in.gate_weight = torch::randn({4, 8}, gen).requires_grad_(true);
+  const auto vanilla = build({{"name", "vanilla"}})->route(in, Mode::Train, gen);
+  const auto ortho = build({{"name", "ortho"}, {"ortho_coef", 0.5}})->route(in, Mode::Train, gen);
+  CHECK(ortho.experts.equal(vanilla.experts));  // the regulariser only adds a loss
+  CHECK(ortho.aux_loss.item<double>() ==
+        Approx(0.5 * gate_orthogonality_loss(in.gate_weight).item<double>()).epsilon(1e-6));
+  ortho.aux_loss.backward();
+  REQUIRE(in.gate_weight.grad().defined());
+  CHECK(in.gate_weight.grad().abs().sum().item<double>() > 0);
+  const auto ent = build({{"name", "entropy"}, {"entropy_coef", 0.1}})->route(in, Mode::Train, gen);
+  CHECK(ent.experts.equal(vanilla.experts));
+  CHECK(ent.aux_loss.item<double>() == Approx(0.1 * gate_entropy_loss(in.logits).item<double>()).epsilon(1e-6));
+}
+
+TEST_CASE("token/expert mutual information by hand", "[routers]") {
+  const auto routed = [](std::vector<int64_t> experts, torch::Tensor kept = {}) {
+    Routing r;
+    r.experts = torch::tensor(experts, torch::kInt64).view({-1, 1});  // (tokens, 1)
+    r.kept = kept;
+    return r;
+  };
+  const auto ids = torch::tensor({1, 1, 2, 2}, torch::kInt64);
+  struct Case {
+    std::vector<int64_t> experts;
+    double mi;
+  };
+  // The expert is the token: ln 2. Independent: 0. (1,0) (1,1) (2,1) (2,1):
+  // 1/4 ln 2 + 1/4 ln(2/3) + 1/2 ln(4/3) = 0.2157616.
+  for (const auto& c :
+       std::vector<Case>{{{0, 0, 1, 1}, std::log(2.0)}, {{0, 1, 0, 1}, 0.0}, {{0, 1, 1, 1}, 0.2157616}}) {
+    TokenExpertCounts counts;
+    counts.add(ids, routed(c.experts));
+    CHECK(counts.mutual_information() == Approx(c.mi).margin(1e-6));
+  }
+  // Dropped slots do not count: without the 2nd token the expert is the token again.
+  TokenExpertCounts counts;
+  counts.add(ids, routed({0, 1, 1, 1}, torch::tensor({true, false, true, true}).view({-1, 1})));
+  CHECK(counts.mutual_information() == Approx(std::log(3.0) - (2.0 / 3) * std::log(2.0)).margin(1e-6));
+  CHECK(TokenExpertCounts().mutual_information() == 0);
 }

@@ -5,15 +5,13 @@
 
 #include "models/precision.hpp"
 #include "routers/sinkhorn.hpp"
+#include "tests/helpers.hpp"
 
 using namespace ssr::routers;
 
 namespace {
 
-torch::Tensor random_logits(int64_t m, int64_t n, double scale, uint64_t seed, torch::Dtype dtype = torch::kFloat32) {
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  return scale * torch::randn({m, n}, gen, torch::TensorOptions().dtype(dtype));  // (m, n)
-}
+using ssr::testing::random_logits;
 
 SinkhornOptions opts(double xi, Numerics num, double delta, int64_t max_iter, int64_t check_every = 10) {
   SinkhornOptions o;

@@ -11,18 +11,14 @@
 #include "harness/config/config.hpp"
 #include "harness/store/query.hpp"
 #include "harness/store/store.hpp"
+#include "tests/helpers.hpp"
 
 namespace fs = std::filesystem;
 using ssr::store::Store;
 
 namespace {
-std::string temp_db(const std::string& name) {
-  auto dir = fs::temp_directory_path() / ("ssr_store_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  auto p = dir / name;
-  for (const char* ext : {"", "-wal", "-shm"}) fs::remove(p.string() + ext);
-  return p.string();
-}
+
+using ssr::testing::temp_db;
 
 int64_t count(Store& s, const std::string& sql) {
   sqlite3_stmt* st = nullptr;
@@ -35,7 +31,7 @@ int64_t count(Store& s, const std::string& sql) {
 }  // namespace
 
 TEST_CASE("store migrates an empty file and reopens without migrating again", "[store]") {
-  const auto path = temp_db("migrate.db");
+  const auto path = temp_db("store", "migrate.db");
   {
     Store s(path + "");
     CHECK(s.schema_version() == 4);
@@ -52,7 +48,7 @@ TEST_CASE("store migrates an empty file and reopens without migrating again", "[
 }
 
 TEST_CASE("store upgrades a version-1 file in place, keeping its runs", "[store]") {
-  const auto path = temp_db("upgrade.db");
+  const auto path = temp_db("store", "upgrade.db");
   {
     Store s(path);
     s.create_run("abc", {{"x", 1}}, 1, ssr::store::this_machine("cpu"));
@@ -90,7 +86,7 @@ TEST_CASE("store upgrades a version-1 file in place, keeping its runs", "[store]
 }
 
 TEST_CASE("store round-trips runs metrics results and NaN", "[store]") {
-  Store s(temp_db("roundtrip.db"));
+  Store s(temp_db("store", "roundtrip.db"));
   ssr::config::Config cfg;
   const auto info = ssr::store::this_machine("cpu");
   CHECK(!info.host.empty());
@@ -125,7 +121,7 @@ TEST_CASE("store round-trips runs metrics results and NaN", "[store]") {
 }
 
 TEST_CASE("concurrent writer processes lose no rows", "[store]") {
-  const auto path = temp_db("concurrent.db");
+  const auto path = temp_db("store", "concurrent.db");
   const int kProcs = 4, kRuns = 5, kRows = 50;
   std::vector<pid_t> kids;
   for (int p = 0; p < kProcs; ++p) {
@@ -165,7 +161,7 @@ TEST_CASE("concurrent writer processes lose no rows", "[store]") {
 }
 
 TEST_CASE("a running row whose heartbeat stopped is stale", "[store]") {
-  Store s(temp_db("stale.db"));
+  Store s(temp_db("store", "stale.db"));
   const int64_t id = s.create_run("h", nlohmann::json::object(), 1, {"rev", "host", "cpu", "x"});
   auto r = *s.run(id);
   CHECK(r.shown_status(60) == "running");
@@ -175,7 +171,7 @@ TEST_CASE("a running row whose heartbeat stopped is stale", "[store]") {
 }
 
 TEST_CASE("where-filters select on config keys groups and columns", "[store]") {
-  Store s(temp_db("where.db"));
+  Store s(temp_db("store", "where.db"));
   ssr::config::Config a, b;
   a.set("router.name", "ssr", "test");
   a.set("router.p", 0.01, "test");

@@ -15,6 +15,7 @@
 #include "harness/train/schedule.hpp"
 #include "models/switch_lm.hpp"
 #include "tests/cli_helpers.hpp"
+#include "tests/helpers.hpp"
 
 namespace fs = std::filesystem;
 using ssr::testing::run;
@@ -22,12 +23,10 @@ using ssr::testing::shell;
 
 namespace {
 
-const std::string kSrc = SSR_SOURCE_DIR;
-std::string temp_db(const std::string& name) { return ssr::testing::temp_db("study", name); }
+using ssr::testing::resolve_experiment;
+using ssr::testing::temp_db;
 
-ssr::config::Config resolve(const std::string& file, const std::vector<std::string>& overrides) {
-  return ssr::config::resolve(kSrc + "/experiments/" + file, overrides);
-}
+using ssr::testing::kSrc;
 
 }  // namespace
 
@@ -36,7 +35,7 @@ TEST_CASE("paired differences and their intervals match a hand-computed case", "
   // half-width t(2) 4.303 x s / sqrt 3 = 1.8974. In % of a: 10, 4.1667, 14.2857: mean 9.4841,
   // half-width 12.6185. Neither interval excludes 0, so neither is starred.
   const std::string file = kSrc + "/tests/fixtures/paired-study.yaml";
-  const auto db = temp_db("paired.db");
+  const auto db = temp_db("study", "paired.db");
   ssr::store::Store s(db);
   const std::map<std::string, std::vector<double>> ppl = {{"a", {10, 12, 14}}, {"b", {11, 12.5, 16}}};
   for (const auto& j : ssr::sweep::load(file, {}).jobs) {
@@ -64,7 +63,7 @@ TEST_CASE("a seed gives every router the same initial weights", "[study][model]"
   // The trainer seeds torch before it builds the model; routers with parameters of their own
   // (noisy's noise weights) must not shift the draws of the layers built after them.
   auto params = [](const std::string& router) {
-    const auto cfg = resolve("demo.yaml", {"router=" + router, "run.seed=7"});
+    const auto cfg = resolve_experiment("demo.yaml", {"router=" + router, "run.seed=7"});
     torch::manual_seed(7);
     ssr::models::SwitchLM model(cfg, 50);
     std::map<std::string, torch::Tensor> out;
@@ -85,7 +84,7 @@ TEST_CASE("a seed gives every router the same initial weights", "[study][model]"
 
 TEST_CASE("expected and observed Sinkhorn forwards agree in a seeded run", "[study][train]") {
   // 2 layers x 40 steps x 1 call at p = 0.5: 40 expected, binomial sd sqrt(80 x 0.25) = 4.5.
-  const auto db = temp_db("count.db");
+  const auto db = temp_db("study", "count.db");
   const std::string args = fmt::format(
       "{}/experiments/lm-demo-enwik8.yaml router=ssr_l router.p=0.5 router.max_iter=3 train.steps=40 run.log_every=7 "
       "train.eval_every=0 eval.max_segments=1 run.out_dir={} --db {} --quiet",
@@ -113,9 +112,9 @@ TEST_CASE("expected and observed Sinkhorn forwards agree in a seeded run", "[stu
 }
 
 TEST_CASE("char corpus: nanoGPT's Tiny Shakespeare split and sorted vocabulary", "[study][data]") {
-  const auto cfg =
-      resolve("shakespeare-char.yaml",
-              {"data.cache_dir=" + (fs::temp_directory_path() / fmt::format("ssr_char_{}", ::getpid())).string()});
+  const auto cfg = resolve_experiment(
+      "shakespeare-char.yaml",
+      {"data.cache_dir=" + (fs::temp_directory_path() / fmt::format("ssr_char_{}", ::getpid())).string()});
   const auto c = ssr::data::load_corpus(cfg);
   // prepare.py: n = 1,115,394; train = data[:int(n * 0.9)], val = the rest; 65 characters.
   CHECK(c.vocab_size() == 65);
@@ -128,15 +127,15 @@ TEST_CASE("char corpus: nanoGPT's Tiny Shakespeare split and sorted vocabulary",
   // "First Citizen" starts the text: F is stoi['F'] = 18 in nanoGPT's sorted vocabulary.
   CHECK(c.splits.at("train")[0].item<int64_t>() == 18);
   CHECK(c.vocab[18] == "F");
-  CHECK_THROWS_WITH(ssr::data::load_corpus(resolve("shakespeare-char.yaml", {"data.format=idx"})),
+  CHECK_THROWS_WITH(ssr::data::load_corpus(resolve_experiment("shakespeare-char.yaml", {"data.format=idx"})),
                     Catch::Contains("data.format: 'idx' is an image format"));
 }
 
 TEST_CASE("learning rate: the reference LM's warm-up to the bit, and nanoGPT's cosine", "[study][train]") {
-  const auto lm = resolve("lm-demo.yaml", {});
+  const auto lm = resolve_experiment("lm-demo.yaml", {});
   for (int64_t step : {1, 3, 7, 10, 11, 100})
     CHECK(ssr::train::learning_rate(lm, step) == lm.f("train.lr") * std::min(1.0, static_cast<double>(step) / 10.0));
-  const auto sh = resolve("shakespeare-char.yaml", {});
+  const auto sh = resolve_experiment("shakespeare-char.yaml", {});
   CHECK(ssr::train::learning_rate(sh, 50) == Approx(5e-4));
   CHECK(ssr::train::learning_rate(sh, 100) == Approx(1e-3));
   CHECK(ssr::train::learning_rate(sh, 1050) == Approx(5.5e-4));  // halfway down from 1e-3 to 1e-4
@@ -144,7 +143,7 @@ TEST_CASE("learning rate: the reference LM's warm-up to the bit, and nanoGPT's c
 }
 
 TEST_CASE("make study at its smoke scale: sweeps, paired tables and curve figures from the store", "[study][sweep]") {
-  const auto db = temp_db("smoke.db");
+  const auto db = temp_db("study", "smoke.db");
   const auto out = fs::path(db).parent_path() / "smoke-out";
   const std::string common = fmt::format("--scale smoke --db {}", db);
   for (const char* file : {"study.yaml", "study-p.yaml"}) {

@@ -22,23 +22,20 @@
 #include "harness/sweep/launch.hpp"
 #include "harness/sweep/sweep.hpp"
 #include "tests/cli_helpers.hpp"
+#include "tests/helpers.hpp"
 
 namespace fs = std::filesystem;
 using ssr::config::ConfigError;
 
 namespace {
 
+using ssr::testing::temp_dir;
+
+using ssr::testing::kSrc;
+
 using ssr::testing::kBin;
 using ssr::testing::run;
 using ssr::testing::shell;
-const std::string kSrc = SSR_SOURCE_DIR;
-
-fs::path temp_dir(const std::string& name) {
-  auto dir = fs::temp_directory_path() / fmt::format("ssr_sweep_{}_{}", ::getpid(), name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
 
 // A sweep file in `dir` whose jobs train the demo model for a few steps on real WikiText-103 text.
 std::string write_sweep(const fs::path& dir, const std::string& body, int steps = 6) {
@@ -109,7 +106,7 @@ TEST_CASE("comma lists, ranges and their bracket rules", "[sweep]") {
 }
 
 TEST_CASE("a sweep expands variants, grid, command-line axes and seeds in a fixed order", "[sweep]") {
-  const auto dir = temp_dir("expand");
+  const auto dir = temp_dir("sweep", "expand");
   const auto file = write_sweep(dir,
                                 "variants:\n  ssr_s: [router=ssr_s]\n  ssr_l: [router=ssr_l]\n"
                                 "  noisy: {overrides: [router=noisy], cross: [run.seed]}\n"
@@ -134,7 +131,7 @@ TEST_CASE("a sweep expands variants, grid, command-line axes and seeds in a fixe
 }
 
 TEST_CASE("seeded random search is reproducible and stays within its bounds", "[sweep]") {
-  const auto dir = temp_dir("random");
+  const auto dir = temp_dir("sweep", "random");
   auto body = [](int seed) {
     return fmt::format(
         "random:\n  n: 20\n  seed: {}\n  params:\n    router.p: {{log_uniform: [1e-5, 1e-1]}}\n"
@@ -163,7 +160,7 @@ TEST_CASE("seeded random search is reproducible and stays within its bounds", "[
 }
 
 TEST_CASE("bad sweep files are rejected with the file, key or job named", "[sweep]") {
-  const auto dir = temp_dir("bad");
+  const auto dir = temp_dir("sweep", "bad");
   struct Case {
     std::string body, message;
   };
@@ -230,7 +227,7 @@ TEST_CASE("every sweep file of experiments/ expands at each of its scales to dis
 }
 
 TEST_CASE("planning and running a sweep is idempotent, and equal configs are reused across sweeps", "[sweep]") {
-  const auto dir = temp_dir("idem");
+  const auto dir = temp_dir("sweep", "idem");
   const auto db = (dir / "runs.db").string();
   const auto file = write_sweep(dir, "grid:\n  router.name: [vanilla, lb]\nseeds: [1, 2]\n");
   auto r = run(fmt::format("sweep {} --jobs 2 --db {} --quiet", file, db));
@@ -259,7 +256,7 @@ TEST_CASE("planning and running a sweep is idempotent, and equal configs are reu
 TEST_CASE("two stores that share run.out_dir keep their checkpoints apart", "[sweep]") {
   // Run ids are per store: store b's run 1 must not resume from store a's run 1 (a sweep job
   // always looks for its run's checkpoint).
-  const auto dir = temp_dir("stores");
+  const auto dir = temp_dir("sweep", "stores");
   const auto a = (dir / "a.db").string(), b = (dir / "b.db").string();
   REQUIRE(run(fmt::format("sweep {} --db {} --quiet", write_sweep(dir, "", 6), a)).code == 0);
   REQUIRE(run(fmt::format("sweep {} --db {} --quiet", write_sweep(dir, "", 4), b)).code == 0);
@@ -275,7 +272,7 @@ TEST_CASE("two stores that share run.out_dir keep their checkpoints apart", "[sw
 }
 
 TEST_CASE("a sweep whose worker is killed with SIGKILL mid-job resumes and finishes every job once", "[sweep]") {
-  const auto dir = temp_dir("kill");
+  const auto dir = temp_dir("sweep", "kill");
   const auto db = (dir / "runs.db").string();
   const auto file = write_sweep(dir, "grid:\n  router.name: [vanilla, lb, zloss]\n", 60);
   const pid_t sweep_pid = fork();
@@ -320,7 +317,7 @@ TEST_CASE("a sweep whose worker is killed with SIGKILL mid-job resumes and finis
 }
 
 TEST_CASE("concurrent workers on one store take every job exactly once", "[sweep]") {
-  const auto dir = temp_dir("workers");
+  const auto dir = temp_dir("sweep", "workers");
   const auto db = (dir / "runs.db").string();
   const auto file = write_sweep(dir, "grid:\n  router.name: [vanilla, lb, zloss]\nseeds: [1, 2]\n", 4);
   // Plan only: the slurm launcher writes the rows and a script.
@@ -352,7 +349,7 @@ TEST_CASE("concurrent workers on one store take every job exactly once", "[sweep
 TEST_CASE("the Slurm array script names its jobs and runs under a local stand-in", "[sweep]") {
   CHECK(ssr::sweep::array_ranges({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8");
   CHECK(ssr::sweep::array_ranges({3}) == "3");
-  const auto dir = temp_dir("slurm");
+  const auto dir = temp_dir("sweep", "slurm");
   const auto db = (dir / "runs.db").string();
   const auto file = write_sweep(dir,
                                 "grid:\n  router.name: [vanilla, lb, zloss]\n"
@@ -384,7 +381,7 @@ TEST_CASE("the Slurm array script names its jobs and runs under a local stand-in
 }
 
 TEST_CASE("ssr bench step times a sweep's jobs and the report's overheads use that session", "[sweep][bench]") {
-  const auto dir = temp_dir("bench");
+  const auto dir = temp_dir("sweep", "bench");
   const auto file = write_sweep(dir,
                                 "variants:\n  vanilla: [router=vanilla]\n  ssr_l: [router=ssr_l]\n"
                                 "grid:\n  model.block: [vanilla, momentum]\n"

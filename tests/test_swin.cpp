@@ -23,19 +23,18 @@
 #include "models/swin_moe.hpp"
 #include "routers/router.hpp"
 #include "routers/swin_moe_gate.hpp"
+#include "tests/helpers.hpp"
 
 using namespace ssr;
 namespace fs = std::filesystem;
 
 namespace {
 
-torch::Generator cpu_gen(uint64_t seed) { return at::make_generator<at::CPUGeneratorImpl>(seed); }
+using ssr::testing::resolve_experiment;
+using ssr::testing::temp_dir;
 
-const std::string kExperiments = std::string(SSR_SOURCE_DIR) + "/experiments/";
-
-config::Config resolve(const std::string& file, const std::vector<std::string>& overrides) {
-  return config::resolve(kExperiments + file, overrides);
-}
+using ssr::testing::cpu_gen;
+using ssr::testing::normal_cdf;
 
 // The Debian package's files (make deps), or their copy unpacked by `make offline-build`.
 std::string fmnist_dir() {
@@ -44,15 +43,6 @@ std::string fmnist_dir() {
     if (fs::exists(d + "/t10k-labels-idx1-ubyte.gz")) return d;
   FAIL("Fashion-MNIST not found: apt-get install dataset-fashion-mnist (make deps)");
   return "";
-}
-
-double normal_cdf(double z) { return 0.5 * std::erfc(-z / std::sqrt(2.0)); }
-
-fs::path temp_dir(const std::string& name) {
-  auto d = fs::temp_directory_path() / fmt::format("ssr_swin_{}_{}", ::getpid(), name);
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
 }
 
 // A w x h JPEG of one RGB colour, written with TurboJPEG (a fixture of the decoder).
@@ -158,8 +148,9 @@ TEST_CASE("router.group_images routes each group of images alone, capacity inclu
   // With the Tutel gate the capacity and the dropping depend on the tokens of a call: two images
   // in one call differ from each image alone, and router.group_images=1 makes them equal.
   // A small capacity factor makes sure slots are dropped.
-  auto cfg = resolve("fmnist-demo.yaml", {"router=swin_moe", "router.capacity_factor=0.3", "router.group_images=1"});
-  auto whole = resolve("fmnist-demo.yaml", {"router=swin_moe", "router.capacity_factor=0.3"});
+  auto cfg = resolve_experiment("fmnist-demo.yaml",
+                                {"router=swin_moe", "router.capacity_factor=0.3", "router.group_images=1"});
+  auto whole = resolve_experiment("fmnist-demo.yaml", {"router=swin_moe", "router.capacity_factor=0.3"});
   torch::manual_seed(4);
   models::SwinBlock grouped(cfg, 16, 4, 2, 2, 0, 0.0, true);
   torch::manual_seed(4);
@@ -174,12 +165,19 @@ TEST_CASE("router.group_images routes each group of images alone, capacity inclu
       torch::cat({together->forward(x.narrow(0, 0, 1), aux, gen), together->forward(x.narrow(0, 1, 1), aux, gen)});
   CHECK(torch::allclose(y, alone, 1e-5, 1e-6));
   CHECK_FALSE(torch::allclose(together->forward(x, aux, gen), alone, 1e-5, 1e-6));
-  CHECK_THROWS_WITH(models::SwinMoE(resolve("fmnist-demo.yaml", {"router.group_images=2", "router.group_tokens=8"})),
-                    Catch::Contains("router.group_images"));
+  CHECK_THROWS_WITH(
+      models::SwinMoE(resolve_experiment("fmnist-demo.yaml", {"router.group_images=2", "router.group_tokens=8"})),
+      Catch::Contains("router.group_images"));
+}
+
+TEST_CASE("a router that reads token ids is refused for Swin-MoE, naming the router", "[swin][routers]") {
+  auto cfg = resolve_experiment("fmnist-demo.yaml", {"router.name=hash"});
+  CHECK_THROWS_WITH(models::SwinBlock(cfg, 16, 4, 2, 2, 1, 0.1, /*moe=*/true),
+                    Catch::Contains("router.name: hash routes by input token id"));
 }
 
 TEST_CASE("Swin modules: shapes, drop path, a tiny model's logits", "[swin]") {
-  auto cfg = resolve("fmnist-demo.yaml", {});
+  auto cfg = resolve_experiment("fmnist-demo.yaml", {});
   auto gen = cpu_gen(3);
   auto aux = torch::zeros({});
   SECTION("window attention and patch merging") {
@@ -216,11 +214,11 @@ TEST_CASE("Swin modules: shapes, drop path, a tiny model's logits", "[swin]") {
     CHECK(torch::isfinite(logits).all().item<bool>());
   }
   SECTION("bad geometry is one ConfigError naming the key") {
-    CHECK_THROWS_WITH(models::SwinMoE(resolve("fmnist-demo.yaml", {"model.window=4"})),
+    CHECK_THROWS_WITH(models::SwinMoE(resolve_experiment("fmnist-demo.yaml", {"model.window=4"})),
                       Catch::Contains("model.window"));
-    CHECK_THROWS_WITH(models::SwinMoE(resolve("fmnist-demo.yaml", {"model.patch_size=3"})),
+    CHECK_THROWS_WITH(models::SwinMoE(resolve_experiment("fmnist-demo.yaml", {"model.patch_size=3"})),
                       Catch::Contains("model.patch_size"));
-    CHECK_THROWS_WITH(models::SwinMoE(resolve("fmnist-demo.yaml", {"model.swin_heads=[3,4]"})),
+    CHECK_THROWS_WITH(models::SwinMoE(resolve_experiment("fmnist-demo.yaml", {"model.swin_heads=[3,4]"})),
                       Catch::Contains("model.swin_heads"));
   }
 }
@@ -243,14 +241,15 @@ TEST_CASE("parameter counts: Swin-S matches the published 49,606,258, MoE blocks
   int64_t swin_s = swin_s_v1;
   for (size_t st = 0; st < depths.size(); ++st)
     swin_s += depths[st] * (-169 * heads[st] + (2 * 512 + 512 + 512 * heads[st]) - dims[st]);
-  CHECK(count(resolve("fmnist-demo.yaml", {"model=swin-moe-s", "model.moe_every=[0,0,0,0]"}))["total"] == swin_s);
+  CHECK(count(resolve_experiment("fmnist-demo.yaml", {"model=swin-moe-s", "model.moe_every=[0,0,0,0]"}))["total"] ==
+        swin_s);
   const int64_t E = 2;  // the preset's 32 experts take 2 GB; the arithmetic is the same
-  const auto moe = count(resolve("fmnist-demo.yaml", {"model=swin-moe-s", "model.n_experts=2"}));
+  const auto moe = count(resolve_experiment("fmnist-demo.yaml", {"model=swin-moe-s", "model.n_experts=2"}));
   CHECK(moe.at("experts") == E * (9 * ffn(384) + ffn(768)));
   CHECK(moe.at("gates") == E * (9 * 384 + 768));
   CHECK(moe.at("total") == swin_s - 9 * mlp(384) - mlp(768) + E * (9 * ffn(384) + ffn(768)) + E * (9 * 384 + 768));
   // The tiny preset: MoE blocks of width 32 and 64 with hidden 2d and 4 experts.
-  const auto tiny = count(resolve("fmnist-demo.yaml", {}));
+  const auto tiny = count(resolve_experiment("fmnist-demo.yaml", {}));
   CHECK(tiny.at("experts") == 4 * ((2 * 32 * 64 + 64 + 32) + (2 * 64 * 128 + 128 + 64)));
   CHECK(tiny.at("gates") == 4 * (32 + 64));
   int64_t sum = 0;
@@ -331,7 +330,8 @@ TEST_CASE("swin-moe gate: balance loss by hand, noise only in training", "[swin]
 }
 
 TEST_CASE("MoE layer with GELU experts: dropped slots contribute nothing", "[swin][model]") {
-  auto cfg = resolve("fmnist-demo.yaml", {"router=swin_moe", "router.capacity_factor=0.3", "model.n_experts=4"});
+  auto cfg =
+      resolve_experiment("fmnist-demo.yaml", {"router=swin_moe", "router.capacity_factor=0.3", "model.n_experts=4"});
   torch::manual_seed(1);
   models::MoE moe(cfg, models::MoEShape{16, 32, models::Activation::Gelu, false, 0.005});
   moe->eval();
@@ -387,7 +387,7 @@ TEST_CASE("IDX reader on the real Fashion-MNIST files", "[swin][data]") {
   CHECK(torch::bincount(test.labels).equal(torch::full({10}, 1000, torch::kInt64)));  // balanced test set
   CHECK(test.pixels.to(torch::kFloat).mean().item<double>() / 255 == Approx(0.2868).margin(0.002));
 
-  auto cfg = resolve("fmnist-demo.yaml", {"data.dir=" + dir});
+  auto cfg = resolve_experiment("fmnist-demo.yaml", {"data.dir=" + dir});
   auto d = data::load_images(cfg);
   CHECK(d.splits.at("train").size() == 55000);
   CHECK(d.splits.at("valid").size() == 5000);
@@ -400,7 +400,7 @@ TEST_CASE("IDX reader on the real Fashion-MNIST files", "[swin][data]") {
   CHECK(batches == 3);
   CHECK(b.images.sizes() == torch::IntArrayRef({10000 - 2 * 4096, 1, 28, 28}));
 
-  const auto tmp = temp_dir("idx");
+  const auto tmp = temp_dir("swin", "idx");
   CHECK_THROWS_WITH(data::read_idx((tmp / "none-images").string(), (tmp / "none-labels").string()),
                     Catch::Contains("none-images"));
   std::ofstream((tmp / "cut-images").string(), std::ios::binary)
@@ -408,22 +408,23 @@ TEST_CASE("IDX reader on the real Fashion-MNIST files", "[swin][data]") {
   std::ofstream((tmp / "cut-labels").string(), std::ios::binary) << std::string("\0\0\x08\x01\0\0\0\x05", 8);
   CHECK_THROWS_WITH(data::read_idx((tmp / "cut-images").string(), (tmp / "cut-labels").string()),
                     Catch::Contains("cut-images"));
-  CHECK_THROWS_WITH(data::load_images(resolve("fmnist-demo.yaml", {"data.dir=" + dir, "model.num_classes=9"})),
-                    Catch::Contains("model.num_classes"));
+  CHECK_THROWS_WITH(
+      data::load_images(resolve_experiment("fmnist-demo.yaml", {"data.dir=" + dir, "model.num_classes=9"})),
+      Catch::Contains("model.num_classes"));
 }
 
 TEST_CASE("JPEG class folders: decode, eval transform, a corrupt file is skipped and counted", "[swin][data]") {
-  const auto root = temp_dir("jpeg");
+  const auto root = temp_dir("swin", "jpeg");
   write_jpeg(root / "train/n01/a.JPEG", 40, 30, 255, 0, 0);
   write_jpeg(root / "train/n01/b.JPEG", 30, 40, 250, 0, 0);
   write_jpeg(root / "train/n02/c.JPEG", 32, 32, 0, 0, 255);
   write_jpeg(root / "val/n01/d.JPEG", 48, 24, 255, 0, 0);
   write_jpeg(root / "val/n02/e.JPEG", 24, 24, 0, 0, 255);
   std::ofstream(root / "val/n02/f.JPEG") << "not a jpeg";
-  auto cfg = resolve("fmnist-demo.yaml",
-                     {"data.format=imagefolder", "data.dir=" + root.string(), "data.train=train", "data.valid=val",
-                      "data.test=\"\"", "model.image_size=16", "model.in_chans=3", "model.num_classes=2",
-                      "data.eval_resize=20", "data.mean=[0,0,0]", "data.std=[1,1,1]"});
+  auto cfg = resolve_experiment(
+      "fmnist-demo.yaml", {"data.format=imagefolder", "data.dir=" + root.string(), "data.train=train", "data.valid=val",
+                           "data.test=\"\"", "model.image_size=16", "model.in_chans=3", "model.num_classes=2",
+                           "data.eval_resize=20", "data.mean=[0,0,0]", "data.std=[1,1,1]"});
   auto d = data::load_images(cfg);
   CHECK(d.classes == std::vector<std::string>{"n01", "n02"});
   CHECK(d.splits.at("train").labels.equal(torch::tensor({0, 0, 1}, torch::kInt64)));
@@ -451,9 +452,10 @@ TEST_CASE("JPEG class folders: decode, eval transform, a corrupt file is skipped
   }
   write_jpeg(root / "val/n03/g.JPEG", 8, 8, 0, 255, 0);
   CHECK_THROWS_WITH(data::load_images(cfg), Catch::Contains("n03"));
-  CHECK_THROWS_WITH(data::load_images(resolve("fmnist-demo.yaml", {"data.format=imagefolder",
-                                                                   "data.dir=" + root.string(), "data.train=nope"})),
-                    Catch::Contains("nope"));
+  CHECK_THROWS_WITH(
+      data::load_images(resolve_experiment(
+          "fmnist-demo.yaml", {"data.format=imagefolder", "data.dir=" + root.string(), "data.train=nope"})),
+      Catch::Contains("nope"));
 }
 
 TEST_CASE("image resizing antialiases as PIL does", "[swin][data]") {
@@ -469,27 +471,27 @@ TEST_CASE("image resizing antialiases as PIL does", "[swin][data]") {
 }
 
 TEST_CASE("learning-rate schedule: warm-up from warmup_lr, cosine to min_lr", "[swin][train]") {
-  auto cfg = resolve("fmnist-demo.yaml",
-                     {"train.lr=1", "train.warmup_lr=0.1", "train.min_lr=0.2", "train.warmup=10", "train.steps=110"});
+  auto cfg = resolve_experiment("fmnist-demo.yaml", {"train.lr=1", "train.warmup_lr=0.1", "train.min_lr=0.2",
+                                                     "train.warmup=10", "train.steps=110"});
   struct Row {
     int64_t step;
     double lr;
   };
   for (const auto& r : std::vector<Row>{{0, 0.1}, {5, 0.55}, {10, 1.0}, {60, 0.6}, {110, 0.2}})
     CHECK(train::learning_rate(cfg, r.step) == Approx(r.lr).margin(1e-12));
-  CHECK(train::learning_rate(
-            resolve("fmnist-demo.yaml", {"train.schedule=constant", "train.min_lr=0", "train.lr=1", "train.warmup=10"}),
-            50) == 1.0);
+  CHECK(train::learning_rate(resolve_experiment("fmnist-demo.yaml", {"train.schedule=constant", "train.min_lr=0",
+                                                                     "train.lr=1", "train.warmup=10"}),
+                             50) == 1.0);
 }
 
 TEST_CASE("a short seeded Fashion-MNIST run lowers the loss and repeats exactly", "[swin][train]") {
-  const auto dir = temp_dir("train");
+  const auto dir = temp_dir("swin", "train");
   const std::vector<std::string> small = {
       "data.dir=" + fmnist_dir(), "train.steps=40",      "train.batch_size=32",
       "train.warmup=4",           "run.log_every=1",     "run.threads=1",
       "data.holdout=0.01",        "eval.splits=[valid]", "run.out_dir=" + (dir / "ckpt").string(),
       "router=swin_moe"};
-  auto cfg = resolve("fmnist-demo.yaml", small);
+  auto cfg = resolve_experiment("fmnist-demo.yaml", small);
   store::Store db((dir / "runs.db").string());
   train::Options opts;
   opts.quiet = true;
@@ -516,7 +518,7 @@ TEST_CASE("a short seeded Fashion-MNIST run lowers the loss and repeats exactly"
 
 TEST_CASE("an interrupted Fashion-MNIST run resumed from its checkpoint repeats the uninterrupted losses",
           "[swin][train]") {
-  const auto dir = temp_dir("resume");
+  const auto dir = temp_dir("swin", "resume");
   // router=noisy: its noise draws from the run's generator, so that must be restored too.
   const std::vector<std::string> small = {"data.dir=" + fmnist_dir(),
                                           "train.steps=60",
@@ -531,7 +533,7 @@ TEST_CASE("an interrupted Fashion-MNIST run resumed from its checkpoint repeats 
                                           "eval.checkpoint=best",
                                           "run.out_dir=" + (dir / "ckpt").string(),
                                           "router=noisy"};
-  const auto cfg = resolve("fmnist-demo.yaml", small);
+  const auto cfg = resolve_experiment("fmnist-demo.yaml", small);
   const auto db_a = (dir / "a.db").string(), db_b = (dir / "b.db").string();
   train::Options opts;
   opts.quiet = true;
@@ -583,7 +585,7 @@ TEST_CASE("an interrupted Fashion-MNIST run resumed from its checkpoint repeats 
 
 TEST_CASE("the vision task trains in bf16, times its routers and evaluates SSR's inference modes", "[swin][train]") {
   // The training loop is the LM's: these keys work for every task.
-  const auto dir = temp_dir("loop_keys");
+  const auto dir = temp_dir("swin", "loop_keys");
   const std::vector<std::string> small = {"data.dir=" + fmnist_dir(),
                                           "train.steps=6",
                                           "run.log_every=1",
@@ -601,8 +603,8 @@ TEST_CASE("the vision task trains in bf16, times its routers and evaluates SSR's
   opts.quiet = true;
   auto fp32 = small, bf16 = small;
   bf16.push_back("train.precision=bf16");
-  const auto a = train::train(resolve("fmnist-demo.yaml", fp32), db, opts);
-  const auto b = train::train(resolve("fmnist-demo.yaml", bf16), db, opts);
+  const auto a = train::train(resolve_experiment("fmnist-demo.yaml", fp32), db, opts);
+  const auto b = train::train(resolve_experiment("fmnist-demo.yaml", bf16), db, opts);
   REQUIRE(a.status == "finished");
   REQUIRE(b.status == "finished");
   auto results = [&](int64_t run) {
@@ -686,8 +688,8 @@ TEST_CASE("mixup, cutmix and random erasing as timm defines them", "[swin][data]
 }
 
 TEST_CASE("a Fashion-MNIST training batch with mixup and cutmix carries soft targets", "[swin][data]") {
-  auto cfg = resolve("fmnist-demo.yaml", {"data.dir=" + fmnist_dir(), "data.mixup=0.8", "data.cutmix=1.0",
-                                          "data.random_erase=0.25", "train.label_smoothing=0.1"});
+  auto cfg = resolve_experiment("fmnist-demo.yaml", {"data.dir=" + fmnist_dir(), "data.mixup=0.8", "data.cutmix=1.0",
+                                                     "data.random_erase=0.25", "train.label_smoothing=0.1"});
   const auto data = data::load_images(cfg);
   data::ImageLoader loader(data.splits.at("train"), cfg, 32, /*train=*/true, 7);
   data::ImageBatch b;
@@ -701,8 +703,9 @@ TEST_CASE("a Fashion-MNIST training batch with mixup and cutmix carries soft tar
   CHECK(!b.targets.defined());  // evaluation is never augmented
 
   // RandAugment changes the training images, and only them; the same seed repeats them.
-  auto plain_cfg = resolve("fmnist-demo.yaml", {"data.dir=" + fmnist_dir(), "data.hflip=false"});
-  auto ra_cfg = resolve("fmnist-demo.yaml", {"data.dir=" + fmnist_dir(), "data.hflip=false", "data.randaug_n=2"});
+  auto plain_cfg = resolve_experiment("fmnist-demo.yaml", {"data.dir=" + fmnist_dir(), "data.hflip=false"});
+  auto ra_cfg =
+      resolve_experiment("fmnist-demo.yaml", {"data.dir=" + fmnist_dir(), "data.hflip=false", "data.randaug_n=2"});
   data::ImageBatch p, r1, r2;
   data::ImageLoader plain(data.splits.at("train"), plain_cfg, 32, true, 7),
       ra1(data.splits.at("train"), ra_cfg, 32, true, 7), ra2(data.splits.at("train"), ra_cfg, 32, true, 7);

@@ -16,10 +16,13 @@
 
 #include "harness/store/store.hpp"
 #include "tests/cli_helpers.hpp"
+#include "tests/helpers.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
+
+using ssr::testing::temp_db;
 
 using ssr::testing::kBin;
 using ssr::testing::result;
@@ -33,14 +36,12 @@ const std::string kSmall =
     "run.out_dir=" +
     (fs::temp_directory_path() / ("ssr_ckpt_" + std::to_string(::getpid()))).string();
 
-std::string temp_db(const std::string& name) { return ssr::testing::temp_db("train", name); }
-
 std::vector<double> losses(ssr::store::Store& s, int64_t run) { return ssr::testing::series(s, run, "train", "loss"); }
 
 }  // namespace
 
 TEST_CASE("training on real text lowers the loss and a seeded run repeats exactly", "[train]") {
-  const auto db = temp_db("train.db");
+  const auto db = temp_db("train", "train.db");
   auto a = run(fmt::format("train {} {} --db {} --quiet", kDemo, kSmall, db));
   INFO(a.out);
   REQUIRE(a.code == 0);
@@ -77,7 +78,7 @@ TEST_CASE("training on real text lowers the loss and a seeded run repeats exactl
 }
 
 TEST_CASE("rejected input exits 2 with one line and writes nothing", "[train]") {
-  const auto db = temp_db("rejected.db");
+  const auto db = temp_db("train", "rejected.db");
   struct Case {
     std::string args, expect;
   };
@@ -107,7 +108,7 @@ TEST_CASE("rejected input exits 2 with one line and writes nothing", "[train]") 
 }
 
 TEST_CASE("a run killed mid-training keeps its rows and shows as stale", "[train]") {
-  const auto db = temp_db("killed.db");
+  const auto db = temp_db("train", "killed.db");
   pid_t pid = fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
@@ -146,7 +147,7 @@ TEST_CASE("a killed run resumed from its checkpoint repeats the uninterrupted lo
   // The fused attention draws its dropout from torch's default generator, which checkpoints keep too.
   const std::string impl = GENERATE(as<std::string>{}, "reference", "sdpa");
   INFO("model.attn_impl=" << impl);
-  const auto db_a = temp_db("resume_a_" + impl + ".db"), db_b = temp_db("resume_b_" + impl + ".db");
+  const auto db_a = temp_db("train", "resume_a_" + impl + ".db"), db_b = temp_db("train", "resume_b_" + impl + ".db");
   // Partial validation every 5 steps: the checkpoint of step 10 must carry the validation
   // stream's position and cache, or the resumed validations at 15, 20, ... differ.
   const std::string args =
@@ -200,7 +201,7 @@ TEST_CASE("a killed run resumed from its checkpoint repeats the uninterrupted lo
 }
 
 TEST_CASE("one trained SSR model is evaluated under every requested inference mode", "[train]") {
-  const auto db = temp_db("modes.db");
+  const auto db = temp_db("train", "modes.db");
   // p = 1: Sinkhorn routes every training forward, so keeping it at inference changes the routing.
   auto r =
       run(fmt::format("train {} {} train.steps=10 router=ssr_l_noise router.p=1 "
@@ -223,7 +224,7 @@ TEST_CASE("eval.reset_cache scores every segment from empty caches, next to the 
   // each stream's context into the next segment and the reset one does not.
   std::map<int, std::map<std::string, double>> loss;  // eval.max_segments -> split -> loss
   for (int segments : {1, 4}) {
-    const auto db = temp_db(fmt::format("reset_cache{}.db", segments));
+    const auto db = temp_db("train", fmt::format("reset_cache{}.db", segments));
     auto r = run(fmt::format("train {} {} train.steps=10 eval.reset_cache=true eval.max_segments={} --db {} --quiet",
                              kDemo, kSmall, segments, db));
     INFO(r.out);
@@ -245,7 +246,7 @@ TEST_CASE("a router's random draws leave data and dropout alone: SSR that never 
   // The 9,000-byte enwik8 fixture in 8 streams wraps every ~17 steps of 64 bytes, and each wrap
   // draws a random offset; dropout draws masks every step. SSR draws a coin per forward, which at
   // p = 1e-9 never picks Sinkhorn: both runs must see the same segments, masks and losses.
-  const auto db = temp_db("rng.db");
+  const auto db = temp_db("train", "rng.db");
   const std::string args = fmt::format(
       "{}/experiments/lm-demo-enwik8.yaml train.steps=40 run.log_every=1 model.dropout=0.1 train.eval_every=0 "
       "eval.max_segments=2 run.threads=1 run.out_dir={} --db {} --quiet",
@@ -267,7 +268,7 @@ TEST_CASE("a router's random draws leave data and dropout alone: SSR that never 
 TEST_CASE("router.eval_group_tokens changes the final evaluation's router calls and nothing before", "[train]") {
   // The Sinkhorn baseline routes by a plan of the whole call, so the final evaluation's numbers
   // depend on the call size; training (32-token groups in both runs) must not.
-  const auto db = temp_db("eval_group.db");
+  const auto db = temp_db("train", "eval_group.db");
   const std::string args = fmt::format(
       "{}/experiments/lm-demo-enwik8.yaml router=sinkhorn router.group_tokens=32 train.steps=6 run.log_every=1 "
       "eval.max_segments=2 run.out_dir={} --db {} --quiet",
@@ -287,7 +288,7 @@ TEST_CASE("router.eval_group_tokens changes the final evaluation's router calls 
 TEST_CASE("partial validation walks the validation stream as the reference does", "[train]") {
   // The 500 valid bytes of the enwik8 fixture in 2 streams of 64-byte segments: 250 bytes, so a
   // pass is ceil(250 / 64) = 4 segments, and the reference validates min(eval_every / 10, 4).
-  const auto db = temp_db("valid_walk.db");
+  const auto db = temp_db("train", "valid_walk.db");
   const std::string base = fmt::format(
       "{}/experiments/lm-demo-enwik8.yaml train.batch_size=2 train.steps=4 run.log_every=1 eval.max_segments=1 "
       "run.out_dir={} --db {} --quiet",
@@ -322,7 +323,7 @@ TEST_CASE("partial validation walks the validation stream as the reference does"
 TEST_CASE("every demo base config trains on the real data here", "[train]") {
   // The demo scales of experiments/*.yaml stand on these bases; a split too short for its
   // streams must show here, not in the middle of a demo study.
-  const auto db = temp_db("bases.db");
+  const auto db = temp_db("train", "bases.db");
   for (const char* base : {"demo.yaml", "lm-demo.yaml", "lm-demo-enwik8.yaml"}) {
     INFO(base);
     auto r = run(fmt::format(

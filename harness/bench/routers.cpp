@@ -1,10 +1,12 @@
-// `ssr bench routers`: see bench.hpp. Gating logits are N(0, scale^2); hidden states for the
-// noisy gate are N(0, 1) with d = 352 (the reference model width).
+// `ssr bench routers`: see bench.hpp. Gating logits are N(0, scale^2); hidden states (noisy gating,
+// OSR) are N(0, 1) with d = 352 (the reference model width), gate rows N(0, 1/d), token ids
+// uniform over a 10,000-word vocabulary (hash routing).
 #include <fmt/format.h>
 #include <torch/torch.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <ostream>
 
 #include "harness/bench/bench.hpp"
@@ -34,6 +36,7 @@ namespace {
 
 constexpr int64_t kDModel = 352;
 constexpr int64_t kTopK = 2;
+constexpr int64_t kVocab = 10000;
 
 struct RouterCase {
   std::string label;
@@ -102,11 +105,16 @@ int run_router_bench(const BenchArgs& args, std::ostream& out) {
         router->to(device);
         auto opts = torch::TensorOptions().device(device);
         auto logits = (args.scale * torch::randn({m, n}, gen)).to(opts);  // (tokens, experts)
-        auto hidden = torch::randn({m, kDModel}, gen).to(opts);           // (tokens, d)
+        routers::RouteInput in;
+        in.logits = logits;
+        in.hidden = torch::randn({m, kDModel}, gen).to(opts);                       // (tokens, d)
+        in.token_ids = torch::randint(0, kVocab, {m}, gen, torch::kLong).to(opts);  // (tokens)
+        in.gate_weight =
+            (torch::randn({n, kDModel}, gen) / std::sqrt(static_cast<double>(kDModel))).to(opts);  // (experts, d)
         // Routers draw on their generator's device: a CUDA generator keeps noise draws on the GPU.
         torch::Generator g = device.is_cuda() ? at::globalContext().defaultGenerator(device)
                                               : at::make_generator<at::CPUGeneratorImpl>(args.seed);
-        auto t = time_it([&] { router->route(logits, hidden, routers::Mode::Train, g); }, args.warmup, repeats, sync);
+        auto t = time_it([&] { router->route(in, routers::Mode::Train, g); }, args.warmup, repeats, sync);
         line += fmt::format(" {:>11.3f} |", t.median_ms);
       }
     }

@@ -12,13 +12,10 @@
 #include "harness/data/corpus.hpp"
 #include "models/precision.hpp"
 #include "models/switch_lm.hpp"
+#include "routers/registry.hpp"
 
 namespace ssr::train {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 torch::Device device_of(const config::Config& cfg, int local_rank) {
   if (cfg.s("run.device") == "cuda") {
@@ -113,6 +110,11 @@ class LMTask final : public Task {
     // dropout masks nor the data of a run (SSR that never fires trains vanilla's model). Routing
     // the gathered global batch, every rank must decide alike: one stream for all ranks.
     global_routing_ = world_ > 1 && cfg.b("router.global_batch");
+    if (global_routing_ && routers::router_spec(cfg.s("router.name")).caps.token_ids)
+      throw config::ConfigError(
+          fmt::format("router.global_batch: {} decides each token by its id alone, so there is "
+                      "no global batch to route; set router.global_batch=false",
+                      cfg.s("router.name")));
     router_gen_ =
         generator(dist::stream_seed(seed(), global_routing_ ? dist::kSharedStream : dist::kRouterStream + rank_));
     for (auto& m : model_->moe_layers) m->use_router_generator(router_gen_);

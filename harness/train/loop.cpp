@@ -10,16 +10,11 @@
 #include "harness/dist/launch.hpp"
 #include "harness/train/checkpoint.hpp"
 #include "harness/train/schedule.hpp"
-#include "routers/ssr.hpp"
 
 namespace fs = std::filesystem;
 
 namespace ssr::train {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // The loop's part of a checkpoint; the task adds its generators, data position and carried state.
 struct LoopState {
@@ -80,14 +75,9 @@ bool on_lead(Task& task, bool lead_says) {
   return yes;
 }
 
-// SSR's inference mode (paper Table 3) in every layer; eval.router_modes applies to SSR only.
+// The router's inference mode (paper Table 3 for SSR) in every layer.
 void set_eval_mode(std::vector<models::MoE>& layers, const std::string& mode) {
-  const auto m = routers::eval_mode_named(mode);
-  for (auto& layer : layers) {
-    auto* ssr = dynamic_cast<routers::SsrRouter*>(layer->router.get());
-    if (!ssr) throw config::ConfigError("eval.router_modes: the router is not SSR (set router.name=ssr)");
-    ssr->set_eval_mode(m);
-  }
+  for (auto& layer : layers) layer->router->set_eval_mode(mode);
 }
 
 }  // namespace

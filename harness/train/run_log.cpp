@@ -58,6 +58,7 @@ void RunLog::router_stats(int64_t step, const std::vector<routers::RouterStats>&
     metric(step, "train", p + "drop_rate", s.drop_rate);
     metric(step, "train", p + "unrouted", s.unrouted);
     metric(step, "train", p + "entropy", s.entropy);
+    if (s.token_mi) metric(step, "train", p + "token_mi", *s.token_mi);
     metric(step, "train", p + "sinkhorn_calls", static_cast<double>(s.sinkhorn_calls));
     metric(step, "train", p + "sinkhorn_frac", s.sinkhorn_frac);
     metric(step, "train", p + "sinkhorn_iters", s.sinkhorn_iters);
@@ -115,7 +116,7 @@ void RunLog::routing_results() {
     if (m.step >= at.first) at = {m.step, m.value};
   }
   if (any) result("train", "sinkhorn_forwards", sinkhorn);
-  for (const char* what : {"load_cv", "max_vio", "dead_experts", "entropy", "drop_rate", "unrouted"}) {
+  for (const char* what : {"load_cv", "max_vio", "dead_experts", "entropy", "drop_rate", "unrouted", "token_mi"}) {
     const auto it = last.find(what);
     if (it == last.end() || it->second.empty()) continue;
     double sum = 0;

@@ -6,6 +6,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <chrono>
 #include <string>
 #include <utility>
 #include <vector>
@@ -17,6 +18,10 @@
 #include "models/moe.hpp"
 
 namespace ssr::train {
+
+using Clock = std::chrono::steady_clock;
+// Seconds since t0, for the step timings (StepResult::t_*).
+inline double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // One step's forward and backward on this rank.
 struct StepResult {

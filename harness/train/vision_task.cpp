@@ -14,10 +14,6 @@
 namespace ssr::train {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
 struct SplitScores {
   int64_t images = 0, top1 = 0, top5 = 0, skipped = 0;
   double nll = 0;

@@ -188,6 +188,8 @@ routers::Routing MoEImpl::route_rows(const routers::RouteInput& in, torch::Gener
       r.sinkhorn_iters = std::max(r.sinkhorn_iters, g.sinkhorn_iters);
       r.sinkhorn_error = std::max(r.sinkhorn_error, g.sinkhorn_error);
       r.sinkhorn_finite = r.sinkhorn_finite && g.sinkhorn_finite;
+      r.sinkhorn_converged = r.sinkhorn_converged && g.sinkhorn_converged;
+      r.sinkhorn_fallback = r.sinkhorn_fallback || g.sinkhorn_fallback;
     }
     if (!kept.empty() && kept.size() != experts.size())
       throw std::logic_error("router: some calls returned kept slots and some did not");

@@ -26,9 +26,11 @@ struct Routing {
   torch::Tensor aux_loss;  // () scalar added to the training loss (zero when the method has none)
   // Sinkhorn bookkeeping of this call (zeros when Sinkhorn did not run).
   bool used_sinkhorn = false;
-  int64_t sinkhorn_iters = 0;   // Sinkhorn sweeps plus Newton steps
-  double sinkhorn_error = 0.0;  // final marginal error (NaN/inf when the plan overflowed)
-  bool sinkhorn_finite = true;  // false: the plan overflowed; the weights are then NaN on purpose
+  int64_t sinkhorn_iters = 0;      // Sinkhorn sweeps plus Newton steps
+  double sinkhorn_error = 0.0;     // final marginal error (NaN/inf when the plan overflowed)
+  bool sinkhorn_finite = true;     // false: the plan overflowed; the weights are then NaN on purpose
+  bool sinkhorn_converged = true;  // false: the solve stopped at router.max_iter above router.delta
+  bool sinkhorn_fallback = false;  // SNS met a singular Newton system and fell back to log sweeps
 };
 
 // What a router reads. The layer fills `hidden`, `token_ids` and `gate_weight` only for routers
@@ -46,6 +48,8 @@ struct SinkhornTally {
   int64_t sinkhorn_calls = 0;  // of which used Sinkhorn
   int64_t iters_sum = 0;       // summed over the Sinkhorn calls
   double error_sum = 0;        // summed over the Sinkhorn calls
+  int64_t unconverged = 0;     // Sinkhorn calls that stopped at the iteration limit above delta
+  int64_t fallbacks = 0;       // Sinkhorn calls whose Newton stage fell back to log sweeps
 };
 
 // Routing statistics of one call, for logging (computed only on logging steps). The metric names
@@ -61,10 +65,12 @@ struct RouterStats {
   // I(input token id; expert) in nats over the window's kept slots (plug-in estimate; see
   // TokenExpertCounts). Empty where the model has no token ids (Swin-MoE).
   std::optional<double> token_mi;
-  int64_t sinkhorn_calls = 0;  // calls since the last reset that used Sinkhorn (summed: the run's observed count)
-  double sinkhorn_frac = 0;    // fraction of calls since the last reset that used Sinkhorn
-  double sinkhorn_iters = 0;   // mean iterations over the calls that used Sinkhorn
-  double sinkhorn_error = 0;   // mean final marginal error over those calls
+  int64_t sinkhorn_calls = 0;        // calls since the last reset that used Sinkhorn (summed: the run's observed count)
+  double sinkhorn_frac = 0;          // fraction of calls since the last reset that used Sinkhorn
+  double sinkhorn_iters = 0;         // mean iterations over the calls that used Sinkhorn
+  double sinkhorn_error = 0;         // mean final marginal error over those calls
+  int64_t sinkhorn_unconverged = 0;  // of those calls, how many stopped at router.max_iter above router.delta
+  int64_t sinkhorn_fallbacks = 0;    // of those calls, how many SNS solves fell back to log sweeps
 };
 
 // Joint counts of (input token id, expert) over kept routing slots, for the mutual information
@@ -94,6 +100,8 @@ class RouterImpl : public torch::nn::Module {
       ++tally_.sinkhorn_calls;
       tally_.iters_sum += r.sinkhorn_iters;
       tally_.error_sum += r.sinkhorn_error;
+      tally_.unconverged += !r.sinkhorn_converged;
+      tally_.fallbacks += r.sinkhorn_fallback;
     }
     return r;
   }

@@ -130,13 +130,20 @@ SinkhornResult solve_newton(const torch::Tensor& log_k, const SinkhornOptions& o
   auto dbl = log_k.options().dtype(torch::kFloat64);
   // The Hessian is singular along 1 (shifting b changes nothing); adding a multiple of 1 1^T makes
   // it definite without changing the solution, because the gradient sums to zero.
-  auto ones_nn = torch::full({n, n}, s / static_cast<double>(n), dbl);  // (experts, experts)
+  auto ones_nn = torch::full({n, n}, s / static_cast<double>(n), dbl);    // (experts, experts)
+  auto singular = torch::zeros({}, log_k.options().dtype(torch::kBool));  // () a Newton system had no solution
   for (int64_t step = 0; step < o.newton_steps;) {
     ++step;
     ++it;
     auto hess = torch::diag(cols.to(torch::kFloat64)) - pi.t().mm(pi).to(torch::kFloat64);  // (experts, experts)
     auto grad = (s - cols).to(torch::kFloat64);                                             // (experts)
-    auto dir = torch::linalg_solve(hess + ones_nn, grad.unsqueeze(1)).squeeze(1).to(log_k.scalar_type());  // (experts)
+    // At small xi a column of the plan can underflow to zero and the system become singular; the
+    // step is then skipped (a zero direction), and the next check hands over to the log solver.
+    auto [sol, info] = torch::linalg_solve_ex(hess + ones_nn, grad.unsqueeze(1));
+    auto dir = sol.squeeze(1).to(log_k.scalar_type());                     // (experts)
+    auto bad = info.ne(0).logical_or(dir.isfinite().all().logical_not());  // ()
+    singular = singular.logical_or(bad);
+    dir = torch::where(bad, torch::zeros_like(dir), dir);
     auto cand = b.unsqueeze(0) + steps.unsqueeze(1) * dir.unsqueeze(0);  // (steps, experts)
     auto pis = (log_k.unsqueeze(0) + cand.unsqueeze(1)).softmax(2);      // (steps, tokens, experts)
     auto cand_cols = pis.sum(1);                                         // (steps, experts)
@@ -144,7 +151,18 @@ SinkhornResult solve_newton(const torch::Tensor& log_k, const SinkhornOptions& o
     b = cand.index_select(0, best.unsqueeze(0)).squeeze(0);
     pi = pis.index_select(0, best.unsqueeze(0)).squeeze(0);
     cols = cand_cols.index_select(0, best.unsqueeze(0)).squeeze(0);
-    if (should_check(step, o.newton_steps, o.check_every) && column_error(cols, s, m).item<double>() <= o.delta) break;
+    if (should_check(step, o.newton_steps, o.check_every)) {
+      if (singular.item<bool>()) break;
+      if (column_error(cols, s, m).item<double>() <= o.delta) break;
+    }
+  }
+  if (singular.item<bool>()) {
+    // The potentials reached before the singular step can be far off (the plan collapsed onto a
+    // few columns), so the log-domain solver starts afresh, with its own sweep budget.
+    auto r = solve_log(log_k, o);
+    r.iters += it;
+    r.newton_fallback = true;
+    return r;
   }
   return finish(pi, it, o.delta);
 }

@@ -37,11 +37,12 @@ struct SinkhornOptions {
 };
 
 struct SinkhornResult {
-  torch::Tensor plan;      // (tokens, experts) the plan, float32 (float64 for a float64 cost)
-  int64_t iters = 0;       // sweeps plus Newton steps run
-  double error = 0;        // marginal_error(plan)
-  bool converged = false;  // error <= delta
-  bool finite = true;      // false: the plain scaling overflowed and plan holds inf/NaN
+  torch::Tensor plan;            // (tokens, experts) the plan, float32 (float64 for a float64 cost)
+  int64_t iters = 0;             // sweeps plus Newton steps run
+  double error = 0;              // marginal_error(plan)
+  bool converged = false;        // error <= delta
+  bool finite = true;            // false: the plain scaling overflowed and plan holds inf/NaN
+  bool newton_fallback = false;  // SNS met a singular Newton system; the log-domain solver gave the plan
 };
 
 // Solves for the plan of a cost (tokens, experts); larger cost = more compatible.

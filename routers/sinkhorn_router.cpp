@@ -30,6 +30,8 @@ void fill_sinkhorn_fields(Routing& r, const SinkhornResult& res) {
   r.sinkhorn_iters = res.iters;
   r.sinkhorn_error = res.error;
   r.sinkhorn_finite = res.finite;
+  r.sinkhorn_converged = res.converged;
+  r.sinkhorn_fallback = res.newton_fallback;
   if (!res.finite) r.weights = torch::full_like(r.weights, std::numeric_limits<double>::quiet_NaN());
 }
 

@@ -23,6 +23,8 @@ void set_sinkhorn(RouterStats& s, const SinkhornTally& tally) {
     s.sinkhorn_iters = static_cast<double>(tally.iters_sum) / static_cast<double>(tally.sinkhorn_calls);
     s.sinkhorn_error = tally.error_sum / static_cast<double>(tally.sinkhorn_calls);
   }
+  s.sinkhorn_unconverged = tally.unconverged;
+  s.sinkhorn_fallbacks = tally.fallbacks;
 }
 
 RouterStats routing_stats(const torch::Tensor& logits, const Routing& routing, int64_t n_experts) {
@@ -32,6 +34,8 @@ RouterStats routing_stats(const torch::Tensor& logits, const Routing& routing, i
     one.sinkhorn_calls = 1;
     one.iters_sum = routing.sinkhorn_iters;
     one.error_sum = routing.sinkhorn_error;
+    one.unconverged = !routing.sinkhorn_converged;
+    one.fallbacks = routing.sinkhorn_fallback;
   }
   return routing_stats(logits, routing, n_experts, one);
 }

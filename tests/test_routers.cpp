@@ -8,11 +8,13 @@
 #include <set>
 
 #include "routers/aux_free.hpp"
+#include "routers/base.hpp"
 #include "routers/expert_choice.hpp"
 #include "routers/hash.hpp"
 #include "routers/lb.hpp"
 #include "routers/noisy.hpp"
 #include "routers/osr.hpp"
+#include "routers/quantile.hpp"
 #include "routers/regularised.hpp"
 #include "routers/registry.hpp"
 #include "routers/router.hpp"
@@ -737,4 +739,81 @@ TEST_CASE("token/expert mutual information by hand", "[routers]") {
   counts.add(ids, routed({0, 1, 1, 1}, torch::tensor({true, false, true, true}).view({-1, 1})));
   CHECK(counts.mutual_information() == Approx(std::log(3.0) - (2.0 / 3) * std::log(2.0)).margin(1e-6));
   CHECK(TokenExpertCounts().mutual_information() == 0);
+}
+
+TEST_CASE("quantile balancing by hand: the dual step and the bias update", "[routers]") {
+  // 4 tokens, 2 experts, k = 1, beta = 0. Every token's 2nd value is its threshold alpha:
+  // alpha = (0, 0, 0, 0), experts (0, 0, 0, 1). Each expert should admit c = 4 / 2 = 2 tokens:
+  // beta_new[e] = 3rd largest of S[:, e] - alpha: column 0 (2, .8, 3, 0) -> .8; column 1 -> 0.
+  const auto s = torch::tensor({{2.0, 0.0}, {0.8, 0.0}, {3.0, 0.0}, {0.0, 1.0}});
+  auto [experts, beta_new] = quantile_step(s, torch::zeros({2}), 1);
+  CHECK(experts.view(-1).equal(torch::tensor({0, 0, 0, 1}, torch::kInt64)));
+  CHECK(torch::allclose(beta_new, torch::tensor({0.8, 0.0})));
+  // After the step, ema 0.5: beta = 0.5 * (0.8, 0) = (0.4, 0), centred: (0.2, -0.2). An
+  // evaluation call in between counts for nothing.
+  auto router = std::make_shared<QuantileRouter>(2, 1, 0.5);
+  auto gen = cpu_gen(0);
+  const auto r = router->route(s, torch::zeros({4, 0}), Mode::Train, gen);
+  CHECK(r.experts.equal(experts));
+  CHECK(torch::allclose(r.weights, torch::ones({4, 1})));  // softmax over one selected logit
+  router->route(s + 5.0, torch::zeros({4, 0}), Mode::Eval, gen);
+  router->end_step([](const torch::Tensor& t) { return t; });
+  CHECK(torch::allclose(router->beta, torch::tensor({0.2, -0.2})));
+  // Steps on one popular expert's data even the load out (vanilla: about 210 of 256 on expert 0).
+  auto logits = random_logits(256, 4, 1.0, 9) + torch::tensor({2.0, 0.0, 0.0, 0.0});
+  auto balanced = std::make_shared<QuantileRouter>(4, 1, 0.5);
+  for (int step = 0; step < 50; ++step) {
+    balanced->route(logits, torch::zeros({256, 0}), Mode::Train, gen);
+    balanced->end_step([](const torch::Tensor& t) { return t; });
+  }
+  const auto load =
+      torch::bincount(balanced->route(logits, torch::zeros({256, 0}), Mode::Eval, gen).experts.view(-1), {}, 4);
+  INFO(load);
+  CHECK((load - 64).abs().max().item<int64_t>() <= 6);
+}
+
+TEST_CASE("BASE: the auction's balanced assignment is optimal, by hand and against brute force", "[routers]") {
+  // Greedy gives (0, 0, 0, 1); the balanced optimum (2 tokens each) is (0, 0, 1, 1) with 12,
+  // ahead of (0, 1, 0, 1) with 11 and (1, 0, 0, 1) with 10.
+  const auto hand = torch::tensor({{5.0, 1.0}, {4.0, 1.0}, {3.0, 1.0}, {2.0, 2.0}});
+  CHECK(balanced_assignment(hand, 2, 1e-3) == std::vector<int64_t>{0, 0, 1, 1});
+  // 8 tokens, 4 experts, 2 each: every assignment (4^8) enumerated.
+  for (uint64_t seed : {1, 2, 3, 4, 5}) {
+    INFO("seed " << seed);
+    const auto scores = random_logits(8, 4, 1.0, seed, torch::kDouble);
+    const auto a = scores.accessor<double, 2>();
+    const double eps = 1e-4;
+    const auto got = balanced_assignment(scores, 2, eps);
+    double got_sum = 0;
+    std::vector<int> load(4, 0);
+    for (int t = 0; t < 8; ++t) {
+      got_sum += a[t][got[t]];
+      ++load[got[t]];
+    }
+    CHECK(load == std::vector<int>{2, 2, 2, 2});
+    double best = -1e300;
+    for (int code = 0; code < (1 << 16); ++code) {
+      std::vector<int> l(4, 0);
+      double sum = 0;
+      bool ok = true;
+      for (int t = 0; t < 8 && ok; ++t) {
+        const int j = (code >> (2 * t)) & 3;
+        ok = ++l[j] <= 2;
+        sum += a[t][j];
+      }
+      if (ok) best = std::max(best, sum);
+    }
+    CHECK(got_sum >= best - 8 * eps);
+  }
+  // The router: k balanced rounds in training (16 tokens, 4 experts, k = 2: every expert 8 slots,
+  // never the same expert twice), weights sigmoid(S); greedy top-k at evaluation.
+  auto gen = cpu_gen(0);
+  const auto s = random_logits(16, 4, 2.0, 7);
+  auto router = build({{"name", "base"}}, 8, 4, 2);
+  const auto r = router->route(s, torch::zeros({16, 0}), Mode::Train, gen);
+  CHECK(torch::bincount(r.experts.view(-1), {}, 4).equal(torch::full({4}, 8, torch::kInt64)));
+  CHECK((r.experts.select(1, 0) != r.experts.select(1, 1)).all().item<bool>());
+  CHECK(torch::allclose(r.weights, s.gather(1, r.experts).sigmoid()));
+  const auto ev = router->route(s, torch::zeros({16, 0}), Mode::Eval, gen);
+  CHECK(ev.experts.equal(stable_top_k(s, 2).second));
 }

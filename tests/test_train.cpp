@@ -219,6 +219,27 @@ TEST_CASE("one trained SSR model is evaluated under every requested inference mo
   CHECK(ppl["valid@noise"] != ppl["valid"]);
 }
 
+TEST_CASE("Sinkhorn solves that stop at the iteration limit are counted and warned about once", "[train]") {
+  const auto db = temp_db("train", "unconverged.db");
+  // 5 log sweeps at xi 0.05 cannot reach delta 1e-4; SSR at p = 1 solves at every training call.
+  auto r =
+      run(fmt::format("train {} {} train.steps=10 router=ssr_l router.p=1 router.xi=0.05 router.numerics=log "
+                      "router.max_iter=5 --db {} --quiet",
+                      kDemo, kSmall, db));
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  size_t warnings = 0;
+  for (size_t at = r.out.find("warning:"); at != std::string::npos; at = r.out.find("warning:", at + 1)) ++warnings;
+  CHECK(warnings == 1);
+  CHECK_THAT(r.out, Catch::Contains("stopped at router.max_iter above router.delta"));
+  ssr::store::Store s(db);
+  const int64_t id = s.runs().at(0).id;
+  const double solves = result(s, id, "train", "sinkhorn_forwards");
+  CHECK(solves > 0);
+  CHECK(result(s, id, "train", "sinkhorn_unconverged") == solves);
+  CHECK(result(s, id, "train", "sinkhorn_fallbacks") == 0);
+}
+
 TEST_CASE("eval.reset_cache scores every segment from empty caches, next to the cached evaluation", "[train]") {
   // One segment starts from empty caches either way; over four, the cached evaluation carries
   // each stream's context into the next segment and the reset one does not.

@@ -110,6 +110,7 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
   const fs::path ckpt_dir = run_dir(cfg.s("run.out_dir"), store, run_id);
 
   Progress progress(steps, cfg.i("run.log_every"), opts.quiet || !lead, task.unit());
+  bool warned_unconverged = false;  // the Sinkhorn iteration-limit warning is given once per run
   progress.message(fmt::format("run {}: {}, {} parameters, config {}{}", run_id, task.describe(),
                                parameter_total(model), cfg.hash(),
                                state.step > 0         ? fmt::format(", resumed at step {}", state.step)
@@ -197,6 +198,15 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
           std::vector<routers::RouterStats> stats;
           for (auto& layer : layers) stats.push_back(layer->take_stats());
           log.router_stats(step, stats);
+          int64_t unconverged = 0;
+          for (const auto& s : stats) unconverged += s.sinkhorn_unconverged;
+          if (lead && unconverged > 0 && !warned_unconverged) {
+            warned_unconverged = true;
+            progress.warning(fmt::format(
+                "run {}: warning: {} Sinkhorn solve(s) stopped at router.max_iter above router.delta by step {} (the "
+                "paper's protocol keeps them; the run's results count them as sinkhorn_unconverged)",
+                run_id, unconverged, step));
+          }
         }
       }
       if (log_step) task.log_metrics(step, log);

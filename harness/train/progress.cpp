@@ -54,6 +54,13 @@ void Progress::message(const std::string& line) {
   std::fflush(stderr);
 }
 
+void Progress::warning(const std::string& line) {
+  if (dirty_) std::fprintf(stderr, "\r\033[K");
+  dirty_ = false;
+  std::fprintf(stderr, "%s\n", line.c_str());
+  std::fflush(stderr);
+}
+
 void Progress::finish() {
   if (dirty_) std::fprintf(stderr, "\n");
   dirty_ = false;

@@ -12,6 +12,7 @@ class Progress {
   // Called after each step; `tokens` is the number of units the step consumed.
   void update(int64_t step, double loss, int64_t tokens);
   void message(const std::string& line);  // a line that stays (clears a redrawn line first)
+  void warning(const std::string& line);  // the same, printed under --quiet too (call it on one rank)
   void finish();
 
  private:

@@ -63,6 +63,11 @@ void RunLog::router_stats(int64_t step, const std::vector<routers::RouterStats>&
     metric(step, "train", p + "sinkhorn_frac", s.sinkhorn_frac);
     metric(step, "train", p + "sinkhorn_iters", s.sinkhorn_iters);
     metric(step, "train", p + "sinkhorn_error", s.sinkhorn_error);
+    // Only where Sinkhorn ran, so routers without it store no extra rows.
+    if (s.sinkhorn_calls > 0) {
+      metric(step, "train", p + "sinkhorn_unconverged", static_cast<double>(s.sinkhorn_unconverged));
+      metric(step, "train", p + "sinkhorn_fallbacks", static_cast<double>(s.sinkhorn_fallbacks));
+    }
   }
 }
 
@@ -100,15 +105,15 @@ void RunLog::finish(const std::string& status, const std::string& error) {
 // From the stored rows, so a resumed run counts what it logged before its interruption too.
 void RunLog::routing_results() {
   std::map<std::string, std::map<int64_t, std::pair<int64_t, double>>> last;  // metric -> layer -> (step, value)
-  double sinkhorn = 0;
+  double sinkhorn = 0, unconverged = 0, fallbacks = 0;
   bool any = false;
   for (const auto& m : store_.metrics(id_)) {
     if (m.split != "train" || m.name.rfind("layer", 0) != 0) continue;
     const auto slash = m.name.find('/');
     if (slash == std::string::npos) continue;
     const std::string what = m.name.substr(slash + 1);
-    if (what == "sinkhorn_calls") {
-      sinkhorn += m.value;
+    if (what == "sinkhorn_calls" || what == "sinkhorn_unconverged" || what == "sinkhorn_fallbacks") {
+      (what == "sinkhorn_calls" ? sinkhorn : what == "sinkhorn_unconverged" ? unconverged : fallbacks) += m.value;
       any = true;
       continue;
     }
@@ -116,6 +121,10 @@ void RunLog::routing_results() {
     if (m.step >= at.first) at = {m.step, m.value};
   }
   if (any) result("train", "sinkhorn_forwards", sinkhorn);
+  if (sinkhorn > 0) {
+    result("train", "sinkhorn_unconverged", unconverged);
+    result("train", "sinkhorn_fallbacks", fallbacks);
+  }
   for (const char* what : {"load_cv", "max_vio", "dead_experts", "entropy", "drop_rate", "unrouted", "token_mi"}) {
     const auto it = last.find(what);
     if (it == last.end() || it->second.empty()) continue;

@@ -45,8 +45,9 @@ class RunLog {
   int interrupted() const;  // the signal that asked the run to stop, or 0
   // Ends the run with `status`. A finished run first gets its routing results (split train): the
   // mean over layers of the last logged load_cv, max_vio, dead_experts, entropy, drop_rate, unrouted and
-  // token_mi (LM only), and
-  // sinkhorn_forwards, the Sinkhorn calls of every logging window summed over layers.
+  // token_mi (LM only), and sinkhorn_forwards, the Sinkhorn calls of every logging window summed
+  // over layers, with sinkhorn_unconverged and sinkhorn_fallbacks (of those, the solves that
+  // stopped at router.max_iter above router.delta, and the SNS solves that fell back to log sweeps).
   void finish(const std::string& status, const std::string& error = "");
 
  private:

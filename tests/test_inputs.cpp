@@ -49,8 +49,7 @@ TEST_CASE("bad stores, YAML and keys are refused with one line, and a refused ru
       {"an unknown key", "train " + demo + " model.nope=1 --db " + absent, "model.nope"},
       {"a typo in a key", "config experiments/demo.yaml router.pp=1", "did you mean router.p?"},
       {"a typo in a group choice", "config experiments/demo.yaml router=ssr-l", "did you mean router=ssr_l?"},
-      {"a group choice that is no file", "config experiments/demo.yaml router=zzz",
-       "(choices: aux_free, base, entropy, expert_choice"},
+      {"a group choice that is no file", "config experiments/demo.yaml router=zzz", "(choices: aux_free, "},
       // Refused by the task, after the store was opened: the store it created is removed again.
       {"a split the data lacks", "train " + demo + " 'eval.splits=[nope]' --db " + absent, "no split 'nope'"},
   };

@@ -231,6 +231,9 @@ std::string provenance(const Data& d, const std::vector<const JobRun*>& used, st
   std::map<std::string, int> revs, hw;
   std::vector<std::string> hashes;
   int64_t have = 0;
+  // Sinkhorn solves over the runs used (the results of runs where Sinkhorn ran at all).
+  double forwards = 0, unconverged = 0, fallbacks = 0;
+  int64_t sinkhorn_runs = 0;
   for (const auto* jr : used) {
     const store::RunInfo* info = jr->run                            ? &jr->run->info
                                  : bench_only && !jr->bench.empty() ? &jr->bench.front().info
@@ -243,6 +246,16 @@ std::string provenance(const Data& d, const std::vector<const JobRun*>& used, st
     hashes.push_back(jr->job->config.hash());
     ++revs[info->git_rev];
     ++hw[info->device + " on " + info->host];
+    auto result = [&](const char* name) {
+      auto it = jr->results.find({"train", name});
+      return it == jr->results.end() ? 0.0 : it->second;
+    };
+    if (jr->results.count({"train", "sinkhorn_forwards"})) {
+      ++sinkhorn_runs;
+      forwards += result("sinkhorn_forwards");
+      unconverged += result("sinkhorn_unconverged");
+      fallbacks += result("sinkhorn_fallbacks");
+    }
   }
   auto counted = [](const std::map<std::string, int>& m) {
     std::string s;
@@ -257,6 +270,12 @@ std::string provenance(const Data& d, const std::vector<const JobRun*>& used, st
   std::string hs;
   for (const auto& h : hashes) hs += (hs.empty() ? "" : " ") + h;
   s += "\nConfig hashes: " + (hs.empty() ? std::string("-") : hs) + ".";
+  if (sinkhorn_runs > 0)
+    s += fmt::format(
+        "\nSinkhorn solves in training ({} runs): {:.0f}, of which {:.0f} stopped at router.max_iter above "
+        "router.delta "
+        "(unconverged; the paper's protocol keeps them) and {:.0f} fell back from Newton to log sweeps.",
+        sinkhorn_runs, forwards, unconverged, fallbacks);
   if (!missing.empty()) {
     std::string over;
     for (const auto& o : d.spec.cli_overrides) over += " " + o;

@@ -148,9 +148,11 @@ routers::Routing MoEImpl::route_logits(const routers::RouteInput& in, torch::Gen
   // A router that reads token ids decides each token alone; the LM task refuses global_batch for it.
   if (in.token_ids.defined()) throw std::logic_error("router.global_batch: this router reads token ids");
   auto r = route_rows(all, gen);
-  r.experts = r.experts.narrow(0, rank_ * n, n);                  // (tokens, k)
-  r.weights = r.weights.narrow(0, rank_ * n, n);                  // (tokens, k)
-  if (r.kept.defined()) r.kept = r.kept.narrow(0, rank_ * n, n);  // (tokens, k)
+  r.experts = r.experts.narrow(0, rank_ * n, n);                                       // (tokens, k)
+  r.weights = r.weights.narrow(0, rank_ * n, n);                                       // (tokens, k)
+  if (r.kept.defined()) r.kept = r.kept.narrow(0, rank_ * n, n);                       // (tokens, k)
+  if (r.scores.defined()) r.scores = r.scores.narrow(0, rank_ * n, n);                 // (tokens, experts)
+  if (r.input_shift.defined()) r.input_shift = r.input_shift.narrow(0, rank_ * n, n);  // (tokens, d_model)
   return r;
 }
 
@@ -170,7 +172,7 @@ routers::Routing MoEImpl::route_rows(const routers::RouteInput& in, torch::Gener
   } else {
     // Consecutive groups routed by separate calls, as the reference's routers each saw one GPU's
     // micro-batch: Sinkhorn marginals, balance losses and SSR's draw are per group.
-    std::vector<torch::Tensor> experts, weights, kept;
+    std::vector<torch::Tensor> experts, weights, kept, scores, shifts;
     torch::Tensor aux = torch::zeros({}, logits.options());
     int64_t groups = 0;
     for (int64_t start = 0; start < n; start += group_tokens_, ++groups) {
@@ -180,9 +182,11 @@ routers::Routing MoEImpl::route_rows(const routers::RouteInput& in, torch::Gener
       part.hidden = in.hidden.narrow(0, start, len);                                    // (len, d_model or 0)
       if (in.token_ids.defined()) part.token_ids = in.token_ids.narrow(0, start, len);  // (len)
       auto g = call(part);
-      experts.push_back(g.experts);                  // (len, k)
-      weights.push_back(g.weights);                  // (len, k)
-      if (g.kept.defined()) kept.push_back(g.kept);  // (len, k)
+      experts.push_back(g.experts);                                  // (len, k)
+      weights.push_back(g.weights);                                  // (len, k)
+      if (g.kept.defined()) kept.push_back(g.kept);                  // (len, k)
+      if (g.scores.defined()) scores.push_back(g.scores);            // (len, experts)
+      if (g.input_shift.defined()) shifts.push_back(g.input_shift);  // (len, d_model)
       aux = aux + g.aux_loss;
       r.used_sinkhorn = r.used_sinkhorn || g.used_sinkhorn;
       r.sinkhorn_iters = std::max(r.sinkhorn_iters, g.sinkhorn_iters);
@@ -191,8 +195,9 @@ routers::Routing MoEImpl::route_rows(const routers::RouteInput& in, torch::Gener
       r.sinkhorn_converged = r.sinkhorn_converged && g.sinkhorn_converged;
       r.sinkhorn_fallback = r.sinkhorn_fallback || g.sinkhorn_fallback;
     }
-    if (!kept.empty() && kept.size() != experts.size())
-      throw std::logic_error("router: some calls returned kept slots and some did not");
+    for (const auto* part : {&kept, &scores, &shifts})
+      if (!part->empty() && part->size() != experts.size())
+        throw std::logic_error("router: some calls returned kept slots, scores or input shifts and some did not");
     // Expert Choice gives each group as many slots as its busiest token needs: pad to the widest.
     int64_t width = 0;
     for (const auto& e : experts) width = std::max(width, e.size(1));
@@ -204,10 +209,12 @@ routers::Routing MoEImpl::route_rows(const routers::RouteInput& in, torch::Gener
       weights[i] = torch::nn::functional::pad(weights[i], torch::nn::functional::PadFuncOptions({0, pad}));
       kept[i] = torch::nn::functional::pad(kept[i], torch::nn::functional::PadFuncOptions({0, pad}));
     }
-    r.experts = torch::cat(experts);                 // (tokens, k)
-    r.weights = torch::cat(weights);                 // (tokens, k)
-    if (!kept.empty()) r.kept = torch::cat(kept);    // (tokens, k)
-    r.aux_loss = aux / static_cast<double>(groups);  // like averaging over data-parallel ranks
+    r.experts = torch::cat(experts);                          // (tokens, k)
+    r.weights = torch::cat(weights);                          // (tokens, k)
+    if (!kept.empty()) r.kept = torch::cat(kept);             // (tokens, k)
+    if (!scores.empty()) r.scores = torch::cat(scores);       // (tokens, experts)
+    if (!shifts.empty()) r.input_shift = torch::cat(shifts);  // (tokens, d_model)
+    r.aux_loss = aux / static_cast<double>(groups);           // like averaging over data-parallel ranks
   }
   if (time_router_) {
     if (logits.is_cuda()) torch::cuda::synchronize();
@@ -256,10 +263,12 @@ torch::Tensor MoEImpl::forward(const torch::Tensor& x, torch::Tensor& aux, torch
   // Gathering through a permutation of the expanded slots (rather than index_select with repeated
   // token ids) keeps the backward free of colliding atomic adds, so CUDA runs stay bitwise
   // reproducible.
-  auto x_slots = x.unsqueeze(1).expand({n, k, d}).reshape({n * k, d});  // (tokens*k, d_model)
-  auto kept_order = rows < n * k ? order.narrow(0, 0, rows) : order;    // (rows) sorted -> slot
-  auto x_sorted = x_slots.index_select(0, kept_order);                  // (rows, d_model)
-  torch::Tensor y_sorted;                                               // (rows, d_model)
+  const auto x_in =
+      routing.input_shift.defined() ? x + routing.input_shift.to(x.scalar_type()) : x;  // (tokens, d_model)
+  auto x_slots = x_in.unsqueeze(1).expand({n, k, d}).reshape({n * k, d});               // (tokens*k, d_model)
+  auto kept_order = rows < n * k ? order.narrow(0, 0, rows) : order;                    // (rows) sorted -> slot
+  auto x_sorted = x_slots.index_select(0, kept_order);                                  // (rows, d_model)
+  torch::Tensor y_sorted;                                                               // (rows, d_model)
   if (grouped_gemm_) {
     auto offsets = counts.cumsum(0).to(torch::kInt32);          // (experts) group ends, on the device
     auto row_expert = slot_expert.index_select(0, kept_order);  // (rows)
@@ -277,7 +286,7 @@ torch::Tensor MoEImpl::forward(const torch::Tensor& x, torch::Tensor& aux, torch
 
   if (collect_) {
     torch::NoGradGuard no_grad;
-    auto s = routers::routing_stats(logits, routing, n_experts_);
+    auto s = routers::routing_stats(routing.scores.defined() ? routing.scores : logits, routing, n_experts_);
     for (int64_t e = 0; e < n_experts_; ++e) acc_.tokens_per_expert[e] += s.tokens_per_expert[e];
     acc_.dropped_slots += s.drop_rate * static_cast<double>(n * k);
     acc_.unrouted_tokens += s.unrouted * static_cast<double>(n);
@@ -291,9 +300,10 @@ torch::Tensor MoEImpl::forward(const torch::Tensor& x, torch::Tensor& aux, torch
   return out;
 }
 
-torch::Tensor MoEImpl::dense_reference(const torch::Tensor& x, const routers::Routing& routing) {
-  auto h = torch::matmul(x.unsqueeze(0), w1.transpose(1, 2)) + b1.unsqueeze(1);  // (experts, tokens, d_inner)
-  auto y = torch::matmul(activate(h), w2.transpose(1, 2)) + b2.unsqueeze(1);     // (experts, tokens, d_model)
+torch::Tensor MoEImpl::dense_reference(const torch::Tensor& x_layer, const routers::Routing& routing) {
+  const auto x = routing.input_shift.defined() ? x_layer + routing.input_shift : x_layer;  // (tokens, d_model)
+  auto h = torch::matmul(x.unsqueeze(0), w1.transpose(1, 2)) + b1.unsqueeze(1);            // (experts, tokens, d_inner)
+  auto y = torch::matmul(activate(h), w2.transpose(1, 2)) + b2.unsqueeze(1);               // (experts, tokens, d_model)
   auto dense_w = torch::zeros({x.size(0), n_experts_}, routing.weights.options())
                      .scatter_add(1, routing.experts, routing.weights);  // (tokens, experts)
   return torch::einsum("te,etd->td", {dense_w.to(y.scalar_type()), y});  // (tokens, d_model)

@@ -24,6 +24,12 @@ struct Routing {
   // experts than k (Expert Choice); the layer computes no expert for it. Undefined: all kept.
   torch::Tensor kept;
   torch::Tensor aux_loss;  // () scalar added to the training loss (zero when the method has none)
+  // (tokens, experts) the scores the router chose by, where they are not the gate logits (LPR's
+  // cosines): the layer's entropy statistic reads them. Undefined: the gate logits.
+  torch::Tensor scores;
+  // (tokens, d_model) added to the token's input of every expert it goes to (LPR's aligner); the
+  // residual path is unchanged. Undefined: none.
+  torch::Tensor input_shift;
   // Sinkhorn bookkeeping of this call (zeros when Sinkhorn did not run).
   bool used_sinkhorn = false;
   int64_t sinkhorn_iters = 0;      // Sinkhorn sweeps plus Newton steps
@@ -61,7 +67,7 @@ struct RouterStats {
   int64_t dead_experts = 0;                // experts that received no token
   double drop_rate = 0;                    // share of the token x k slots dropped (capacity) or unfilled
   double unrouted = 0;                     // share of tokens that no expert processed
-  double entropy = 0;                      // mean entropy of softmax(logits) over all experts
+  double entropy = 0;                      // mean entropy of softmax(logits) (or Routing::scores) over all experts
   // I(input token id; expert) in nats over the window's kept slots (plug-in estimate; see
   // TokenExpertCounts). Empty where the model has no token ids (Swin-MoE).
   std::optional<double> token_mi;

@@ -150,6 +150,32 @@ TEST_CASE("word dictionary grows in first-seen order over train, valid, test", "
     CHECK(changed.vocab.back() == "e");
     CHECK(ids_of(changed.splits.at("test")) == std::vector<int64_t>{5, 6, 2});
   }
+  // The cache holds these ids as int32 near its end; test's (5, 2) are its last 8 bytes.
+  const auto cache_file = [&] {
+    REQUIRE(std::distance(fs::directory_iterator(tmp.path / "cache"), fs::directory_iterator{}) == 1);
+    return fs::directory_iterator(tmp.path / "cache")->path();
+  };
+  SECTION("a cache whose ids were altered fails its checksum and is rebuilt") {
+    const auto path = cache_file();
+    auto bytes = slurp(path);
+    bytes[bytes.size() - 8] = 1;  // test's first id 5 -> 1, a valid id: only the checksum sees it
+    write(path, bytes);
+    auto again = data::load_corpus(cfg);
+    CHECK(ids_of(again.splits.at("test")) == std::vector<int64_t>{5, 2});
+    CHECK(slurp(path) != bytes);  // rewritten
+  }
+  SECTION("a cache with a wrong count or cut short is rebuilt, not read") {
+    const auto path = cache_file();
+    const auto good = slurp(path);
+    for (const auto& bad : {good.substr(0, good.size() - 3), good.substr(0, 40),
+                            good.substr(0, 72) + std::string(8, '\xff') + good.substr(80)}) {
+      write(path, bad);
+      auto again = data::load_corpus(cfg);
+      CHECK(again.vocab == c.vocab);
+      CHECK(ids_of(again.splits.at("train")) == ids_of(c.splits.at("train")));
+      CHECK(slurp(path) == good);
+    }
+  }
 }
 
 TEST_CASE("missing or malformed data give one ConfigError naming the file", "[data][errors]") {

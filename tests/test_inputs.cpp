@@ -50,7 +50,18 @@ TEST_CASE("bad stores, YAML and keys are refused with one line, and a refused ru
       {"a typo in a key", "config experiments/demo.yaml router.pp=1", "did you mean router.p?"},
       {"a typo in a group choice", "config experiments/demo.yaml router=ssr-l", "did you mean router=ssr_l?"},
       {"a group choice that is no file", "config experiments/demo.yaml router=zzz", "(choices: aux_free, "},
+      {"a device as the store", "train " + demo + " --db /dev/null", "run store '/dev/null': not a regular file"},
+      {"a folder as the store", "train " + demo + " --db " + dir.string(), "not a regular file (a folder)"},
+      {"a folder as the config", "config " + dir.string(), "is a folder; give a YAML"},
+      {"a list as a default choice", "config " + write_file("defaults.yaml", "defaults: {router: [vanilla]}\n"),
+       "defaults.router: expected one choice name (e.g. router: vanilla), got [\"vanilla\"]"},
+      {"a value given to a flag", "train " + demo + " --quiet=5 --db " + absent,
+       "quiet was given a disallowed flag override"},
+      {"config --doc with a file", "config --doc extra", "config excludes --doc"},
+      {"--retry-failed without --resume", "sweep --retry-failed", "--retry-failed requires --resume"},
       // Refused by the task, after the store was opened: the store it created is removed again.
+      {"an unwritable run.out_dir", "train " + demo + " run.out_dir=/proc/ssr-no --db " + absent,
+       "run.out_dir: cannot write checkpoints under /proc/ssr-no/"},
       {"a split the data lacks", "train " + demo + " 'eval.splits=[nope]' --db " + absent, "no split 'nope'"},
   };
   for (const auto& c : cases) {
@@ -62,4 +73,13 @@ TEST_CASE("bad stores, YAML and keys are refused with one line, and a refused ru
     CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
     CHECK_FALSE(fs::exists(absent));
   }
+}
+
+TEST_CASE("a value YAML would read as a directive or nothing is kept as text", "[config][cli]") {
+  const auto r = ssr::testing::run("config experiments/demo.yaml run.name=%foo");
+  INFO(r.out);
+  CHECK(r.code == 0);
+  CHECK(r.out.find("name: \"%foo\"") != std::string::npos);
+  CHECK(ssr::testing::run("config experiments/demo.yaml run.name=").out.find("run.name: no value given") !=
+        std::string::npos);
 }

@@ -473,6 +473,28 @@ TEST_CASE("router.group_tokens routes consecutive groups by separate router call
   }
 }
 
+TEST_CASE("a router's input shift (LPR) reaches the experts, in one call and in groups", "[model][moe]") {
+  for (const int64_t group : {0, 7}) {
+    INFO("router.group_tokens=" << group);
+    torch::manual_seed(4);
+    models::MoE moe(tiny({"router=lpr", "model.n_experts=4", "router.group_tokens=" + std::to_string(group)}));
+    moe->eval();
+    auto x = torch::randn({20, 32});  // (tokens, d_model)
+    auto gen = cpu_gen(1);
+    const auto routing = moe->route(x, gen);
+    REQUIRE(routing.input_shift.sizes() == x.sizes());
+    REQUIRE(routing.scores.sizes() == std::vector<int64_t>{20, 4});
+    CHECK(routing.input_shift.abs().max().item<double>() > 0);
+    auto aux = torch::zeros({});
+    const auto out = moe->forward(x, aux, gen);
+    CHECK(close(out, moe->dense_reference(x, routing), 1e-5));
+    // Without the shift the experts would see x itself: a different output.
+    auto unshifted = routing;
+    unshifted.input_shift = torch::Tensor();
+    CHECK_FALSE(close(out, moe->dense_reference(x, unshifted), 1e-3));
+  }
+}
+
 TEST_CASE("under bf16 autocast the gate and its router run in float32", "[model][precision]") {
   const std::string router = GENERATE(as<std::string>{}, "vanilla", "noisy", "sinkhorn", "ssr_l");
   INFO("router " << router);

@@ -2,6 +2,8 @@
 // figures built from a small fixture store, compared with golden files (tests/golden/; rerun with
 // SSR_UPDATE_GOLDEN=1 to rewrite them after an intended change, then read the diff).
 #include <catch2/catch.hpp>
+
+#include <set>
 #include <unistd.h>
 
 #include <cmath>
@@ -100,6 +102,29 @@ TEST_CASE("95 % intervals match hand-computed values", "[report]") {
   CHECK(ssr::analysis::t95(1) == Approx(12.706));
   CHECK(ssr::analysis::t95(30) == Approx(2.042));
   CHECK(ssr::analysis::t95(120) == Approx(1.980).epsilon(2e-3));
+}
+
+TEST_CASE("report footers count the Sinkhorn solves, the unconverged ones and the fallbacks", "[report]") {
+  const auto db = fixture_db();
+  ssr::store::Store s(db);
+  const auto plain = ssr::analysis::build("tab", kStudy, "", {}, s);
+  CHECK(plain.md.find("Sinkhorn solves") == std::string::npos);  // no run solved one
+  std::set<std::string> ssr_l;
+  for (const auto& j : ssr::sweep::load(kStudy, {}).jobs)
+    if (j.label("variant") == "ssr_l") ssr_l.insert(j.config.hash());
+  int64_t n = 0;
+  for (const auto& r : s.runs())
+    if (ssr_l.count(r.config_hash) && r.status == "finished") {
+      s.set_result(r.id, "train", "sinkhorn_forwards", 10);
+      s.set_result(r.id, "train", "sinkhorn_unconverged", 3);
+      s.set_result(r.id, "train", "sinkhorn_fallbacks", 1);
+      ++n;
+    }
+  REQUIRE(n == 3);  // ssr_l momentum seed 2 never ran
+  const auto out = ssr::analysis::build("tab", kStudy, "", {}, s);
+  CHECK(out.md.find("Sinkhorn solves in training (3 runs): 30, of which 9 stopped at router.max_iter above "
+                    "router.delta (unconverged; the paper's protocol keeps them) and 3 fell back from Newton to log "
+                    "sweeps.") != std::string::npos);
 }
 
 TEST_CASE("a table from the store: layout, intervals, deltas, ranks, NaN and missing cells", "[report]") {

@@ -12,6 +12,7 @@
 #include "routers/expert_choice.hpp"
 #include "routers/hash.hpp"
 #include "routers/lb.hpp"
+#include "routers/lpr.hpp"
 #include "routers/noisy.hpp"
 #include "routers/osr.hpp"
 #include "routers/quantile.hpp"
@@ -816,4 +817,67 @@ TEST_CASE("BASE: the auction's balanced assignment is optimal, by hand and again
   CHECK(torch::allclose(r.weights, s.gather(1, r.experts).sigmoid()));
   const auto ev = router->route(s, torch::zeros({16, 0}), Mode::Eval, gen);
   CHECK(ev.experts.equal(stable_top_k(s, 2).second));
+}
+
+TEST_CASE("lpr by hand: cosine top-k over prototypes, the aligner's shift and the regulariser", "[routers]") {
+  // d_model 4, latent 2, prototypes (1, 0), (0, 1), (-1, 0). The encoder passes the first two of
+  // SiLU(LayerNorm(h)) through as mu and gives log var 0. h = (1, -1, 1, -1) normalises to
+  // (1, -1, 1, -1) / sqrt(1 + 1e-5), so mu = (SiLU(1), SiLU(-1)) = (0.731054, -0.268941) (and
+  // swapped for the second token). Values computed by hand with the formulas in routers/lpr.cpp.
+  LprRouter r(4, 3, 2, 2, {1.0, 1.0, 1.0, 0.0});
+  {
+    torch::NoGradGuard no_grad;
+    r.enc_w.zero_();
+    r.enc_w[0][0] = 1;
+    r.enc_w[1][1] = 1;
+    r.enc_b.zero_();
+    r.out_w.zero_();
+    r.out_w[0][0] = 1;
+    r.out_w[1][1] = 1;
+    r.out_b.zero_();
+    r.keys.copy_(torch::tensor({{1.0, 0.0}, {0.0, 1.0}, {-1.0, 0.0}}));
+  }
+  RouteInput in;
+  in.hidden = torch::tensor({{1.0, -1.0, 1.0, -1.0}, {-1.0, 1.0, -1.0, 1.0}});  // (tokens, d_model)
+  in.logits = torch::zeros({2, 3});                                             // the gate's logits are not read
+  auto gen = cpu_gen(0);
+  const auto t = r.route(in, Mode::Train, gen);
+  // Cosines: token 0 (0.938507, -0.345259, -0.938507), token 1 (-0.345259, 0.938507, 0.345259).
+  CHECK(t.experts.equal(torch::tensor({{0, 1}, {1, 2}}, torch::kLong)));
+  const double w[2][2] = {{0.783090, 0.216910}, {0.644110, 0.355890}};
+  const double shift[2][2] = {{0.592259, 0.193696}, {-0.150606, 0.546591}};
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j) {
+      CHECK(t.weights[i][j].item<double>() == Approx(w[i][j]).margin(1e-5));
+      CHECK(t.input_shift[i][j].item<double>() == Approx(shift[i][j]).margin(1e-5));
+      CHECK(t.input_shift[i][j + 2].item<double>() == 0);
+    }
+  CHECK(t.scores[0][2].item<double>() == Approx(-0.938507).margin(1e-5));
+  // D(mu): one off-diagonal cosine -0.647986 twice over 4 entries; D(K): two -1s over 9 entries;
+  // KL with log var 0: mean over tokens of |mu|^2 / 2 = 0.303385. Alignment weight 0 here.
+  CHECK(t.aux_loss.item<double>() == Approx(0.209989 + 2.0 / 9 + 0.303385).margin(1e-5));
+
+  // Evaluation: the same choice from mu, no draw, no loss.
+  const auto e1 = r.route(in, Mode::Eval, gen);
+  const auto e2 = r.route(in, Mode::Eval, gen);
+  CHECK(e1.experts.equal(t.experts));
+  CHECK(e1.weights.equal(e2.weights));
+  CHECK(e1.aux_loss.item<double>() == 0);
+
+  // Alignment alone: |K - R^T z| with z = mu + eps (log var 0), eps the router's draw.
+  LprRouter a(4, 3, 2, 2, {1.0, 0.0, 0.0, 1.0});
+  {
+    torch::NoGradGuard no_grad;
+    a.enc_w.copy_(r.enc_w);
+    a.enc_b.copy_(r.enc_b);
+    a.keys.copy_(r.keys);
+  }
+  auto g1 = cpu_gen(11), g2 = cpu_gen(11);
+  const auto al = a.route(in, Mode::Train, g1);
+  auto mu = torch::tensor({{0.731054, -0.268941}, {-0.268941, 0.731054}});
+  auto z = mu + draw_normal(mu, g2);  // (tokens, latent)
+  auto routed =
+      torch::zeros({2, 3}).scatter(1, t.experts, t.scores.gather(1, t.experts)).softmax(-1);  // (tokens, experts)
+  const double expected = (a.keys - routed.t().matmul(z)).abs().mean().item<double>();
+  CHECK(al.aux_loss.item<double>() == Approx(expected).margin(1e-5));
 }

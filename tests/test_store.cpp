@@ -34,7 +34,7 @@ TEST_CASE("store migrates an empty file and reopens without migrating again", "[
   const auto path = temp_db("store", "migrate.db");
   {
     Store s(path + "");
-    CHECK(s.schema_version() == 4);
+    CHECK(s.schema_version() == 6);
     for (const char* t : {"runs", "metrics", "results", "timings", "sweeps", "bench_sessions", "bench_cases",
                           "bench_times", "store_info"})
       CHECK(count(s, std::string("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='") + t + "'") == 1);
@@ -42,9 +42,47 @@ TEST_CASE("store migrates an empty file and reopens without migrating again", "[
     s.create_run("abc", {{"x", 1}}, 1, ssr::store::this_machine("cpu"));
   }
   Store again(path);
-  CHECK(again.schema_version() == 4);
+  CHECK(again.schema_version() == 6);
   CHECK(again.runs().size() == 1);
   CHECK(again.id() == Store(path).id());  // drawn once, when the store was created
+}
+
+TEST_CASE("a version-4 store gains status interrupted and a pid column, keeping runs, metrics and foreign keys",
+          "[store]") {
+  const auto path = temp_db("store", "v4.db");
+  int64_t interrupted = 0, failed = 0;
+  {
+    Store s(path);
+    interrupted = s.create_run("abc", {{"x", 1}}, 1, ssr::store::this_machine("cpu"));
+    failed = s.create_run("def", {{"x", 2}}, 1, ssr::store::this_machine("cpu"));
+    s.add_metrics(interrupted, {{5, "train", "loss", 2.5, 1.0}});
+    s.finish_run(interrupted, "failed", "interrupted by signal 2 at step 5");
+    s.finish_run(failed, "failed", "out of memory");
+    // Back to version 4: the runs table with its old CHECK, rebuilt the way SQLite allows.
+    REQUIRE(sqlite3_exec(s.handle(), "ALTER TABLE runs DROP COLUMN pid", nullptr, nullptr, nullptr) == SQLITE_OK);
+    std::string v4 = "PRAGMA foreign_keys=OFF; BEGIN; CREATE TABLE old AS SELECT * FROM runs; DROP TABLE runs;";
+    std::string create;
+    {
+      sqlite3_stmt* st = nullptr;
+      sqlite3_prepare_v2(s.handle(), "SELECT sql FROM sqlite_master WHERE name='runs'", -1, &st, nullptr);
+      sqlite3_step(st);
+      create = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
+      sqlite3_finalize(st);
+    }
+    create.replace(create.find(",'interrupted'"), 14, "");
+    v4 += create + "; INSERT INTO runs SELECT * FROM old; DROP TABLE old; PRAGMA user_version=4; COMMIT;";
+    REQUIRE(sqlite3_exec(s.handle(), v4.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+    CHECK(sqlite3_exec(s.handle(), "UPDATE runs SET status='interrupted'", nullptr, nullptr, nullptr) != SQLITE_OK);
+  }
+  Store s(path);
+  CHECK(s.schema_version() == 6);
+  CHECK(s.run(interrupted)->status == "interrupted");  // recognised by the error it stored
+  CHECK(s.run(failed)->status == "failed");
+  CHECK(s.metrics(interrupted).size() == 1);
+  CHECK(count(s, "SELECT count(*) FROM pragma_table_info('runs') WHERE name='pid'") == 1);
+  CHECK(count(s, "SELECT count(*) FROM pragma_foreign_keys WHERE foreign_keys=1") == 1);
+  CHECK(sqlite3_exec(s.handle(), "INSERT INTO metrics (run_id, step, split, name) VALUES (999, 1, 'train', 'x')",
+                     nullptr, nullptr, nullptr) != SQLITE_OK);  // foreign keys are enforced again
 }
 
 TEST_CASE("store upgrades a version-1 file in place, keeping its runs", "[store]") {
@@ -58,7 +96,7 @@ TEST_CASE("store upgrades a version-1 file in place, keeping its runs", "[store]
       REQUIRE(sqlite3_exec(s.handle(), sql, nullptr, nullptr, nullptr) == SQLITE_OK);
   }
   Store s(path);
-  CHECK(s.schema_version() == 4);
+  CHECK(s.schema_version() == 6);
   CHECK(s.runs().size() == 1);
   CHECK(s.id().size() == 16);
   ssr::store::BenchCase c;

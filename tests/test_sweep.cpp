@@ -316,6 +316,88 @@ TEST_CASE("a sweep whose worker is killed with SIGKILL mid-job resumes and finis
   CHECK(finished_per_job(s, 1) == std::map<int64_t, int>{{0, 1}, {1, 1}, {2, 1}});
 }
 
+TEST_CASE("Ctrl-C on a sweep stops it with 130, the job is interrupted, and --resume continues it", "[sweep]") {
+  const auto dir = temp_dir("sweep", "sigint");
+  const auto db = (dir / "runs.db").string();
+  const auto file = write_sweep(dir, "grid:\n  router.name: [vanilla, lb, zloss]\n", 60);
+  const pid_t sweep_pid = fork();
+  REQUIRE(sweep_pid >= 0);
+  if (sweep_pid == 0) {
+    const int fd = ::open((dir / "sweep.log").c_str(), O_WRONLY | O_CREAT, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    execl(kBin.c_str(), kBin.c_str(), "sweep", file.c_str(), "--jobs", "1", "--db", db.c_str(), "--quiet", nullptr);
+    _exit(127);
+  }
+  // SIGINT to the parent once the first job has trained a few steps; two jobs are still queued.
+  bool sent = false;
+  for (int i = 0; i < 600 && !sent; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (!fs::exists(db)) continue;
+    ssr::store::Store s(db);
+    for (const auto& r : s.runs())
+      if (r.status == "running" && r.step >= 4 && !sent) {
+        kill(sweep_pid, SIGINT);
+        sent = true;
+      }
+  }
+  REQUIRE(sent);
+  int status = 0;
+  waitpid(sweep_pid, &status, 0);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 130);
+  {
+    ssr::store::Store s(db);
+    const auto sum = ssr::sweep::summarize(ssr::sweep::job_status(s, *s.sweep(1), 60));
+    CHECK(sum.interrupted == 1);
+    CHECK(sum.queued == 2);
+    CHECK(sum.failed == 0);
+  }
+  // Interrupted is not failed: no --retry-failed needed, and the job continues in its own row.
+  auto r = run(fmt::format("sweep --resume 1 --db {}", db));
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("requeued 1 job") != std::string::npos);
+  ssr::store::Store s(db);
+  CHECK(s.runs().size() == 3);
+  CHECK(finished_per_job(s, 1) == std::map<int64_t, int>{{0, 1}, {1, 1}, {2, 1}});
+}
+
+TEST_CASE("a job whose process is gone from this host is requeued at once, not after it goes stale", "[sweep]") {
+  const auto dir = temp_dir("sweep", "gone");
+  const auto db = (dir / "runs.db").string();
+  const auto file = write_sweep(dir, "grid:\n  router.name: [vanilla]\n", 60);
+  REQUIRE(run(fmt::format("sweep {} --launcher slurm --db {}", file, db)).code == 0);  // plan only
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const int fd = ::open((dir / "worker.log").c_str(), O_WRONLY | O_CREAT, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    execl(kBin.c_str(), kBin.c_str(), "sweep", "run", "--sweep", "1", "--db", db.c_str(), "--quiet", nullptr);
+    _exit(127);
+  }
+  bool killed = false;
+  for (int i = 0; i < 600 && !killed; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    ssr::store::Store s(db);
+    for (const auto& r : s.runs())
+      if (r.status == "running" && r.step >= 4) {
+        kill(pid, SIGKILL);  // the worker and, with it, any chance to record its end
+        killed = true;
+      }
+  }
+  REQUIRE(killed);
+  waitpid(pid, nullptr, 0);
+  // An hour of --stale-after: only the missing process can make the job count as dead.
+  auto r = run(fmt::format("sweep --resume 1 --stale-after 3600 --db {}", db));
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("requeued 1 job") != std::string::npos);
+  ssr::store::Store s(db);
+  CHECK(finished_per_job(s, 1) == std::map<int64_t, int>{{0, 1}});
+}
+
 TEST_CASE("concurrent workers on one store take every job exactly once", "[sweep]") {
   const auto dir = temp_dir("sweep", "workers");
   const auto db = (dir / "runs.db").string();

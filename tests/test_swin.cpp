@@ -557,7 +557,7 @@ TEST_CASE("an interrupted Fashion-MNIST run resumed from its checkpoint repeats 
   const auto b = train::train(cfg, sb, opts);
   stop = true;
   interrupter.join();
-  REQUIRE(b.status == "failed");
+  REQUIRE(b.status == "interrupted");
   REQUIRE(sb.run(b.run_id)->step < 60);
 
   opts.run = b.run_id;

@@ -200,6 +200,54 @@ TEST_CASE("a killed run resumed from its checkpoint repeats the uninterrupted lo
   }
 }
 
+TEST_CASE("SIGINT stops a run as interrupted (exit 130), in training and in the final evaluation", "[train]") {
+  struct Row {
+    std::string where, args, error;
+    int64_t at_step;  // send SIGINT once the store shows this step
+  };
+  // The final evaluation walks the whole validation split (eval.max_segments=0): long enough to
+  // be interrupted in the middle.
+  const std::vector<Row> rows = {
+      {"training", "train.steps=200", "interrupted by signal 2 at step", 6},
+      {"final evaluation", "train.steps=10 eval.max_segments=0 eval.batch_size=1", "during the final evaluation", 10}};
+  for (const auto& row : rows) {
+    INFO(row.where);
+    const auto db = temp_db("train", fmt::format("sigint_{}.db", row.at_step));
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      const std::string cmd = fmt::format("cd '{}' && exec '{}' train {} {} {} run.log_every=2 --db {} --quiet",
+                                          SSR_SOURCE_DIR, kBin, kDemo, kSmall, row.args, db);
+      execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
+      _exit(127);
+    }
+    bool sent = false;
+    for (int i = 0; i < 2400 && !sent; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+      if (!fs::exists(db)) continue;
+      ssr::store::Store s(db);
+      auto runs = s.runs();
+      if (!runs.empty() && runs[0].status == "running" && runs[0].step >= row.at_step) {
+        kill(pid, SIGINT);
+        sent = true;
+      }
+    }
+    REQUIRE(sent);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 130);
+    ssr::store::Store s(db);
+    const auto r = s.runs().at(0);
+    CHECK(r.status == "interrupted");
+    CHECK(r.error.find(row.error) != std::string::npos);
+    auto resumed = run(fmt::format("train --resume {} --db {} --quiet", r.id, db));
+    INFO(resumed.out);
+    CHECK(resumed.code == 0);
+    CHECK(s.run(r.id)->status == "finished");
+  }
+}
+
 TEST_CASE("one trained SSR model is evaluated under every requested inference mode", "[train]") {
   const auto db = temp_db("train", "modes.db");
   // p = 1: Sinkhorn routes every training forward, so keeping it at inference changes the routing.

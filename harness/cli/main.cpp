@@ -2,6 +2,7 @@
 // (harness/cli/*_commands.cpp); no training, SQL or report logic lives here.
 #include <c10/util/Exception.h>
 
+#include <functional>
 #include <iostream>
 
 #include "harness/cli/commands.hpp"
@@ -19,11 +20,20 @@ int main(int argc, char** argv) {
   ssr::cli::add_sweep_commands(app, ctx);
   ssr::cli::add_report_commands(app, ctx);
   ssr::cli::add_compare_command(app, ctx);
+  // A flag takes no value: `--quiet=5` is a typo, not a count.
+  std::function<void(CLI::App&)> no_flag_values = [&](CLI::App& a) {
+    for (auto* o : a.get_options())
+      if (o->get_expected_max() == 0) o->disable_flag_override();
+    for (auto* sub : a.get_subcommands({})) no_flag_values(*sub);
+  };
+  no_flag_values(app);
   try {
     app.parse(argc, argv);
     return ctx.exit_code;
   } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : ssr::cli::kBadInput;
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    std::cerr << "error: " << e.what() << " (see ssr --help or ssr SUBCOMMAND --help)\n";
+    return ssr::cli::kBadInput;
   } catch (const ssr::config::ConfigError& e) {
     std::cerr << "error: " << e.what() << "\n";
     return ssr::cli::kBadInput;

@@ -273,9 +273,11 @@ void add_run_commands(CLI::App& app, Context& ctx) {
 
   // ---- config
   auto* cfgcmd = app.add_subcommand("config", "Print the fully resolved config (every key, defaults included)");
-  cfgcmd->add_option("config", cfg_file, "experiment YAML");
-  cfgcmd->add_option("overrides", cfg_over, "key=value overrides, group=choice");
-  cfgcmd->add_flag("--doc", doc, "print every key with type, default, range and documentation");
+  auto* cfg_file_opt = cfgcmd->add_option("config", cfg_file, "experiment YAML");
+  auto* cfg_over_opt = cfgcmd->add_option("overrides", cfg_over, "key=value overrides, group=choice");
+  cfgcmd->add_flag("--doc", doc, "print every key with type, default, range and documentation")
+      ->excludes(cfg_file_opt)
+      ->excludes(cfg_over_opt);
   cfgcmd->add_flag("--hash", hash_only, "print only the configuration hash");
   cfgcmd->footer(
       "Examples:\n"
@@ -331,7 +333,8 @@ void add_run_commands(CLI::App& app, Context& ctx) {
     if (env.rank == 0)
       std::cerr << fmt::format("run {} {}: stored in {}\n  ssr show {} --db {}\n  ssr runs --db {}\n", out.run_id,
                                out.status, db, out.run_id, db, db);
-    ctx.exit_code = out.status == "failed" ? 1 : 0;
+    // 130 as a shell reports a command stopped by Ctrl-C: `--resume` continues the run.
+    ctx.exit_code = out.status == "failed" ? 1 : out.status == "interrupted" ? 130 : 0;
   });
   runs->callback([st, &ctx] { ctx.exit_code = cmd_runs(ctx.db, st->where, st->format, st->stale_after); });
   show->callback([st, &ctx] { ctx.exit_code = cmd_show(ctx.db, st->show_id, st->show_format, st->stale_after); });

@@ -132,8 +132,9 @@ void add_sweep_commands(CLI::App& app, Context& ctx) {
   sw->add_flag("--dry-run", a->dry_run, "print the jobs and their config hashes; write nothing");
   sw->add_option("--launcher", a->launcher, "local (worker processes here) or slurm (write an sbatch array script)")
       ->check(CLI::IsMember({"local", "slurm"}));
-  sw->add_option("--resume", a->resume, "continue sweep ID: requeue its stale running jobs, then run what is queued");
-  sw->add_flag("--retry-failed", a->retry_failed, "with --resume: requeue failed jobs too");
+  auto* resume = sw->add_option("--resume", a->resume,
+                                "continue sweep ID: requeue its stale running jobs, then run what is queued");
+  sw->add_flag("--retry-failed", a->retry_failed, "with --resume: requeue failed jobs too")->needs(resume);
   sw->add_option("--stale-after", a->stale_after, "seconds without heartbeat before a running job counts as dead")
       ->capture_default_str();
   sw->add_option("--db", ctx.db, "run store")->capture_default_str();

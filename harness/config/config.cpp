@@ -395,6 +395,7 @@ void refuse_repeated_keys(const YAML::Node& n, const std::string& path, int dept
 
 YAML::Node load_yaml(const std::string& path, const std::string& what) {
   if (!fs::exists(path)) throw ConfigError(fmt::format("{}: {} not found", path, what));
+  if (fs::is_directory(path)) throw ConfigError(fmt::format("{}: is a folder; give a YAML {}", path, what));
   try {
     const auto docs = YAML::LoadAllFromFile(path);
     if (docs.size() > 1)
@@ -495,7 +496,11 @@ Override parse_override(const std::string& text) {
 
 json parse_value(const Override& o) {
   try {
-    return yaml_to_json(YAML::Load(o.value));
+    json v = yaml_to_json(YAML::Load(o.value));
+    // YAML reads a leading '%' as a directive and a document of nothing as null; only an empty
+    // value, null or ~ mean "no value".
+    if (v.is_null() && !o.value.empty() && o.value != "null" && o.value != "~") return o.value;
+    return v;
   } catch (const YAML::Exception&) {
     return o.value;  // plain text is fine for strings
   }
@@ -589,6 +594,13 @@ Config resolve(const std::string& config_file, const std::vector<std::string>& o
       if (!is_group(g))
         throw ConfigError(
             fmt::format("{}: defaults.{}: unknown config group (groups: model, router, data)", config_file, g));
+      if (!c.is_string())
+        throw ConfigError(fmt::format("{}: defaults.{}: expected one choice name (e.g. {}: {}), got {}", config_file, g,
+                                      g,
+                                      g == "router"  ? "vanilla"
+                                      : g == "model" ? "tiny"
+                                                     : "wt103-demo",
+                                      c.dump()));
       chosen[g] = c.get<std::string>();
     }
     tree.erase("defaults");

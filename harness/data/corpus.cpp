@@ -4,8 +4,10 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <set>
 #include <unordered_map>
 
@@ -21,7 +23,7 @@ using config::ConfigError;
 
 const char* const kEos = "<eos>";
 const char* const kUnk = "<unk>";
-constexpr char kCacheMagic[8] = {'S', 'S', 'R', 'C', 'O', 'R', 'P', '1'};
+constexpr char kCacheMagic[8] = {'S', 'S', 'R', 'C', 'O', 'R', 'P', '2'};
 
 std::string read_file(const fs::path& path, const std::string& what) {
   std::ifstream in(path, std::ios::binary);
@@ -303,39 +305,65 @@ std::string cache_key(const config::Config& cfg, const Layout& l) {
   return key;
 }
 
+// The cache file: the magic, the SHA-256 of the payload (64 hex characters), the payload (vocab,
+// then each split's int32 ids). A file that fails the checksum or does not parse is rebuilt, so a
+// flipped bit cannot change a result.
 template <typename T>
-void put(std::ostream& out, T v) {
-  out.write(reinterpret_cast<const char*>(&v), sizeof v);
-}
-template <typename T>
-bool get(std::istream& in, T& v) {
-  return static_cast<bool>(in.read(reinterpret_cast<char*>(&v), sizeof v));
+void put(std::string& out, T v) {
+  out.append(reinterpret_cast<const char*>(&v), sizeof v);
 }
 
+// Reads the payload front to back; every read is bounds-checked, so a bad count fails the parse
+// instead of allocating what it claims.
+class Reader {
+ public:
+  explicit Reader(std::string_view b) : b_(b) {}
+  template <typename T>
+  bool get(T& v) {
+    if (b_.size() < sizeof v) return false;
+    std::memcpy(&v, b_.data(), sizeof v);
+    b_.remove_prefix(sizeof v);
+    return true;
+  }
+  bool bytes(size_t n, std::string_view& out) {
+    if (b_.size() < n) return false;
+    out = b_.substr(0, n);
+    b_.remove_prefix(n);
+    return true;
+  }
+  bool done() const { return b_.empty(); }
+
+ private:
+  std::string_view b_;
+};
+
 void write_cache(const fs::path& path, const Corpus& c) {
+  std::string payload;
+  put<uint64_t>(payload, c.vocab.size());
+  for (const auto& w : c.vocab) {
+    put<uint32_t>(payload, static_cast<uint32_t>(w.size()));
+    payload += w;
+  }
+  put<uint64_t>(payload, c.splits.size());
+  for (const auto& [name, ids] : c.splits) {
+    put<uint32_t>(payload, static_cast<uint32_t>(name.size()));
+    payload += name;
+    auto narrow = ids.to(torch::kInt32).contiguous();  // (tokens)
+    put<uint64_t>(payload, static_cast<uint64_t>(narrow.numel()));
+    payload.append(reinterpret_cast<const char*>(narrow.data_ptr<int32_t>()), narrow.numel() * sizeof(int32_t));
+  }
   std::error_code ec;
   fs::create_directories(path.parent_path(), ec);
   const fs::path tmp = path.string() + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary);
     out.write(kCacheMagic, sizeof kCacheMagic);
-    put<uint64_t>(out, c.vocab.size());
-    for (const auto& w : c.vocab) {
-      put<uint32_t>(out, static_cast<uint32_t>(w.size()));
-      out.write(w.data(), static_cast<std::streamsize>(w.size()));
-    }
-    put<uint64_t>(out, c.splits.size());
-    for (const auto& [name, ids] : c.splits) {
-      put<uint32_t>(out, static_cast<uint32_t>(name.size()));
-      out.write(name.data(), static_cast<std::streamsize>(name.size()));
-      auto narrow = ids.to(torch::kInt32).contiguous();  // (tokens)
-      put<uint64_t>(out, static_cast<uint64_t>(narrow.numel()));
-      out.write(reinterpret_cast<const char*>(narrow.data_ptr<int32_t>()),
-                static_cast<std::streamsize>(narrow.numel() * sizeof(int32_t)));
-    }
+    out << sha256_hex(payload);
+    out.write(payload.data(), static_cast<std::streamsize>(payload.size()));
     if (!out) {
       fmt::print(stderr, "warning: cannot write the corpus cache {}; check data.cache_dir (continuing without)\n",
                  tmp.string());
+      out.close();
       fs::remove(tmp, ec);
       return;
     }
@@ -344,35 +372,51 @@ void write_cache(const fs::path& path, const Corpus& c) {
   if (ec) fs::remove(tmp, ec);
 }
 
-std::optional<Corpus> read_cache(const fs::path& path, const std::string& format) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return std::nullopt;
-  char magic[sizeof kCacheMagic];
-  if (!in.read(magic, sizeof magic) || !std::equal(magic, magic + sizeof magic, kCacheMagic)) return std::nullopt;
+std::optional<Corpus> parse_cache(std::string_view payload, const std::string& format) {
+  Reader in(payload);
   Corpus c;
   c.format = format;
   uint64_t n = 0;
-  if (!get(in, n)) return std::nullopt;
+  if (!in.get(n) || n > payload.size()) return std::nullopt;
   c.vocab.resize(n);
   for (auto& w : c.vocab) {
     uint32_t len = 0;
-    if (!get(in, len)) return std::nullopt;
-    w.resize(len);
-    if (!in.read(w.data(), len)) return std::nullopt;
+    std::string_view bytes;
+    if (!in.get(len) || !in.bytes(len, bytes)) return std::nullopt;
+    w = bytes;
   }
-  if (!get(in, n)) return std::nullopt;
+  // Byte-level corpora have no vocabulary list: ids are bytes.
+  const int64_t id_end = format == "byte" ? 256 : static_cast<int64_t>(c.vocab.size());
+  if (!in.get(n)) return std::nullopt;
   for (uint64_t s = 0; s < n; ++s) {
     uint32_t len = 0;
     uint64_t count = 0;
-    std::string name;
-    if (!get(in, len)) return std::nullopt;
-    name.resize(len);
-    if (!in.read(name.data(), len) || !get(in, count)) return std::nullopt;
+    std::string_view name, bytes;
+    if (!in.get(len) || !in.bytes(len, name) || !in.get(count)) return std::nullopt;
+    if (count > payload.size() / sizeof(int32_t) || !in.bytes(count * sizeof(int32_t), bytes)) return std::nullopt;
     std::vector<int32_t> ids(count);
-    if (!in.read(reinterpret_cast<char*>(ids.data()), static_cast<std::streamsize>(count * sizeof(int32_t))))
-      return std::nullopt;
-    c.splits[name] = to_tensor(ids);
+    std::memcpy(ids.data(), bytes.data(), bytes.size());
+    for (int32_t id : ids)
+      if (id < 0 || id >= id_end) return std::nullopt;
+    c.splits[std::string(name)] = to_tensor(ids);
   }
+  if (!in.done()) return std::nullopt;
+  return c;
+}
+
+std::optional<Corpus> read_cache(const fs::path& path, const std::string& format) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::nullopt;
+  std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  constexpr size_t kHead = sizeof kCacheMagic + 64;  // magic, hex SHA-256
+  if (file.size() < kHead || file.compare(0, sizeof kCacheMagic, kCacheMagic, sizeof kCacheMagic) != 0)
+    return std::nullopt;  // absent, or written by an older version: rebuilt without a word
+  const std::string_view payload = std::string_view(file).substr(kHead);
+  std::optional<Corpus> c;
+  if (sha256_hex(payload) == file.substr(sizeof kCacheMagic, 64)) c = parse_cache(payload, format);
+  if (!c)
+    fmt::print(stderr, "warning: the corpus cache {} fails its checksum or does not parse; rebuilding it\n",
+               path.string());
   return c;
 }
 

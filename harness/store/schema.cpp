@@ -16,7 +16,7 @@ namespace ssr::store {
 
 // Versioned migrations: entry i takes the schema from version i to i + 1. Never edit a
 // released entry; append a new one.
-static const std::array<const char*, 4> kMigrations = {
+static const std::array<const char*, 6> kMigrations = {
     R"sql(
 CREATE TABLE sweeps (
   id          INTEGER PRIMARY KEY,
@@ -113,6 +113,43 @@ INSERT INTO store_info (key, value) VALUES ('id', lower(hex(randomblob(8))));
     // 4: a bench case's peak device memory (CUDA only; NULL on CPU, where LibTorch keeps no count).
     R"sql(
 ALTER TABLE bench_cases ADD COLUMN peak_bytes INTEGER;
+)sql",
+    // 5: status 'interrupted' (a signal stopped the run; it resumes, it did not fail). SQLite
+    // cannot change a CHECK in place: the table is rebuilt (migrate() turns foreign keys off).
+    R"sql(
+CREATE TABLE runs_new (
+  id            INTEGER PRIMARY KEY,
+  sweep_id      INTEGER REFERENCES sweeps(id),
+  job_num       INTEGER,
+  config_hash   TEXT NOT NULL,
+  config_json   TEXT NOT NULL,
+  status        TEXT NOT NULL CHECK (status IN ('queued','running','finished','failed','nan','interrupted')),
+  seed          INTEGER,
+  git_rev       TEXT,
+  host          TEXT,
+  device        TEXT,
+  torch_version TEXT,
+  world_size    INTEGER NOT NULL DEFAULT 1,
+  backend       TEXT,
+  created_at    REAL NOT NULL,
+  started_at    REAL,
+  ended_at      REAL,
+  heartbeat_at  REAL,
+  step          INTEGER NOT NULL DEFAULT 0,
+  error         TEXT,
+  UNIQUE (sweep_id, job_num)
+);
+INSERT INTO runs_new (id, sweep_id, job_num, config_hash, config_json, status, seed, git_rev, host, device, torch_version, world_size, backend, created_at, started_at, ended_at, heartbeat_at, step, error)
+  SELECT id, sweep_id, job_num, config_hash, config_json, status, seed, git_rev, host, device, torch_version, world_size, backend, created_at, started_at, ended_at, heartbeat_at, step, error FROM runs;
+DROP TABLE runs;
+ALTER TABLE runs_new RENAME TO runs;
+CREATE INDEX runs_hash ON runs(config_hash);
+UPDATE runs SET status='interrupted' WHERE status='failed' AND error LIKE 'interrupted by signal%';
+)sql",
+    // 6: the process id of a running run (with its host), so that a run whose process is gone from
+    // this host is requeued at once instead of after its heartbeat goes stale.
+    R"sql(
+ALTER TABLE runs ADD COLUMN pid INTEGER;
 )sql"};
 
 Store::Store(const std::string& path) : path_(path) {
@@ -120,6 +157,11 @@ Store::Store(const std::string& path) : path_(path) {
   if (path.empty() || path == ":memory:" || path.rfind("file:", 0) == 0)
     throw StoreError(fmt::format("run store '{}': not a file path; give --db PATH (or run.db)", path));
   fs::path p(path);
+  std::error_code kind_ec;
+  const auto kind = fs::status(p, kind_ec).type();
+  if (kind != fs::file_type::not_found && kind != fs::file_type::regular)
+    throw StoreError(fmt::format("run store '{}': not a regular file ({}); give --db PATH to a SQLite file", path,
+                                 kind == fs::file_type::directory ? "a folder" : "a device, pipe or socket"));
   if (p.has_parent_path()) {
     std::error_code ec;
     fs::create_directories(p.parent_path(), ec);
@@ -168,16 +210,27 @@ int Store::schema_version() const {
 
 void Store::migrate() {
   if (schema_version() == static_cast<int>(kMigrations.size())) return;
-  Transaction tx(db_);
-  int v = schema_version();  // re-read under the write lock: another process may have migrated
-  if (v > static_cast<int>(kMigrations.size()))
-    throw StoreError(
-        fmt::format("{}: schema version {} is newer than this ssr ({}); update ssr", path_, v, kMigrations.size()));
-  for (; v < static_cast<int>(kMigrations.size()); ++v) {
-    exec(kMigrations[v]);
-    exec(fmt::format("PRAGMA user_version={}", v + 1));
+  // A migration that rebuilds a table drops the old one, which foreign keys would refuse; they
+  // are checked by hand before the commit instead (SQLite's procedure for schema changes). The
+  // pragma has no effect inside a transaction, so it is set around it.
+  exec("PRAGMA foreign_keys=OFF");
+  {
+    Transaction tx(db_);
+    int v = schema_version();  // re-read under the write lock: another process may have migrated
+    if (v > static_cast<int>(kMigrations.size()))
+      throw StoreError(
+          fmt::format("{}: schema version {} is newer than this ssr ({}); update ssr", path_, v, kMigrations.size()));
+    for (; v < static_cast<int>(kMigrations.size()); ++v) {
+      exec(kMigrations[v]);
+      exec(fmt::format("PRAGMA user_version={}", v + 1));
+    }
+    {
+      Stmt fk(db_, "PRAGMA foreign_key_check");
+      if (fk.step()) throw StoreError(fmt::format("{}: migration broke a foreign key in table {}", path_, fk.text(0)));
+    }
+    tx.commit();
   }
-  tx.commit();
+  exec("PRAGMA foreign_keys=ON");
 }
 
 }  // namespace ssr::store

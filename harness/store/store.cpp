@@ -3,8 +3,10 @@
 
 #include <sqlite3.h>
 #include <torch/version.h>
+#include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <fmt/format.h>
 #include <fstream>
@@ -56,8 +58,8 @@ int64_t Store::create_run(const std::string& config_hash, const json& config, in
   Transaction tx(db_);
   Stmt s(db_,
          "INSERT INTO runs (sweep_id, job_num, config_hash, config_json, status, seed, git_rev, host, "
-         "device, torch_version, world_size, backend, created_at, started_at, heartbeat_at) "
-         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+         "device, torch_version, world_size, backend, created_at, started_at, heartbeat_at, pid) "
+         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
   const double t = now();
   const bool running = status == "running";
   s.bind(1, sweep_id)
@@ -73,7 +75,7 @@ int64_t Store::create_run(const std::string& config_hash, const json& config, in
       .bind(11, info.world_size)
       .bind(12, info.backend)
       .bind(13, t);
-  if (running) s.bind(14, t).bind(15, t);
+  if (running) s.bind(14, t).bind(15, t).bind(16, static_cast<int64_t>(::getpid()));
   s.step();
   int64_t id = sqlite3_last_insert_rowid(db_);
   tx.commit();
@@ -86,7 +88,7 @@ namespace {
 void mark_running(sqlite3* db, int64_t run, const RunInfo& info) {
   Stmt s(db,
          "UPDATE runs SET status='running', git_rev=?, host=?, device=?, torch_version=?, world_size=?, "
-         "backend=?, started_at=?, heartbeat_at=?, ended_at=NULL, error=NULL WHERE id=?");
+         "backend=?, started_at=?, heartbeat_at=?, ended_at=NULL, error=NULL, pid=? WHERE id=?");
   const double t = now();
   s.bind(1, info.git_rev)
       .bind(2, info.host)
@@ -96,7 +98,8 @@ void mark_running(sqlite3* db, int64_t run, const RunInfo& info) {
       .bind(6, info.backend)
       .bind(7, t)
       .bind(8, t)
-      .bind(9, run);
+      .bind(9, static_cast<int64_t>(::getpid()))
+      .bind(10, run);
   s.step();
 }
 
@@ -109,8 +112,8 @@ void Store::start_run(int64_t run, const RunInfo& info) {
 }
 
 void Store::heartbeat(int64_t run, int64_t step) {
-  Stmt s(db_, "UPDATE runs SET heartbeat_at=?, step=? WHERE id=?");
-  s.bind(1, now()).bind(2, step).bind(3, run);
+  Stmt s(db_, "UPDATE runs SET heartbeat_at=?, step=?, pid=? WHERE id=?");
+  s.bind(1, now()).bind(2, step).bind(3, static_cast<int64_t>(::getpid())).bind(4, run);
   s.step();
 }
 
@@ -250,9 +253,25 @@ std::optional<Run> Store::claim_job(int64_t sweep, std::optional<int64_t> job, c
 
 int64_t Store::requeue(int64_t sweep, double stale_after, bool failed) {
   Transaction tx(db_);
+  // A running job whose process is provably gone (its pid no longer exists on this host) is dead
+  // whatever its heartbeat's age.
+  {
+    char host[256] = {0};
+    gethostname(host, sizeof host - 1);
+    std::vector<int64_t> dead;
+    Stmt q(db_, "SELECT id, pid FROM runs WHERE sweep_id=? AND status='running' AND host=? AND pid IS NOT NULL");
+    q.bind(1, sweep).bind(2, std::string(host));
+    while (q.step())
+      if (::kill(static_cast<pid_t>(q.i64(1)), 0) != 0 && errno == ESRCH) dead.push_back(q.i64(0));
+    for (int64_t id : dead) {
+      Stmt u(db_, "UPDATE runs SET heartbeat_at=0 WHERE id=?");
+      u.bind(1, id);
+      u.step();
+    }
+  }
   Stmt s(db_,
          "UPDATE runs SET status='queued' WHERE sweep_id=? AND "
-         "((status='running' AND heartbeat_at < ?) OR (status='failed' AND ?))");
+         "((status='running' AND heartbeat_at < ?) OR status='interrupted' OR (status='failed' AND ?))");
   s.bind(1, sweep).bind(2, now() - stale_after).bind(3, int64_t{failed ? 1 : 0});
   s.step();
   const int64_t n = sqlite3_changes(db_);

@@ -27,8 +27,11 @@ using json = nlohmann::json;
 
 namespace {
 
-std::atomic<int> g_stop{0};
-void on_stop(int sig) { g_stop = sig; }
+std::atomic<int> g_stop{0}, g_signals{0};
+void on_stop(int sig) {
+  g_stop = sig;
+  ++g_signals;
+}
 
 std::string self_exe() {
   std::error_code ec;
@@ -52,6 +55,7 @@ std::string Summary::line() const {
   if (failed) s += fmt::format(", {} failed", failed);
   if (running) s += fmt::format(", {} running", running);
   if (stale) s += fmt::format(", {} stale", stale);
+  if (interrupted) s += fmt::format(", {} interrupted", interrupted);
   if (queued) s += fmt::format(", {} queued", queued);
   return s + "]";
 }
@@ -91,6 +95,8 @@ Summary summarize(const std::vector<JobStatus>& jobs) {
       ++s.running;
     else if (j.status == "stale")
       ++s.stale;
+    else if (j.status == "interrupted")
+      ++s.interrupted;
     else if (j.status == "queued" || j.status == "missing")
       ++s.queued;
   }
@@ -128,8 +134,10 @@ int work(store::Store& store, int64_t sweep, std::optional<int64_t> job, bool qu
                                          "--db",     store.path()};
         if (quiet) argv.push_back("--quiet");
         if (dist::launch(static_cast<int>(nproc), argv, store.path()) != 0) code = 1;
-      } else if (train::train(cfg, store, opts).status == "failed") {
+      } else if (const auto status = train::train(cfg, store, opts).status; status == "failed") {
         code = 1;
+      } else if (status == "interrupted") {
+        return 130;  // the sweep is being stopped: take no further job
       }
     } catch (const std::exception& e) {
       // The trainer has recorded the failure on the row when it got that far; a job rejected
@@ -151,6 +159,7 @@ int run_local(store::Store& store, int64_t sweep_id, const LocalOptions& opt) {
   const std::string exe = self_exe();
   const bool tty = isatty(STDERR_FILENO);
   g_stop = 0;
+  g_signals = 0;
   auto old_int = std::signal(SIGINT, on_stop);
   auto old_term = std::signal(SIGTERM, on_stop);
 
@@ -170,10 +179,24 @@ int run_local(store::Store& store, int64_t sweep_id, const LocalOptions& opt) {
   };
   size_t next = 0;
   bool stopping = false;
-  while (next < pending.size() || !children.empty()) {
+  while ((!stopping && next < pending.size()) || !children.empty()) {
     if (g_stop && !stopping) {
-      stopping = true;  // children mark their runs failed ("interrupted") and exit
+      // The first signal: launch nothing more; the workers stop at a step boundary, record their
+      // runs as interrupted (with a checkpoint to resume from) and exit.
+      stopping = true;
       for (const auto& [pid, num] : children) kill(pid, SIGTERM);
+    }
+    if (g_signals > 1) {
+      // A second signal: stop now. The killed workers' runs are marked interrupted here, and
+      // `--resume` continues them from their last checkpoint.
+      for (const auto& [pid, num] : children) kill(pid, SIGKILL);
+      for (const auto& [pid, num] : children) waitpid(pid, nullptr, 0);
+      for (const auto& r : store.sweep_runs(sweep_id))
+        for (const auto& [pid, num] : children)
+          if (r.job_num == num && r.status == "running")
+            store.finish_run(r.id, "interrupted", "the sweep was stopped by a second signal");
+      children.clear();
+      break;
     }
     while (!stopping && children.size() < static_cast<size_t>(opt.jobs) && next < pending.size()) {
       const int64_t num = pending[next++];
@@ -199,7 +222,12 @@ int run_local(store::Store& store, int64_t sweep_id, const LocalOptions& opt) {
     if (pid > 0 && children.count(pid)) {
       const int64_t num = children[pid];
       children.erase(pid);
-      if (WIFSIGNALED(status)) {
+      if (WIFSIGNALED(status) && stopping) {
+        for (const auto& r : store.sweep_runs(sweep_id))
+          if (r.job_num == num && r.status == "running")
+            store.finish_run(r.id, "interrupted",
+                             fmt::format("worker ended by signal {} while the sweep stopped", WTERMSIG(status)));
+      } else if (WIFSIGNALED(status)) {
         // A worker killed outright never wrote its end: record it, so the sweep shows the failure
         // and `ssr sweep --resume ID --retry-failed` reruns it from its last checkpoint.
         for (const auto& r : store.sweep_runs(sweep_id))

@@ -1,5 +1,7 @@
 #include "harness/train/checkpoint.hpp"
 
+#include "harness/config/config.hpp"
+
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <openssl/evp.h>
@@ -103,6 +105,22 @@ std::string first_line(const std::exception& e) {
 
 fs::path run_dir(const std::string& out_dir, const store::Store& store, int64_t run) {
   return fs::path(out_dir) / store.id() / std::to_string(run);
+}
+
+void check_out_dir(const std::string& out_dir, const store::Store& store) {
+  const fs::path dir = fs::path(out_dir) / store.id();
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  const fs::path probe = dir / fmt::format(".write-probe-{}", ::getpid());
+  if (!ec) {
+    Fd fd(::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+    if (fd.fd < 0) ec = std::error_code(errno, std::generic_category());
+  }
+  std::error_code ignored;
+  fs::remove(probe, ignored);
+  if (ec)
+    throw config::ConfigError(fmt::format("run.out_dir: cannot write checkpoints under {} ({}); pick a writable folder",
+                                          dir.string(), ec.message()));
 }
 
 void write_checkpoint(torch::serialize::OutputArchive& archive, const fs::path& path) {

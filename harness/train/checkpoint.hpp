@@ -24,6 +24,9 @@ struct CheckpointError : std::runtime_error {
 
 // The checkpoint folder of run `run`: run.out_dir / store id / run id (run ids are per store).
 std::filesystem::path run_dir(const std::string& out_dir, const store::Store& store, int64_t run);
+// Refuses, before any training, a run.out_dir where checkpoints cannot be written: creates the
+// store's folder under it and writes and removes a probe file. A config::ConfigError naming it.
+void check_out_dir(const std::string& out_dir, const store::Store& store);
 
 // Writes `archive` to `path` atomically (creating its folder). On failure the temporary file is
 // removed, the previous file is untouched, and the error names the path and the free space.

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <functional>
 #include <map>
 #include <optional>
@@ -291,12 +292,14 @@ class LMTask final : public Task {
   // caches first). This rank scores rows [row0, row0 + rows) of every segment; the sums are
   // reduced over ranks.
   double evaluate_nll(const std::function<data::StreamBatcher::Batch(int64_t)>& next_segment, int64_t count,
-                      models::LMState& state, bool bf16, int64_t row0, int64_t rows, bool reset_each = false) {
+                      models::LMState& state, bool bf16, int64_t row0, int64_t rows, bool reset_each = false,
+                      const std::function<void()>& each_segment = {}) {
     torch::NoGradGuard no_grad;
     models::AutocastGuard autocast(device_, bf16);
     model_->eval();
     double total = 0, tokens = 0;
     for (int64_t i = 0; i < count; ++i) {
+      if (each_segment) each_segment();
       auto batch = next_segment(i);
       if (batch.reset || reset_each)
         for (auto& c : state.cache) c.zero_();
@@ -329,8 +332,12 @@ class LMTask final : public Task {
       if (norms) m->take_output_norm();  // drop what training steps accumulated
       m->collect_stats(norms);
     }
-    const double loss =
-        evaluate_nll([&](int64_t i) { return walk.segment(i); }, n, state, bf16, eval_row0_, eval_rows_, reset_each);
+    // One rank alone must not leave the evaluation (the others would wait in its sum): with
+    // several ranks the loop checks for signals between splits only.
+    std::function<void()> poll;
+    if (!group_) poll = [&] { log.poll(steps); };
+    double loss = evaluate_nll([&](int64_t i) { return walk.segment(i); }, n, state, bf16, eval_row0_, eval_rows_,
+                               reset_each, poll);
     for (auto& m : model_->moe_layers) m->collect_stats(false);
     const auto [metric, value] = headline(cfg_, loss);
     log.result(stored_as, "loss", loss);
@@ -344,7 +351,8 @@ class LMTask final : public Task {
       log.flush(steps);
     }
     progress.message(fmt::format("run {}: {} {} {:.3f}", log.id(), stored_as, metric, value));
-    return loss;
+    // A perplexity beyond the double range (a loss above ~709 nats) is a diverged run, not a result.
+    return std::isfinite(value) ? loss : std::numeric_limits<double>::infinity();
   }
 
   const config::Config& cfg_;

@@ -104,6 +104,7 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
     }
     if (on_lead(task, fs::exists(last))) state = load(last, task, optimizer.get());
   }
+  if (lead) check_out_dir(cfg.s("run.out_dir"), store);
   RunLog log(store, cfg, lead);
   const int64_t run_id = log.open(task.run_info(), opts.run, state.step, group);
   if (lead) dist::announce_run(run_id);
@@ -138,9 +139,9 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
     for (int64_t step = state.step + 1; step <= steps; ++step) {
       if (const int sig = log.interrupted()) {
         log.flush(step - 1);
-        log.finish("failed", fmt::format("interrupted by signal {} at step {}", sig, step - 1));
+        log.finish("interrupted", fmt::format("interrupted by signal {} at step {}", sig, step - 1));
         progress.finish();
-        return {run_id, "failed"};
+        return {run_id, "interrupted"};
       }
       const bool log_step = step % log_every == 0 || step == steps;
       for (auto& layer : layers) layer->collect_stats(log_step);
@@ -240,9 +241,10 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
     task.begin_final_evaluation();
     const auto splits = cfg.strings("eval.splits");
     for (const auto& split : splits) {
+      log.poll(steps);
       const double loss = task.evaluate(split, split, bf16, log, progress);
       if (!std::isfinite(loss)) {
-        log.finish("nan", fmt::format("{} loss is {}", split, loss));
+        log.finish("nan", fmt::format("{} evaluation is not finite (loss {}): diverged", split, loss));
         return {run_id, "nan"};
       }
     }
@@ -250,7 +252,10 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
     // The same model under SSR's other inference modes (paper Table 3): SPLIT@MODE.
     for (const auto& mode : cfg.strings("eval.router_modes")) {
       set_eval_mode(layers, mode);
-      for (const auto& split : splits) task.evaluate(split, split + "@" + mode, bf16, log, progress);
+      for (const auto& split : splits) {
+        log.poll(steps);
+        task.evaluate(split, split + "@" + mode, bf16, log, progress);
+      }
     }
     task.final_results(log);
     if (!layers.empty()) {  // the related work's question: does balance come with specialised experts?
@@ -261,6 +266,10 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
     log.result("train", "seconds", log.wall());
     log.finish("finished");
     return {run_id, "finished"};
+  } catch (const Interrupted& e) {
+    progress.finish();
+    log.finish("interrupted", fmt::format("interrupted by signal {} during the final evaluation", e.signal));
+    return {run_id, "interrupted"};
   } catch (const std::exception& e) {
     progress.finish();
     log.finish("failed", e.what());

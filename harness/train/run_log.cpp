@@ -96,6 +96,11 @@ void RunLog::flush_if_due(int64_t step) {
 
 int RunLog::interrupted() const { return g_signal; }
 
+void RunLog::poll(int64_t step) {
+  flush_if_due(step);
+  if (const int sig = g_signal) throw Interrupted(sig);
+}
+
 void RunLog::finish(const std::string& status, const std::string& error) {
   if (!lead_) return;
   if (status == "finished") routing_results();

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <csignal>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,12 @@
 #include "routers/router.hpp"
 
 namespace ssr::train {
+
+// Thrown by RunLog::poll when SIGINT or SIGTERM asked the run to stop mid-evaluation.
+struct Interrupted : std::runtime_error {
+  explicit Interrupted(int sig) : std::runtime_error("interrupted by signal " + std::to_string(sig)), signal(sig) {}
+  int signal;
+};
 
 class RunLog {
  public:
@@ -43,6 +50,8 @@ class RunLog {
   void flush_if_due(int64_t step);
 
   int interrupted() const;  // the signal that asked the run to stop, or 0
+  // Inside long evaluations: the heartbeat when due, and Interrupted when a signal came.
+  void poll(int64_t step);
   // Ends the run with `status`. A finished run first gets its routing results (split train): the
   // mean over layers of the last logged load_cv, max_vio, dead_experts, entropy, drop_rate, unrouted and
   // token_mi (LM only), and sinkhorn_forwards, the Sinkhorn calls of every logging window summed

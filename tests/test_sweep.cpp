@@ -38,6 +38,22 @@ using ssr::testing::run;
 using ssr::testing::shell;
 
 // A sweep file in `dir` whose jobs train the demo model for a few steps on real WikiText-103 text.
+// Starts `ssr ARGS` as a child with stdout and stderr in `log`; returns its pid.
+pid_t spawn_ssr(const std::string& log, std::vector<std::string> args) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    std::vector<char*> argv{const_cast<char*>(kBin.c_str())};
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(kBin.c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
 std::string write_sweep(const fs::path& dir, const std::string& body, int steps = 6) {
   const auto file = dir / "sweep.yaml";
   std::ofstream(file) << fmt::format(
@@ -275,15 +291,9 @@ TEST_CASE("a sweep whose worker is killed with SIGKILL mid-job resumes and finis
   const auto dir = temp_dir("sweep", "kill");
   const auto db = (dir / "runs.db").string();
   const auto file = write_sweep(dir, "grid:\n  router.name: [vanilla, lb, zloss]\n", 60);
-  const pid_t sweep_pid = fork();
-  REQUIRE(sweep_pid >= 0);
-  if (sweep_pid == 0) {
-    const int fd = ::open((dir / "sweep.log").c_str(), O_WRONLY | O_CREAT, 0644);
-    dup2(fd, 1);
-    dup2(fd, 2);
-    execl(kBin.c_str(), kBin.c_str(), "sweep", file.c_str(), "--jobs", "1", "--db", db.c_str(), "--quiet", nullptr);
-    _exit(127);
-  }
+  const pid_t sweep_pid =
+      spawn_ssr((dir / "sweep.log").string(), {"sweep", file, "--jobs", "1", "--db", db, "--quiet"});
+  REQUIRE(sweep_pid > 0);
   // Wait until the first job has trained a few steps, then kill its worker outright.
   bool killed = false;
   for (int i = 0; i < 600 && !killed; ++i) {
@@ -320,15 +330,9 @@ TEST_CASE("Ctrl-C on a sweep stops it with 130, the job is interrupted, and --re
   const auto dir = temp_dir("sweep", "sigint");
   const auto db = (dir / "runs.db").string();
   const auto file = write_sweep(dir, "grid:\n  router.name: [vanilla, lb, zloss]\n", 60);
-  const pid_t sweep_pid = fork();
-  REQUIRE(sweep_pid >= 0);
-  if (sweep_pid == 0) {
-    const int fd = ::open((dir / "sweep.log").c_str(), O_WRONLY | O_CREAT, 0644);
-    dup2(fd, 1);
-    dup2(fd, 2);
-    execl(kBin.c_str(), kBin.c_str(), "sweep", file.c_str(), "--jobs", "1", "--db", db.c_str(), "--quiet", nullptr);
-    _exit(127);
-  }
+  const pid_t sweep_pid =
+      spawn_ssr((dir / "sweep.log").string(), {"sweep", file, "--jobs", "1", "--db", db, "--quiet"});
+  REQUIRE(sweep_pid > 0);
   // SIGINT to the parent once the first job has trained a few steps; two jobs are still queued.
   bool sent = false;
   for (int i = 0; i < 600 && !sent; ++i) {
@@ -368,15 +372,8 @@ TEST_CASE("a job whose process is gone from this host is requeued at once, not a
   const auto db = (dir / "runs.db").string();
   const auto file = write_sweep(dir, "grid:\n  router.name: [vanilla]\n", 60);
   REQUIRE(run(fmt::format("sweep {} --launcher slurm --db {}", file, db)).code == 0);  // plan only
-  const pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    const int fd = ::open((dir / "worker.log").c_str(), O_WRONLY | O_CREAT, 0644);
-    dup2(fd, 1);
-    dup2(fd, 2);
-    execl(kBin.c_str(), kBin.c_str(), "sweep", "run", "--sweep", "1", "--db", db.c_str(), "--quiet", nullptr);
-    _exit(127);
-  }
+  const pid_t pid = spawn_ssr((dir / "worker.log").string(), {"sweep", "run", "--sweep", "1", "--db", db, "--quiet"});
+  REQUIRE(pid > 0);
   bool killed = false;
   for (int i = 0; i < 600 && !killed; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -407,15 +404,8 @@ TEST_CASE("concurrent workers on one store take every job exactly once", "[sweep
   REQUIRE(r.code == 0);
   std::vector<pid_t> kids;
   for (int w = 0; w < 3; ++w) {
-    const pid_t pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      const int fd = ::open("/dev/null", O_WRONLY);
-      dup2(fd, 1);
-      dup2(fd, 2);
-      execl(kBin.c_str(), kBin.c_str(), "sweep", "run", "--sweep", "1", "--db", db.c_str(), "--quiet", nullptr);
-      _exit(127);
-    }
+    const pid_t pid = spawn_ssr("/dev/null", {"sweep", "run", "--sweep", "1", "--db", db, "--quiet"});
+    REQUIRE(pid > 0);
     kids.push_back(pid);
   }
   for (pid_t pid : kids) {

@@ -35,12 +35,16 @@ std::string cpu_model() {
 
 }  // namespace
 
+std::string host_name() {
+  char host[256] = {0};
+  gethostname(host, sizeof host - 1);
+  return host;
+}
+
 RunInfo this_machine(const std::string& device) {
   RunInfo info;
   info.git_rev = build_git_rev();
-  char host[256] = {0};
-  gethostname(host, sizeof host - 1);
-  info.host = host;
+  info.host = host_name();
   info.device = device == "cpu" ? fmt::format("cpu: {} ({} threads)", cpu_model(), torch::get_num_threads()) : device;
 #ifdef SSR_WITH_CUDA
   // Reports compare step times only between runs on the same device: name the GPU, not "cuda".
@@ -255,18 +259,18 @@ int64_t Store::requeue(int64_t sweep, double stale_after, bool failed) {
   Transaction tx(db_);
   // A running job whose process is provably gone (its pid no longer exists on this host) is dead
   // whatever its heartbeat's age.
+  int64_t n = 0;
   {
-    char host[256] = {0};
-    gethostname(host, sizeof host - 1);
     std::vector<int64_t> dead;
     Stmt q(db_, "SELECT id, pid FROM runs WHERE sweep_id=? AND status='running' AND host=? AND pid IS NOT NULL");
-    q.bind(1, sweep).bind(2, std::string(host));
+    q.bind(1, sweep).bind(2, host_name());
     while (q.step())
       if (::kill(static_cast<pid_t>(q.i64(1)), 0) != 0 && errno == ESRCH) dead.push_back(q.i64(0));
     for (int64_t id : dead) {
-      Stmt u(db_, "UPDATE runs SET heartbeat_at=0 WHERE id=?");
+      Stmt u(db_, "UPDATE runs SET status='queued' WHERE id=?");
       u.bind(1, id);
       u.step();
+      ++n;
     }
   }
   Stmt s(db_,
@@ -274,7 +278,7 @@ int64_t Store::requeue(int64_t sweep, double stale_after, bool failed) {
          "((status='running' AND heartbeat_at < ?) OR status='interrupted' OR (status='failed' AND ?))");
   s.bind(1, sweep).bind(2, now() - stale_after).bind(3, int64_t{failed ? 1 : 0});
   s.step();
-  const int64_t n = sqlite3_changes(db_);
+  n += sqlite3_changes(db_);
   tx.commit();
   return n;
 }

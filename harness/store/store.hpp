@@ -23,6 +23,8 @@ struct RunInfo {  // facts about where and how a run executes
 // The revision of the sources this binary was built from (`git describe --always --dirty` at
 // build time; "unknown" outside a git checkout). Defined in a file the build generates.
 const char* build_git_rev();
+// This machine's host name (gethostname), as runs record it.
+std::string host_name();
 // The facts of this process: the binary's git revision, host name, device, LibTorch version.
 RunInfo this_machine(const std::string& device);
 

@@ -207,6 +207,28 @@ std::string other_value(const ssr::config::Key& k) {
   return "";
 }
 
+// Completes overrides so that each scoped choice fits the key it depends on (data.format with
+// model.arch): the value set is kept and the other side is chosen to accept it.
+void consistent_choices(std::vector<std::string>& overrides) {
+  const auto given = [&](const std::string& key) -> std::string {
+    for (const auto& o : overrides)
+      if (o.rfind(key + "=", 0) == 0) return o.substr(key.size() + 1);
+    return "";
+  };
+  for (const auto& sc : ssr::config::choice_scopes()) {
+    const std::string key = given(sc.key), other = given(sc.other);
+    if (!other.empty() && key.empty()) {
+      if (const auto it = sc.allowed.find(other); it != sc.allowed.end())
+        overrides.push_back(sc.key + "=" + it->second.front());
+    } else if (!key.empty() && other.empty()) {
+      for (const auto& [o, values] : sc.allowed)
+        if (std::find(values.begin(), values.end(), key) != values.end()) {
+          overrides.push_back(sc.other + "=" + o);
+          break;
+        }
+    }
+  }
+}
 }  // namespace
 
 TEST_CASE("every component refuses a key it does not use, naming the key and what leaves it unused", "[config]") {
@@ -231,6 +253,7 @@ TEST_CASE("every component refuses a key it does not use, naming the key and wha
       std::vector<std::string> overrides;
       for (const auto& [o2, v2] : k.when) overrides.push_back(o2 + "=" + v2.front());
       overrides.push_back(set);
+      consistent_choices(overrides);
       CHECK_NOTHROW(resolve(empty, overrides));
       ++scoped;
     }
@@ -241,7 +264,7 @@ TEST_CASE("every component refuses a key it does not use, naming the key and wha
   CHECK(lm.find("randaug_n") == std::string::npos);
   CHECK(lm.find("attn_span") != std::string::npos);
   CHECK(lm.find("  p:") == std::string::npos);  // router.p: the default router is vanilla
-  const auto swin = resolve(empty, {"model.arch=swin_moe"}).to_yaml();
+  const auto swin = resolve(empty, {"model.arch=swin_moe", "data.format=idx"}).to_yaml();
   CHECK(swin.find("attn_span") == std::string::npos);
   CHECK(swin.find("randaug_n") != std::string::npos);
 }

@@ -1,12 +1,15 @@
-// Bad input through the `ssr` binary: each case is refused with exit 2 and one line naming the
-// flag, key or file, and leaves no store behind that it did not find.
+// Bad input through the `ssr` binary: the corpus in tests/fixtures/bad/cases.tsv plus one case
+// per config key and bad value. Each is refused with its exit code and one line naming the flag,
+// key or file, creates no store it did not find, and adds no row to one it did.
 #include <catch2/catch.hpp>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fmt/format.h>
 #include <fstream>
+#include <sstream>
 
+#include "harness/config/config.hpp"
 #include "tests/cli_helpers.hpp"
 #include "tests/helpers.hpp"
 
@@ -14,65 +17,143 @@ namespace fs = std::filesystem;
 
 namespace {
 
+struct Case {
+  int code;
+  std::string expected, args;
+};
+
 fs::path inputs_dir() {
   const auto dir = fs::temp_directory_path() / fmt::format("ssr_inputs_{}", ::getpid());
   fs::create_directories(dir);
   return dir;
 }
 
-std::string write_file(const std::string& name, const std::string& text) {
-  const auto p = inputs_dir() / name;
-  std::ofstream(p) << text;
-  return p.string();
+std::string replace_all(std::string s, const std::string& from, const std::string& to) {
+  for (size_t i = 0; (i = s.find(from, i)) != std::string::npos; i += to.size()) s.replace(i, from.size(), to);
+  return s;
+}
+
+std::vector<Case> corpus() {
+  const fs::path file = fs::path(SSR_SOURCE_DIR) / "tests/fixtures/bad/cases.tsv";
+  std::ifstream in(file);
+  REQUIRE(in);
+  std::vector<Case> cases;
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty() || line[0] == '#') continue;
+    const auto a = line.find('\t'), b = line.find('\t', a + 1);
+    INFO(file.string() << ": " << line);
+    REQUIRE(b != std::string::npos);
+    cases.push_back({std::stoi(line.substr(0, a)), line.substr(a + 1, b - a - 1), line.substr(b + 1)});
+  }
+  return cases;
+}
+
+// Values a key refuses: one of the wrong type, and one beyond each end of its range.
+std::vector<std::string> bad_values(const ssr::config::Key& k) {
+  using ssr::config::Type;
+  std::vector<std::string> v;
+  const bool low = k.min > -1e300, high = k.max < 1e300;
+  switch (k.type) {
+    case Type::Int:
+      v = {"1.5"};
+      if (low) v.push_back(fmt::format("{}", static_cast<int64_t>(k.min) - 1));
+      if (high) v.push_back(fmt::format("{}", static_cast<int64_t>(k.max) + 1));
+      break;
+    case Type::Float:
+      v = {"nan"};
+      if (low) v.push_back(fmt::format("{}", k.min - 1));
+      if (high) v.push_back(fmt::format("{}", k.max + 1));
+      break;
+    case Type::Bool: v = {"maybe"}; break;
+    case Type::String: v = {"[a]"}; break;
+    case Type::Choice: v = {"zzz"}; break;
+    case Type::IntList: v = {"[abc]"}; break;
+    case Type::FloatList: v = {"[abc]"}; break;
+    case Type::StringList: v = {"{a: 1}"}; break;
+  }
+  return v;
+}
+
+std::vector<ssr::testing::Result> run_all(const std::vector<std::string>& args) {
+  // A few at a time: each case is mostly LibTorch's start-up.
+  constexpr size_t kAtOnce = 4;
+  std::vector<ssr::testing::Result> out;
+  for (size_t first = 0; first < args.size(); first += kAtOnce) {
+    std::vector<FILE*> pipes;
+    for (size_t i = first; i < std::min(args.size(), first + kAtOnce); ++i) {
+      const auto cmd =
+          fmt::format("cd '{}' && OMP_NUM_THREADS=1 '{}' {} 2>&1", SSR_SOURCE_DIR, ssr::testing::kBin, args[i]);
+      pipes.push_back(popen(cmd.c_str(), "r"));
+      REQUIRE(pipes.back());
+    }
+    for (FILE* p : pipes) {
+      ssr::testing::Result r{0, ""};
+      char buf[512];
+      while (fgets(buf, sizeof buf, p)) r.out += buf;
+      const int status = pclose(p);
+      r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+      out.push_back(r);
+    }
+  }
+  return out;
+}
+
+void check_refused(const std::vector<Case>& cases, const std::string& absent) {
+  std::vector<std::string> args;
+  for (const auto& c : cases) args.push_back(c.args);
+  const auto results = run_all(args);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    INFO("ssr " << cases[i].args);
+    INFO(results[i].out);
+    CHECK(results[i].code == cases[i].code);
+    CHECK(results[i].out.find(cases[i].expected) != std::string::npos);
+    CHECK(std::count(results[i].out.begin(), results[i].out.end(), '\n') == 1);
+    CHECK(results[i].out.rfind("error: ", 0) == 0);
+  }
+  CHECK_FALSE(fs::exists(absent));
+}
+
+int64_t rows(const std::string& db) {
+  ssr::store::Store s(db);
+  int64_t n = 0;
+  for (const auto& r : s.runs()) n += 1 + static_cast<int64_t>(s.metrics(r.id).size() + s.results(r.id).size());
+  return n + static_cast<int64_t>(s.sweeps().size());
 }
 
 }  // namespace
 
-TEST_CASE("bad stores, YAML and keys are refused with one line, and a refused run leaves no store", "[config][cli]") {
+TEST_CASE("the bad-input corpus is refused with one line and writes nothing", "[config][cli]") {
   const auto dir = inputs_dir();
-  const std::string demo = "experiments/demo.yaml train.steps=1";
-  const std::string absent = (dir / "absent.db").string();
-  struct Case {
-    std::string what, args, expected;
-  };
-  const std::vector<Case> cases = {
-      {"an empty store path", "train " + demo + " --db ''", "run store '': not a file path"},
-      {"an in-memory store", "train " + demo + " --db :memory:", "run store ':memory:': not a file path"},
-      {"runs on a store that does not exist", "runs --db " + absent, "does not exist"},
-      {"show on a store that does not exist", "show 1 --db " + absent, "does not exist"},
-      {"sweep status on a store that does not exist", "sweep status --db " + absent, "does not exist"},
-      {"a recursive YAML alias", "config " + write_file("alias.yaml", "train: &a [*a]\n"), "nested deeper than 64"},
-      {"a second YAML document", "config " + write_file("two.yaml", "train:\n  steps: 3\n---\nx: 1\n"),
-       "2 YAML documents"},
-      {"a key nested and dotted", "config " + write_file("twice.yaml", "train:\n  steps: 3\ntrain.steps: 7\n"),
-       "train.steps is given twice (nested and dotted)"},
-      {"an unknown key", "train " + demo + " model.nope=1 --db " + absent, "model.nope"},
-      {"a typo in a key", "config experiments/demo.yaml router.pp=1", "did you mean router.p?"},
-      {"a typo in a group choice", "config experiments/demo.yaml router=ssr-l", "did you mean router=ssr_l?"},
-      {"a group choice that is no file", "config experiments/demo.yaml router=zzz", "(choices: aux_free, "},
-      {"a device as the store", "train " + demo + " --db /dev/null", "run store '/dev/null': not a regular file"},
-      {"a folder as the store", "train " + demo + " --db " + dir.string(), "not a regular file (a folder)"},
-      {"a folder as the config", "config " + dir.string(), "is a folder; give a YAML"},
-      {"a list as a default choice", "config " + write_file("defaults.yaml", "defaults: {router: [vanilla]}\n"),
-       "defaults.router: expected one choice name (e.g. router: vanilla), got [\"vanilla\"]"},
-      {"a value given to a flag", "train " + demo + " --quiet=5 --db " + absent,
-       "quiet was given a disallowed flag override"},
-      {"config --doc with a file", "config --doc extra", "config excludes --doc"},
-      {"--retry-failed without --resume", "sweep --retry-failed", "--retry-failed requires --resume"},
-      // Refused by the task, after the store was opened: the store it created is removed again.
-      {"an unwritable run.out_dir", "train " + demo + " run.out_dir=/proc/ssr-no --db " + absent,
-       "run.out_dir: cannot write checkpoints under /proc/ssr-no/"},
-      {"a split the data lacks", "train " + demo + " 'eval.splits=[nope]' --db " + absent, "no split 'nope'"},
-  };
-  for (const auto& c : cases) {
-    INFO(c.what << ": ssr " << c.args);
-    const auto r = ssr::testing::run(c.args);
-    INFO(r.out);
-    CHECK(r.code == 2);
-    CHECK(r.out.find(c.expected) != std::string::npos);
-    CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
-    CHECK_FALSE(fs::exists(absent));
+  const std::string absent = (dir / "absent.db").string(), store = (dir / "store.db").string();
+  {
+    ssr::store::Store s(store);
+    const auto id = s.create_run("h", {{"x", 1}}, 1, ssr::store::this_machine("cpu"));
+    s.add_metrics(id, {{1, "train", "loss", 2.5, 0.1}});
+    s.finish_run(id, "finished");
   }
+  const auto before = rows(store);
+  auto cases = corpus();
+  CHECK(cases.size() > 90);
+  for (auto& c : cases) {
+    c.args = replace_all(c.args, "{demo}", "experiments/demo.yaml train.steps=1");
+    c.args = replace_all(c.args, "{bad}", "tests/fixtures/bad");
+    c.args = replace_all(c.args, "{db}", absent);
+    c.args = replace_all(c.args, "{store}", store);
+    c.args = replace_all(c.args, "{tmp}", dir.string());
+  }
+  check_refused(cases, absent);
+  CHECK(rows(store) == before);
+}
+
+TEST_CASE("every config key refuses a value of the wrong type or out of range, naming the key", "[config][cli]") {
+  const std::string absent = (inputs_dir() / "keys.db").string();
+  std::vector<Case> cases;
+  for (const auto& k : ssr::config::schema())
+    for (const auto& v : bad_values(k))
+      cases.push_back({2, k.name + ": ",
+                       fmt::format("train experiments/demo.yaml train.steps=1 '{}={}' --db {}", k.name, v, absent)});
+  CHECK(cases.size() > 200);
+  check_refused(cases, absent);
 }
 
 TEST_CASE("a value YAML would read as a directive or nothing is kept as text", "[config][cli]") {

@@ -1,11 +1,13 @@
 // Store: migrations from an empty file, typed round trips (NaN included), concurrent writers,
-// stale detection, --where filters.
+// stale detection, the run lease, --where filters.
 #include <catch2/catch.hpp>
+#include <fmt/format.h>
 #include <sqlite3.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 
 #include "harness/config/config.hpp"
@@ -34,7 +36,7 @@ TEST_CASE("store migrates an empty file and reopens without migrating again", "[
   const auto path = temp_db("store", "migrate.db");
   {
     Store s(path + "");
-    CHECK(s.schema_version() == 6);
+    CHECK(s.schema_version() == 7);
     for (const char* t : {"runs", "metrics", "results", "timings", "sweeps", "bench_sessions", "bench_cases",
                           "bench_times", "store_info"})
       CHECK(count(s, std::string("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='") + t + "'") == 1);
@@ -42,7 +44,7 @@ TEST_CASE("store migrates an empty file and reopens without migrating again", "[
     s.create_run("abc", {{"x", 1}}, 1, ssr::store::this_machine("cpu"));
   }
   Store again(path);
-  CHECK(again.schema_version() == 6);
+  CHECK(again.schema_version() == 7);
   CHECK(again.runs().size() == 1);
   CHECK(again.id() == Store(path).id());  // drawn once, when the store was created
 }
@@ -57,6 +59,12 @@ TEST_CASE("a version-4 store gains status interrupted and a pid column, keeping 
     failed = s.create_run("def", {{"x", 2}}, 1, ssr::store::this_machine("cpu"));
     s.add_metrics(interrupted, {{5, "train", "loss", 2.5, 1.0}});
     s.finish_run(interrupted, "failed", "interrupted by signal 2 at step 5");
+    // Before version 7 a run trained twice at once could store a metric twice.
+    REQUIRE(sqlite3_exec(s.handle(),
+                         "DROP INDEX metrics_key; INSERT INTO metrics (run_id, step, split, name, value, wall_s) "
+                         "SELECT run_id, step, split, name, 2.25, wall_s FROM metrics",
+                         nullptr, nullptr, nullptr) == SQLITE_OK);
+    REQUIRE(count(s, "SELECT count(*) FROM metrics") == 2);
     s.finish_run(failed, "failed", "out of memory");
     // Back to version 4: the runs table with its old CHECK, rebuilt the way SQLite allows.
     REQUIRE(sqlite3_exec(s.handle(), "ALTER TABLE runs DROP COLUMN pid", nullptr, nullptr, nullptr) == SQLITE_OK);
@@ -75,11 +83,14 @@ TEST_CASE("a version-4 store gains status interrupted and a pid column, keeping 
     CHECK(sqlite3_exec(s.handle(), "UPDATE runs SET status='interrupted'", nullptr, nullptr, nullptr) != SQLITE_OK);
   }
   Store s(path);
-  CHECK(s.schema_version() == 6);
+  CHECK(s.schema_version() == 7);
   CHECK(s.run(interrupted)->status == "interrupted");  // recognised by the error it stored
   CHECK(s.run(failed)->status == "failed");
-  CHECK(s.metrics(interrupted).size() == 1);
+  REQUIRE(s.metrics(interrupted).size() == 1);
+  CHECK(s.metrics(interrupted)[0].value == 2.25);  // the later copy is kept
   CHECK(count(s, "SELECT count(*) FROM pragma_table_info('runs') WHERE name='pid'") == 1);
+  CHECK(sqlite3_exec(s.handle(), "INSERT INTO metrics (run_id, step, split, name) VALUES (1, 5, 'train', 'loss')",
+                     nullptr, nullptr, nullptr) != SQLITE_OK);  // unique by (run, split, name, step)
   CHECK(count(s, "SELECT count(*) FROM pragma_foreign_keys WHERE foreign_keys=1") == 1);
   CHECK(sqlite3_exec(s.handle(), "INSERT INTO metrics (run_id, step, split, name) VALUES (999, 1, 'train', 'x')",
                      nullptr, nullptr, nullptr) != SQLITE_OK);  // foreign keys are enforced again
@@ -96,7 +107,7 @@ TEST_CASE("store upgrades a version-1 file in place, keeping its runs", "[store]
       REQUIRE(sqlite3_exec(s.handle(), sql, nullptr, nullptr, nullptr) == SQLITE_OK);
   }
   Store s(path);
-  CHECK(s.schema_version() == 6);
+  CHECK(s.schema_version() == 7);
   CHECK(s.runs().size() == 1);
   CHECK(s.id().size() == 16);
   ssr::store::BenchCase c;
@@ -206,6 +217,48 @@ TEST_CASE("a running row whose heartbeat stopped is stale", "[store]") {
   CHECK(r.shown_status(-1) == "stale");
   s.finish_run(id, "finished");
   CHECK(s.run(id)->shown_status(-1) == "finished");
+}
+
+TEST_CASE("a run is held by one live process at a time", "[store]") {
+  Store s(temp_db("store", "lease.db"));
+  const auto info = ssr::store::this_machine("cpu");
+  const int64_t id = s.create_run("h", nlohmann::json::object(), 1, info);
+  const auto set = [&](const std::string& sql) {
+    REQUIRE(sqlite3_exec(s.handle(), sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+  };
+  CHECK(s.heartbeat(id, 3));  // created running by this process, so held by it
+  CHECK_NOTHROW(s.refuse_if_held(id, 60));
+
+  // Another live process on this host holds it: refused, heartbeat or not; our writes are refused.
+  const pid_t other = fork();
+  REQUIRE(other >= 0);
+  if (other == 0) {
+    pause();
+    _exit(0);
+  }
+  set(fmt::format("UPDATE runs SET pid={}, heartbeat_at=0 WHERE id={}", other, id));
+  CHECK_THROWS_WITH(s.refuse_if_held(id, 60),
+                    Catch::StartsWith(fmt::format("run {} is being trained now (pid {} on {}", id, other, info.host)));
+  CHECK_THROWS(s.start_run(id, info, 60));
+  CHECK(!s.heartbeat(id, 4));
+  CHECK(!s.finish_held_run(id, "finished"));
+  CHECK(s.run(id)->status == "running");
+  CHECK(s.run(id)->step == 3);
+
+  // Once it is gone, the run is free at once, whatever its heartbeat says.
+  kill(other, SIGKILL);
+  waitpid(other, nullptr, 0);
+  set(fmt::format("UPDATE runs SET heartbeat_at={} WHERE id={}", ssr::store::now(), id));
+  CHECK_NOTHROW(s.start_run(id, info, 60));
+  CHECK(s.heartbeat(id, 5));
+  CHECK(s.finish_held_run(id, "finished"));
+  CHECK(s.run(id)->status == "finished");
+
+  // On another host only the heartbeat tells: fresh is held, old is dead.
+  set(fmt::format("UPDATE runs SET status='running', host='elsewhere', pid=1, heartbeat_at={} WHERE id={}",
+                  ssr::store::now() - 10, id));
+  CHECK_THROWS_WITH(s.refuse_if_held(id, 60), Catch::Contains("pid 1 on elsewhere"));
+  CHECK_NOTHROW(s.refuse_if_held(id, 5));
 }
 
 TEST_CASE("where-filters select on config keys groups and columns", "[store]") {

@@ -128,8 +128,8 @@ TEST_CASE("char corpus: nanoGPT's Tiny Shakespeare split and sorted vocabulary",
   // "First Citizen" starts the text: F is stoi['F'] = 18 in nanoGPT's sorted vocabulary.
   CHECK(c.splits.at("train")[0].item<int64_t>() == 18);
   CHECK(c.vocab[18] == "F");
-  CHECK_THROWS_WITH(ssr::data::load_corpus(resolve_experiment("shakespeare-char.yaml", {"data.format=idx"})),
-                    Catch::Contains("data.format: 'idx' is an image format"));
+  CHECK_THROWS_WITH(resolve_experiment("shakespeare-char.yaml", {"data.format=idx"}),
+                    Catch::StartsWith("data.format: model.arch=switch_lm reads word|byte|char only"));
 }
 
 TEST_CASE("learning rate: the reference LM's warm-up to the bit, and nanoGPT's cosine", "[study][train]") {

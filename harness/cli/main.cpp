@@ -7,6 +7,7 @@
 
 #include "harness/cli/commands.hpp"
 #include "harness/config/config.hpp"
+#include "harness/errors.hpp"
 #include "harness/store/store.hpp"
 
 int main(int argc, char** argv) {
@@ -37,6 +38,9 @@ int main(int argc, char** argv) {
   } catch (const ssr::config::ConfigError& e) {
     std::cerr << "error: " << e.what() << "\n";
     return ssr::cli::kBadInput;
+  } catch (const ssr::EnvironmentError& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return ssr::kExitEnvironment;
   } catch (const ssr::store::StoreError& e) {
     std::cerr << "error: " << e.what() << "\n";
     return ssr::cli::kBadInput;

@@ -292,6 +292,7 @@ void add_run_commands(CLI::App& app, Context& ctx) {
     if (train->count("--resume")) {
       if (!st->train_cfg.empty() || !st->train_over.empty())
         throw ConfigError("--resume: a resumed run keeps its stored config; drop CONFIG and overrides");
+      require_store(ctx.db);
       ssr::store::Store store(ctx.db);
       auto run = store.run(st->resume);
       if (!run) throw ConfigError(fmt::format("--resume: no run {} in {}", st->resume, ctx.db));

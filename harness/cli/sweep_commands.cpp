@@ -78,7 +78,7 @@ int plan_and_run(const std::string& db, const SweepArgs& a) {
   if (a.dry_run) {
     // Nothing is written: the store is only read, and only if it exists.
     std::optional<store::Store> store;
-    if (fs::exists(db)) store.emplace(db);
+    if (fs::exists(db)) store.emplace(db, store::Store::Access::read);
     print_jobs(spec, store ? &*store : nullptr);
     return 0;
   }
@@ -163,6 +163,7 @@ void add_sweep_commands(CLI::App& app, Context& ctx) {
   status->footer("Examples:\n  ssr sweep status\n  ssr sweep status 3");
 
   run->callback([a, &ctx] {
+    require_store(ctx.db);
     store::Store store(ctx.db);
     ctx.exit_code = sweep::work(store, a->sweep, a->job >= 0 ? std::optional<int64_t>(a->job) : std::nullopt, a->quiet);
   });
@@ -171,6 +172,7 @@ void add_sweep_commands(CLI::App& app, Context& ctx) {
     if (!sw->get_subcommands().empty()) return;  // `sweep run` / `sweep status` did the work
     if (sw->count("--resume")) {
       if (!a->file.empty()) throw ConfigError("--resume: a resumed sweep keeps its plan; drop SWEEP_FILE");
+      require_store(ctx.db);
       store::Store store(ctx.db);
       if (!store.sweep(a->resume)) throw ConfigError(fmt::format("--resume: no sweep {} in {}", a->resume, ctx.db));
       const auto n = store.requeue(a->resume, a->stale_after, a->retry_failed);

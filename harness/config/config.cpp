@@ -205,6 +205,11 @@ void Config::set(const std::string& name, const json& value, const std::string& 
     return;
   }
   if (is_open_namespace(name)) {
+    // The stored config nests on dots, so a tag cannot be both a value and a folder of tags.
+    for (const auto& [other, v] : values_)
+      if (other != name && (other.rfind(name + ".", 0) == 0 || name.rfind(other + ".", 0) == 0))
+        throw ConfigError(fmt::format("{}: {} is also set, and a tag is either a value or a namespace ({}); rename one",
+                                      name, other, where));
     values_[name] = value.is_string() ? value : json(value.dump());
     return;
   }
@@ -373,21 +378,48 @@ json yaml_to_json(const YAML::Node& n) { return yaml_to_json_at(n, 0); }
 
 namespace {
 
+// yaml-cpp reads a quoted scalar that is never closed to the end of the file (`name: "abc` is
+// "abc " followed by every later line): its closing quote is looked for in the text.
+void refuse_unclosed_quote(const YAML::Node& n, const std::string& text, const std::string& path) {
+  const auto m = n.Mark();
+  if (m.pos < 0 || static_cast<size_t>(m.pos) >= text.size()) return;
+  const char q = text[static_cast<size_t>(m.pos)];
+  if (q != '"' && q != '\'') return;
+  for (size_t i = static_cast<size_t>(m.pos) + 1; i < text.size(); ++i) {
+    if (q == '"' && text[i] == '\\') {
+      ++i;
+    } else if (text[i] == q) {
+      if (q == '\'' && i + 1 < text.size() && text[i + 1] == '\'') {  // '' is a quote inside '...'
+        ++i;
+        continue;
+      }
+      return;
+    }
+  }
+  throw ConfigError(fmt::format("{}:{}:{}: the quote {} is never closed; close it on the same line", path, m.line + 1,
+                                m.column + 1, q));
+}
+
 // yaml-cpp keeps both entries of a repeated key, and a lookup sees the first while a walk keeps
-// the last: a file that says a thing twice is refused instead.
-void refuse_repeated_keys(const YAML::Node& n, const std::string& path, int depth = 0) {
+// the last: a file that says a thing twice is refused instead. Unclosed quotes are refused too.
+void check_tree(const YAML::Node& n, const std::string& text, const std::string& path, int depth = 0) {
   if (depth > kMaxYamlDepth)
     throw ConfigError(fmt::format("{}: YAML nested deeper than {} levels (a recursive alias such as `a: &a [*a]`?)",
                                   path, kMaxYamlDepth));
+  if (n.IsScalar()) refuse_unclosed_quote(n, text, path);
   if (n.IsSequence())
-    for (const auto& e : n) refuse_repeated_keys(e, path, depth + 1);
+    for (const auto& e : n) check_tree(e, text, path, depth + 1);
   if (!n.IsMap()) return;
   std::set<std::string> seen;
   for (const auto& kv : n) {
-    if (kv.first.IsScalar() && !seen.insert(kv.first.Scalar()).second)
+    if (!kv.first.IsScalar())
+      throw ConfigError(fmt::format("{}:{}: a key must be a name, not a list or map (`? [a, b]`); write key: value",
+                                    path, kv.first.Mark().line + 1));
+    refuse_unclosed_quote(kv.first, text, path);
+    if (!seen.insert(kv.first.Scalar()).second)
       throw ConfigError(fmt::format("{}:{}: key '{}' appears twice in one mapping; keep one", path,
                                     kv.first.Mark().line + 1, kv.first.Scalar()));
-    refuse_repeated_keys(kv.second, path, depth + 1);
+    check_tree(kv.second, text, path, depth + 1);
   }
 }
 
@@ -397,12 +429,15 @@ YAML::Node load_yaml(const std::string& path, const std::string& what) {
   if (!fs::exists(path)) throw ConfigError(fmt::format("{}: {} not found", path, what));
   if (fs::is_directory(path)) throw ConfigError(fmt::format("{}: is a folder; give a YAML {}", path, what));
   try {
-    const auto docs = YAML::LoadAllFromFile(path);
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw YAML::BadFile(path);
+    const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    const auto docs = YAML::LoadAll(text);
     if (docs.size() > 1)
       throw ConfigError(
           fmt::format("{}: {} YAML documents (a second `---` or text after the first); keep one", path, docs.size()));
     YAML::Node root = docs.empty() ? YAML::Node() : docs.front();
-    refuse_repeated_keys(root, path);
+    check_tree(root, text, path);
     return root;
   } catch (const YAML::ParserException& e) {
     throw ConfigError(fmt::format("{}:{}:{}: YAML syntax error: {}", path, e.mark.line + 1, e.mark.column + 1, e.msg));
@@ -496,7 +531,9 @@ Override parse_override(const std::string& text) {
 
 json parse_value(const Override& o) {
   try {
-    json v = yaml_to_json(YAML::Load(o.value));
+    const YAML::Node node = YAML::Load(o.value);
+    check_tree(node, o.value, "override " + o.key + "=" + o.value);
+    json v = yaml_to_json(node);
     // YAML reads a leading '%' as a directive and a document of nothing as null; only an empty
     // value, null or ~ mean "no value".
     if (v.is_null() && !o.value.empty() && o.value != "null" && o.value != "~") return o.value;
@@ -568,6 +605,15 @@ void refuse_unused(const Config& cfg, const std::string& config_file) {
           fmt::format("{}: {}={} does not use it (it applies with {}={}); remove it from {} or its overrides", k.name,
                       cond->first, value_text(cfg.at(cond->first)), cond->first, allowed, config_file));
     }
+  }
+  for (const auto& sc : choice_scopes()) {
+    const std::string other = value_text(cfg.at(sc.other)), value = value_text(cfg.at(sc.key));
+    const auto it = sc.allowed.find(other);
+    if (it == sc.allowed.end() || std::find(it->second.begin(), it->second.end(), value) != it->second.end()) continue;
+    std::string allowed;
+    for (const auto& v : it->second) allowed += (allowed.empty() ? "" : "|") + v;
+    throw ConfigError(
+        fmt::format("{}: {}={} reads {} only; fix {} or its overrides", sc.key, sc.other, other, allowed, config_file));
   }
 }
 

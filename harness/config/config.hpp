@@ -44,6 +44,13 @@ const std::vector<Key>& schema();
 const Key* find_key(const std::string& name);
 // Config groups: `router=ssr_l` loads experiments/router/ssr_l.yaml into the router.* namespace.
 const std::vector<std::string>& groups();
+// Choices of a key that only some values of another key accept: data.format's readers belong to
+// one task each (model.arch).
+struct ChoiceScope {
+  std::string key, other;
+  std::map<std::string, std::vector<std::string>> allowed;  // other's value -> key's choices
+};
+const std::vector<ChoiceScope>& choice_scopes();
 // Namespaces that accept new keys with `+ns.key=value` (free-form metadata, never hashed).
 bool is_open_namespace(const std::string& name);
 std::string type_name(Type t);

@@ -319,6 +319,13 @@ const std::vector<std::string>& groups() {
   return g;
 }
 
+const std::vector<ChoiceScope>& choice_scopes() {
+  static const std::vector<ChoiceScope> s = {
+      {"data.format", "model.arch", {{"switch_lm", {"word", "byte", "char"}}, {"swin_moe", {"idx", "imagefolder"}}}},
+  };
+  return s;
+}
+
 bool is_open_namespace(const std::string& name) { return name.rfind("tags.", 0) == 0; }
 
 }  // namespace ssr::config

@@ -168,18 +168,9 @@ std::string read_split_file(const fs::path& path, const std::string& what, bool 
   return text;
 }
 
-// The LM's text formats; the image formats belong to the vision trainer.
-const std::string& text_format(const config::Config& cfg) {
-  const std::string& f = cfg.s("data.format");
-  if (f != "word" && f != "byte" && f != "char")
-    throw ConfigError(
-        fmt::format("data.format: '{}' is an image format; the language model reads word, byte or char", f));
-  return f;
-}
-
 std::map<std::string, SplitText> raw_splits(const config::Config& cfg) {
   const Layout l = layout_of(cfg);
-  const std::string& format = text_format(cfg);
+  const std::string& format = cfg.s("data.format");
   const bool word = format != "byte";  // word and char read UTF-8 text
   std::string train = read_split_file(l.train, "training file (data.train)", word);
   std::map<std::string, SplitText> out;
@@ -201,7 +192,7 @@ std::map<std::string, SplitText> raw_eval_splits(const config::Config& cfg) {
     all.erase("train");
     return all;
   }
-  const bool word = text_format(cfg) != "byte";
+  const bool word = cfg.s("data.format") != "byte";
   std::map<std::string, SplitText> out;
   out["valid"] = {read_split_file(l.valid, "validation file (data.valid)", word), l.valid.string()};
   if (l.has_test) out["test"] = {read_split_file(l.test, "test file (data.test)", word), l.test.string()};
@@ -501,7 +492,7 @@ std::map<std::string, std::string> eval_split_texts(const config::Config& cfg) {
 
 Corpus load_corpus(const config::Config& cfg) {
   const Layout layout = layout_of(cfg);
-  const std::string& format = text_format(cfg);
+  const std::string& format = cfg.s("data.format");
   const fs::path cache = fs::path(cfg.s("data.cache_dir")) /
                          fmt::format("corpus-{}.bin", sha256_hex(cache_key(cfg, layout)).substr(0, 16));
   std::optional<Corpus> cached = read_cache(cache, format);

@@ -243,12 +243,11 @@ torch::Tensor decode_jpeg(const std::string& path) {
 ImageData load_images(const config::Config& cfg) {
   const std::string& format = cfg.s("data.format");
   ImageData d;
+  // The config admits only idx and imagefolder with model.arch=swin_moe (choice_scopes).
   if (format == "idx")
     d = load_idx(cfg);
-  else if (format == "imagefolder")
-    d = load_folders(cfg);
   else
-    throw ConfigError(fmt::format("data.format: {} is text; model.arch=swin_moe needs idx or imagefolder", format));
+    d = load_folders(cfg);
   const auto n_classes = static_cast<int64_t>(d.classes.size());
   if (n_classes != cfg.i("model.num_classes"))
     throw ConfigError(fmt::format("model.num_classes: {} but {} has {} classes (set model.num_classes={})",

@@ -16,7 +16,7 @@ namespace ssr::store {
 
 // Versioned migrations: entry i takes the schema from version i to i + 1. Never edit a
 // released entry; append a new one.
-static const std::array<const char*, 6> kMigrations = {
+static const std::array<const char*, 7> kMigrations = {
     R"sql(
 CREATE TABLE sweeps (
   id          INTEGER PRIMARY KEY,
@@ -150,9 +150,18 @@ UPDATE runs SET status='interrupted' WHERE status='failed' AND error LIKE 'inter
     // this host is requeued at once instead of after its heartbeat goes stale.
     R"sql(
 ALTER TABLE runs ADD COLUMN pid INTEGER;
+)sql",
+    // 7: one row per (run, split, name, step) and per (run, phase, step). Before the run lease, a
+    // run trained twice at once wrote its rows twice: the later copy is kept.
+    R"sql(
+DELETE FROM metrics WHERE rowid NOT IN (SELECT max(rowid) FROM metrics GROUP BY run_id, split, name, step);
+CREATE UNIQUE INDEX IF NOT EXISTS metrics_key ON metrics(run_id, split, name, step);
+DELETE FROM timings WHERE rowid NOT IN (SELECT max(rowid) FROM timings GROUP BY run_id, phase, step);
+DROP INDEX IF EXISTS timings_run;
+CREATE UNIQUE INDEX IF NOT EXISTS timings_key ON timings(run_id, phase, step);
 )sql"};
 
-Store::Store(const std::string& path) : path_(path) {
+Store::Store(const std::string& path, Access access) : path_(path) {
   // SQLite would open these without a file, and every result would be gone at exit.
   if (path.empty() || path == ":memory:" || path.rfind("file:", 0) == 0)
     throw StoreError(fmt::format("run store '{}': not a file path; give --db PATH (or run.db)", path));
@@ -162,30 +171,37 @@ Store::Store(const std::string& path) : path_(path) {
   if (kind != fs::file_type::not_found && kind != fs::file_type::regular)
     throw StoreError(fmt::format("run store '{}': not a regular file ({}); give --db PATH to a SQLite file", path,
                                  kind == fs::file_type::directory ? "a folder" : "a device, pipe or socket"));
-  if (p.has_parent_path()) {
+  const bool write = access == Access::write;
+  if (write && p.has_parent_path()) {
     std::error_code ec;
     fs::create_directories(p.parent_path(), ec);
     if (ec) throw StoreError(fmt::format("{}: cannot create folder: {}", path, ec.message()));
   }
-  if (sqlite3_open(path.c_str(), &db_) != SQLITE_OK) {
+  const int flags = write ? SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE : SQLITE_OPEN_READONLY;
+  if (sqlite3_open_v2(path.c_str(), &db_, flags, nullptr) != SQLITE_OK) {
     std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
     sqlite3_close(db_);
     db_ = nullptr;
     throw StoreError(fmt::format("{}: cannot open the run store: {}", path, msg));
   }
   sqlite3_busy_timeout(db_, 30000);
-  // WAL lets readers and one writer proceed together; retried because switching needs a lock.
-  for (int attempt = 0;; ++attempt) {
-    char* err = nullptr;
-    int rc = sqlite3_exec(db_, "PRAGMA journal_mode=WAL", nullptr, nullptr, &err);
-    sqlite3_free(err);
-    if (rc == SQLITE_OK) break;
-    if (attempt > 100) throw StoreError(fmt::format("{}: cannot switch to WAL mode", path));
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  if (write) {
+    // WAL lets readers and one writer proceed together; retried because switching needs a lock.
+    for (int attempt = 0;; ++attempt) {
+      char* err = nullptr;
+      int rc = sqlite3_exec(db_, "PRAGMA journal_mode=WAL", nullptr, nullptr, &err);
+      sqlite3_free(err);
+      if (rc == SQLITE_OK) break;
+      if (attempt > 100) throw StoreError(fmt::format("{}: cannot switch to WAL mode", path));
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    exec("PRAGMA foreign_keys=ON");
+    exec("PRAGMA synchronous=NORMAL");
+    migrate();
+  } else if (schema_version() > static_cast<int>(kMigrations.size())) {
+    throw StoreError(fmt::format("{}: schema version {} is newer than this ssr ({}); update ssr", path,
+                                 schema_version(), kMigrations.size()));
   }
-  exec("PRAGMA foreign_keys=ON");
-  exec("PRAGMA synchronous=NORMAL");
-  migrate();
   Stmt id(db_, "SELECT value FROM store_info WHERE key='id'");
   if (!id.step()) throw StoreError(fmt::format("{}: the store has no id (store_info)", path));
   id_ = id.text(0);
@@ -195,10 +211,10 @@ Store::~Store() { sqlite3_close(db_); }
 
 void Store::exec(const std::string& sql) const {
   char* err = nullptr;
-  if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+  if (const int rc = sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err); rc != SQLITE_OK) {
     std::string msg = err ? err : "?";
     sqlite3_free(err);
-    throw StoreError(fmt::format("{}: {}", path_, msg));
+    fail(db_, rc, fmt::format("{}: {}", path_, msg));
   }
 }
 

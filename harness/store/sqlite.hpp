@@ -9,17 +9,30 @@
 #include <string>
 #include <vector>
 
+#include "harness/errors.hpp"
 #include "harness/store/store.hpp"
 
 namespace ssr::store {
+
+// A failed SQLite call: a full disk or an I/O error under the store is the machine's failure
+// (ssr::EnvironmentError, its own exit code); anything else is a StoreError saying `what`.
+[[noreturn]] inline void fail(sqlite3* db, int rc, const std::string& what) {
+  if (const int primary = rc & 0xff; primary == SQLITE_FULL || primary == SQLITE_IOERR) {
+    const char* file = sqlite3_db_filename(db, "main");
+    const std::filesystem::path path = file ? file : "";
+    throw EnvironmentError(fmt::format("{}: the run store cannot be written: {} ({}); free space, then resume",
+                                       path.string(), sqlite3_errmsg(db), free_space(path.parent_path())));
+  }
+  throw StoreError(what);
+}
 
 // A prepared statement with typed binds; non-finite doubles are stored as text because SQLite
 // turns NaN into NULL.
 class Stmt {
  public:
   Stmt(sqlite3* db, const std::string& sql) : db_(db) {
-    if (sqlite3_prepare_v2(db, sql.c_str(), -1, &st_, nullptr) != SQLITE_OK)
-      throw StoreError(fmt::format("SQL error: {} in: {}", sqlite3_errmsg(db), sql));
+    if (const int rc = sqlite3_prepare_v2(db, sql.c_str(), -1, &st_, nullptr); rc != SQLITE_OK)
+      fail(db, rc, fmt::format("SQL error: {} in: {}", sqlite3_errmsg(db), sql));
   }
   ~Stmt() { sqlite3_finalize(st_); }
   Stmt& bind(int i, int64_t v) {
@@ -48,7 +61,7 @@ class Stmt {
     int rc = sqlite3_step(st_);
     if (rc == SQLITE_ROW) return true;
     if (rc == SQLITE_DONE) return false;
-    throw StoreError(fmt::format("SQL error: {}", sqlite3_errmsg(db_)));
+    fail(db_, rc, fmt::format("SQL error: {}", sqlite3_errmsg(db_)));
   }
   void reset() {
     sqlite3_reset(st_);
@@ -95,10 +108,10 @@ class Transaction {
  private:
   void run(const char* sql) {
     char* err = nullptr;
-    if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    if (const int rc = sqlite3_exec(db_, sql, nullptr, nullptr, &err); rc != SQLITE_OK) {
       std::string msg = err ? err : "?";
       sqlite3_free(err);
-      throw StoreError(fmt::format("{}: {}", sql, msg));
+      fail(db_, rc, fmt::format("{}: {}", sql, msg));
     }
   }
   sqlite3* db_;

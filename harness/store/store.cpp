@@ -88,6 +88,17 @@ int64_t Store::create_run(const std::string& config_hash, const json& config, in
 
 namespace {
 
+// Whether a process of this host has exited. A zombie has: killed with its parent, it waits for
+// init to reap it, which takes a moment (or forever, under an init that does not reap).
+bool process_gone(int64_t pid) {
+  if (::kill(static_cast<pid_t>(pid), 0) != 0) return errno == ESRCH;
+  std::ifstream stat(fmt::format("/proc/{}/stat", pid));
+  std::string line;
+  if (!std::getline(stat, line)) return false;
+  const auto paren = line.rfind(')');  // the command name in parentheses may hold spaces
+  return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'Z';
+}
+
 // queued (or a stale run being taken over) -> running on this machine, inside the caller's transaction.
 void mark_running(sqlite3* db, int64_t run, const RunInfo& info) {
   Stmt s(db,
@@ -109,16 +120,40 @@ void mark_running(sqlite3* db, int64_t run, const RunInfo& info) {
 
 }  // namespace
 
-void Store::start_run(int64_t run, const RunInfo& info) {
+void Store::refuse_if_held(int64_t run, double stale_after) const {
+  Stmt q(db_, "SELECT status, host, pid, heartbeat_at FROM runs WHERE id=?");
+  q.bind(1, run);
+  if (!q.step() || q.text(0) != "running") return;
+  const std::string host = q.text(1);
+  const auto pid = q.opt_i64(2);
+  const double age = now() - q.f64(3);
+  bool live = false;
+  if (host == host_name() && pid) {
+    // The sweep worker that claimed a multi-rank job hands it to the ranks it launched.
+    const bool ours = *pid == ::getpid() || *pid == ::getppid();
+    live = !ours && !process_gone(*pid);
+  } else {
+    live = age < stale_after;
+  }
+  if (live)
+    throw StoreError(fmt::format(
+        "run {} is being trained now (pid {} on {}, heartbeat {:.0f} s ago): a second process would train it twice; "
+        "wait for it to end, or stop it and resume",
+        run, pid ? std::to_string(*pid) : "?", host, age));
+}
+
+void Store::start_run(int64_t run, const RunInfo& info, double stale_after) {
   Transaction tx(db_);
+  refuse_if_held(run, stale_after);
   mark_running(db_, run, info);
   tx.commit();
 }
 
-void Store::heartbeat(int64_t run, int64_t step) {
-  Stmt s(db_, "UPDATE runs SET heartbeat_at=?, step=?, pid=? WHERE id=?");
-  s.bind(1, now()).bind(2, step).bind(3, static_cast<int64_t>(::getpid())).bind(4, run);
+bool Store::heartbeat(int64_t run, int64_t step) {
+  Stmt s(db_, "UPDATE runs SET heartbeat_at=?, step=? WHERE id=? AND status='running' AND host=? AND pid=?");
+  s.bind(1, now()).bind(2, step).bind(3, run).bind(4, host_name()).bind(5, static_cast<int64_t>(::getpid()));
   s.step();
+  return sqlite3_changes(db_) > 0;
 }
 
 void Store::finish_run(int64_t run, const std::string& status, const std::string& error) {
@@ -128,15 +163,28 @@ void Store::finish_run(int64_t run, const std::string& status, const std::string
   s.step();
 }
 
+bool Store::finish_held_run(int64_t run, const std::string& status, const std::string& error) {
+  Stmt s(db_,
+         "UPDATE runs SET status=?, ended_at=?, heartbeat_at=?, error=? "
+         "WHERE id=? AND status='running' AND host=? AND pid=?");
+  const double t = now();
+  s.bind(1, status).bind(2, t).bind(3, t).bind(4, error).bind(5, run).bind(6, host_name());
+  s.bind(7, static_cast<int64_t>(::getpid()));
+  s.step();
+  return sqlite3_changes(db_) > 0;
+}
+
 void Store::add_metrics(int64_t run, const std::vector<Metric>& rows) {
-  insert_rows(db_, "INSERT INTO metrics (run_id, step, split, name, value, wall_s) VALUES (?,?,?,?,?,?)", rows,
-              [&](Stmt& s, const Metric& m) {
+  // A row logged again (the final evaluation redone after an interruption in it) replaces the
+  // earlier one.
+  insert_rows(db_, "INSERT OR REPLACE INTO metrics (run_id, step, split, name, value, wall_s) VALUES (?,?,?,?,?,?)",
+              rows, [&](Stmt& s, const Metric& m) {
                 s.bind(1, run).bind(2, m.step).bind(3, m.split).bind(4, m.name).bind(5, m.value).bind(6, m.wall_s);
               });
 }
 
 void Store::add_timings(int64_t run, const std::vector<Timing>& rows) {
-  insert_rows(db_, "INSERT INTO timings (run_id, step, phase, seconds) VALUES (?,?,?,?)", rows,
+  insert_rows(db_, "INSERT OR REPLACE INTO timings (run_id, step, phase, seconds) VALUES (?,?,?,?)", rows,
               [&](Stmt& s, const Timing& t) { s.bind(1, run).bind(2, t.step).bind(3, t.phase).bind(4, t.seconds); });
 }
 
@@ -265,7 +313,7 @@ int64_t Store::requeue(int64_t sweep, double stale_after, bool failed) {
     Stmt q(db_, "SELECT id, pid FROM runs WHERE sweep_id=? AND status='running' AND host=? AND pid IS NOT NULL");
     q.bind(1, sweep).bind(2, host_name());
     while (q.step())
-      if (::kill(static_cast<pid_t>(q.i64(1)), 0) != 0 && errno == ESRCH) dead.push_back(q.i64(0));
+      if (process_gone(q.i64(1))) dead.push_back(q.i64(0));
     for (int64_t id : dead) {
       Stmt u(db_, "UPDATE runs SET status='queued' WHERE id=?");
       u.bind(1, id);

@@ -33,7 +33,7 @@ struct Run {
   std::optional<int64_t> sweep_id, job_num;
   std::string config_hash;
   json config;         // resolved config as stored (nested, with "groups")
-  std::string status;  // queued | running | finished | failed | nan
+  std::string status;  // queued | running | finished | failed | nan | interrupted
   int64_t seed = 0;
   RunInfo info;
   double created_at = 0, started_at = 0, ended_at = 0, heartbeat_at = 0;
@@ -92,7 +92,10 @@ struct PlannedJob {
 
 class Store {
  public:
-  explicit Store(const std::string& path);  // creates the file and folders, applies migrations
+  // Write access creates the file and folders and applies migrations. Read access (`--dry-run`)
+  // writes nothing, not even a migration that another binary still using the store would refuse.
+  enum class Access { write, read };
+  explicit Store(const std::string& path, Access access = Access::write);
   ~Store();
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
@@ -106,9 +109,18 @@ class Store {
   int64_t create_run(const std::string& config_hash, const json& config, int64_t seed, const RunInfo& info,
                      const std::string& status = "running", std::optional<int64_t> sweep_id = {},
                      std::optional<int64_t> job_num = {});
-  void start_run(int64_t run, const RunInfo& info);  // queued -> running (sweeps)
-  void heartbeat(int64_t run, int64_t step);
+  // The lease on a run: `running` with a host and pid. A StoreError naming the holder while
+  // another process trains `run`: one on this host whose pid exists, or one elsewhere whose
+  // heartbeat is younger than `stale_after` seconds.
+  void refuse_if_held(int64_t run, double stale_after) const;
+  // Takes `run` (queued, interrupted, failed or dead) for this process, under refuse_if_held.
+  void start_run(int64_t run, const RunInfo& info, double stale_after);
+  // The holder's heartbeat: false, writing nothing, once this process no longer holds `run`
+  // (requeued as dead and taken by another).
+  bool heartbeat(int64_t run, int64_t step);
   void finish_run(int64_t run, const std::string& status, const std::string& error = "");
+  // finish_run by the holder only: false, writing nothing, once this process lost the lease.
+  bool finish_held_run(int64_t run, const std::string& status, const std::string& error = "");
 
   void add_metrics(int64_t run, const std::vector<Metric>& rows);
   void add_timings(int64_t run, const std::vector<Timing>& rows);

@@ -16,6 +16,7 @@
 
 #include "harness/config/config.hpp"
 #include "harness/dist/launch.hpp"
+#include "harness/errors.hpp"
 #include "harness/train/trainer.hpp"
 
 extern char** environ;
@@ -139,10 +140,18 @@ int work(store::Store& store, int64_t sweep, std::optional<int64_t> job, bool qu
       } else if (status == "interrupted") {
         return 130;  // the sweep is being stopped: take no further job
       }
+    } catch (const EnvironmentError& e) {
+      // Every later job would hit the same full disk: stop, and leave the rest queued.
+      try {
+        store.finish_held_run(run->id, "failed", e.what());
+      } catch (const std::exception&) {
+      }
+      std::cerr << fmt::format("sweep {} job {}: {}\n", sweep, *run->job_num, e.what());
+      return kExitEnvironment;
     } catch (const std::exception& e) {
       // The trainer has recorded the failure on the row when it got that far; a job rejected
       // before training (e.g. missing data) is marked here, so the sweep moves on.
-      if (auto r = store.run(run->id); r && r->status == "running") store.finish_run(run->id, "failed", e.what());
+      store.finish_held_run(run->id, "failed", e.what());
       // The row keeps the whole message (LibTorch's carries a backtrace); the console gets its first line.
       const std::string what = e.what();
       std::cerr << fmt::format("sweep {} job {}: failed: {}\n", sweep, *run->job_num, what.substr(0, what.find('\n')));
@@ -179,6 +188,7 @@ int run_local(store::Store& store, int64_t sweep_id, const LocalOptions& opt) {
   };
   size_t next = 0;
   bool stopping = false;
+  std::optional<int64_t> environment_job;  // the first job that ended on a full disk or I/O error
   while ((!stopping && next < pending.size()) || !children.empty()) {
     if (g_stop && !stopping) {
       // The first signal: launch nothing more; the workers stop at a step boundary, record their
@@ -233,6 +243,10 @@ int run_local(store::Store& store, int64_t sweep_id, const LocalOptions& opt) {
         for (const auto& r : store.sweep_runs(sweep_id))
           if (r.job_num == num && r.status == "running")
             store.finish_run(r.id, "failed", fmt::format("worker killed by signal {}", WTERMSIG(status)));
+      } else if (WIFEXITED(status) && WEXITSTATUS(status) == kExitEnvironment && !environment_job) {
+        // The next jobs would meet the same disk: launch none, let the running ones end.
+        environment_job = num;
+        stopping = true;
       }
       continue;
     }
@@ -251,6 +265,13 @@ int run_local(store::Store& store, int64_t sweep_id, const LocalOptions& opt) {
                                  j.run_id, store.path(), opt.log_dir, j.num);
   }
   if (g_stop) return 128 + g_stop;
+  if (environment_job) {
+    std::cerr << fmt::format(
+        "error: sweep {} stopped: job {} met a full disk or an I/O error (log {}/job-{}.log); free space, then "
+        "`ssr sweep --resume {} --retry-failed --db {}`\n",
+        sweep_id, *environment_job, opt.log_dir, *environment_job, sweep_id, store.path());
+    return kExitEnvironment;
+  }
   return sum.failed || sum.queued || sum.stale ? 1 : 0;
 }
 

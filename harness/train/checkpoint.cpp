@@ -1,6 +1,7 @@
 #include "harness/train/checkpoint.hpp"
 
 #include "harness/config/config.hpp"
+#include "harness/errors.hpp"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -88,13 +89,6 @@ bool write_all(int fd, const void* data, size_t n) {
   return true;
 }
 
-std::string free_space(const fs::path& dir) {
-  std::error_code ec;
-  const auto info = fs::space(dir, ec);
-  if (ec) return "free space unknown";
-  return fmt::format("{:.1f} MiB free there", static_cast<double>(info.available) / (1 << 20));
-}
-
 // LibTorch's messages carry a backtrace after the first line.
 std::string first_line(const std::exception& e) {
   const std::string what = e.what();
@@ -131,22 +125,32 @@ void write_checkpoint(torch::serialize::OutputArchive& archive, const fs::path& 
         fmt::format("{}: cannot create the checkpoint folder: {} (check run.out_dir)", path.string(), ec.message()));
   const fs::path tmp = path.string() + ".tmp";
   Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (fd.fd < 0)
-    throw CheckpointError(
-        fmt::format("{}: cannot write checkpoint: {} (check run.out_dir)", tmp.string(), std::strerror(errno)));
+  if (fd.fd < 0) {
+    const int err = errno;
+    const auto msg = fmt::format("{}: cannot write checkpoint: {} ({})", tmp.string(), std::strerror(err),
+                                 environment_errno(err) ? free_space(path.parent_path()) : "check run.out_dir");
+    if (environment_errno(err)) throw EnvironmentError(msg);
+    throw CheckpointError(msg);
+  }
   int error = 0;  // the first failed write's errno
   Header h;
   h.format = kCheckpointFormat;
   Sha256 sha;
-  auto fail = [&](const std::string& why) {
+  // A full disk or an I/O error is the machine's failure, with its own exit code; anything else
+  // (a LibTorch serialisation error) is the checkpoint's.
+  auto fail = [&](int err, const std::string& why) {
     ::close(fd.fd);
     fd.fd = -1;
     fs::remove(tmp, ec);
-    return CheckpointError(fmt::format("{}: cannot write checkpoint: {} ({}); the previous checkpoint is kept",
-                                       path.string(), why, free_space(path.parent_path())));
+    // The free space is measured once the temporary is gone: what the checkpoint could have had.
+    const auto msg = fmt::format("{}: cannot write checkpoint: {} after {:.1f} MiB ({}); {}", path.string(), why,
+                                 static_cast<double>(h.payload) / (1 << 20), free_space(path.parent_path()),
+                                 fs::exists(path) ? "the previous checkpoint is kept" : "no earlier checkpoint");
+    if (environment_errno(err)) throw EnvironmentError(msg + "; free space, then resume the run");
+    throw CheckpointError(msg);
   };
   const std::array<unsigned char, kHeaderBytes> placeholder{};
-  if (!write_all(fd.fd, placeholder.data(), placeholder.size())) throw fail(std::strerror(errno));
+  if (!write_all(fd.fd, placeholder.data(), placeholder.size())) fail(errno, std::strerror(errno));
   try {
     // A short count makes LibTorch's zip writer throw again from its destructor, which
     // terminates the process: after a failed write the rest is accepted and dropped, and the
@@ -162,19 +166,19 @@ void write_checkpoint(torch::serialize::OutputArchive& archive, const fs::path& 
       return n;
     });
   } catch (const std::exception& e) {
-    throw fail(error != 0 ? std::strerror(error) : first_line(e));
+    fail(error, error != 0 ? std::strerror(error) : first_line(e));
   }
-  if (error != 0) throw fail(std::strerror(error));
+  if (error != 0) fail(error, std::strerror(error));
   h.digest = sha.finish();
   const auto header = encode(h);
   if (::pwrite(fd.fd, header.data(), header.size(), 0) != static_cast<ssize_t>(header.size()) || ::fsync(fd.fd) != 0)
-    throw fail(std::strerror(errno));
+    fail(errno, std::strerror(errno));
   if (::close(fd.fd) != 0) {
     fd.fd = -1;
-    throw fail(std::strerror(errno));
+    fail(errno, std::strerror(errno));
   }
   fd.fd = -1;
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw fail(std::strerror(errno));
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) fail(errno, std::strerror(errno));
   // The rename is durable once the folder's entry is on disk.
   Fd dir(::open(path.parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (dir.fd >= 0) ::fsync(dir.fd);

@@ -95,6 +95,8 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
   LoopState state;
   std::string restart_note;  // why a resumed run starts from step 0
   if (opts.run) {
+    // Before its files are touched: a live run's temporary is its checkpoint being written.
+    if (lead) store.refuse_if_held(*opts.run, stale_after(cfg));
     const fs::path last = run_dir(cfg.s("run.out_dir"), store, *opts.run) / "last.pt";
     const fs::path tmp = last.string() + ".tmp";
     // A kill during the first write leaves only the temporary, which is never a whole checkpoint.
@@ -272,7 +274,12 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
     return {run_id, "interrupted"};
   } catch (const std::exception& e) {
     progress.finish();
-    log.finish("failed", e.what());
+    // On a full disk under the store this write fails too: the row stays `running`, its pid is
+    // gone, and `ssr sweep --resume` requeues it at once. The first error is the one to report.
+    try {
+      log.finish("failed", e.what());
+    } catch (const std::exception&) {
+    }
     throw;
   }
 }

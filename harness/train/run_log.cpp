@@ -13,6 +13,8 @@ void on_signal(int sig) { g_signal = sig; }
 
 }  // namespace
 
+double stale_after(const config::Config& cfg) { return std::max(60.0, 3 * cfg.f("run.heartbeat_s")); }
+
 RunLog::RunLog(store::Store& store, const config::Config& cfg, bool lead)
     : store_(store), cfg_(cfg), lead_(lead), heartbeat_s_(cfg.f("run.heartbeat_s")) {
   g_signal = 0;
@@ -32,7 +34,7 @@ int64_t RunLog::open(const store::RunInfo& info, std::optional<int64_t> existing
     if (existing) {
       id_ = *existing;
       store_.truncate_after(id_, resumed_step);
-      store_.start_run(id_, info);
+      store_.start_run(id_, info, stale_after(cfg_));
     } else {
       id_ = store_.create_run(cfg_.hash(), cfg_.to_json(), cfg_.i("run.seed"), info);
     }
@@ -81,9 +83,13 @@ void RunLog::result(const std::string& split, const std::string& name, double va
 
 void RunLog::flush(int64_t step) {
   if (lead_) {
+    // The lease first: a process that lost its run writes none of its rows.
+    if (!store_.heartbeat(id_, step))
+      throw std::runtime_error(fmt::format(
+          "run {}: another process took this run over (it was requeued as dead); this one stops, writing nothing more",
+          id_));
     store_.add_metrics(id_, metrics_);
     store_.add_timings(id_, timings_);
-    store_.heartbeat(id_, step);
   }
   metrics_.clear();
   timings_.clear();
@@ -104,7 +110,7 @@ void RunLog::poll(int64_t step) {
 void RunLog::finish(const std::string& status, const std::string& error) {
   if (!lead_) return;
   if (status == "finished") routing_results();
-  store_.finish_run(id_, status, error);
+  store_.finish_held_run(id_, status, error);
 }
 
 // From the stored rows, so a resumed run counts what it logged before its interruption too.

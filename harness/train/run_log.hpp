@@ -23,6 +23,10 @@ struct Interrupted : std::runtime_error {
   int signal;
 };
 
+// Seconds without a heartbeat after which a run held on another host counts as dead (a run held
+// on this host is dead exactly when its pid is gone).
+double stale_after(const config::Config& cfg);
+
 class RunLog {
  public:
   // Installs the SIGINT/SIGTERM handlers; the destructor restores the previous ones.

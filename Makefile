@@ -10,7 +10,7 @@ SSR   := $(BUILD)/ssr
 TORCH_VERSION := 2.11.0
 APT_PACKAGES := build-essential cmake git python3-venv libyaml-cpp-dev libsqlite3-dev libfmt-dev \
   libcli11-dev catch2 nlohmann-json3-dev libssl-dev libbenchmark-dev sqlite3 gnuplot-nox libgloo-dev \
-  zlib1g-dev libturbojpeg0-dev dataset-fashion-mnist clang-format
+  slurmctld slurmd slurm-client munge zlib1g-dev libturbojpeg0-dev dataset-fashion-mnist clang-format
 
 # The GPU machine has no package registry: `make offline-bundle` (here) downloads the Debian
 # packages the build needs into .offline/debs; carried there, `make offline-build` unpacks them
@@ -20,7 +20,7 @@ OFFLINE_PACKAGES := libyaml-cpp-dev libyaml-cpp0.7 libsqlite3-dev libsqlite3-0 l
 OFFLINE_ROOT := $(CURDIR)/.offline/root
 PY ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 
-.PHONY: deps build test demo clean offline-bundle offline-build gpu-bundle gpu-check paper demo-paper demo-vision study routers-beyond
+.PHONY: deps build test demo clean offline-bundle offline-build gpu-bundle gpu-check paper demo-paper demo-vision study study-word routers-beyond
 
 deps: $(VENV)/.torch-$(TORCH_VERSION)
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
@@ -87,6 +87,13 @@ study: build
 	@for r in $(STUDY_TABLES); do $(SSR) report $$r --db $(DB) --scale $(STUDY_SCALE) || exit 1; done
 	@for f in $(STUDY_FIGURES); do \
 	  $(SSR) report $$f --db $(DB) --scale $(STUDY_SCALE) > /dev/null && gnuplot $(dir $(DB))figures/$$f.gp || exit 1; done
+
+# The word-level study (experiments/study-word.yaml; README "The word-level study"): the lm-demo
+# recipe for 1,000 steps, SSR-L at the paper's p and at p calibrated to the paper's counts.
+study-word: build
+	$(SSR) sweep experiments/study-word.yaml --scale $(STUDY_SCALE) --jobs $(JOBS) --db $(DB)
+	$(SSR) report study_word --db $(DB) --scale $(STUDY_SCALE)
+	$(SSR) report study_word_valid --db $(DB) --scale $(STUDY_SCALE) > /dev/null && gnuplot $(dir $(DB))figures/study_word_valid.gp
 
 # Routers beyond the paper in the same study (experiments/routers-beyond.yaml; docs/routers.md).
 BEYOND_TABLES := beyond beyond_balance

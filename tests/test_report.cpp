@@ -303,3 +303,152 @@ TEST_CASE("ssr compare: differing keys, results with units, paired differences b
   CHECK(ssr::testing::run(fmt::format("compare 1 9 --db {}", db)).out.find("no run 9") != std::string::npos);
   CHECK(ssr::testing::run(fmt::format("compare 1 --db {}", db)).code == 2);
 }
+
+static std::string file_text(const std::string& path) {
+  std::ifstream f(path);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+TEST_CASE("ssr plot: a metric per run or mean and band per --by group, as csv, image or text", "[report][cli]") {
+  const auto dir = std::filesystem::temp_directory_path() / ("ssr_plot_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string db = (dir / "runs.db").string();
+  {
+    ssr::store::Store s(db);
+    // Loss at steps 10 and 20; runs 1-2 vanilla, run 3 lb; two layers of load_cv for run 1.
+    auto add = [&](const std::string& router, int64_t seed, double a, double b) {
+      ssr::config::Config cfg;
+      cfg.set("router.name", router, "test");
+      cfg.set("run.seed", seed, "test");
+      const auto id = s.create_run(cfg.hash(), cfg.to_json(), seed, ssr::store::this_machine("cpu"));
+      s.add_metrics(id, {{10, "train", "loss", a, 0}, {20, "train", "loss", b, 0}, {20, "valid", "loss", b + 1, 0}});
+      s.finish_run(id, "finished");
+      return id;
+    };
+    const auto first = add("vanilla", 1, 4, 3);
+    add("vanilla", 2, 6, 5);
+    add("lb", 1, 5, 4);
+    s.add_metrics(first, {{20, "train", "layer0/load_cv", 0.2, 0}, {20, "train", "layer1/load_cv", 0.4, 0}});
+  }
+  const auto csv = (dir / "loss.csv").string();
+  auto r = ssr::testing::run(fmt::format("plot 1 3 --out {} --db {}", csv, db));
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  CHECK(file_text(csv) ==
+        "series,x,y,ci,n,series_index,x_index\nrun 1,10,4,0,1,0,10\nrun 1,20,3,0,1,0,20\n"
+        "run 3,10,5,0,1,1,10\nrun 3,20,4,0,1,1,20\n");
+  // Grouped: vanilla's two runs average 5 and 4 with t(1) * 1 = 12.706 as the half-width.
+  r = ssr::testing::run(fmt::format("plot 1 2 3 --by router.name --out {} --db {}", csv, db));
+  REQUIRE(r.code == 0);
+  const auto grouped = file_text(csv);
+  CHECK(grouped.find("router.name=vanilla,10,5,12.706,2,0,10") != std::string::npos);
+  CHECK(grouped.find("router.name=lb,20,4,0,1,1,20\n") != std::string::npos);
+  r = ssr::testing::run(fmt::format("plot 1 --metric layer*/load_cv --out {} --db {}", csv, db));
+  CHECK(file_text(csv).find("run 1,20,0.3") != std::string::npos);  // the mean over the two layers
+  r = ssr::testing::run(fmt::format("plot 1 2 --metric valid --out {} --db {}", csv, db));
+  CHECK(file_text(csv).find("run 2,20,6,") != std::string::npos);
+  // Errors name what is wrong.
+  r = ssr::testing::run(fmt::format("plot 1 --metric ppl --db {}", db));
+  CHECK(r.code == 2);
+  CHECK(r.out.find("--metric ppl --split train: no such metric in these runs (logged under train:") !=
+        std::string::npos);
+  CHECK(ssr::testing::run(fmt::format("plot 9 --db {}", db)).out.find("no run 9") != std::string::npos);
+  CHECK(ssr::testing::run(fmt::format("plot 1 --by router.nam --db {}", db)).out.find("not a config key") !=
+        std::string::npos);
+  CHECK(ssr::testing::run(fmt::format("plot 1 --out x.svg --db {}", db)).code == 2);
+  // Drawn by gnuplot where it is installed (the project's dependencies include it).
+  if (std::system("command -v gnuplot >/dev/null 2>&1") == 0) {
+    const auto png = dir / "loss.png";
+    r = ssr::testing::run(fmt::format("plot 1 2 3 --by router.name --out {} --db {}", png.string(), db));
+    CHECK(r.code == 0);
+    CHECK(std::filesystem::file_size(png) > 1000);
+    CHECK(std::filesystem::exists(dir / "loss.gp"));
+    r = ssr::testing::run(fmt::format("plot 1 3 --db {}", db));  // text on the terminal
+    CHECK(r.code == 0);
+    CHECK(r.out.find("run 3") != std::string::npos);
+    CHECK(r.out.find("loss (train)") != std::string::npos);
+  }
+}
+
+TEST_CASE("ssr runs: conditions on results, sort, limit, columns, units and tags", "[report][cli]") {
+  const auto dir = std::filesystem::temp_directory_path() / ("ssr_runs_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string db = (dir / "runs.db").string();
+  {
+    ssr::store::Store s(db);
+    auto add = [&](const std::string& router, double p, const std::string& unit, double value) {
+      ssr::config::Config cfg;
+      cfg.set("router.name", router, "test");
+      cfg.set("router.p", p, "test");
+      cfg.set("tags.note", router + "-run", "test");
+      const auto id = s.create_run(cfg.hash(), cfg.to_json(), 1, ssr::store::this_machine("cpu"));
+      s.set_result(id, "valid", unit, value);
+      s.set_result(id, "train", "load_cv", value / 100);
+      s.finish_run(id, "finished");
+    };
+    add("vanilla", 0, "ppl", 40);
+    add("ssr", 0.01, "ppl", 25);
+    add("ssr", 0.1, "ppl", 30);
+  }
+  auto r = ssr::testing::run(fmt::format(
+      "runs --where 'valid<35,router.p>=0.01' --sort -valid --columns id,router.p,valid,labels --db {}", db));
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  // One unit for every listed run: it goes into the header.
+  CHECK(r.out.find("id  router.p  valid ppl  labels") != std::string::npos);
+  const auto three = r.out.find("\n3 "), two = r.out.find("\n2 ");
+  CHECK(three != std::string::npos);
+  CHECK(two != std::string::npos);
+  CHECK(three < two);  // 30 before 25: descending
+  CHECK(r.out.find("tags.note=ssr-run") != std::string::npos);
+  CHECK(r.out.find("\n1 ") == std::string::npos);
+  r = ssr::testing::run(
+      fmt::format("runs --sort train/load_cv --limit 1 --columns id,train/load_cv --format csv --db {}", db));
+  CHECK(r.out == "id,train/load_cv\n2,0.250\n");
+  for (const auto& [args, says] : std::vector<std::pair<std::string, std::string>>{
+           {"--where 'valid<abc'", "--where: 'valid<abc': < compares numbers"},
+           {"--sort colour", "--sort: unknown key 'colour'"},
+           {"--columns id,colour", "--columns: unknown key 'colour'"},
+           {"--where 'valid!30'", "is not key=value"}}) {
+    r = ssr::testing::run(fmt::format("runs {} --db {}", args, db));
+    INFO(args);
+    CHECK(r.code == 2);
+    CHECK(r.out.find(says) != std::string::npos);
+  }
+}
+
+TEST_CASE("ssr rm lists, then with --yes deletes runs and their checkpoints, and keep_checkpoints prunes them",
+          "[cli]") {
+  const auto dir = std::filesystem::temp_directory_path() / ("ssr_rm_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  const std::string db = (dir / "runs.db").string(), out = (dir / "ck").string();
+  const std::string train = fmt::format(
+      "train {}/experiments/demo.yaml train.steps=4 train.eval_every=2 train.checkpoint_every=2 eval.max_segments=2 "
+      "run.out_dir={} --db {} --quiet",
+      SSR_SOURCE_DIR, out, db);
+  REQUIRE(ssr::testing::run(train + " run.keep_checkpoints=none").code == 0);
+  auto r = ssr::testing::run(train + " run.keep_checkpoints=best");
+  REQUIRE(r.code == 0);
+  // The same config again is trained, with a note naming the earlier run.
+  CHECK(r.out.find("already finished as run 1") != std::string::npos);
+  std::string store_id;
+  for (const auto& e : std::filesystem::directory_iterator(out)) store_id = e.path().filename();
+  const auto run1 = std::filesystem::path(out) / store_id / "1", run2 = std::filesystem::path(out) / store_id / "2";
+  CHECK(!std::filesystem::exists(run1));
+  CHECK(std::filesystem::exists(run2 / "best.pt"));
+  CHECK(!std::filesystem::exists(run2 / "last.pt"));
+  r = ssr::testing::run(fmt::format("rm 2 --db {}", db));
+  CHECK(r.code == 0);
+  CHECK(r.out.find("add --yes") != std::string::npos);
+  CHECK(ssr::store::Store(db).run(2));
+  r = ssr::testing::run(fmt::format("rm 2 --yes --db {}", db));
+  CHECK(r.code == 0);
+  CHECK(!ssr::store::Store(db).run(2));
+  CHECK(ssr::store::Store(db).metrics(2).empty());
+  CHECK(!std::filesystem::exists(run2));
+  CHECK(ssr::testing::run(fmt::format("rm 7 --yes --db {}", db)).out.find("no run 7") != std::string::npos);
+  r = ssr::testing::run(fmt::format("export 1 --db {}", db));
+  CHECK(r.out.rfind("run,step,split,name,value,wall_s\n1,", 0) == 0);
+}

@@ -113,12 +113,37 @@ TEST_CASE("comma lists, ranges and their bracket rules", "[sweep]") {
       {"range(0,4)", {"0", "1", "2", "3"}},
       {"range(1, 10, 4)", {"1", "5", "9"}},
       {"range(3,0,-1)", {"3", "2", "1"}},
-      {"range(0.1,0.4,0.1)", {"0.1", "0.2", "0.30000000000000004"}},
+      {"range(0.1,0.4,0.1)", {"0.1", "0.2", "0.3"}},  // 0.1 + 2 * 0.1 labelled as typed, not 0.30000000000000004
+      {"range(1e-3,4e-3,1e-3)", {"0.001", "0.002", "0.003"}},
   };
   for (const auto& c : ranges) CHECK(*ssr::sweep::expand_range(c.text) == c.values);
   CHECK(!ssr::sweep::expand_range("1,2"));
   for (const char* bad : {"range(1)", "range(0,4,0)", "range(0,4,-1)", "range(a,4)"})
     CHECK_THROWS_AS(ssr::sweep::expand_range(bad), ConfigError);
+}
+
+TEST_CASE("a plain config is a multirun of its command-line axes, and a command-line seed axis replaces the file's",
+          "[sweep]") {
+  // `ssr sweep CONFIG k=a,b --seeds N`: the config is the base, no sweep file needed.
+  auto r = run(fmt::format("sweep {}/experiments/demo.yaml router=ssr_l router.p=0.01,0.1 --seeds 2 --dry-run", kSrc));
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("demo.yaml: 4 jobs") != std::string::npos);
+  CHECK(r.out.find("router.p=0.01 run.seed=1") != std::string::npos);
+  CHECK(r.out.find("router.p=0.1 run.seed=2") != std::string::npos);
+  r = run(fmt::format("sweep {}/experiments/demo.yaml --scale demo --dry-run", kSrc));
+  CHECK(r.code == 2);
+  CHECK(r.out.find("is a config, not a sweep file with scales") != std::string::npos);
+  r = run(fmt::format("sweep {}/experiments/demo.yaml run.seed=3 --seeds 2 --dry-run", kSrc));
+  CHECK(r.out.find("--seeds: give it or 'run.seed=3', not both") != std::string::npos);
+  // A sweep file's seeds give way to the command line's, one value or several.
+  const auto dir = temp_dir("sweep", "seeds");
+  const auto file = write_sweep(dir, "grid:\n  router.name: [vanilla, lb]\nseeds: [1, 2]\n");
+  auto s = ssr::sweep::load(file, {"run.seed=range(1,4)"});
+  CHECK(labels(s, "run.seed") == std::vector<std::string>{"1", "2", "3", "1", "2", "3"});
+  s = ssr::sweep::load(file, {"run.seed=7"});
+  CHECK(labels(s, "run.seed") == std::vector<std::string>{"7", "7"});
+  CHECK(s.jobs[1].config.i("run.seed") == 7);
 }
 
 TEST_CASE("a sweep expands variants, grid, command-line axes and seeds in a fixed order", "[sweep]") {
@@ -418,38 +443,75 @@ TEST_CASE("concurrent workers on one store take every job exactly once", "[sweep
   CHECK(finished_per_job(s, 1) == std::map<int64_t, int>{{0, 1}, {1, 1}, {2, 1}, {3, 1}, {4, 1}, {5, 1}});
 }
 
-TEST_CASE("the Slurm array script names its jobs and runs under a local stand-in", "[sweep]") {
+TEST_CASE("the Slurm array script takes its options from the scale over the file, then --slurm", "[sweep]") {
   CHECK(ssr::sweep::array_ranges({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8");
   CHECK(ssr::sweep::array_ranges({3}) == "3");
   const auto dir = temp_dir("sweep", "slurm");
   const auto db = (dir / "runs.db").string();
   const auto file = write_sweep(dir,
+                                "scales:\n  gpu: {seeds: [1], slurm: {gpus-per-task: 1, mem: 64G}}\n"
+                                "  cpu: {seeds: [2], slurm: {gpus-per-task: 0, mem: 4G}}\n"
                                 "grid:\n  router.name: [vanilla, lb, zloss]\n"
-                                "slurm: {time: \"01:00:00\", partition: gpu, gpus-per-task: 1, parallel: 2}\n",
+                                "slurm: {time: \"01:00:00\", gpus-per-task: 2, parallel: 2}\n",
                                 4);
-  auto r = run(fmt::format("sweep {} --launcher slurm --db {}", file, db));
+  const auto read = [](const fs::path& p) {
+    std::ifstream f(p);
+    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  };
+  auto r = run(fmt::format("sweep {} --scale gpu --launcher slurm --db {}", file, db));
   INFO(r.out);
   REQUIRE(r.code == 0);
-  const auto script = dir / "sweeps" / "sweep-1.sbatch";
-  REQUIRE(fs::exists(script));
-  std::ifstream f(script);
-  const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  for (const char* line : {"#SBATCH --array=0-2%2\n", "#SBATCH --time=01:00:00\n", "#SBATCH --partition=gpu\n",
-                           "#SBATCH --gpus-per-task=1\n", "#SBATCH --job-name=ssr-sweep\n",
-                           "sweep run --sweep 1 --job \"$SLURM_ARRAY_TASK_ID\""})
+  std::string text = read(dir / "sweeps" / "sweep-1.sbatch");
+  for (const char* line :
+       {"#SBATCH --array=0-2%2\n", "#SBATCH --time=01:00:00\n", "#SBATCH --gpus-per-task=1\n", "#SBATCH --mem=64G\n",
+        "#SBATCH --job-name=ssr-sweep\n", "sweep run --sweep 1 --job \"$SLURM_ARRAY_TASK_ID\""})
     CHECK(text.find(line) != std::string::npos);
   CHECK(text.find("parallel") == std::string::npos);
-  // The stand-in runs the script once per array index with SLURM_ARRAY_TASK_ID set, as sbatch would.
-  r = shell(fmt::format("bash tests/slurm_standin.sh {}", script.string()));
+  // The CPU scale drops the file's GPU line; --slurm goes over both, and 0 drops an option.
+  r = run(
+      fmt::format("sweep {} --scale cpu --launcher slurm --slurm partition=debug --slurm time=0 --db {}", file, db));
   REQUIRE(r.code == 0);
-  ssr::store::Store s(db);
-  CHECK(finished_per_job(s, 1) == std::map<int64_t, int>{{0, 1}, {1, 1}, {2, 1}});
-  // Everything done: a second script has nothing to submit; a task of a done job exits 0.
-  r = run(fmt::format("sweep {} --launcher slurm --db {}", file, db));
-  CHECK(r.out.find("nothing to submit") != std::string::npos);
-  r = run(fmt::format("sweep run --sweep 1 --job 0 --db {}", db));
+  text = read(dir / "sweeps" / "sweep-2.sbatch");
+  CHECK(text.find("gpus-per-task") == std::string::npos);
+  CHECK(text.find("#SBATCH --time") == std::string::npos);
+  CHECK(text.find("#SBATCH --partition=debug\n") != std::string::npos);
+  CHECK(text.find("#SBATCH --mem=4G\n") != std::string::npos);
+  // --dry-run prints the script under the id the plan has, and writes nothing.
+  fs::remove(dir / "sweeps" / "sweep-2.sbatch");
+  r = run(fmt::format("sweep {} --scale cpu --launcher slurm --dry-run --slurm qos=low --db {}", file, db));
   CHECK(r.code == 0);
-  CHECK(r.out.find("not queued (finished)") != std::string::npos);
+  CHECK(r.out.find("script for sweep 2 (already planned)") != std::string::npos);
+  CHECK(r.out.find("#SBATCH --qos=low\n") != std::string::npos);
+  CHECK(!fs::exists(dir / "sweeps" / "sweep-2.sbatch"));
+  // Bad options: one line naming the flag.
+  for (const auto& [args, says] : std::vector<std::pair<std::string, std::string>>{
+           {"--launcher slurm --slurm partition", "--slurm: 'partition': expected KEY=VALUE"},
+           {"--launcher slurm --slurm Part=x", "--slurm: 'Part' is not an sbatch option name"},
+           {"--launcher slurm --slurm array=1-3", "--slurm: array: the array is the sweep's queued jobs"},
+           {"--launcher slurm --slurm parallel=two", "--slurm: parallel: 'two' is not a whole number"},
+           {"--slurm partition=cpu", "--slurm: sbatch options apply only with --launcher slurm"}}) {
+    r = run(fmt::format("sweep {} --scale cpu {} --db {}", file, args, db));
+    INFO(args << "\n" << r.out);
+    CHECK(r.code == 2);
+    CHECK(r.out.find(says) != std::string::npos);
+  }
+}
+
+TEST_CASE("a site's sbatch options come from the user file and SSR_SLURM, under the sweep file's", "[sweep]") {
+  const auto dir = temp_dir("sweep", "site");
+  fs::create_directories(dir / "ssr");
+  std::ofstream(dir / "ssr" / "slurm.yaml") << "partition: cpu\naccount: lab\nqos: normal\n";
+  setenv("XDG_CONFIG_HOME", dir.c_str(), 1);
+  setenv("SSR_SLURM", "qos=high,mem=8G", 1);
+  const auto o = ssr::sweep::slurm_options({{"mem", "4G"}, {"time", "1:00:00"}}, {"account=0"});
+  CHECK(o == nlohmann::json{
+                 {"partition", "cpu"}, {"account", nullptr}, {"qos", "high"}, {"mem", "4G"}, {"time", "1:00:00"}});
+  setenv("SSR_SLURM", "qos", 1);
+  CHECK_THROWS_WITH(ssr::sweep::slurm_options({}, {}), Catch::Contains("SSR_SLURM: 'qos'"));
+  unsetenv("SSR_SLURM");
+  std::ofstream(dir / "ssr" / "slurm.yaml") << "partition: [a, b]\n";
+  CHECK_THROWS_WITH(ssr::sweep::slurm_options({}, {}), Catch::Contains("slurm.yaml: partition: expected one value"));
+  unsetenv("XDG_CONFIG_HOME");
 }
 
 TEST_CASE("ssr bench step times a sweep's jobs and the report's overheads use that session", "[sweep][bench]") {

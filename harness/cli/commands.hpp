@@ -30,5 +30,7 @@ void add_bench_commands(CLI::App& app, Context& ctx);   // bench
 void add_sweep_commands(CLI::App& app, Context& ctx);   // sweep, sweep run, sweep status
 void add_report_commands(CLI::App& app, Context& ctx);  // report
 void add_compare_command(CLI::App& app, Context& ctx);  // compare
+void add_plot_command(CLI::App& app, Context& ctx);     // plot
+void add_export_command(CLI::App& app, Context& ctx);   // export
 
 }  // namespace ssr::cli

@@ -2,6 +2,7 @@
 // (harness/cli/*_commands.cpp); no training, SQL or report logic lives here.
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <functional>
 #include <iostream>
 
@@ -21,6 +22,8 @@ int main(int argc, char** argv) {
   ssr::cli::add_sweep_commands(app, ctx);
   ssr::cli::add_report_commands(app, ctx);
   ssr::cli::add_compare_command(app, ctx);
+  ssr::cli::add_plot_command(app, ctx);
+  ssr::cli::add_export_command(app, ctx);
   // A flag takes no value: `--quiet=5` is a typo, not a count.
   std::function<void(CLI::App&)> no_flag_values = [&](CLI::App& a) {
     for (auto* o : a.get_options())
@@ -28,6 +31,19 @@ int main(int argc, char** argv) {
     for (auto* sub : a.get_subcommands({})) no_flag_values(*sub);
   };
   no_flag_values(app);
+  // `ssr trian`: CLI11 would only say that a subcommand is required.
+  if (argc > 1 && argv[1][0] != '-') {
+    std::vector<std::string> names;
+    for (const auto* sub : app.get_subcommands({})) names.push_back(sub->get_name());
+    if (std::find(names.begin(), names.end(), argv[1]) == names.end()) {
+      const std::string near = ssr::config::closest(argv[1], names);
+      std::string listed;
+      for (const auto& n : names) listed += (listed.empty() ? "" : ", ") + n;
+      std::cerr << "error: unknown command '" << argv[1] << "'" << (near.empty() ? "" : "; did you mean " + near + "?")
+                << " (commands: " << listed << ")\n";
+      return ssr::cli::kBadInput;
+    }
+  }
   try {
     app.parse(argc, argv);
     return ctx.exit_code;

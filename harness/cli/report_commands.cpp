@@ -1,12 +1,17 @@
 // report: paper tables (md, tex, csv) and figures (tidy csv + a gnuplot script) from the store;
-// compare: runs side by side.
+// compare: runs side by side; plot: a metric against the step through gnuplot.
 #include <fmt/format.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 
 #include "analysis/compare.hpp"
+#include "analysis/plot.hpp"
 #include "analysis/report.hpp"
 #include "harness/cli/commands.hpp"
 #include "harness/config/config.hpp"
@@ -91,6 +96,144 @@ void add_compare_command(CLI::App& app, Context& ctx) {
     require_store(ctx.db);
     store::Store store(ctx.db);
     std::cout << analysis::compare_runs(store, *ids);
+  });
+}
+
+namespace {
+
+bool on_path(const std::string& program) {
+  const char* path = std::getenv("PATH");
+  std::string dirs = path ? path : "";
+  for (size_t start = 0; start <= dirs.size();) {
+    const size_t end = std::min(dirs.find(':', start), dirs.size());
+    if (end > start && ::access((fs::path(dirs.substr(start, end - start)) / program).c_str(), X_OK) == 0) return true;
+    start = end + 1;
+  }
+  return false;
+}
+
+// gnuplot on a script we wrote, its output on our stdout (the text plot), no shell in between.
+void run_gnuplot(const fs::path& script) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    execlp("gnuplot", "gnuplot", script.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    throw std::runtime_error(fmt::format("gnuplot failed on {} (its message is above)", script.string()));
+}
+
+}  // namespace
+
+void add_export_command(CLI::App& app, Context& ctx) {
+  auto ids = std::make_shared<std::vector<int64_t>>();
+  auto format = std::make_shared<std::string>("csv");
+  auto* ex = app.add_subcommand("export", "Every logged metric row of runs, one per step, as csv or json lines");
+  ex->add_option("runs", *ids, "run ids")->required()->expected(1, 1 << 20);
+  ex->add_option("--format", *format, "csv or jsonl")->check(CLI::IsMember({"csv", "jsonl"}))->capture_default_str();
+  ex->add_option("--db", ctx.db, "run store")->capture_default_str();
+  ex->footer(
+      "Columns: run, step, split, name, value, wall_s (seconds since the run started).\n"
+      "Examples:\n"
+      "  ssr export 3 > run3.csv\n"
+      "  ssr export 1 2 3 --format jsonl | jq 'select(.name == \"loss\")'");
+  ex->callback([ids, format, &ctx] {
+    require_store(ctx.db);
+    store::Store store(ctx.db, store::Store::Access::read);
+    for (const auto id : *ids)
+      if (!store.run(id))
+        throw config::ConfigError(fmt::format("export: no run {} in {} (ssr runs lists them)", id, ctx.db));
+    if (*format == "csv") std::cout << "run,step,split,name,value,wall_s\n";
+    for (const auto id : *ids)
+      for (const auto& m : store.metrics(id)) {
+        if (*format == "csv")
+          std::cout << fmt::format("{},{},{},{},{},{}\n", id, m.step, m.split, m.name, m.value, m.wall_s);
+        else
+          std::cout << nlohmann::json{{"run", id},      {"step", m.step},   {"split", m.split},
+                                      {"name", m.name}, {"value", m.value}, {"wall_s", m.wall_s}}
+                           .dump()
+                    << "\n";
+      }
+  });
+}
+
+void add_plot_command(CLI::App& app, Context& ctx) {
+  auto req = std::make_shared<analysis::PlotRequest>();
+  auto out = std::make_shared<std::string>();
+  auto* p = app.add_subcommand("plot", "A logged metric against the step: one line per run, or mean and band per --by");
+  p->add_option("runs", req->runs, "run ids")->required()->expected(1, 1 << 20);
+  p->add_option("--metric", req->metric,
+                "logged metric (ssr show RUN lists them); layer*/NAME: its mean over layers; valid: the validation "
+                "loss")
+      ->capture_default_str();
+  p->add_option("--split", req->split, "the metric's split: train, valid, ...")->capture_default_str();
+  p->add_option("--by", req->by, "config key: one series per value, mean over its runs with a 95 % band");
+  p->add_option("--out", *out,
+                "FILE.png or FILE.pdf (drawn, with FILE.csv and FILE.gp beside it) or FILE.csv; default: a text "
+                "plot here");
+  p->add_option("--db", ctx.db, "run store")->capture_default_str();
+  p->footer(
+      "Examples:\n"
+      "  ssr plot 1 2 3                                  # training loss of three runs, as text\n"
+      "  ssr plot 1 2 --metric valid --out valid.png     # validation loss to valid.png (and valid.csv, valid.gp)\n"
+      "  ssr plot 1 2 3 4 5 6 --by router.name --metric layer*/load_cv --out load_cv.pdf");
+  p->callback([req, out, p, &ctx] {
+    if (req->metric == "valid" && !p->count("--split")) {
+      req->split = "valid";
+      req->metric = "loss";
+    }
+    const std::string ext = fs::path(*out).extension().string();
+    if (!out->empty() && ext != ".png" && ext != ".pdf" && ext != ".csv")
+      throw config::ConfigError(fmt::format("--out {}: give a FILE.png, FILE.pdf or FILE.csv", *out));
+    require_store(ctx.db);
+    store::Store store(ctx.db, store::Store::Access::read);
+    const auto plot = analysis::plot_runs(store, *req);
+    if (ext == ".csv") {
+      std::ofstream(*out) << plot.csv;
+      std::cerr << fmt::format("plot: wrote {}\n", *out);
+      return;
+    }
+    if (!on_path("gnuplot"))
+      throw config::ConfigError(
+          "plot: gnuplot is not on PATH (Debian: apt-get install gnuplot-nox), or write the data with --out FILE.csv");
+    // Images keep their csv and gnuplot script beside them, as report figures do; the text plot
+    // draws from a scratch folder.
+    fs::path base, scratch;
+    if (out->empty()) {
+      std::string dir = (fs::temp_directory_path() / "ssr-plot.XXXXXX").string();
+      if (!mkdtemp(dir.data())) throw std::runtime_error("plot: cannot make a scratch folder under /tmp");
+      scratch = dir;
+      base = scratch / "plot";
+    } else {
+      base = fs::absolute(fs::path(*out).replace_extension());
+      if (base.has_parent_path()) fs::create_directories(base.parent_path());
+    }
+    std::ofstream(base.string() + ".csv") << plot.csv;
+    std::string gp = fmt::format(
+        "title = \"{}\"\nxlabel = \"step\"\nylabel = \"{}\"\nns = {}\nlogy = 0\nformats = \"{}\"\narray "
+        "series[{}]\n",
+        plot.title, plot.ylabel, plot.series.size(), out->empty() ? "dumb" : ext.substr(1), plot.series.size());
+    for (size_t i = 0; i < plot.series.size(); ++i) gp += fmt::format("series[{}] = \"{}\"\n", i + 1, plot.series[i]);
+    const auto kind_script = fs::absolute(fs::path(SSR_SOURCE_DIR) / "analysis" / "curves.gp");
+    gp += fmt::format("base = '{}'\nload '{}'\n", base.string(), kind_script.string());
+    std::ofstream(base.string() + ".gp") << gp;
+    std::cout.flush();
+    // The scratch files one by one: fs::remove_all binds to a copy in libtorch.so that crashes.
+    const auto clean = [&] {
+      if (scratch.empty()) return;
+      for (const char* ext : {".csv", ".gp"}) fs::remove(base.string() + ext);
+      fs::remove(scratch);
+    };
+    try {
+      run_gnuplot(base.string() + ".gp");
+    } catch (...) {
+      clean();
+      throw;
+    }
+    clean();
+    if (scratch.empty())
+      std::cerr << fmt::format("plot: wrote {} (data {}.csv, script {}.gp)\n", *out, base.string(), base.string());
   });
 }
 

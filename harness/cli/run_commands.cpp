@@ -5,6 +5,9 @@
 #include <cmath>
 #include <cstdio>
 #include <iostream>
+#include <map>
+#include <set>
+#include <sstream>
 
 #include "harness/cli/commands.hpp"
 #include "harness/config/config.hpp"
@@ -14,6 +17,7 @@
 #include "harness/dist/launch.hpp"
 #include "harness/store/query.hpp"
 #include "harness/store/store.hpp"
+#include "harness/train/checkpoint.hpp"
 #include "harness/train/progress.hpp"
 #include "harness/train/trainer.hpp"
 #include "models/swin_moe.hpp"
@@ -40,13 +44,6 @@ std::string fmt_num(double v) {
   return fmt::format("{:.3f}", v);
 }
 
-// The headline result of a split (ppl or bpc), "-" when absent.
-std::string headline(const std::vector<ssr::store::Result>& results, const std::string& split) {
-  for (const auto& r : results)
-    if (r.split == split && (r.name == "ppl" || r.name == "bpc")) return fmt_num(r.value);
-  return "-";
-}
-
 void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {
   std::vector<size_t> w(header.size());
   for (size_t c = 0; c < header.size(); ++c) {
@@ -69,25 +66,129 @@ std::string csv_field(const std::string& s) {
   return q + "\"";
 }
 
-int cmd_runs(const std::string& db, const std::string& where, const std::string& format, double stale_after) {
-  ssr::store::filter_runs({}, where, stale_after);  // a bad --where is named before the store
+struct RunsArgs {
+  std::string where, format = "table", sort, columns;
+  int64_t limit = 0;
+  double stale_after = 60;
+};
+
+const std::vector<std::string> kDefaultColumns = {"id",   "status", "router", "data", "model", "seed",
+                                                  "step", "valid",  "test",   "took", "labels"};
+const std::vector<std::string> kOwnColumns = {"router", "model",   "data", "step", "valid",
+                                              "test",   "started", "took", "name", "labels"};
+
+// The swept values of a run's sweep job and its +tags: "variant=ssr_l router.p=0.01 tags.note=x".
+std::string run_labels(const ssr::store::Run& r, const ssr::store::Store& store,
+                       std::map<int64_t, std::optional<ssr::store::Sweep>>& sweeps) {
+  std::string out;
+  if (r.sweep_id && r.job_num) {
+    auto it = sweeps.find(*r.sweep_id);
+    if (it == sweeps.end()) it = sweeps.emplace(*r.sweep_id, store.sweep(*r.sweep_id)).first;
+    if (it->second)
+      for (const auto& j : it->second->spec.value("jobs", json::array()))
+        if (j.value("num", int64_t{-1}) == *r.job_num)
+          for (const auto& l : j.value("labels", json::array()))
+            if (l.at(0) != "run.seed")
+              out += (out.empty() ? "" : " ") + l.at(0).get<std::string>() + "=" + l.at(1).get<std::string>();
+  }
+  if (r.config.contains("tags") && r.config["tags"].is_object())
+    for (const auto& [k, v] : r.config["tags"].items())
+      out += (out.empty() ? "" : " ") + fmt::format("tags.{}={}", k, v.is_string() ? v.get<std::string>() : v.dump());
+  return out;
+}
+
+// A column's text for a run; nullopt when `name` is no column, run key or result key.
+std::optional<std::string> column(const std::string& name, const ssr::store::Run& r,
+                                  const std::vector<ssr::store::Result>& results, const ssr::store::Store& store,
+                                  std::map<int64_t, std::optional<ssr::store::Sweep>>& sweeps, double stale_after) {
+  if (name == "router") return ssr::store::router_label(r);
+  if (name == "step") return std::to_string(r.step);
+  if (name == "started") return fmt_time(r.started_at);
+  if (name == "took") {
+    const double end = r.ended_at > 0 ? r.ended_at : r.heartbeat_at;
+    return r.started_at > 0 ? ssr::train::format_duration(end - r.started_at) : "-";
+  }
+  if (name == "name") return ssr::store::lookup(r, "run.name", 0).value_or("");
+  if (name == "labels") return run_labels(r, store, sweeps);
+  if (auto v = ssr::store::lookup(r, name, stale_after)) return v;
+  if (auto v = ssr::store::result_value(results, name)) {
+    if (v->empty()) return "-";
+    return fmt_num(std::stod(*v));
+  }
+  return std::nullopt;
+}
+
+// The unit of the headline result a run has for `split` ("ppl", "bpc", "top1"), "" when none.
+std::string headline_unit(const std::vector<ssr::store::Result>& results, const std::string& split) {
+  for (const auto& r : results)
+    if (r.split == split && (r.name == "ppl" || r.name == "bpc" || r.name == "top1")) return r.name;
+  return "";
+}
+
+int cmd_runs(const std::string& db, const RunsArgs& a) {
+  ssr::store::filter_runs({}, a.where, a.stale_after);  // a bad --where is named before the store
+  std::vector<std::string> header = kDefaultColumns;
+  if (!a.columns.empty()) {
+    header.clear();
+    std::stringstream list(a.columns);
+    for (std::string c; std::getline(list, c, ',');)
+      if (!c.empty()) header.push_back(c);
+  }
+  const auto own = [](const std::string& c) {
+    return std::find(kOwnColumns.begin(), kOwnColumns.end(), c) != kOwnColumns.end();
+  };
+  for (const auto& c : header)
+    if (!own(c)) ssr::store::require_known_key(c, "--columns");
+  const std::string sort_key = a.sort.starts_with("-") ? a.sort.substr(1) : a.sort;
+  if (!sort_key.empty() && !own(sort_key)) ssr::store::require_known_key(sort_key, "--sort");
   require_store(db);
-  ssr::store::Store store(db);
-  auto runs = ssr::store::filter_runs(store.runs(), where, stale_after);
-  const std::vector<std::string> header = {"id",   "status", "router", "model",   "hash", "seed",
-                                           "step", "valid",  "test",   "started", "took", "name"};
+  ssr::store::Store store(db, ssr::store::Store::Access::read);
+  auto runs = ssr::store::filter_runs(store.runs(), a.where, a.stale_after, &store);
+  std::map<int64_t, std::optional<ssr::store::Sweep>> sweeps;
+  std::map<int64_t, std::vector<ssr::store::Result>> results;
+  for (const auto& r : runs) results[r.id] = store.results(r.id);
+  if (!sort_key.empty()) {
+    // Numbers by value, text as text; runs without the key go last either way.
+    std::map<int64_t, std::string> key;
+    for (const auto& r : runs) {
+      auto v = column(sort_key, r, results[r.id], store, sweeps, a.stale_after).value_or("");
+      key[r.id] = v == "-" ? "" : v;
+    }
+    const bool desc = a.sort.starts_with("-");
+    std::stable_sort(runs.begin(), runs.end(), [&](const auto& x, const auto& y) {
+      const auto &kx = key[x.id], &ky = key[y.id];
+      if (kx.empty() || ky.empty()) return !kx.empty() && ky.empty();
+      char *ex = nullptr, *ey = nullptr;
+      const double nx = std::strtod(kx.c_str(), &ex), ny = std::strtod(ky.c_str(), &ey);
+      if (*ex == '\0' && *ey == '\0') return desc ? nx > ny : nx < ny;
+      return desc ? kx > ky : kx < ky;
+    });
+  }
+  if (a.limit > 0 && static_cast<int64_t>(runs.size()) > a.limit) runs.resize(static_cast<size_t>(a.limit));
+
+  // valid/test: the unit goes into the header when every listed run has the same one.
+  std::vector<std::string> shown = header;
+  std::map<std::string, bool> unit_in_cells;
+  for (size_t c = 0; c < header.size(); ++c) {
+    if (header[c] != "valid" && header[c] != "test") continue;
+    std::set<std::string> units;
+    for (const auto& r : runs)
+      if (auto u = headline_unit(results[r.id], header[c]); !u.empty()) units.insert(u);
+    if (units.size() == 1) shown[c] += " " + *units.begin();
+    unit_in_cells[header[c]] = units.size() > 1;
+  }
   std::vector<std::vector<std::string>> rows;
   json all = json::array();
   for (const auto& r : runs) {
-    auto results = store.results(r.id);
-    double end = r.ended_at > 0 ? r.ended_at : r.heartbeat_at;
-    rows.push_back({std::to_string(r.id), r.shown_status(stale_after), ssr::store::router_label(r),
-                    ssr::store::lookup(r, "model", 0).value_or(""), r.config_hash, std::to_string(r.seed),
-                    std::to_string(r.step), headline(results, "valid"), headline(results, "test"),
-                    fmt_time(r.started_at), r.started_at > 0 ? ssr::train::format_duration(end - r.started_at) : "-",
-                    ssr::store::lookup(r, "run.name", 0).value_or("")});
+    std::vector<std::string> row;
+    for (const auto& c : header) {
+      std::string v = column(c, r, results[r.id], store, sweeps, a.stale_after).value_or("");
+      if (unit_in_cells[c] && v != "-") v += " " + headline_unit(results[r.id], c);
+      row.push_back(v);
+    }
+    rows.push_back(std::move(row));
     json j = {{"id", r.id},
-              {"status", r.shown_status(stale_after)},
+              {"status", r.shown_status(a.stale_after)},
               {"config_hash", r.config_hash},
               {"seed", r.seed},
               {"step", r.step},
@@ -98,18 +199,19 @@ int cmd_runs(const std::string& db, const std::string& where, const std::string&
               {"ended_at", r.ended_at},
               {"heartbeat_at", r.heartbeat_at},
               {"error", r.error},
+              {"labels", run_labels(r, store, sweeps)},
               {"config", r.config}};
     if (r.sweep_id) j["sweep_id"] = *r.sweep_id;
     if (r.job_num) j["job_num"] = *r.job_num;
-    for (const auto& res : results)
+    for (const auto& res : results[r.id])
       j["results"][res.split][res.name] = std::isnan(res.value) ? json("NaN") : json(res.value);
     all.push_back(j);
   }
-  if (format == "json") {
+  if (a.format == "json") {
     std::cout << all.dump(2) << "\n";
-  } else if (format == "csv") {
+  } else if (a.format == "csv") {
     std::string h;
-    for (const auto& c : header) h += (h.empty() ? "" : ",") + c;
+    for (const auto& c : shown) h += (h.empty() ? "" : ",") + csv_field(c);
     std::cout << h << "\n";
     for (const auto& r : rows) {
       std::string s;
@@ -117,8 +219,8 @@ int cmd_runs(const std::string& db, const std::string& where, const std::string&
       std::cout << s << "\n";
     }
   } else {
-    print_table(header, rows);
-    if (rows.empty()) std::cout << "(no runs" << (where.empty() ? "" : " match " + where) << " in " << db << ")\n";
+    print_table(shown, rows);
+    if (rows.empty()) std::cout << "(no runs" << (a.where.empty() ? "" : " match " + a.where) << " in " << db << ")\n";
   }
   return 0;
 }
@@ -207,12 +309,13 @@ void add_run_commands(CLI::App& app, Context& ctx) {
   // Options live as long as the app: parsed values are captured by the callbacks below.
   struct State {
     double stale_after = 60;
-    std::string train_cfg, where, format = "table", show_format = "text", cfg_file;
+    std::string train_cfg, show_format = "text", cfg_file;
     std::vector<std::string> train_over, cfg_over;
     bool quiet = false, doc = false, hash_only = false;
     int64_t show_id = 0;
     int64_t resume = 0;
     int64_t nproc = 1;
+    RunsArgs runs;
   };
   auto st = std::make_shared<State>();
   auto& db = ctx.db;
@@ -220,8 +323,6 @@ void add_run_commands(CLI::App& app, Context& ctx) {
   auto& train_cfg = st->train_cfg;
   auto& train_over = st->train_over;
   auto& quiet = st->quiet;
-  auto& where = st->where;
-  auto& format = st->format;
   auto& show_id = st->show_id;
   auto& show_format = st->show_format;
   auto& cfg_file = st->cfg_file;
@@ -251,16 +352,25 @@ void add_run_commands(CLI::App& app, Context& ctx) {
 
   // ---- runs
   auto* runs = app.add_subcommand("runs", "List stored runs");
-  runs->add_option("--where", where, "conditions key=value or key!=value, comma-separated");
-  runs->add_option("--format", format, "table, csv or json")->check(CLI::IsMember({"table", "csv", "json"}));
+  runs->add_option("--where", st->runs.where,
+                   "conditions KEY=V, KEY!=V, KEY<V, <=, >, >=, comma-separated; KEY: a config key, a group, a "
+                   "result (valid, test, SPLIT/NAME) or id, status, sweep, job, hash, seed, host, device, git");
+  runs->add_option("--sort", st->runs.sort, "a column or key to sort by; -KEY for descending (numbers by value)");
+  runs->add_option("--limit", st->runs.limit, "at most N runs, after sorting")
+      ->check(CLI::Range(int64_t{1}, INT64_MAX));
+  runs->add_option("--columns", st->runs.columns,
+                   "comma-separated: id, status, router, data, model, seed, step, valid, test, took, labels (the "
+                   "default), started, name, hash, or any key --where takes");
+  runs->add_option("--format", st->runs.format, "table, csv or json")->check(CLI::IsMember({"table", "csv", "json"}));
   runs->add_option("--db", db, "run store")->capture_default_str();
-  runs->add_option("--stale-after", stale_after, "seconds without heartbeat before a running run is stale")
+  runs->add_option("--stale-after", st->runs.stale_after, "seconds without heartbeat before a running run is stale")
       ->capture_default_str();
   runs->footer(
       "Examples:\n"
       "  ssr runs\n"
       "  ssr runs --where router=ssr_l,status=finished\n"
-      "  ssr runs --where 'router.p=0.001,run.seed!=1' --format csv\n"
+      "  ssr runs --where 'valid<30,router.p>=0.001' --sort valid --limit 5\n"
+      "  ssr runs --where sweep=2 --columns id,labels,valid/ppl,train/load_cv --format csv\n"
       "  sqlite3 results/runs.db \"SELECT id, status, config_hash FROM runs\"");
 
   // ---- show
@@ -270,6 +380,40 @@ void add_run_commands(CLI::App& app, Context& ctx) {
   show->add_option("--format", show_format, "text or json")->check(CLI::IsMember({"text", "json"}));
   show->add_option("--stale-after", stale_after, "seconds without heartbeat before a running run is stale");
   show->footer("Examples:\n  ssr show 3\n  ssr show 3 --format json | jq .results");
+
+  // ---- rm
+  auto rm_ids = std::make_shared<std::vector<int64_t>>();
+  auto rm_yes = std::make_shared<bool>(false);
+  auto* rm = app.add_subcommand("rm", "Delete runs: their rows in the store and their checkpoint folders");
+  rm->add_option("runs", *rm_ids, "run ids")->required()->expected(1, 1 << 20);
+  rm->add_flag("--yes", *rm_yes, "do it (without: list what would be deleted)");
+  rm->add_option("--db", db, "run store")->capture_default_str();
+  rm->footer(
+      "A run that a live process still trains is refused. A sweep's job whose run is deleted shows as missing.\n"
+      "Examples:\n  ssr rm 3 4\n  ssr rm 3 4 --yes");
+  rm->callback([rm_ids, rm_yes, st, &ctx] {
+    require_store(ctx.db);
+    ssr::store::Store store(ctx.db, *rm_yes ? ssr::store::Store::Access::write : ssr::store::Store::Access::read);
+    std::vector<fs::path> dirs;
+    for (const auto id : *rm_ids) {
+      const auto r = store.run(id);
+      if (!r) throw ConfigError(fmt::format("rm: no run {} in {} (ssr runs lists them)", id, ctx.db));
+      const auto out_dir = ssr::store::lookup(*r, "run.out_dir", 0).value_or("");
+      dirs.push_back(out_dir.empty() ? fs::path() : ssr::train::run_dir(out_dir, store, id));
+      std::cout << fmt::format(
+          "run {} ({}, {}){}{}\n", id, r->shown_status(st->stale_after), ssr::store::router_label(*r),
+          r->sweep_id ? fmt::format(", sweep {} job {}", *r->sweep_id, r->job_num.value_or(-1)) : "",
+          !dirs.back().empty() && fs::exists(dirs.back()) ? ", checkpoints " + dirs.back().string() : "");
+    }
+    if (!*rm_yes) {
+      std::cout << "nothing deleted: add --yes to delete these runs and their checkpoints\n";
+      return;
+    }
+    store.delete_runs(*rm_ids, st->stale_after);
+    for (const auto& d : dirs)
+      if (!d.empty()) ssr::train::remove_run_dir(d);
+    std::cout << fmt::format("deleted {} run(s) from {}\n", rm_ids->size(), ctx.db);
+  });
 
   // ---- config
   auto* cfgcmd = app.add_subcommand("config", "Print the fully resolved config (every key, defaults included)");
@@ -324,6 +468,13 @@ void add_run_commands(CLI::App& app, Context& ctx) {
     ssr::train::Outcome out;
     try {
       ssr::store::Store store(db);
+      // Training the same config again is allowed (a timing, a rerun on other hardware), but never silent.
+      if (!opts.run && env.rank == 0)
+        if (const auto done = store.done_run(cfg.hash()))
+          std::cerr << fmt::format(
+              "note: this config (hash {}) already finished as run {} (ssr show {} --db {}); training it again as a "
+              "new run\n",
+              cfg.hash(), *done, *done, db);
       out = ssr::train::train(cfg, store, opts);
     } catch (const ConfigError&) {
       // Rejected before a run row existed: a store this command created is left behind empty.
@@ -337,7 +488,7 @@ void add_run_commands(CLI::App& app, Context& ctx) {
     // 130 as a shell reports a command stopped by Ctrl-C: `--resume` continues the run.
     ctx.exit_code = out.status == "failed" ? 1 : out.status == "interrupted" ? 130 : 0;
   });
-  runs->callback([st, &ctx] { ctx.exit_code = cmd_runs(ctx.db, st->where, st->format, st->stale_after); });
+  runs->callback([st, &ctx] { ctx.exit_code = cmd_runs(ctx.db, st->runs); });
   show->callback([st, &ctx] { ctx.exit_code = cmd_show(ctx.db, st->show_id, st->show_format, st->stale_after); });
   cfgcmd->callback([st] {
     if (st->doc) {

@@ -20,8 +20,8 @@ using config::ConfigError;
 
 struct SweepArgs {
   std::string file, scale, launcher = "local";
-  std::vector<std::string> overrides;
-  int jobs = 1;
+  std::vector<std::string> overrides, slurm;
+  int jobs = 1, seeds = 0;
   bool dry_run = false, retry_failed = false, quiet = false;
   int64_t resume = 0, sweep = 0, job = -1, status_id = 0;
   double stale_after = 120;
@@ -41,7 +41,28 @@ void print_jobs(const sweep::Spec& spec, const store::Store* store) {
   }
 }
 
-int launch(store::Store& store, int64_t id, const SweepArgs& a) {
+// --dry-run --launcher slurm: the script that would be written for every job, under the id the
+// plan has in the store, or the one it would get.
+void print_script(const sweep::Spec& spec, const store::Store* store, const std::string& db, const SweepArgs& a) {
+  int64_t planned = 0, last = 0;
+  if (store)
+    for (const auto& s : store->sweeps()) {
+      last = std::max(last, s.id);
+      if (s.name == spec.name && s.spec.value("plan_hash", std::string()) == spec.plan_hash())
+        planned = std::max(planned, s.id);
+    }
+  const store::Sweep sw{planned ? planned : last + 1, spec.name, spec.to_json(), 0};
+  const std::string note = planned ? "already planned" : "not planned yet: the id it would get";
+  std::vector<int64_t> all;
+  for (const auto& j : spec.jobs) all.push_back(j.num);
+  const auto log_dir = (beside_db(db, "logs") / fmt::format("sweep-{}", sw.id)).string();
+  std::cout << fmt::format("\n# the sbatch script for sweep {} ({}), every job:\n", sw.id, note)
+            << sweep::slurm_script(sw, all, db, log_dir, sweep::slurm_options(spec.slurm, a.slurm));
+}
+
+// `file_slurm`: the sbatch options of the sweep file as it is now (a file edited since the plan
+// was stored asks for what it says now); without it, those stored with the plan (--resume).
+int launch(store::Store& store, int64_t id, const SweepArgs& a, const nlohmann::json* file_slurm = nullptr) {
   const auto sweep = *store.sweep(id);
   const auto log_dir = (beside_db(store.path(), "logs") / fmt::format("sweep-{}", id)).string();
   if (a.launcher == "slurm") {
@@ -53,9 +74,12 @@ int launch(store::Store& store, int64_t id, const SweepArgs& a) {
       return 0;
     }
     const fs::path script = beside_db(store.path(), "sweeps") / fmt::format("sweep-{}.sbatch", id);
+    const auto text = sweep::slurm_script(
+        sweep, pending, store.path(), log_dir,
+        sweep::slurm_options(file_slurm ? *file_slurm : sweep.spec.value("slurm", nlohmann::json::object()), a.slurm));
     fs::create_directories(script.parent_path());
     fs::create_directories(log_dir);
-    std::ofstream(script) << sweep::slurm_script(sweep, pending, store.path(), log_dir);
+    std::ofstream(script) << text;
     std::cerr << fmt::format(
         "sweep {}: wrote {} ({} array tasks)\n  submit: sbatch {}\n  watch:  ssr sweep status {} --db {}\n", id,
         script.string(), pending.size(), script.string(), id, store.path());
@@ -73,13 +97,20 @@ int launch(store::Store& store, int64_t id, const SweepArgs& a) {
 }
 
 int plan_and_run(const std::string& db, const SweepArgs& a) {
-  auto spec = sweep::load(a.file, a.overrides, a.scale);
+  auto overrides = a.overrides;
+  if (a.seeds > 0) {
+    for (const auto& o : overrides)
+      if (o.rfind("run.seed=", 0) == 0) throw ConfigError(fmt::format("--seeds: give it or '{}', not both", o));
+    overrides.push_back(fmt::format("run.seed=range(1,{})", a.seeds + 1));
+  }
+  auto spec = sweep::load(a.file, overrides, a.scale);
   sweep::check_distinct_runs(spec);
   if (a.dry_run) {
     // Nothing is written: the store is only read, and only if it exists.
     std::optional<store::Store> store;
     if (fs::exists(db)) store.emplace(db, store::Store::Access::read);
     print_jobs(spec, store ? &*store : nullptr);
+    if (a.launcher == "slurm") print_script(spec, store ? &*store : nullptr, db, a);
     return 0;
   }
   std::vector<store::PlannedJob> jobs;
@@ -96,7 +127,7 @@ int plan_and_run(const std::string& db, const SweepArgs& a) {
                            spec.scale.empty() ? "" : ", scale " + spec.scale, spec.jobs.size(),
                            created ? "planned" : "already planned with the same jobs, continuing",
                            reused ? fmt::format("; {} done by earlier runs of the same config", reused) : "");
-  return launch(store, id, a);
+  return launch(store, id, a, &spec.slurm);
 }
 
 int show_status(const std::string& db, int64_t id, double stale_after) {
@@ -125,13 +156,19 @@ int show_status(const std::string& db, int64_t id, double stale_after) {
 void add_sweep_commands(CLI::App& app, Context& ctx) {
   auto a = std::make_shared<SweepArgs>();
   auto* sw = app.add_subcommand("sweep", "Plan a sweep into the run store and run it (local pool or Slurm array)");
-  sw->add_option("sweep_file", a->file, "sweep YAML (see experiments/)");
+  sw->add_option("sweep_file", a->file, "sweep YAML (see experiments/), or any config: a multirun of its axes");
   sw->add_option("overrides", a->overrides, "key=value for every job; key=a,b,c or key=range(0,4) adds an axis");
   sw->add_option("--scale", a->scale, "one of the file's scales (default: its first, e.g. paper)");
+  sw->add_option("--seeds", a->seeds, "seeds 1..N as the seed axis, in place of the file's seeds")
+      ->check(CLI::Range(1, 10000));
   sw->add_option("--jobs,-j", a->jobs, "worker processes at once (local launcher)")->check(CLI::Range(1, 1024));
-  sw->add_flag("--dry-run", a->dry_run, "print the jobs and their config hashes; write nothing");
+  sw->add_flag("--dry-run", a->dry_run,
+               "print the jobs and their config hashes (with --launcher slurm, the script too); write nothing");
   sw->add_option("--launcher", a->launcher, "local (worker processes here) or slurm (write an sbatch array script)")
       ->check(CLI::IsMember({"local", "slurm"}));
+  sw->add_option("--slurm", a->slurm,
+                 "KEY=VALUE: an sbatch option over the file's and the site's (0 or empty drops it); repeatable")
+      ->allow_extra_args(false);
   auto* resume = sw->add_option("--resume", a->resume,
                                 "continue sweep ID: requeue its stale running jobs, then run what is queued");
   sw->add_flag("--retry-failed", a->retry_failed, "with --resume: requeue failed jobs too")->needs(resume);
@@ -142,8 +179,10 @@ void add_sweep_commands(CLI::App& app, Context& ctx) {
   sw->footer(
       "Examples:\n"
       "  ssr sweep experiments/table1.yaml --scale demo --jobs 2\n"
+      "  ssr sweep experiments/demo.yaml router=ssr_l router.p=0.01,0.1 --seeds 3   # multirun from a config\n"
       "  ssr sweep experiments/table5-p-ssr-l-noise.yaml router.xi=0.5,1 --dry-run\n"
       "  ssr sweep experiments/table1.yaml --launcher slurm     # then: sbatch results/sweeps/sweep-1.sbatch\n"
+      "  ssr sweep experiments/table4.yaml --scale demo --launcher slurm --slurm partition=cpu --dry-run\n"
       "  ssr sweep --resume 3 --retry-failed --jobs 2\n"
       "  ssr sweep status 3");
 
@@ -170,6 +209,8 @@ void add_sweep_commands(CLI::App& app, Context& ctx) {
   status->callback([a, &ctx] { ctx.exit_code = show_status(ctx.db, a->status_id, a->stale_after); });
   sw->callback([a, sw, &ctx] {
     if (!sw->get_subcommands().empty()) return;  // `sweep run` / `sweep status` did the work
+    if (!a->slurm.empty() && a->launcher != "slurm")
+      throw ConfigError("--slurm: sbatch options apply only with --launcher slurm");
     if (sw->count("--resume")) {
       if (!a->file.empty()) throw ConfigError("--resume: a resumed sweep keeps its plan; drop SWEEP_FILE");
       require_store(ctx.db);

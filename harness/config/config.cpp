@@ -17,10 +17,7 @@
 namespace fs = std::filesystem;
 
 namespace ssr::config {
-namespace {
 
-// The candidate nearest to `word` by edit distance, if it is close enough to be a typo (at most a
-// third of the word's length, and 2 at least); "" otherwise.
 std::string closest(const std::string& word, const std::vector<std::string>& candidates) {
   std::string best;
   size_t best_d = std::max<size_t>(2, word.size() / 3) + 1;
@@ -40,8 +37,6 @@ std::string closest(const std::string& word, const std::vector<std::string>& can
   }
   return best;
 }
-
-}  // namespace
 
 std::string type_name(Type t) {
   switch (t) {

@@ -105,6 +105,10 @@ json timing_of(const json& stored);
 std::vector<std::string> search_path(const std::string& config_file);
 
 // Parses a YAML file; a missing or malformed file throws ConfigError naming it as `what`.
+// The candidate nearest to `word` by edit distance, if it is close enough to be a typo (at most a
+// third of the word's length, and 2 at least); "" otherwise. Did-you-mean for keys, choices, commands.
+std::string closest(const std::string& word, const std::vector<std::string>& candidates);
+
 YAML::Node load_yaml(const std::string& path, const std::string& what = "config file");
 // YAML to JSON with every scalar kept a string: the schema decides the types.
 json yaml_to_json(const YAML::Node& node);

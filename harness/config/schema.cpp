@@ -30,6 +30,10 @@ std::vector<Key> build() {
         "folder for checkpoints: OUT_DIR/STORE_ID/RUN_ID (STORE_ID: the run store's random id, as run ids are per "
         "store)",
         false),
+      C("run.keep_checkpoints", "all", {"all", "best", "last", "none"},
+        "checkpoints left on disk once the run finished (written while it trains, for --resume and the best one's "
+        "evaluation): all = last.pt and best.pt",
+        false),
       timed(I("run.threads", 0, 0, 1024, "intra-op CPU threads (0 = LibTorch default)")),
       I("run.log_every", 10, 1, 1000000, "steps between metric rows in the store and progress lines", false),
       F("run.heartbeat_s", 10, 0.1, 3600, "seconds between heartbeats of a running run", false),

@@ -21,6 +21,13 @@ std::optional<std::string> config_value(const json& config, const std::string& d
   return node->dump();
 }
 
+std::optional<double> number(const std::string& s) {
+  char* end = nullptr;
+  const double x = std::strtod(s.c_str(), &end);
+  if (s.empty() || *end != '\0') return std::nullopt;
+  return x;
+}
+
 bool same(const std::string& a, const std::string& b) {
   if (a == b) return true;
   char *ea = nullptr, *eb = nullptr;
@@ -50,40 +57,77 @@ std::optional<std::string> lookup(const Run& r, const std::string& key, double s
   return std::nullopt;
 }
 
-std::vector<Run> filter_runs(const std::vector<Run>& runs, const std::string& where, double stale_after) {
+std::optional<std::string> result_value(const std::vector<Result>& results, const std::string& key) {
+  const auto slash = key.find('/');
+  if (slash == std::string::npos && key != "valid" && key != "test") return std::nullopt;
+  const std::string split = key.substr(0, slash);
+  for (const auto& r : results) {
+    if (r.split != split) continue;
+    const bool match = slash == std::string::npos ? (r.name == "ppl" || r.name == "bpc" || r.name == "top1")
+                                                  : r.name == key.substr(slash + 1);
+    if (match) return fmt::format("{}", r.value);
+  }
+  return std::string();
+}
+
+void require_known_key(const std::string& key, const std::string& flag) {
+  static const std::vector<std::string> columns = {"id",   "status", "sweep",  "job", "hash",
+                                                   "seed", "host",   "device", "git"};
+  const auto& g = config::groups();
+  if (std::find(columns.begin(), columns.end(), key) != columns.end() ||
+      std::find(g.begin(), g.end(), key) != g.end() || config::find_key(key) || config::is_open_namespace(key) ||
+      result_value({}, key))
+    return;
+  throw config::ConfigError(
+      fmt::format("{}: unknown key '{}' (a config key like router.p, a group: model, router, data, a result: valid, "
+                  "test or SPLIT/NAME such as valid/ppl, or one of id, status, sweep, job, hash, seed, host, device, "
+                  "git)",
+                  flag, key));
+}
+
+std::vector<Run> filter_runs(const std::vector<Run>& runs, const std::string& where, double stale_after,
+                             const Store* store) {
   struct Cond {
-    std::string key, value;
-    bool negate;
+    std::string key, op, value;
   };
   std::vector<Cond> conds;
   std::stringstream ss(where);
   for (std::string part; std::getline(ss, part, ',');) {
     if (part.empty()) continue;
-    auto eq = part.find('=');
-    if (eq == std::string::npos || eq == 0)
-      throw config::ConfigError(fmt::format("--where: '{}' is not key=value or key!=value", part));
-    bool negate = part[eq - 1] == '!';
-    conds.push_back({part.substr(0, negate ? eq - 1 : eq), part.substr(eq + 1), negate});
+    const auto at = part.find_first_of("=!<>");
+    if (at == std::string::npos || at == 0)
+      throw config::ConfigError(
+          fmt::format("--where: '{}' is not key=value (nor key!=value, key<value, <=, >, >=)", part));
+    size_t len = 1;
+    if (part.compare(at, 2, "!=") == 0 || part.compare(at, 2, "<=") == 0 || part.compare(at, 2, ">=") == 0) len = 2;
+    const std::string op = part.substr(at, len);
+    if (op == "!")
+      throw config::ConfigError(
+          fmt::format("--where: '{}' is not key=value (nor key!=value, key<value, <=, >, >=)", part));
+    conds.push_back({part.substr(0, at), op, part.substr(at + len)});
   }
   for (const auto& c : conds) {
-    static const std::vector<std::string> columns = {"id",   "status", "sweep",  "job", "hash",
-                                                     "seed", "host",   "device", "git"};
-    const auto& g = config::groups();
-    const bool known = std::find(columns.begin(), columns.end(), c.key) != columns.end() ||
-                       std::find(g.begin(), g.end(), c.key) != g.end() || config::find_key(c.key) ||
-                       config::is_open_namespace(c.key);
-    if (!known)
-      throw config::ConfigError(
-          fmt::format("--where: unknown key '{}' (a config key like router.p, a group: model, router, data, or one of "
-                      "id, status, sweep, job, hash, seed, host, device, git)",
-                      c.key));
+    require_known_key(c.key, "--where");
+    if (c.op != "=" && c.op != "!=" && !number(c.value))
+      throw config::ConfigError(fmt::format("--where: '{}{}{}': {} compares numbers", c.key, c.op, c.value, c.op));
   }
   std::vector<Run> out;
   for (const auto& r : runs) {
+    std::optional<std::vector<Result>> results;
     bool keep = true;
     for (const auto& c : conds) {
-      const auto v = lookup(r, c.key, stale_after).value_or("");
-      if (same(v, c.value) == c.negate) keep = false;
+      auto v = lookup(r, c.key, stale_after);
+      if (!v) {
+        if (!results) results = store ? store->results(r.id) : std::vector<Result>{};
+        v = result_value(*results, c.key);
+      }
+      const std::string value = v.value_or("");
+      if (c.op == "=" || c.op == "!=") {
+        if (same(value, c.value) == (c.op == "!=")) keep = false;
+        continue;
+      }
+      const auto x = number(value), y = number(c.value);
+      if (!x || !(c.op == "<" ? *x < *y : c.op == "<=" ? *x <= *y : c.op == ">" ? *x > *y : *x >= *y)) keep = false;
     }
     if (keep) out.push_back(r);
   }

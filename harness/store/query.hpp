@@ -1,5 +1,6 @@
 // Selecting and describing stored runs: `ssr runs --where`, `ssr show`, and the reports.
 #pragma once
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -12,9 +13,20 @@ namespace ssr::store {
 // Returns nullopt when the key names none of these.
 std::optional<std::string> lookup(const Run& run, const std::string& key, double stale_after);
 
-// `key=value` / `key!=value` conditions, comma-separated; all must hold. Numbers compare by value.
+// The value of a result key for a run, as text: `valid` / `test` (the split's headline: ppl, bpc
+// or top1) or SPLIT/NAME (valid/ppl, train/load_cv, test-attacked/ppl). nullopt when the key is no
+// result key; "" when the run has no such result.
+std::optional<std::string> result_value(const std::vector<Result>& results, const std::string& key);
+
+// Throws config::ConfigError naming `flag` when `key` is none of: lookup()'s keys, a result key.
+void require_known_key(const std::string& key, const std::string& flag);
+
+// Comma-separated conditions `key OP value`, OP one of = != < <= > >=; all must hold. Keys: those
+// of lookup() and, with a store, result keys (result_value). = and != compare numbers by value and
+// text as text; < <= > >= compare numbers only, and a run without a number there does not match.
 // Throws config::ConfigError for a malformed condition or an unknown key.
-std::vector<Run> filter_runs(const std::vector<Run>& runs, const std::string& where, double stale_after);
+std::vector<Run> filter_runs(const std::vector<Run>& runs, const std::string& where, double stale_after,
+                             const Store* store = nullptr);
 
 // The label of a run's router: its group choice (e.g. ssr_l) or router.name.
 std::string router_label(const Run& run);

@@ -242,6 +242,22 @@ void Store::truncate_after(int64_t run, int64_t step) {
   tx.commit();
 }
 
+void Store::delete_runs(const std::vector<int64_t>& runs, double stale_after) {
+  for (const auto id : runs) refuse_if_held(id, stale_after);
+  Transaction tx(db_);
+  for (const auto id : runs) {
+    for (const char* table : {"metrics", "timings", "results"}) {
+      Stmt s(db_, fmt::format("DELETE FROM {} WHERE run_id=?", table));
+      s.bind(1, id);
+      s.step();
+    }
+    Stmt r(db_, "DELETE FROM runs WHERE id=?");
+    r.bind(1, id);
+    r.step();
+  }
+  tx.commit();
+}
+
 std::pair<int64_t, bool> Store::plan_sweep(const std::string& name, const json& spec, const std::string& plan_hash,
                                            const std::vector<PlannedJob>& jobs) {
   Transaction tx(db_);

@@ -133,6 +133,9 @@ class Store {
   std::vector<Timing> timings(int64_t run) const;
   // Drop rows a run wrote after `step` (a resumed run continues from its checkpoint).
   void truncate_after(int64_t run, int64_t step);
+  // Deletes the runs with every row that refers to them, in one transaction; a run some process
+  // still holds (refuse_if_held) is refused first, so nothing is deleted then.
+  void delete_runs(const std::vector<int64_t>& runs, double stale_after);
 
   // ---- sweeps
   // In one transaction: the sweep with this name whose spec has this plan_hash if one exists

@@ -5,18 +5,23 @@
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <csignal>
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <sstream>
 #include <thread>
 
 #include "harness/config/config.hpp"
 #include "harness/dist/launch.hpp"
 #include "harness/errors.hpp"
+#include "harness/train/progress.hpp"
 #include "harness/train/trainer.hpp"
 
 extern char** environ;
@@ -177,13 +182,24 @@ int run_local(store::Store& store, int64_t sweep_id, const LocalOptions& opt) {
     if (r.status == "queued" && r.job_num) pending.push_back(*r.job_num);
   std::map<pid_t, int64_t> children;  // pid -> job number
   std::string last_line;
+  const auto start = std::chrono::steady_clock::now();
+  const auto first = summarize(job_status(store, *sweep, opt.stale_after));
   auto show = [&](bool force) {
     if (opt.quiet) return;
-    const auto line = summarize(job_status(store, *sweep, opt.stale_after)).line();
+    const auto sum = summarize(job_status(store, *sweep, opt.stale_after));
+    const auto line = sum.line();
+    // ETA from the jobs this launch ended so far: they ran with the same number of workers.
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const int64_t ended = sum.done + sum.failed - first.done - first.failed, left = sum.queued + sum.running;
+    const std::string timing = fmt::format(
+        "  elapsed {}{}", train::format_duration(elapsed),
+        ended > 0 && left > 0
+            ? ", ETA " + train::format_duration(elapsed / static_cast<double>(ended) * static_cast<double>(left))
+            : "");
     if (tty)
-      std::cerr << "\r\033[K" << line << std::flush;
+      std::cerr << "\r\033[K" << line << timing << std::flush;
     else if (force || line != last_line)
-      std::cerr << line << "\n";
+      std::cerr << line << timing << "\n";
     last_line = line;
   };
   size_t next = 0;
@@ -286,11 +302,79 @@ std::string array_ranges(const std::vector<int64_t>& jobs) {
   return out;
 }
 
+namespace {
+
+// One sbatch option into `out`: its name is sbatch's long option without the dashes, its value a
+// scalar on one line. "0" and "" become null (dropped).
+void put_option(json& out, const std::string& key, const std::string& value, const std::string& source) {
+  const bool name_ok =
+      !key.empty() && std::islower(static_cast<unsigned char>(key[0])) &&
+      std::all_of(key.begin(), key.end(), [](char c) {
+        return std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)) || c == '-';
+      });
+  if (!name_ok)
+    throw config::ConfigError(
+        fmt::format("{}: '{}' is not an sbatch option name (sbatch's long option without its dashes, e.g. partition, "
+                    "cpus-per-task)",
+                    source, key));
+  if (key == "array")
+    throw config::ConfigError(
+        fmt::format("{}: array: the array is the sweep's queued jobs; `parallel` sets how many run at once", source));
+  if (value.find_first_of("\n\r") != std::string::npos)
+    throw config::ConfigError(fmt::format("{}: {}: the value must be one line", source, key));
+  if (key == "parallel" && !value.empty() && value != "0" &&
+      (value.find_first_not_of("0123456789") != std::string::npos))
+    throw config::ConfigError(
+        fmt::format("{}: parallel: '{}' is not a whole number of array tasks at once", source, value));
+  out[key] = value.empty() || value == "0" ? json(nullptr) : json(value);
+}
+
+void put_assignment(json& out, const std::string& text, const std::string& source) {
+  const auto eq = text.find('=');
+  if (eq == std::string::npos)
+    throw config::ConfigError(fmt::format("{}: '{}': expected KEY=VALUE (e.g. partition=cpu)", source, text));
+  put_option(out, text.substr(0, eq), text.substr(eq + 1), source);
+}
+
+void put_map(json& out, const json& map, const std::string& source) {
+  for (const auto& [k, v] : map.items()) {
+    if (v.is_object() || v.is_array())
+      throw config::ConfigError(fmt::format("{}: {}: expected one value, not a list or map", source, k));
+    put_option(out, k, v.is_string() ? v.get<std::string>() : v.is_null() ? "" : v.dump(), source);
+  }
+}
+
+}  // namespace
+
+json slurm_options(const json& from_file, const std::vector<std::string>& cli) {
+  json out = json::object();
+  const char* xdg = std::getenv("XDG_CONFIG_HOME");
+  const char* home = std::getenv("HOME");
+  const fs::path user = xdg && *xdg     ? fs::path(xdg) / "ssr" / "slurm.yaml"
+                        : home && *home ? fs::path(home) / ".config" / "ssr" / "slurm.yaml"
+                                        : fs::path();
+  if (!user.empty() && fs::exists(user)) {
+    const YAML::Node n = config::load_yaml(user.string(), "Slurm site options");
+    if (!n.IsMap() && !n.IsNull())
+      throw config::ConfigError(
+          fmt::format("{}: expected a map of sbatch options (partition: cpu, account: abc)", user.string()));
+    if (n.IsMap()) put_map(out, config::yaml_to_json(n), user.string());
+  }
+  if (const char* env = std::getenv("SSR_SLURM"); env && *env) {
+    std::stringstream list(env);
+    for (std::string item; std::getline(list, item, ',');)
+      if (!item.empty()) put_assignment(out, item, "SSR_SLURM");
+  }
+  put_map(out, from_file, "the sweep file's slurm:");
+  for (const auto& c : cli) put_assignment(out, c, "--slurm");
+  return out;
+}
+
 std::string slurm_script(const store::Sweep& sweep, const std::vector<int64_t>& jobs, const std::string& db,
-                         const std::string& log_dir) {
-  const json& opts = sweep.spec.value("slurm", json::object());
+                         const std::string& log_dir, const json& opts) {
+  const auto given = [&](const std::string& key) { return opts.contains(key) && !opts[key].is_null(); };
   std::string array = array_ranges(jobs);
-  if (opts.contains("parallel")) array += "%" + opts["parallel"].get<std::string>();
+  if (given("parallel")) array += "%" + opts["parallel"].get<std::string>();
   std::string s = "#!/bin/bash\n";
   const std::string scale = sweep.spec.value("scale", std::string());
   s += fmt::format("# ssr sweep {} ({}{}): {} of its {} jobs, written by ssr sweep --launcher slurm\n", sweep.id,
@@ -298,10 +382,8 @@ std::string slurm_script(const store::Sweep& sweep, const std::vector<int64_t>& 
   if (!opts.contains("job-name")) s += fmt::format("#SBATCH --job-name=ssr-{}\n", sweep.name);
   s += fmt::format("#SBATCH --array={}\n", array);
   if (!opts.contains("output")) s += fmt::format("#SBATCH --output={}/job-%a.log\n", fs::absolute(log_dir).string());
-  for (const auto& [k, v] : opts.items()) {
-    if (k == "parallel") continue;
-    s += fmt::format("#SBATCH --{}={}\n", k, v.is_string() ? v.get<std::string>() : v.dump());
-  }
+  for (const auto& [k, v] : opts.items())
+    if (k != "parallel" && !v.is_null()) s += fmt::format("#SBATCH --{}={}\n", k, v.get<std::string>());
   // Data-parallel jobs: the task's one `ssr sweep run` starts the job's ranks on its node (as
   // `ssr train --nproc` does), so it needs one node, and with CUDA one GPU per rank.
   int64_t nproc = 1;

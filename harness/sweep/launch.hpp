@@ -40,10 +40,18 @@ struct LocalOptions {
 // so a crash of one kills nothing else. Returns 0 when every job ended finished or nan.
 int run_local(store::Store& store, int64_t sweep, const LocalOptions& opt);
 
-// An sbatch job-array script that runs the given job numbers, `%parallel` at once, with the
-// sweep's sbatch options; every task runs `ssr sweep run --sweep ID --job $SLURM_ARRAY_TASK_ID`.
+// The sbatch options of a script, merged lowest first: the site's (the user file
+// ${XDG_CONFIG_HOME:-~/.config}/ssr/slurm.yaml, then $SSR_SLURM = "partition=cpu,account=x"), the
+// sweep file's (`slurm:` merged with its scale's `slurm:`), then `--slurm KEY=VALUE` flags. A value
+// of 0 or empty drops the option: it maps to null, so no default of the script takes its place.
+// Experiment files stay site-free; a site's partition or account lives with the user. Throws
+// ConfigError naming the source (file, variable or flag) of a bad entry.
+nlohmann::json slurm_options(const nlohmann::json& from_file, const std::vector<std::string>& cli);
+
+// An sbatch job-array script that runs the given job numbers, `%parallel` at once, with `options`
+// (slurm_options); every task runs `ssr sweep run --sweep ID --job $SLURM_ARRAY_TASK_ID`.
 std::string slurm_script(const store::Sweep& sweep, const std::vector<int64_t>& jobs, const std::string& db,
-                         const std::string& log_dir);
+                         const std::string& log_dir, const nlohmann::json& options);
 // Job numbers as an sbatch --array list: {0,1,2,5,7,8} -> "0-2,5,7-8".
 std::string array_ranges(const std::vector<int64_t>& jobs);
 

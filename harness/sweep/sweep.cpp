@@ -206,7 +206,8 @@ std::optional<std::vector<std::string>> expand_range(const std::string& raw) {
   for (int64_t i = 0;; ++i) {
     const double x = start + static_cast<double>(i) * step;
     if (step > 0 ? x >= stop - 1e-12 * std::abs(step) : x <= stop + 1e-12 * std::abs(step)) break;
-    out.push_back(ints ? std::to_string(std::llround(x)) : fmt::format("{}", x));
+    // 12 significant digits: 0.1 + 2 * 0.1 prints as 0.3, not 0.30000000000000004.
+    out.push_back(ints ? std::to_string(std::llround(x)) : fmt::format("{:.12g}", x));
     if (out.size() > 100000) throw ConfigError(fmt::format("'{}': more than 100,000 values", text));
   }
   if (out.empty()) throw ConfigError(fmt::format("'{}': no values", text));
@@ -219,21 +220,31 @@ Spec load(const std::string& file, const std::vector<std::string>& cli, const st
     throw ConfigError(fmt::format("{}: expected a sweep (a map with base:, variants:, grid: ...)", file));
   static const std::vector<std::string> known = {"name", "base",   "overrides", "scales", "variants",
                                                  "grid", "random", "seeds",     "slurm",  "reports"};
+  // A plain config (no sweep key at all) is a sweep of that one config: the command line's
+  // `key=a,b` and --seeds make its axes (multirun).
+  const bool plain_config = std::none_of(root.begin(), root.end(), [&](const auto& kv) {
+    return std::find(known.begin(), known.end(), kv.first.Scalar()) != known.end();
+  });
   for (const auto& kv : root) {
     const auto k = kv.first.Scalar();
-    if (std::find(known.begin(), known.end(), k) == known.end())
+    if (!plain_config && std::find(known.begin(), known.end(), k) == known.end())
       throw ConfigError(
           fmt::format("{}: unknown sweep key '{}' (known: name, base, overrides, scales, variants, "
                       "grid, random, seeds, slurm, reports)",
                       file, k));
   }
-  if (!root["base"] && !root["scales"])
+  if (!plain_config && !root["base"] && !root["scales"])
     throw ConfigError(fmt::format("{}: base: names the config file every job starts from", file));
 
   Spec spec;
   spec.file = file;
   spec.name = root["name"] ? root["name"].Scalar() : fs::path(file).stem().string();
   if (root["base"]) spec.base = (fs::path(file).parent_path() / root["base"].Scalar()).lexically_normal().string();
+  if (plain_config) {
+    if (!scale.empty())
+      throw ConfigError(fmt::format("--scale {}: {} is a config, not a sweep file with scales", scale, file));
+    spec.base = file;
+  }
   spec.cli_overrides = cli;
   if (root["slurm"]) {
     if (!root["slurm"].IsMap()) throw ConfigError(fmt::format("{}: slurm: expected a map of sbatch options", file));
@@ -258,9 +269,16 @@ Spec load(const std::string& file, const std::vector<std::string>& cli, const st
     const std::string where = file + ": scales." + spec.scale;
     if (sc.IsMap()) {
       for (const auto& e : sc)
-        if (e.first.Scalar() != "base" && e.first.Scalar() != "overrides" && e.first.Scalar() != "seeds")
-          throw ConfigError(fmt::format("{}.{}: unknown key (base, overrides, seeds)", where, e.first.Scalar()));
+        if (e.first.Scalar() != "base" && e.first.Scalar() != "overrides" && e.first.Scalar() != "seeds" &&
+            e.first.Scalar() != "slurm")
+          throw ConfigError(fmt::format("{}.{}: unknown key (base, overrides, seeds, slurm)", where, e.first.Scalar()));
       if (sc["seeds"]) scale_seeds.emplace(sc["seeds"]);  // emplace: Node::operator= would write into root
+      // A scale's sbatch options go over the file's: a CPU demo scale asks for no GPU.
+      if (const auto sl = sc["slurm"]) {
+        if (!sl.IsMap()) throw ConfigError(fmt::format("{}.slurm: expected a map of sbatch options", where));
+        const json options = config::yaml_to_json(sl);
+        for (const auto& [k, v] : options.items()) spec.slurm[k] = v;
+      }
       if (sc["base"]) spec.base = (fs::path(file).parent_path() / sc["base"].Scalar()).lexically_normal().string();
       for (auto& o : override_list(sc["overrides"], where + ".overrides")) common.push_back(o);
     } else {
@@ -302,19 +320,28 @@ Spec load(const std::string& file, const std::vector<std::string>& cli, const st
       axes.push_back(key_axis(kv.first.Scalar(), axis_values(kv.second, file + ": grid." + kv.first.Scalar())));
   }
   // Command-line `key=a,b` and `key=range(...)` are axes; any other override applies to all jobs.
+  // A run.seed on the command line, one value or several, is the seed axis in place of the file's.
   std::vector<std::string> cli_common;
+  std::optional<Axis> cli_seeds;
   for (const auto& o : cli) {
     const auto eq = o.find('=');
     if (eq == std::string::npos || eq == 0) throw ConfigError(fmt::format("override '{}': expected key=value", o));
     const std::string key = o.substr(0, eq), value = o.substr(eq + 1);
     auto values = expand_range(value).value_or(split_top_level(value));
-    if (values.size() > 1 || value.rfind("range(", 0) == 0)
+    if (key == "run.seed") {
+      if (cli_seeds) throw ConfigError(fmt::format("override '{}': run.seed is given twice", o));
+      cli_seeds = key_axis(key, values);
+    } else if (values.size() > 1 || value.rfind("range(", 0) == 0) {
       axes.push_back(key_axis(key, values));
-    else
+    } else {
       cli_common.push_back(o);
+    }
   }
   if (const auto r = root["random"]) axes.push_back(random_axis(r, file));
-  if (scale_seeds) axes.push_back(key_axis("run.seed", axis_values(*scale_seeds, file + ": seeds")));
+  if (cli_seeds)
+    axes.push_back(*cli_seeds);
+  else if (scale_seeds)
+    axes.push_back(key_axis("run.seed", axis_values(*scale_seeds, file + ": seeds")));
 
   // Cartesian product, first axis outermost; a variant with `cross` skips the other axes.
   const bool has_variants = !axes.empty() && axes[0].name == "variant";

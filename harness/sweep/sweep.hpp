@@ -18,7 +18,8 @@
 //     seed: 0
 //     params: {router.p: {log_uniform: [1e-5, 1e-1]}, router.cost: {values: [linear, softmax]}}
 //   seeds: [1, 2]                    # innermost axis run.seed
-//   slurm: {time: "24:00:00", gpus-per-task: 1, parallel: 4}   # sbatch options of --launcher slurm
+//   slurm: {time: "24:00:00", gpus-per-task: 1, parallel: 4}   # sbatch options of --launcher slurm;
+//                                    # a scale's own `slurm:` goes over them (0 drops an option)
 //   reports: {...}                   # tables and figures built from these jobs (analysis/report.hpp)
 #pragma once
 #include <nlohmann/json.hpp>
@@ -52,7 +53,7 @@ struct Spec {
   std::string base;                        // resolved path of the base config
   std::vector<std::string> cli_overrides;  // as given on the command line
   std::vector<Job> jobs;
-  json slurm = json::object();    // sbatch options ("parallel" is the array's %P)
+  json slurm = json::object();    // sbatch options, the scale's over the file's ("parallel" is the array's %P)
   json reports = json::object();  // name -> report spec, as written in the file
   // What the store keeps for the sweep: file, scale, overrides and every job's hash and labels.
   json to_json() const;

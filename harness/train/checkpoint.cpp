@@ -101,6 +101,14 @@ fs::path run_dir(const std::string& out_dir, const store::Store& store, int64_t 
   return fs::path(out_dir) / store.id() / std::to_string(run);
 }
 
+void remove_run_dir(const fs::path& dir) {
+  // File by file: fs::remove_all binds to a copy inside libtorch.so that crashes (LibTorch 2.11 wheel).
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return;
+  for (const auto& e : fs::directory_iterator(dir)) fs::remove(e.path());
+  fs::remove(dir);
+}
+
 void check_out_dir(const std::string& out_dir, const store::Store& store) {
   const fs::path dir = fs::path(out_dir) / store.id();
   std::error_code ec;

@@ -24,6 +24,8 @@ struct CheckpointError : std::runtime_error {
 
 // The checkpoint folder of run `run`: run.out_dir / store id / run id (run ids are per store).
 std::filesystem::path run_dir(const std::string& out_dir, const store::Store& store, int64_t run);
+// Removes a run's checkpoint folder and the files in it (ssr rm); absent is fine.
+void remove_run_dir(const std::filesystem::path& dir);
 // Refuses, before any training, a run.out_dir where checkpoints cannot be written: creates the
 // store's folder under it and writes and removes a probe file. A config::ConfigError naming it.
 void check_out_dir(const std::string& out_dir, const store::Store& store);

@@ -365,8 +365,11 @@ class LMTask final : public Task {
     }
     // One rank alone must not leave the evaluation (the others would wait in its sum): with
     // several ranks the loop checks for signals between splits only.
-    std::function<void()> poll;
-    if (!group_) poll = [&] { log.poll(steps); };
+    int64_t done = 0;
+    std::function<void()> poll = [&] {
+      if (!group_) log.poll(steps);
+      if (rank_ == 0) progress.evaluating(stored_as, done++, n);
+    };
     double loss = evaluate_nll([&](int64_t i) { return walk.segment(i); }, n, state, bf16, eval_row0_, eval_rows_,
                                reset_each, poll);
     for (auto& m : model_->moe_layers) m->collect_stats(false);

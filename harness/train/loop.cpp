@@ -267,6 +267,16 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
     }
     log.result("train", "seconds", log.wall());
     log.finish("finished");
+    // Only now: until the run finished, last.pt is what --resume continues from.
+    if (lead) {
+      const std::string keep = cfg.s("run.keep_checkpoints");
+      for (const char* file : {"last.pt", "best.pt"})
+        if (keep != "all" && keep + ".pt" != file) fs::remove(ckpt_dir / file);
+      if (keep == "none") {
+        std::error_code ec;
+        fs::remove(ckpt_dir, ec);  // only when empty
+      }
+    }
     return {run_id, "finished"};
   } catch (const Interrupted& e) {
     progress.finish();

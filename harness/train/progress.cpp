@@ -48,22 +48,49 @@ void Progress::update(int64_t step, double loss, int64_t tokens) {
 
 void Progress::message(const std::string& line) {
   if (quiet_) return;
-  if (dirty_) std::fprintf(stderr, "\r\033[K");
-  dirty_ = false;
+  if (dirty_) std::fprintf(stderr, "\n");  // the training line stays on screen above the message
+  if (eval_line_) std::fprintf(stderr, "\r\033[K");
+  dirty_ = eval_line_ = false;
   std::fprintf(stderr, "%s\n", line.c_str());
   std::fflush(stderr);
 }
 
 void Progress::warning(const std::string& line) {
-  if (dirty_) std::fprintf(stderr, "\r\033[K");
-  dirty_ = false;
+  if (dirty_) std::fprintf(stderr, "\n");
+  if (eval_line_) std::fprintf(stderr, "\r\033[K");
+  dirty_ = eval_line_ = false;
   std::fprintf(stderr, "%s\n", line.c_str());
   std::fflush(stderr);
 }
 
+void Progress::evaluating(const std::string& what, int64_t done, int64_t total) {
+  if (quiet_) return;
+  const auto t = std::chrono::steady_clock::now();
+  if (done == 0) eval_start_ = t;
+  if (!tty_) {
+    if (done == 0) {
+      std::fprintf(stderr, "evaluating %s: %lld segments\n", what.c_str(), static_cast<long long>(total));
+      std::fflush(stderr);
+    }
+    return;
+  }
+  if (done > 0 && done < total && std::chrono::duration<double>(t - last_draw_).count() < 0.2) return;
+  last_draw_ = t;
+  const double elapsed = std::chrono::duration<double>(t - eval_start_).count();
+  const std::string eta =
+      done > 0 ? format_duration(elapsed / static_cast<double>(done) * static_cast<double>(total - done)) : "?";
+  std::fprintf(stderr, "\r\033[Kevaluating %s: segment %lld/%lld  ETA %s", what.c_str(), static_cast<long long>(done),
+               static_cast<long long>(total), eta.c_str());
+  std::fflush(stderr);
+  // The result line replaces it (message() on a redrawn evaluation line clears it instead of keeping it).
+  dirty_ = false;
+  eval_line_ = true;
+}
+
 void Progress::finish() {
   if (dirty_) std::fprintf(stderr, "\n");
-  dirty_ = false;
+  if (eval_line_) std::fprintf(stderr, "\r\033[K");
+  dirty_ = eval_line_ = false;
 }
 
 }  // namespace ssr::train

@@ -1,6 +1,7 @@
 // Sweeps: expansion of every axis kind (table-driven), rejection of bad sweep files, and through
 // the `ssr` binary: idempotent planning and running, a worker killed with SIGKILL mid-job and the
-// sweep resumed, concurrent workers on one store, the Slurm script run by a local stand-in.
+// sweep resumed, concurrent workers on one store, the Slurm script's options (tests/slurm_real.sh
+// runs the script under a real sbatch).
 #include <catch2/catch.hpp>
 #include <dirent.h>
 #include <fcntl.h>

@@ -419,7 +419,7 @@ TEST_CASE("ssr runs: conditions on results, sort, limit, columns, units and tags
   }
 }
 
-TEST_CASE("ssr rm lists, then with --yes deletes runs and their checkpoints, and keep_checkpoints prunes them",
+TEST_CASE("ssr rm deletes runs and their checkpoints, keep_checkpoints prunes them, checkpoint_every=-1 writes none",
           "[cli]") {
   const auto dir = std::filesystem::temp_directory_path() / ("ssr_rm_" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
@@ -451,4 +451,16 @@ TEST_CASE("ssr rm lists, then with --yes deletes runs and their checkpoints, and
   CHECK(ssr::testing::run(fmt::format("rm 7 --yes --db {}", db)).out.find("no run 7") != std::string::npos);
   r = ssr::testing::run(fmt::format("export 1 --db {}", db));
   CHECK(r.out.rfind("run,step,split,name,value,wall_s\n1,", 0) == 0);
+  // No checkpoint file at all: the best weights wait in memory, and the results are those of run 1.
+  REQUIRE(ssr::testing::run(train + " train.checkpoint_every=-1").code == 0);
+  const int64_t third = ssr::store::Store(db).runs().back().id;
+  CHECK(!std::filesystem::exists(std::filesystem::path(out) / store_id / std::to_string(third)));
+  const auto result = [&](int64_t run, const std::string& split) {
+    for (const auto& x : ssr::store::Store(db).results(run))
+      if (x.split == split && x.name == "ppl") return x.value;
+    return -1.0;
+  };
+  CHECK(result(third, "valid") == result(1, "valid"));
+  CHECK(result(third, "test") == result(1, "test"));
+  CHECK(result(third, "valid") > 0);
 }

@@ -217,7 +217,9 @@ std::vector<Key> build() {
         "in float32)"),
       timed(B("train.time_router", true,
               "time the router calls of every step (timings phase 'router'; on CUDA each MoE layer then syncs once)")),
-      I("train.checkpoint_every", 1000, 0, 1LL << 40, "steps between resumable checkpoints (0 = only at the end)",
+      I("train.checkpoint_every", 1000, -1, 1LL << 40,
+        "steps between resumable checkpoints (0 = only at the end; -1 = none written: no --resume, and the best "
+        "partial validation's weights wait in memory for the final evaluation)",
         false),
 
       // ---- eval.*: evaluation

@@ -132,9 +132,20 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
   const routers::RouterImpl::SumOverRanks sum_over_ranks = [group](const torch::Tensor& t) {
     return group ? group->sum_tensor(t) : t;
   };
+  // train.checkpoint_every=-1 writes no file: the best partial validation's weights are copied in
+  // memory instead (every rank holds the same weights, so each keeps its own copy).
+  const bool no_files = ckpt_every < 0;
+  std::vector<torch::Tensor> best_weights;  // parameters, then buffers, as model.parameters()/buffers() list them
   auto checkpoint = [&](const char* name, int64_t step) {
     state.step = step;
-    save(ckpt_dir / name, task, *optimizer, state);
+    if (!no_files) {
+      save(ckpt_dir / name, task, *optimizer, state);
+    } else if (std::string(name) == "best.pt") {
+      torch::NoGradGuard no_grad;
+      best_weights.clear();
+      for (const auto& t : model.parameters()) best_weights.push_back(t.detach().clone());
+      for (const auto& t : model.buffers()) best_weights.push_back(t.detach().clone());
+    }
   };
   try {
     model.train();
@@ -235,7 +246,13 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
     // Final evaluation: the best partial-validation checkpoint, like the reference's
     // --resume --full-eval-mode, unless eval.checkpoint=last. Rank 0 reads it and broadcasts the
     // weights: the ranks need not share a file system here.
-    if (on_lead(task, cfg.s("eval.checkpoint") == "best" && fs::exists(ckpt_dir / "best.pt"))) {
+    if (no_files && cfg.s("eval.checkpoint") == "best" && !best_weights.empty()) {
+      torch::NoGradGuard no_grad;
+      size_t i = 0;
+      for (auto& t : model.parameters()) t.copy_(best_weights[i++]);
+      for (auto& t : model.buffers()) t.copy_(best_weights[i++]);
+      log.result("train", "best_step", static_cast<double>(state.best_step));
+    } else if (on_lead(task, cfg.s("eval.checkpoint") == "best" && fs::exists(ckpt_dir / "best.pt"))) {
       if (lead) load(ckpt_dir / "best.pt", task, nullptr);
       if (group) dist::broadcast_module(*group, model);
       log.result("train", "best_step", static_cast<double>(state.best_step));

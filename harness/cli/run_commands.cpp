@@ -118,13 +118,6 @@ std::optional<std::string> column(const std::string& name, const ssr::store::Run
   return std::nullopt;
 }
 
-// The unit of the headline result a run has for `split` ("ppl", "bpc", "top1"), "" when none.
-std::string headline_unit(const std::vector<ssr::store::Result>& results, const std::string& split) {
-  for (const auto& r : results)
-    if (r.split == split && (r.name == "ppl" || r.name == "bpc" || r.name == "top1")) return r.name;
-  return "";
-}
-
 int cmd_runs(const std::string& db, const RunsArgs& a) {
   ssr::store::filter_runs({}, a.where, a.stale_after);  // a bad --where is named before the store
   std::vector<std::string> header = kDefaultColumns;
@@ -173,7 +166,7 @@ int cmd_runs(const std::string& db, const RunsArgs& a) {
     if (header[c] != "valid" && header[c] != "test") continue;
     std::set<std::string> units;
     for (const auto& r : runs)
-      if (auto u = headline_unit(results[r.id], header[c]); !u.empty()) units.insert(u);
+      if (auto u = ssr::store::headline_name(results[r.id], header[c]); !u.empty()) units.insert(u);
     if (units.size() == 1) shown[c] += " " + *units.begin();
     unit_in_cells[header[c]] = units.size() > 1;
   }
@@ -183,7 +176,7 @@ int cmd_runs(const std::string& db, const RunsArgs& a) {
     std::vector<std::string> row;
     for (const auto& c : header) {
       std::string v = column(c, r, results[r.id], store, sweeps, a.stale_after).value_or("");
-      if (unit_in_cells[c] && v != "-") v += " " + headline_unit(results[r.id], c);
+      if (unit_in_cells[c] && v != "-") v += " " + ssr::store::headline_name(results[r.id], c);
       row.push_back(v);
     }
     rows.push_back(std::move(row));

@@ -57,16 +57,19 @@ std::optional<std::string> lookup(const Run& r, const std::string& key, double s
   return std::nullopt;
 }
 
+std::string headline_name(const std::vector<Result>& results, const std::string& split) {
+  for (const auto& r : results)
+    if (r.split == split && (r.name == "ppl" || r.name == "bpc" || r.name == "top1")) return r.name;
+  return "";
+}
+
 std::optional<std::string> result_value(const std::vector<Result>& results, const std::string& key) {
   const auto slash = key.find('/');
   if (slash == std::string::npos && key != "valid" && key != "test") return std::nullopt;
   const std::string split = key.substr(0, slash);
-  for (const auto& r : results) {
-    if (r.split != split) continue;
-    const bool match = slash == std::string::npos ? (r.name == "ppl" || r.name == "bpc" || r.name == "top1")
-                                                  : r.name == key.substr(slash + 1);
-    if (match) return fmt::format("{}", r.value);
-  }
+  const std::string name = slash == std::string::npos ? headline_name(results, split) : key.substr(slash + 1);
+  for (const auto& r : results)
+    if (r.split == split && r.name == name) return fmt::format("{}", r.value);
   return std::string();
 }
 
@@ -95,13 +98,12 @@ std::vector<Run> filter_runs(const std::vector<Run>& runs, const std::string& wh
   for (std::string part; std::getline(ss, part, ',');) {
     if (part.empty()) continue;
     const auto at = part.find_first_of("=!<>");
-    if (at == std::string::npos || at == 0)
-      throw config::ConfigError(
-          fmt::format("--where: '{}' is not key=value (nor key!=value, key<value, <=, >, >=)", part));
     size_t len = 1;
-    if (part.compare(at, 2, "!=") == 0 || part.compare(at, 2, "<=") == 0 || part.compare(at, 2, ">=") == 0) len = 2;
-    const std::string op = part.substr(at, len);
-    if (op == "!")
+    if (at != std::string::npos &&
+        (part.compare(at, 2, "!=") == 0 || part.compare(at, 2, "<=") == 0 || part.compare(at, 2, ">=") == 0))
+      len = 2;
+    const std::string op = at == std::string::npos ? "" : part.substr(at, len);
+    if (at == 0 || op.empty() || op == "!")
       throw config::ConfigError(
           fmt::format("--where: '{}' is not key=value (nor key!=value, key<value, <=, >, >=)", part));
     conds.push_back({part.substr(0, at), op, part.substr(at + len)});

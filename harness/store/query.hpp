@@ -13,6 +13,9 @@ namespace ssr::store {
 // Returns nullopt when the key names none of these.
 std::optional<std::string> lookup(const Run& run, const std::string& key, double stale_after);
 
+// The name of a split's headline result among `results` (ppl, bpc or top1), "" when it has none.
+std::string headline_name(const std::vector<Result>& results, const std::string& split);
+
 // The value of a result key for a run, as text: `valid` / `test` (the split's headline: ppl, bpc
 // or top1) or SPLIT/NAME (valid/ppl, train/load_cv, test-attacked/ppl). nullopt when the key is no
 // result key; "" when the run has no such result.

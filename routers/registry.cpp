@@ -22,12 +22,13 @@ RouterSpec entropy_spec();
 RouterSpec quantile_spec();
 RouterSpec base_spec();
 RouterSpec lpr_spec();
+RouterSpec emoe_spec();
 
 const std::vector<RouterSpec>& registry() {
   static const std::vector<RouterSpec> specs = {
       vanilla_spec(),  lb_spec(),      zloss_spec(),    noisy_spec(),         sinkhorn_spec(), ssr_spec(),
       swin_moe_spec(), sigmoid_spec(), aux_free_spec(), expert_choice_spec(), hash_spec(),     osr_spec(),
-      ortho_spec(),    entropy_spec(), quantile_spec(), base_spec(),          lpr_spec(),
+      ortho_spec(),    entropy_spec(), quantile_spec(), base_spec(),          lpr_spec(),      emoe_spec(),
   };
   return specs;
 }

@@ -15,11 +15,12 @@ namespace ssr::routers {
 
 // What a router does besides mapping gate logits to a routing.
 struct Capabilities {
-  bool aux_loss = false;      // adds an auxiliary loss to the training loss
-  bool draws = false;         // draws random numbers (noise, a coin) from the router generator
-  bool hidden = false;        // reads the gate's input (hidden states), so router.global_batch gathers them too
-  bool eval_modes = false;    // has inference modes (router.eval_mode; eval.router_modes evaluates each)
-  bool stateful = false;      // keeps state across steps (a buffer, saved with the weights; end_step())
+  bool aux_loss = false;    // adds an auxiliary loss to the training loss
+  bool draws = false;       // draws random numbers (noise, a coin) from the router generator
+  bool hidden = false;      // reads the gate's input (hidden states), so router.global_batch gathers them too
+  bool eval_modes = false;  // has inference modes (router.eval_mode; eval.router_modes evaluates each)
+  bool stateful =
+      false;  // changes after every optimizer step (end_step()): a buffer saved with the weights, or a retraction
   bool own_capacity = false;  // limits the tokens per expert itself, so model.capacity_factor does not apply
   bool token_ids = false;     // reads the input token ids (RouteInput::token_ids): language models only
   bool gate_weight = false;   // reads the gate's rows (RouteInput::gate_weight)

@@ -12,6 +12,7 @@
 #include "routers/expert_choice.hpp"
 #include "routers/hash.hpp"
 #include "routers/lb.hpp"
+#include "routers/emoe.hpp"
 #include "routers/lpr.hpp"
 #include "routers/noisy.hpp"
 #include "routers/osr.hpp"
@@ -880,4 +881,56 @@ TEST_CASE("lpr by hand: cosine top-k over prototypes, the aligner's shift and th
       torch::zeros({2, 3}).scatter(1, t.experts, t.scores.gather(1, t.experts)).softmax(-1);  // (tokens, experts)
   const double expected = (a.keys - routed.t().matmul(z)).abs().mean().item<double>();
   CHECK(al.aux_loss.item<double>() == Approx(expected).margin(1e-5));
+}
+
+TEST_CASE("emoe by hand: energy shares on the basis, expert masks, temperature and the QR retraction", "[routers]") {
+  // d_model 2, rank 2, basis I, gamma 1, masks log p with p's columns summing to 1, so that
+  // softmax over the experts gives p = ((0.5, 0.1), (0.3, 0.2), (0.2, 0.7)); bias (0, 0.1, 0),
+  // tau 0.5. h = (3, 4) has energy shares (9, 16) / 25, so logits (0.244, 0.336, 0.520);
+  // h = (1, 0) has (1, 0), so logits (0.5, 0.4, 0.2). Values computed by hand with the formulas
+  // in routers/emoe.cpp.
+  EmoeRouter r(2, 3, 2, 2, 0.5, 1e-3);
+  {
+    torch::NoGradGuard no_grad;
+    r.basis.copy_(torch::eye(2));
+    r.masks.copy_(torch::tensor({{0.5, 0.1}, {0.3, 0.2}, {0.2, 0.7}}).log());
+    r.bias.copy_(torch::tensor({0.0, 0.1, 0.0}));
+  }
+  RouteInput in;
+  in.hidden = torch::tensor({{3.0, 4.0}, {1.0, 0.0}});  // (tokens, d_model)
+  in.logits = torch::zeros({2, 3});                     // the gate's logits are not read
+  auto gen = cpu_gen(0);
+  const auto t = r.route(in, Mode::Train, gen);
+  CHECK(t.experts.equal(torch::tensor({{2, 1}, {0, 1}}, torch::kLong)));
+  const double w[2][2] = {{0.440934, 0.305178}, {0.422379, 0.345815}};  // softmax(l / 0.5), not renormalised
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j) CHECK(t.weights[i][j].item<double>() == Approx(w[i][j]).margin(1e-5));
+  CHECK(t.scores[0][2].item<double>() == Approx(0.52 / 0.5).margin(1e-5));
+  CHECK(t.aux_loss.item<double>() == Approx(0).margin(1e-12));  // an orthonormal basis pays nothing
+  CHECK(r.route(in, Mode::Eval, gen).experts.equal(t.experts));
+
+  // The penalty: basis diag(1, 2) gives Q^T Q - I = diag(0, 3), so 1e-3 x 9; evaluation adds none.
+  {
+    torch::NoGradGuard no_grad;
+    r.basis.copy_(torch::tensor({{1.0, 0.0}, {0.0, 2.0}}));
+  }
+  CHECK(r.route(in, Mode::Train, gen).aux_loss.item<double>() == Approx(9e-3).margin(1e-9));
+  CHECK(r.route(in, Mode::Eval, gen).aux_loss.item<double>() == 0);
+
+  // The retraction after a step: the Q of QR with R's diagonal positive, so a column keeps its
+  // sign ((-2, 0) becomes (-1, 0), where LAPACK's own QR may return (1, 0)), and an orthonormal
+  // basis does not move.
+  const auto no_ranks = [](const torch::Tensor& x) { return x; };
+  for (const auto& [before, after] : std::vector<std::pair<torch::Tensor, torch::Tensor>>{
+           {torch::tensor({{-2.0, 0.0}, {0.0, 1.0}}), torch::tensor({{-1.0, 0.0}, {0.0, 1.0}})},
+           {torch::tensor({{0.0, 2.0}, {1.0, 0.0}}), torch::tensor({{0.0, 1.0}, {1.0, 0.0}})},
+           {torch::tensor({{0.6, -0.8}, {0.8, 0.6}}), torch::tensor({{0.6, -0.8}, {0.8, 0.6}})}}) {
+    INFO(before);
+    {
+      torch::NoGradGuard no_grad;
+      r.basis.copy_(before);
+    }
+    r.end_step(no_ranks);
+    CHECK(torch::allclose(r.basis, after, 1e-6, 1e-6));
+  }
 }

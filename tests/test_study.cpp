@@ -61,8 +61,8 @@ TEST_CASE("paired differences and their intervals match a hand-computed case", "
 
 TEST_CASE("a seed gives every router the same initial weights", "[study][model]") {
   // The trainer seeds torch before it builds the model; routers with parameters of their own
-  // (noisy's noise weights, LPR's encoder and prototypes) must not shift the draws of the layers
-  // built after them.
+  // (noisy's noise weights, LPR's encoder and prototypes, EMoE's basis and masks) must not shift the draws of the
+  // layers built after them.
   auto params = [](const std::string& router) {
     const auto cfg = resolve_experiment("demo.yaml", {"router=" + router, "run.seed=7"});
     torch::manual_seed(7);
@@ -72,7 +72,7 @@ TEST_CASE("a seed gives every router the same initial weights", "[study][model]"
     return out;
   };
   const auto vanilla = params("vanilla");
-  for (const char* router : {"lb", "zloss", "noisy", "sinkhorn", "ssr_l", "ssr_s_noise", "lpr"}) {
+  for (const char* router : {"lb", "zloss", "noisy", "sinkhorn", "ssr_l", "ssr_s_noise", "lpr", "emoe"}) {
     INFO(router);
     const auto other = params(router);
     for (const auto& [name, t] : vanilla) {

@@ -21,7 +21,6 @@
 // Differentiated: everything; the retraction is not.
 #include "routers/emoe.hpp"
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>
 
 #include "harness/config/declare.hpp"
@@ -45,8 +44,7 @@ torch::Tensor orthonormal_columns(const torch::Tensor& x) {
 EmoeRouter::EmoeRouter(int64_t d_model, int64_t n_experts, int64_t top_k, int64_t rank, double tau, double ortho_coef)
     : k_(top_k), tau_(tau), ortho_(ortho_coef) {
   torch::NoGradGuard no_grad;
-  auto fork = at::detail::getDefaultCPUGenerator().clone();
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(fork.get<at::CPUGeneratorImpl>()->random64());
+  auto gen = forked_default_generator();
   // nn.init.orthogonal_ as the code uses it: QR of a standard normal draw, signs fixed.
   basis = register_parameter("basis", orthonormal_columns(torch::randn({d_model, rank}, gen)));
   gamma = register_parameter("gamma", torch::ones({rank}));

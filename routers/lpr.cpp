@@ -19,8 +19,6 @@
 // Differentiated: everything except the alignment target.
 #include "routers/lpr.hpp"
 
-#include <ATen/CPUGeneratorImpl.h>
-
 #include <cmath>
 
 #include "harness/config/declare.hpp"
@@ -46,8 +44,7 @@ torch::Tensor lpr_diversity(const torch::Tensor& x) {
 LprRouter::LprRouter(int64_t d_model, int64_t n_experts, int64_t top_k, int64_t latent, Weights w)
     : k_(top_k), latent_(latent), w_(w) {
   torch::NoGradGuard no_grad;
-  auto fork = at::detail::getDefaultCPUGenerator().clone();
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(fork.get<at::CPUGeneratorImpl>()->random64());
+  auto gen = forked_default_generator();
   // nn.Linear's and nn.LayerNorm's initialisations, as the code gets them from PyTorch.
   auto linear = [&](int64_t out, int64_t in) {
     const double bound = 1.0 / std::sqrt(static_cast<double>(in));

@@ -1,5 +1,7 @@
 #include "routers/util.hpp"
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <limits>
 #include <vector>
 
@@ -36,6 +38,11 @@ double draw_uniform(torch::Generator& gen) {
 torch::Tensor draw_normal(const torch::Tensor& like, torch::Generator& gen) {
   auto z = torch::randn(like.sizes(), gen, like.options().device(gen.device()).requires_grad(false));  // like's shape
   return z.to(like.device());
+}
+
+torch::Generator forked_default_generator() {
+  auto copy = at::detail::getDefaultCPUGenerator().clone();
+  return at::make_generator<at::CPUGeneratorImpl>(copy.get<at::CPUGeneratorImpl>()->random64());
 }
 
 }  // namespace ssr::routers

@@ -20,4 +20,9 @@ double draw_uniform(torch::Generator& gen);
 // Standard normal draws shaped and placed like `like`, from gen (drawn on gen's device, then moved).
 torch::Tensor draw_normal(const torch::Tensor& like, torch::Generator& gen);
 
+// A CPU generator seeded from a copy of torch's default one, which is not advanced: a router that
+// initialises its own parameters from it leaves every layer built after it where it would be with
+// any other router (same-seed runs then differ by routing alone).
+torch::Generator forked_default_generator();
+
 }  // namespace ssr::routers

@@ -20,7 +20,7 @@ OFFLINE_PACKAGES := libyaml-cpp-dev libyaml-cpp0.7 libsqlite3-dev libsqlite3-0 l
 OFFLINE_ROOT := $(CURDIR)/.offline/root
 PY ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 
-.PHONY: deps build test demo clean offline-bundle offline-build gpu-bundle gpu-check paper demo-paper demo-vision study study-word routers-beyond
+.PHONY: deps build test demo clean offline-bundle offline-build gpu-bundle gpu-check paper demo-paper demo-vision study study-2k study-word routers-beyond
 
 deps: $(VENV)/.torch-$(TORCH_VERSION)
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
@@ -87,6 +87,13 @@ study: build
 	@for r in $(STUDY_TABLES); do $(SSR) report $$r --db $(DB) --scale $(STUDY_SCALE) || exit 1; done
 	@for f in $(STUDY_FIGURES); do \
 	  $(SSR) report $$f --db $(DB) --scale $(STUDY_SCALE) > /dev/null && gnuplot $(dir $(DB))figures/$$f.gp || exit 1; done
+
+# The pre-registered 2,000-step p study (experiments/study-2k.yaml; README "The 2,000-step p
+# study"): 9 arms x 18 seeds, seed by seed, so it can stop and go on (a worker killed mid-run: `ssr
+# sweep --resume ID`). STUDY_JOBS workers of one thread each.
+STUDY_JOBS ?= $(JOBS)
+study-2k: build
+	$(SSR) sweep experiments/study-2k.yaml --scale $(STUDY_SCALE) --jobs $(STUDY_JOBS) --db $(DB)
 
 # The word-level study (experiments/study-word.yaml; README "The word-level study"): the lm-demo
 # recipe for 1,000 steps, SSR-L at the paper's p and at p calibrated to the paper's counts.

@@ -172,6 +172,28 @@ TEST_CASE("a sweep expands variants, grid, command-line axes and seeds in a fixe
   CHECK(ssr::sweep::load(file, {"router.p=1e-3,1e-2"}).plan_hash() != s.plan_hash());
 }
 
+TEST_CASE("order: seeds-first runs every arm of a seed before the next seed", "[sweep]") {
+  const auto dir = temp_dir("sweep", "order");
+  const std::string body = "variants:\n  a: [router=vanilla]\n  b: [router=lb]\ngrid:\n  train.lr: [1e-3, 2e-3]\n"
+                           "seeds: [3, 1]\n";
+  const auto axes = ssr::sweep::load(write_sweep(dir, body), {});
+  const auto seeds = ssr::sweep::load(write_sweep(dir, body + "order: seeds-first\n"), {});
+  REQUIRE(seeds.jobs.size() == 8);
+  CHECK(axes.jobs[1].describe() == "variant=a train.lr=1e-3 run.seed=1");
+  const std::vector<std::string> want = {"a 1e-3 3", "a 2e-3 3", "b 1e-3 3", "b 2e-3 3",
+                                         "a 1e-3 1", "a 2e-3 1", "b 1e-3 1", "b 2e-3 1"};
+  for (size_t i = 0; i < want.size(); ++i) {
+    const auto& j = seeds.jobs[i];
+    CHECK(j.num == static_cast<int64_t>(i));
+    CHECK(j.label("variant") + " " + j.label("train.lr") + " " + j.label("run.seed") == want[i]);
+  }
+  std::set<std::string> a, b;  // the same jobs, in another order
+  for (size_t i = 0; i < 8; ++i) a.insert(axes.jobs[i].config.hash()), b.insert(seeds.jobs[i].config.hash());
+  CHECK(a == b);
+  CHECK_THROWS_WITH(ssr::sweep::load(write_sweep(dir, body + "order: seed\n"), {}),
+                    Catch::Contains("order: 'seed' is not an order (axes, seeds-first)"));
+}
+
 TEST_CASE("seeded random search is reproducible and stays within its bounds", "[sweep]") {
   const auto dir = temp_dir("sweep", "random");
   auto body = [](int seed) {

@@ -218,8 +218,8 @@ Spec load(const std::string& file, const std::vector<std::string>& cli, const st
   const YAML::Node root = config::load_yaml(file, "sweep file");
   if (!root.IsMap())
     throw ConfigError(fmt::format("{}: expected a sweep (a map with base:, variants:, grid: ...)", file));
-  static const std::vector<std::string> known = {"name", "base",   "overrides", "scales", "variants",
-                                                 "grid", "random", "seeds",     "slurm",  "reports"};
+  static const std::vector<std::string> known = {"name",   "base",  "overrides", "scales", "variants", "grid",
+                                                 "random", "seeds", "order",     "slurm",  "reports"};
   // A plain config (no sweep key at all) is a sweep of that one config: the command line's
   // `key=a,b` and --seeds make its axes (multirun).
   const bool plain_config = std::none_of(root.begin(), root.end(), [&](const auto& kv) {
@@ -230,7 +230,7 @@ Spec load(const std::string& file, const std::vector<std::string>& cli, const st
     if (!plain_config && std::find(known.begin(), known.end(), k) == known.end())
       throw ConfigError(
           fmt::format("{}: unknown sweep key '{}' (known: name, base, overrides, scales, variants, "
-                      "grid, random, seeds, slurm, reports)",
+                      "grid, random, seeds, order, slurm, reports)",
                       file, k));
   }
   if (!plain_config && !root["base"] && !root["scales"])
@@ -382,6 +382,21 @@ Spec load(const std::string& file, const std::vector<std::string>& cli, const st
         throw ConfigError(fmt::format("{} job {} ({}): {}", file, job.num, job.describe(), e.what()));
       }
       spec.jobs.push_back(std::move(job));
+    }
+  }
+  // `order: seeds-first`: every job of one seed before the next seed, so a paired study that stops
+  // early (or moves to another machine) has whole pairs; stable, so the rest of the order is kept.
+  if (const auto o = root["order"]) {
+    const std::string order = o.IsScalar() ? o.Scalar() : text_of(o);
+    if (order == "seeds-first") {
+      std::map<std::string, size_t> seed_rank;
+      for (const auto& j : spec.jobs) seed_rank.emplace(j.label("run.seed"), seed_rank.size());
+      std::stable_sort(spec.jobs.begin(), spec.jobs.end(), [&](const Job& a, const Job& b) {
+        return seed_rank.at(a.label("run.seed")) < seed_rank.at(b.label("run.seed"));
+      });
+      for (size_t i = 0; i < spec.jobs.size(); ++i) spec.jobs[i].num = static_cast<int64_t>(i);
+    } else if (order != "axes") {
+      throw ConfigError(fmt::format("{}: order: '{}' is not an order (axes, seeds-first)", file, order));
     }
   }
   return spec;

@@ -18,6 +18,7 @@
 //     seed: 0
 //     params: {router.p: {log_uniform: [1e-5, 1e-1]}, router.cost: {values: [linear, softmax]}}
 //   seeds: [1, 2]                    # innermost axis run.seed
+//   order: seeds-first               # run seed by seed (default `axes`: the order above)
 //   slurm: {time: "24:00:00", gpus-per-task: 1, parallel: 4}   # sbatch options of --launcher slurm;
 //                                    # a scale's own `slurm:` goes over them (0 drops an option)
 //   reports: {...}                   # tables and figures built from these jobs (analysis/report.hpp)

@@ -1,5 +1,6 @@
 #include "models/moe.hpp"
 
+#include <ATen/record_function.h>
 #include <fmt/format.h>
 
 #include <chrono>
@@ -9,6 +10,15 @@
 #include "routers/registry.hpp"
 
 namespace ssr::models {
+namespace {
+
+// Ends the `ssr bench step --trace` phase `scope` holds and starts `name` (free unless profiling).
+void phase(std::optional<at::RecordFunction>& scope, std::string_view name) {
+  scope.emplace(at::RecordScope::USER_SCOPE);
+  if (scope->isActive()) scope->before(name, c10::ArrayRef<const c10::IValue>{});
+}
+
+}  // namespace
 
 torch::Tensor dropout(const torch::Tensor& x, double p, bool training, torch::Generator& gen) {
   if (!training || p == 0) return x;
@@ -243,7 +253,10 @@ torch::Tensor MoEImpl::experts_sorted(const torch::Tensor& x_sorted, const std::
 torch::Tensor MoEImpl::forward(const torch::Tensor& x, torch::Tensor& aux, torch::Generator& gen,
                                const torch::Tensor& token_ids) {
   const int64_t n = x.size(0), d = x.size(1);
+  std::optional<at::RecordFunction> scope;  // the phases of `ssr bench step --trace`, one at a time
+  phase(scope, "ssr::router");
   auto [logits, routing] = gate_and_route(x, token_ids, gen);  // (tokens, experts), the router's decision
+  phase(scope, "ssr::experts");
   aux = aux + routing.aux_loss;
   const int64_t k = routing.experts.size(1);
 
@@ -285,6 +298,7 @@ torch::Tensor MoEImpl::forward(const torch::Tensor& x, torch::Tensor& aux, torch
   auto out = (routing.weights.unsqueeze(-1).to(y.scalar_type()) * y).sum(1);                   // (tokens, d_model)
 
   if (collect_) {
+    phase(scope, "ssr::routing_stats");
     torch::NoGradGuard no_grad;
     auto s = routers::routing_stats(routing.scores.defined() ? routing.scores : logits, routing, n_experts_);
     for (int64_t e = 0; e < n_experts_; ++e) acc_.tokens_per_expert[e] += s.tokens_per_expert[e];

@@ -3,6 +3,7 @@
 #include "models/precision.hpp"
 #include "routers/registry.hpp"
 
+#include <ATen/record_function.h>
 #include <fmt/format.h>
 
 #include <cmath>
@@ -136,6 +137,7 @@ SeqAttentionImpl::SeqAttentionImpl(int64_t d_model, int64_t n_heads, int64_t spa
 
 torch::Tensor SeqAttentionImpl::forward(const torch::Tensor& h, const torch::Tensor& cache, const torch::Tensor& key_pe,
                                         torch::Generator& gen) {
+  RECORD_USER_SCOPE("ssr::attention");  // a phase of `ssr bench step --trace`
   const int64_t b = h.size(0), m = h.size(1), d = h.size(2), total = span_ + m;
   auto heads = [&](const torch::Tensor& x, int64_t len) {  // (streams, len, d) -> (streams, H, len, dh)
     return x.view({b, len, n_heads_, head_dim_}).transpose(1, 2);
@@ -252,6 +254,7 @@ LMOutput SwitchLMImpl::forward(const torch::Tensor& tokens, const torch::Tensor&
   auto aux = torch::zeros({}, key_pe.options().requires_grad(false));  // ()
   auto h = hidden(tokens, state, aux, gen);                            // (streams, M, d_model)
   auto flat = h.reshape({-1, d_model_});                               // (streams*M, d_model)
+  RECORD_USER_SCOPE("ssr::output_layer");  // its gradient too: ChunkedNLL computes it in the forward
   auto nll = chunked_nll_sum(flat, out->weight, out->bias, targets.reshape({-1}), loss_chunk_, vocab_multiple_) /
              static_cast<double>(flat.size(0));
   return LMOutput{nll, aux};
@@ -295,6 +298,29 @@ std::vector<ParamCount> SwitchLMImpl::parameter_count() const {
 
 std::vector<ParamCount> parameter_count(const config::Config& cfg, int64_t vocab_size) {
   return SwitchLM(cfg, vocab_size)->parameter_count();
+}
+
+std::vector<std::pair<std::string, double>> step_flops(const config::Config& cfg, int64_t vocab_size) {
+  const auto f = [&](const char* key) { return static_cast<double>(cfg.i(key)); };
+  const double streams = f("train.batch_size"), m = f("train.seq_len"), tokens = streams * m;
+  const double d = f("model.d_model"), span = f("model.attn_span"), layers = f("model.n_layers");
+  const double v = static_cast<double>(vocab_size);
+  // Output layer: ChunkedNLL's three GEMMs (logits, grad h, grad W), all in the forward.
+  const double output = 3 * 2 * tokens * d * v;
+  // Attention per layer, forward: q and o projections of the segment, k and v of cache + segment,
+  // content scores over span + M keys (the reference computes the whole band, then unskews), the
+  // position term over span, probabilities times values over span + M.
+  const double attention_fwd = 2 * 2 * tokens * d * d + 2 * 2 * streams * (span + m) * d * d +
+                               2 * tokens * (span + m) * d + 2 * tokens * span * d + 2 * tokens * (span + m) * d;
+  const double attention = 3 * layers * attention_fwd;
+  // Experts: two matmuls per active expert per token; gates: one (tokens, d) x (d, experts).
+  const double experts = 3 * layers * f("model.top_k") * 2 * 2 * tokens * d * f("model.d_inner");
+  const double gates = 3 * layers * 2 * tokens * d * f("model.n_experts");
+  return {{"output_layer", output},
+          {"attention", attention},
+          {"experts", experts},
+          {"gates", gates},
+          {"total", output + attention + experts + gates}};
 }
 
 std::optional<SinkhornExpectation> sinkhorn_expectation(const config::Config& cfg) {

@@ -140,6 +140,11 @@ TORCH_MODULE(SwitchLM);
 // (`ssr params CONFIG`; the vocabulary size comes from data::load_corpus(cfg).vocab_size()).
 std::vector<ParamCount> parameter_count(const config::Config& cfg, int64_t vocab_size);
 
+// Floating-point operations of one training step (forward + backward) by count: 2 per multiply-add of
+// every matmul, backward twice the forward (docs/bench/flops.md gives each formula). Rows: output
+// layer, attention, experts (the k active per token), gates, total. For MFU: flops / (time x peak).
+std::vector<std::pair<std::string, double>> step_flops(const config::Config& cfg, int64_t vocab_size);
+
 // How many router calls of a run's training may solve Sinkhorn, on one rank (the one whose
 // counts the store records): its MoE layers x train.steps x calls per step (micro-batches x
 // router.group_tokens groups). SSR solves in each with probability router.p, the Sinkhorn

@@ -174,8 +174,9 @@ TEST_CASE("a sweep expands variants, grid, command-line axes and seeds in a fixe
 
 TEST_CASE("order: seeds-first runs every arm of a seed before the next seed", "[sweep]") {
   const auto dir = temp_dir("sweep", "order");
-  const std::string body = "variants:\n  a: [router=vanilla]\n  b: [router=lb]\ngrid:\n  train.lr: [1e-3, 2e-3]\n"
-                           "seeds: [3, 1]\n";
+  const std::string body =
+      "variants:\n  a: [router=vanilla]\n  b: [router=lb]\ngrid:\n  train.lr: [1e-3, 2e-3]\n"
+      "seeds: [3, 1]\n";
   const auto axes = ssr::sweep::load(write_sweep(dir, body), {});
   const auto seeds = ssr::sweep::load(write_sweep(dir, body + "order: seeds-first\n"), {});
   REQUIRE(seeds.jobs.size() == 8);

@@ -55,9 +55,12 @@ struct StepBenchArgs {
   int64_t vocab = 0;                          // --vocab: 0 = the data's vocabulary (the paper's when absent)
   int threads = 0, warmup = 2, repeats = 10;  // warmup: untimed rounds after each case's own first step
   uint64_t seed = 1;
-  std::string csv;      // --csv: per-round times, tidy
-  std::string db;       // --db: run store for the session ("" = not stored)
-  std::string command;  // the command line, kept with the session
+  std::string csv;         // --csv: per-round times, tidy
+  std::string trace;       // --trace: Chrome trace of each case's trace_steps steps, and the phase table
+  int trace_steps = 3;     // --trace-steps
+  double peak_tflops = 0;  // --peak-tflops: the device's peak for MFU (0 = known cards' bf16/fp32 dense peak)
+  std::string db;          // --db: run store for the session ("" = not stored)
+  std::string command;     // the command line, kept with the session
 };
 // `ssr bench step`: training-step time of every case, overhead vs its baseline with a 95 % CI.
 int run_step_bench(const StepBenchArgs& args, std::ostream& out);

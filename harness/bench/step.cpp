@@ -1,5 +1,6 @@
-// `ssr bench step`: full training steps (forward, backward, clipping, the run's optimizer) of one model config for
-// every router, or of every job of a sweep file, timed round-robin so that drift of a shared machine hits all cases
+// `ssr bench step`: the training loop's own step (train::Step over the LM task: data, forward, backward, routing
+// statistics at logging steps, clipping, the run's optimizer) of one model config for every router, or of every job
+// of a sweep file, timed round-robin so that drift of a shared machine hits all cases
 // alike. Overhead is the per-round ratio to the baseline case, averaged, with a t-interval over rounds: never a time
 // from another machine. Token ids are synthetic: timing does not depend on the text. The session goes into the run
 // store under each case's config hash, so the overhead columns and figures of `ssr report` use it for the sweep's jobs.
@@ -19,11 +20,15 @@
 #include "harness/data/corpus.hpp"
 #include "harness/store/store.hpp"
 #include "harness/sweep/sweep.hpp"
+#include "harness/bench/trace.hpp"
+#include "harness/train/lm_task.hpp"
 #include "harness/train/schedule.hpp"
-#include "models/precision.hpp"
+#include "harness/train/step.hpp"
+
 #include "models/switch_lm.hpp"
 
 #ifdef SSR_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #endif
@@ -56,11 +61,14 @@ struct Case {
   sweep::Job job;     // its labels (none in config mode) and resolved config
   const config::Config& cfg() const { return job.config; }
   size_t baseline = 0;  // index of the case its overhead is measured against
-  models::SwitchLM model{nullptr};
+  // The training loop's own task, optimizer and step, over bench_corpus's token ids; the task
+  // keeps a reference to its config, which therefore lives here, not in a moved vector slot.
+  std::unique_ptr<config::Config> run_cfg;
+  std::unique_ptr<train::Task> task;
   std::unique_ptr<torch::optim::Optimizer> opt;
-  std::vector<models::LMState> states;
-  torch::Tensor inputs, targets;  // (streams per micro-batch, seq_len)
-  std::vector<double> ms;         // one per timed round
+  std::unique_ptr<train::Step> update;
+  int64_t steps = 0;       // updates made
+  std::vector<double> ms;  // one per timed round
   // Device memory as if the case ran alone (every case's model stays resident during the session):
   // what it keeps between steps (weights, gradients, Adam moments, caches) + its step's transient peak.
   int64_t resident_bytes = 0, transient_bytes = 0;
@@ -139,6 +147,53 @@ std::pair<int64_t, std::string> data_vocab(const config::Config& cfg) {
   }
 }
 
+// Dense peak TFLOP/s of the cards whose figures we know (NVIDIA's H100/H200 SXM data sheets:
+// 989 bf16 tensor, 67 fp32), for the MFU column; 0 where unknown (and on CPU).
+double known_peak_tflops(const torch::Device& device, bool bf16) {
+#ifdef SSR_WITH_CUDA
+  if (device.is_cuda()) {
+    const std::string name = at::cuda::getDeviceProperties(device.index() < 0 ? 0 : device.index())->name;
+    if (name.find("H100") != std::string::npos || name.find("H200") != std::string::npos) return bf16 ? 989.4 : 66.9;
+  }
+#else
+  (void)device, (void)bf16;
+#endif
+  return 0;
+}
+
+// Which kernel scaled_dot_product_attention picks for the attention of model.attn_impl=sdpa
+// (its query, key/value and mask shapes and dtype), as PyTorch's own dispatcher decides.
+std::string attention_kernel(const config::Config& cfg, const torch::Device& device) {
+  if (cfg.s("model.attn_impl") != "sdpa") return "reference (matmul, unskew, softmax, skew, matmul)";
+  const int64_t b = cfg.i("train.batch_size") / cfg.i("train.batch_split"), h = cfg.i("model.n_heads");
+  const int64_t m = cfg.i("train.seq_len"), total = cfg.i("model.attn_span") + m, dh = cfg.i("model.d_model") / h;
+  const auto opts = torch::TensorOptions().device(device).dtype(cfg.s("train.precision") == "bf16" ? torch::kBFloat16
+                                                                                                   : torch::kFloat);
+  auto q = torch::empty({b, h, m, dh}, opts), kv = torch::empty({b, h, total, dh}, opts);
+  auto mask = torch::empty({b, h, m, total}, opts);
+  const auto choice =
+      static_cast<at::SDPBackend>(at::_fused_sdp_choice(q, kv, kv, mask, cfg.f("model.dropout"), false, 1.0));
+  switch (choice) {
+    case at::SDPBackend::math: return fmt::format("sdpa: math (head dim {})", dh);
+    case at::SDPBackend::flash_attention: return "sdpa: flash";
+    case at::SDPBackend::efficient_attention: return "sdpa: memory-efficient";
+    case at::SDPBackend::cudnn_attention: return "sdpa: cuDNN";
+    default: return "sdpa: other";
+  }
+}
+
+// Token ids for the timed steps, drawn at random from `vocab` ids (timing does not depend on the
+// text): one stream per row of the batch, long enough that no stream wraps during the session
+// (a wrap zeroes the caches, which the loop does only once per pass over the data).
+data::Corpus bench_corpus(int64_t vocab, int64_t streams, int64_t seq_len, int64_t steps, torch::Generator& gen) {
+  data::Corpus c;
+  c.format = "word";
+  c.vocab.reserve(static_cast<size_t>(vocab));
+  for (int64_t i = 0; i < vocab; ++i) c.vocab.push_back(fmt::format("t{}", i));
+  c.splits["train"] = torch::randint(vocab, {streams * (seq_len * (steps + 2) + 1)}, gen);  // (tokens)
+  return c;
+}
+
 }  // namespace
 
 int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
@@ -181,22 +236,16 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
   };
 
   torch::Generator gen = at::make_generator<at::CPUGeneratorImpl>(args.seed);
+  // The loop's step, at the loop's logging cadence (routing statistics at logging steps).
   auto step = [&](Case& c) {
     sync();
     const int64_t at_start = device_bytes(device, false);
     reset_device_peak(device);
-    c.opt->zero_grad();
-    const auto split = static_cast<double>(c.cfg().i("train.batch_split"));
-    for (auto& s : c.states) {
-      models::LMOutput o;
-      {
-        models::AutocastGuard autocast(device, c.cfg().s("train.precision") == "bf16");
-        o = c.model->forward(c.inputs, c.targets, s, gen);
-      }
-      ((o.nll + o.aux) / split).backward();
-    }
-    if (c.cfg().f("train.clip") > 0) torch::nn::utils::clip_grad_norm_(c.model->parameters(), c.cfg().f("train.clip"));
-    c.opt->step();
+    const int64_t n = ++c.steps;
+    const bool log_step = n % c.run_cfg->i("run.log_every") == 0;
+    c.update->run(n, log_step);
+    if (log_step)
+      for (auto& layer : c.task->moe_layers()) layer->take_stats();
     sync();
     c.transient_bytes = std::max(c.transient_bytes, device_bytes(device, true) - at_start);
   };
@@ -207,25 +256,26 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
   for (auto& c : cases) {
     sync();
     const int64_t before = device_bytes(device, false);
-    torch::manual_seed(args.seed);
-    c.model = models::SwitchLM(c.cfg(), vocab);
-    c.model->to(device);
-    c.opt = train::make_optimizer(c.cfg(), c.model->parameters(), c.model->no_decay_parameters());
-    const int64_t split = c.cfg().i("train.batch_split"), streams = c.cfg().i("train.batch_size") / split,
-                  M = c.cfg().i("train.seq_len");
-    for (int64_t j = 0; j < split; ++j) c.states.push_back(c.model->initial_state(streams));
-    for (auto& s : c.states)
-      for (auto& t : s.cache) t = t.to(device);
-    auto tokens = torch::randint(vocab, {streams, M + 1}, gen).to(device);  // (streams per micro-batch, seq_len + 1)
-    c.inputs = tokens.narrow(1, 0, M);
-    c.targets = tokens.narrow(1, 1, M);
+    // The task trains on bench_corpus: no validation, no evaluation splits, one process. These
+    // keys are the session's, not the case's: it is stored under the case's own config hash.
+    c.run_cfg = std::make_unique<config::Config>(c.cfg());
+    c.run_cfg->set("train.eval_every", 0, "bench step");
+    c.run_cfg->set("eval.splits", nlohmann::json::array(), "bench step");
+    c.run_cfg->set("run.seed", static_cast<int64_t>(args.seed), "bench step");
+    const int64_t streams = c.cfg().i("train.batch_size");
+    c.task = train::make_lm_task(
+        *c.run_cfg, train::Options{},
+        bench_corpus(vocab, streams, c.cfg().i("train.seq_len"), 1 + args.warmup + args.repeats, gen));
+    c.opt = train::make_optimizer(*c.run_cfg, c.task->model().parameters(), c.task->no_decay_parameters());
+    c.update = std::make_unique<train::Step>(*c.run_cfg, *c.task, *c.opt);
+    c.task->model().train();
     step(c);
     c.resident_bytes = device_bytes(device, false) - before;
   }
 
   const int64_t params = [&] {
     int64_t n = 0;
-    for (const auto& p : cases.front().model->parameters()) n += p.numel();
+    for (const auto& p : cases.front().task->model().parameters()) n += p.numel();
     return n;
   }();
   out << fmt::format(
@@ -244,9 +294,21 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
     }
 
   const bool memory = device.is_cuda();
-  out << fmt::format("| {} | step ms (median) | tokens/s | overhead (mean of per-round ratios, 95 % CI) |{}\n",
-                     sweep_mode ? "job" : "router", memory ? " peak memory GiB (alone) |" : "");
-  out << fmt::format("|---|---|---|---|{}\n", memory ? "---|" : "");
+  const bool bf16 = base.s("train.precision") == "bf16";
+  const double peak = args.peak_tflops > 0 ? args.peak_tflops : known_peak_tflops(device, bf16);
+  // One more step of each case under the sync counter (CUDA): what a step of `ssr train` waits for.
+  std::vector<int64_t> syncs;
+  for (auto& c : cases) {
+    SyncCounter counter(device);
+    step(c);
+    syncs.push_back(counter.count());
+  }
+  out << fmt::format(
+      "| {} | step ms (median) | tokens/s | overhead (mean of per-round ratios, 95 % CI) | TFLOP/s by count |{}{}{}\n",
+      sweep_mode ? "job" : "router", peak > 0 ? " MFU |" : "", memory ? " peak memory GiB (alone) |" : "",
+      device.is_cuda() ? " host syncs / step |" : "");
+  out << fmt::format("|---|---|---|---|---|{}{}{}\n", peak > 0 ? "---|" : "", memory ? "---|" : "",
+                     device.is_cuda() ? "---|" : "");
   for (size_t i = 0; i < cases.size(); ++i) {
     const auto& c = cases[i];
     auto sorted = c.ms;
@@ -260,9 +322,60 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
                                                                cases[c.baseline].job.label("variant").empty()
                                                                    ? cases[c.baseline].label
                                                                    : cases[c.baseline].job.label("variant"));
-    out << fmt::format("| {} | {:.2f} | {:.0f} | {} |{}\n", c.label, median,
-                       static_cast<double>(c.tokens()) / (median / 1000.0), overhead,
-                       memory ? fmt::format(" {:.2f} |", static_cast<double>(c.peak_bytes()) / (1 << 30)) : "");
+    const double tflops = models::step_flops(c.cfg(), vocab).back().second / (median / 1000.0) / 1e12;
+    out << fmt::format("| {} | {:.2f} | {:.0f} | {} | {:.3f} |{}{}{}\n", c.label, median,
+                       static_cast<double>(c.tokens()) / (median / 1000.0), overhead, tflops,
+                       peak > 0 ? fmt::format(" {:.1f} % |", 100 * tflops / peak) : "",
+                       memory ? fmt::format(" {:.2f} |", static_cast<double>(c.peak_bytes()) / (1 << 30)) : "",
+                       device.is_cuda() ? fmt::format(" {} |", syncs[i]) : "");
+  }
+  {
+    const auto flops = models::step_flops(base, vocab);
+    std::string parts;
+    for (const auto& [name, f] : flops) parts += fmt::format("{}{} {:.3g}", parts.empty() ? "" : ", ", name, f / 1e12);
+    out << fmt::format("\nTFLOP per step by count ({}; docs/bench/flops.md){}\n", parts,
+                       peak > 0 ? fmt::format("; MFU against {:.1f} TFLOP/s", peak) : "");
+    std::set<std::string> kernels;
+    for (const auto& c : cases) kernels.insert(attention_kernel(c.cfg(), device));
+    for (const auto& k : kernels) out << "attention: " << k << "\n";
+  }
+  if (!args.trace.empty()) {
+    std::vector<Profile> profiles;
+    for (size_t i = 0; i < cases.size(); ++i) {
+      std::filesystem::path path(args.trace);
+      if (cases.size() > 1)
+        path = path.parent_path() / fmt::format("{}-{}{}", path.stem().string(), i + 1, path.extension().string());
+      if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
+      profiles.push_back(profile_steps([&] { step(cases[i]); }, args.trace_steps, device, sync, path.string()));
+      out << fmt::format("{}trace of {}: {}\n", i == 0 ? "\n" : "", cases[i].label, path.string());
+    }
+    // Rows: every phase any case entered; forward's parts are indented under it.
+    std::vector<std::string> names;
+    for (const auto& p : profiles)
+      for (const auto& ph : p.phases)
+        if (std::find(names.begin(), names.end(), ph.name) == names.end()) names.push_back(ph.name);
+    static const std::set<std::string> in_forward = {"attention", "router", "experts", "routing_stats", "output_layer"};
+    out << fmt::format("\n{} per step ({}, {} profiled steps{})\n\n| phase |",
+                       device.is_cuda() ? "GPU kernel ms" : "ms",
+                       device.is_cuda() ? "kernels by the scope that launched them" : "wall time of each scope",
+                       args.trace_steps, device.is_cuda() ? "" : "");
+    for (const auto& c : cases) out << " " << c.label << " |";
+    out << "\n|---|";
+    for (size_t i = 0; i < cases.size(); ++i) out << "---|";
+    out << "\n";
+    auto value = [](const Profile& p, const std::string& name) {
+      for (const auto& ph : p.phases)
+        if (ph.name == name) return ph.ms;
+      return 0.0;
+    };
+    for (const auto& name : names) {
+      out << "| " << (in_forward.count(name) ? "  " : "") << name << " |";
+      for (const auto& p : profiles) out << fmt::format(" {:.2f} |", value(p, name));
+      out << "\n";
+    }
+    out << "| step (wall, profiler on) |";
+    for (const auto& p : profiles) out << fmt::format(" {:.2f} |", p.step_ms);
+    out << "\n";
   }
   if (!args.csv.empty()) {
     std::filesystem::path p(args.csv);

@@ -86,6 +86,16 @@ void add_bench_commands(CLI::App& app, Context& ctx) {
       ->check(CLI::Range(1, 1000000));
   step->add_option("--seed", st->seed, "seed of the weights and token ids")->capture_default_str();
   step->add_option("--csv", st->csv, "also write every round's time as tidy CSV to this file");
+  step->add_option("--trace", st->trace,
+                   "also profile each case (Kineto): its Chrome trace to this file (FILE-N.json for case N when "
+                   "several) and the time per phase");
+  step->add_option("--trace-steps", st->trace_steps, "steps each --trace profile covers")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  step->add_option("--peak-tflops", st->peak_tflops,
+                   "the device's peak TFLOP/s for the MFU column (default: H100/H200 dense bf16 989, fp32 67; none "
+                   "on CPU)")
+      ->check(CLI::NonNegativeNumber);
   step->add_option("--db", ctx.db, "run store that keeps the session")->capture_default_str();
   step->add_flag("--no-store", *no_store, "print only; keep nothing in the run store");
   step->footer(

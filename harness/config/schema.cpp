@@ -200,6 +200,9 @@ std::vector<Key> build() {
       C("train.optimizer", "adam", {"adam", "adamw"},
         "adam (L2 weight decay on every parameter, the reference LM's) or adamw (decoupled decay, none on biases and "
         "norms, nor on Swin's position tables)"),
+      timed(C("train.optimizer_impl", "loop", {"loop", "fused"},
+              "Adam/AdamW update: torch::optim's ops per parameter, or one fused ATen kernel per parameter group "
+              "(at::_fused_adam(w)_, PyTorch's fused=True; same update and checkpoints, float rounding differs)")),
       C("train.schedule", "constant", {"constant", "cosine"},
         "after the warm-up, constant lr (the reference LM's) or cosine decay to train.min_lr at train.steps (Swin's, "
         "nanoGPT's)"),

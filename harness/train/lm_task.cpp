@@ -1,6 +1,7 @@
 #include "harness/train/lm_task.hpp"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/record_function.h>
 #include <fmt/format.h>
 
 #include <unistd.h>
@@ -87,12 +88,12 @@ std::string gen_key(const std::string& base, int rank) {
 
 class LMTask final : public Task {
  public:
-  LMTask(const config::Config& cfg, const Options& opts)
+  LMTask(const config::Config& cfg, const Options& opts, std::optional<data::Corpus> corpus)
       : cfg_(cfg),
         rank_(opts.dist.rank),
         world_(opts.dist.world),
         device_(device_of(cfg, opts.dist.local_rank)),
-        corpus_(load(cfg)),
+        corpus_(load(cfg, std::move(corpus))),
         B_(cfg.i("train.batch_size")),
         M_(cfg.i("train.seq_len")),
         split_(cfg.i("train.batch_split")),
@@ -181,10 +182,14 @@ class LMTask final : public Task {
   StepResult forward_backward(int64_t /*step*/, bool bf16) override {
     StepResult r;
     auto t0 = Clock::now();
-    auto batch = train_walk_->next(data_gen_);
-    if (batch.reset)
-      for (auto& s : states_)
-        for (auto& c : s.cache) c.zero_();
+    data::StreamBatcher::Batch batch;
+    {
+      RECORD_USER_SCOPE("ssr::data");  // the phases of `ssr bench step --trace`
+      batch = train_walk_->next(data_gen_);
+      if (batch.reset)
+        for (auto& s : states_)
+          for (auto& c : s.cache) c.zero_();
+    }
     r.t_data = seconds_since(t0);
     for (size_t j = 0; j < groups_.size(); ++j) {
       const auto [lo, rows] = groups_[j];
@@ -193,6 +198,7 @@ class LMTask final : public Task {
       t0 = Clock::now();
       models::LMOutput out;
       {
+        RECORD_USER_SCOPE("ssr::forward");
         models::AutocastGuard autocast(device_, bf16);  // the forward only: backward follows the forward's dtypes
         out = model_->forward(tokens, targets, states_[j], gen_);
       }
@@ -200,7 +206,10 @@ class LMTask final : public Task {
       sync();
       r.t_forward += seconds_since(t0);
       t0 = Clock::now();
-      loss.backward();
+      {
+        RECORD_USER_SCOPE("ssr::backward");
+        loss.backward();
+      }
       sync();
       r.t_backward += seconds_since(t0);
       r.loss_sum += out.nll.item<double>();
@@ -298,11 +307,11 @@ class LMTask final : public Task {
   }
 
  private:
-  static data::Corpus load(const config::Config& cfg) {
+  static data::Corpus load(const config::Config& cfg, std::optional<data::Corpus> given) {
     if (cfg.i("run.threads") > 0) torch::set_num_threads(static_cast<int>(cfg.i("run.threads")));
     // Seeded before the model draws its initial weights from torch's default generator.
     torch::manual_seed(static_cast<uint64_t>(cfg.i("run.seed")));
-    return data::load_corpus(cfg);
+    return given ? std::move(*given) : data::load_corpus(cfg);
   }
   uint64_t seed() const { return static_cast<uint64_t>(cfg_.i("run.seed")); }
   static torch::Generator generator(uint64_t s) { return at::make_generator<at::CPUGeneratorImpl>(s); }
@@ -416,8 +425,8 @@ class LMTask final : public Task {
 
 }  // namespace
 
-std::unique_ptr<Task> make_lm_task(const config::Config& cfg, const Options& opts) {
-  return std::make_unique<LMTask>(cfg, opts);
+std::unique_ptr<Task> make_lm_task(const config::Config& cfg, const Options& opts, std::optional<data::Corpus> corpus) {
+  return std::make_unique<LMTask>(cfg, opts, std::move(corpus));
 }
 
 }  // namespace ssr::train

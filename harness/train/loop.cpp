@@ -10,6 +10,7 @@
 #include "harness/dist/launch.hpp"
 #include "harness/train/checkpoint.hpp"
 #include "harness/train/schedule.hpp"
+#include "harness/train/step.hpp"
 
 namespace fs = std::filesystem;
 
@@ -85,8 +86,6 @@ void set_eval_mode(std::vector<models::MoE>& layers, const std::string& mode) {
 Outcome run_training(const config::Config& cfg, store::Store& store, const Options& opts, Task& task) {
   const bool lead = task.rank() == 0;
   dist::Group* group = task.group();
-  const int world = group ? opts.dist.world : 1;
-  const torch::Device device = task.device();
   torch::nn::Module& model = task.model();
   std::vector<models::MoE> layers = task.moe_layers();
   auto optimizer = make_optimizer(cfg, model.parameters(), task.no_decay_parameters());
@@ -122,16 +121,9 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
 
   const int64_t log_every = cfg.i("run.log_every"), ckpt_every = cfg.i("train.checkpoint_every");
   const int64_t eval_every = cfg.i("train.eval_every");
-  const double clip = cfg.f("train.clip");
-  const bool time_router = cfg.b("train.time_router");
   const bool bf16 = cfg.s("train.precision") == "bf16";
-  for (auto& layer : layers) layer->time_router(time_router);
-  auto sync = [&] {
-    if (device.is_cuda()) torch::cuda::synchronize();
-  };
-  const routers::RouterImpl::SumOverRanks sum_over_ranks = [group](const torch::Tensor& t) {
-    return group ? group->sum_tensor(t) : t;
-  };
+  const bool time_router = cfg.b("train.time_router");
+  Step update(cfg, task, *optimizer);
   // train.checkpoint_every=-1 writes no file: the best partial validation's weights are copied in
   // memory instead (every rank holds the same weights, so each keeps its own copy).
   const bool no_files = ckpt_every < 0;
@@ -157,51 +149,25 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
         return {run_id, "interrupted"};
       }
       const bool log_step = step % log_every == 0 || step == steps;
-      for (auto& layer : layers) layer->collect_stats(log_step);
-      // The reference steps its LambdaLR before the optimizer: update s uses lr * min(1, s / warmup).
-      const double lr = learning_rate(cfg, step);
-      set_learning_rate(*optimizer, lr);
-
-      optimizer->zero_grad();
-      for (auto& layer : layers) layer->take_router_seconds();  // drop evaluations' router time
-      StepResult r = task.forward_backward(step, bf16);
+      const StepOutcome o = update.run(step, log_step);
+      const StepResult& r = o.task;
       if (r.units > 0) {
-        auto t0 = Clock::now();
-        if (group) {
-          // The global batch's loss (every rank then takes the same nan decision) and gradient.
-          const auto sums = group->sum({r.loss_sum, r.aux_sum});
-          r.loss_sum = sums[0] / world;
-          r.aux_sum = sums[1] / world;
-        }
-        const double loss = r.loss_sum / static_cast<double>(r.parts);
-        const double aux = r.aux_sum / static_cast<double>(r.parts);
-        if (!std::isfinite(loss) || !std::isfinite(aux)) {
+        const double loss = o.loss, aux = o.aux, lr = o.lr;
+        if (!o.updated) {
           log.metric(step, "train", "loss", loss);
           log.flush(step);
           log.finish("nan", fmt::format("loss became {} at step {}", loss, step));
           progress.message(fmt::format("run {}: loss became {} at step {}; recorded as nan", run_id, loss, step));
           return {run_id, "nan"};
         }
-        if (group) group->average_gradients(model.parameters());
-        const double t_sync = seconds_since(t0);
-        t0 = Clock::now();
-        if (clip > 0) torch::nn::utils::clip_grad_norm_(model.parameters(), clip);
-        optimizer->step();
-        for (auto& layer : layers) layer->router->end_step(sum_over_ranks);  // stateful routers
-        sync();
-        const double t_opt = seconds_since(t0);
-        const double t_step = r.t_forward + r.t_backward + t_sync + t_opt;
+        const double t_step = o.seconds();
         log.timing(step, "data", r.t_data);
         log.timing(step, "forward", r.t_forward);
         log.timing(step, "backward", r.t_backward);
-        log.timing(step, "optimizer", t_opt);
+        log.timing(step, "optimizer", o.t_opt);
         log.timing(step, "step", t_step);
-        if (time_router) {  // part of forward
-          double router = 0;
-          for (auto& layer : layers) router += layer->take_router_seconds();
-          log.timing(step, "router", router);
-        }
-        if (group) log.timing(step, "allreduce", t_sync);  // loss and gradients
+        if (time_router) log.timing(step, "router", o.router_seconds);  // part of forward
+        if (group) log.timing(step, "allreduce", o.t_sync);             // loss and gradients
         task.log_timings(step, log);
         progress.update(step, loss, r.units);
         if (log_step) {

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <numbers>
 
+#include "harness/train/fused_adam.hpp"
+
 namespace ssr::train {
 
 double learning_rate(const config::Config& cfg, int64_t step) {
@@ -22,8 +24,12 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const config::Config& cf
                                                         const std::vector<torch::Tensor>& no_decay) {
   const double lr = cfg.f("train.lr"), wd = cfg.f("train.weight_decay");
   const std::tuple<double, double> betas{cfg.f("train.beta1"), cfg.f("train.beta2")};
-  if (cfg.s("train.optimizer") == "adam")
-    return std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(lr).betas(betas).weight_decay(wd));
+  const bool fused = cfg.s("train.optimizer_impl") == "fused";
+  if (cfg.s("train.optimizer") == "adam") {
+    const auto o = torch::optim::AdamOptions(lr).betas(betas).weight_decay(wd);
+    if (fused) return std::make_unique<FusedAdam>(params, o);
+    return std::make_unique<torch::optim::Adam>(params, o);
+  }
   std::vector<torch::Tensor> decay;
   for (const auto& p : params)
     if (std::none_of(no_decay.begin(), no_decay.end(), [&](const torch::Tensor& q) { return q.is_same(p); }))
@@ -33,8 +39,9 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const config::Config& cf
                                  torch::optim::AdamWOptions(lr).betas(betas).weight_decay(wd)));
   groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
                                     torch::optim::AdamWOptions(lr).betas(betas).weight_decay(0)));
-  return std::make_unique<torch::optim::AdamW>(std::move(groups),
-                                               torch::optim::AdamWOptions(lr).betas(betas).weight_decay(wd));
+  const auto o = torch::optim::AdamWOptions(lr).betas(betas).weight_decay(wd);
+  if (fused) return std::make_unique<FusedAdamW>(std::move(groups), o);
+  return std::make_unique<torch::optim::AdamW>(std::move(groups), o);
 }
 
 void set_learning_rate(torch::optim::Optimizer& opt, double lr) {

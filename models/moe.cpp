@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 
+#include "models/precision.hpp"
 #include "routers/registry.hpp"
 
 namespace ssr::models {
@@ -60,8 +61,12 @@ torch::Tensor grouped_linear(const torch::Tensor& x_sorted, const std::vector<in
 torch::Tensor grouped_linear_gemm(const torch::Tensor& x_sorted, const torch::Tensor& offsets,
                                   const torch::Tensor& row_expert, const torch::Tensor& weight,
                                   const torch::Tensor& bias) {
-  auto y = at::_grouped_mm(x_sorted, weight.transpose(1, 2), offsets);  // (rows, out)
-  return y + bias.index_select(0, row_expert);                          // (rows, out)
+  // _grouped_mm is not on autocast's list: cast its operands as autocast casts a matmul's, so
+  // bf16 runs take the grouped kernel (float32 operands fall back to one mm per group on CUDA,
+  // after copying the offsets to the host).
+  const auto dtype = matmul_dtype(x_sorted);
+  auto y = at::_grouped_mm(x_sorted.to(dtype), weight.to(dtype).transpose(1, 2), offsets);  // (rows, out)
+  return y + bias.index_select(0, row_expert);                                              // (rows, out)
 }
 
 MoEImpl::MoEImpl(const config::Config& cfg) : MoEImpl(cfg, MoEShape{cfg.i("model.d_model"), cfg.i("model.d_inner")}) {}
@@ -268,8 +273,10 @@ torch::Tensor MoEImpl::forward(const torch::Tensor& x, torch::Tensor& aux, torch
   auto order = torch::argsort(slot_expert, /*stable=*/true);  // (tokens*k) sorted -> slot
   auto inverse =
       torch::empty_like(order).scatter_(0, order, torch::arange(n * k, order.options()));  // (tokens*k) slot -> sorted
-  auto counts_all = torch::bincount(slot_expert, {}, n_experts_ + 1);                      // (experts + 1)
-  auto counts = counts_all.narrow(0, 0, n_experts_);                                       // (experts)
+  // scatter_add rather than bincount, which reads its input's maximum on the host (a sync on CUDA).
+  auto counts_all = torch::zeros({n_experts_ + 1}, slot_expert.options())
+                        .scatter_add_(0, slot_expert, torch::ones_like(slot_expert));  // (experts + 1)
+  auto counts = counts_all.narrow(0, 0, n_experts_);                                   // (experts)
   // One host sync, only for routings that drop: how many sorted rows the experts compute.
   const int64_t rows = routing.kept.defined() ? n * k - counts_all[n_experts_].item<int64_t>() : n * k;
 

@@ -13,6 +13,23 @@ namespace ssr::models {
 
 namespace {
 
+// a @ b of bfloat16 operands with a float32 result: cuBLAS writes its float32 accumulator
+// (mm.dtype), so logits and gradients are never rounded to bfloat16 in between; where that
+// kernel does not exist (CPU) the float32 product of the same bfloat16 values. `acc` += a @ b
+// in place in float32 (a weight gradient summed over chunks).
+// Outside autocast, which would cast the float32 operands back to bfloat16.
+torch::Tensor mm_f32(const torch::Tensor& a, const torch::Tensor& b) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  return a.is_cuda() ? at::mm(a, b, at::kFloat) : torch::mm(a.to(torch::kFloat), b.to(torch::kFloat));
+}
+void addmm_f32_(torch::Tensor& acc, const torch::Tensor& a, const torch::Tensor& b) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  if (a.is_cuda())
+    at::addmm_out(acc, acc, a, b, at::kFloat);
+  else
+    acc.addmm_(a.to(torch::kFloat), b.to(torch::kFloat));
+}
+
 // Output layer + cross-entropy, chunk by chunk. Autograd through each chunk would keep every
 // chunk's (rows, vocab) softmax alive until backward, i.e. the full logits again; instead the
 // gradient of the summed loss is accumulated in the forward pass (the same three matmuls as the
@@ -30,8 +47,9 @@ struct ChunkedNLL : torch::autograd::Function<ChunkedNLL> {
       w = torch::cat({weight, weight.new_zeros({pad, weight.size(1)})});
       b = torch::cat({bias, torch::full({pad}, -INFINITY, bias.options())});
     }
-    // Under autocast the three GEMMs run in its dtype (they are ~90 % of a step's FLOPs at
-    // 267,735 words); logsumexp, softmax and the accumulated gradients stay float32.
+    // Under autocast the three GEMMs take operands in its dtype (they are ~86 % of a step's FLOPs
+    // at 267,735 words) and give float32 results; logsumexp, softmax and the accumulated
+    // gradients stay float32.
     const auto mm_dtype = matmul_dtype(h);
     const bool cast = mm_dtype != h.scalar_type();
     auto wm = cast ? w.to(mm_dtype) : w;         // (vocab + pad, d)
@@ -44,10 +62,10 @@ struct ChunkedNLL : torch::autograd::Function<ChunkedNLL> {
     }
     for (int64_t start = 0; start < rows; start += chunk) {
       const int64_t n = std::min(chunk, rows - start);
-      auto hc = h.narrow(0, start, n);                                        // (n, d)
-      auto hm = cast ? hc.to(mm_dtype) : hc;                                  // (n, d)
-      auto tc = targets.narrow(0, start, n).unsqueeze(1);                     // (n, 1)
-      auto logits = cast ? torch::mm(hm, wm.t()).to(b.scalar_type()).add_(b)  // (n, vocab + pad) float32
+      auto hc = h.narrow(0, start, n);                     // (n, d)
+      auto hm = cast ? hc.to(mm_dtype) : hc;               // (n, d)
+      auto tc = targets.narrow(0, start, n).unsqueeze(1);  // (n, 1)
+      auto logits = cast ? mm_f32(hm, wm.t()).add_(b)      // (n, vocab + pad) float32
                          : torch::addmm(b, hc, w.t());
       auto lse = logits.logsumexp(-1, /*keepdim=*/true);  // (n, 1)
       total += (lse - logits.gather(1, tc)).sum();
@@ -59,8 +77,8 @@ struct ChunkedNLL : torch::autograd::Function<ChunkedNLL> {
       auto grad_hc = grad_h.narrow(0, start, n);  // (n, d)
       if (cast) {
         auto gm = g.to(mm_dtype);  // (n, vocab + pad)
-        grad_hc.copy_(torch::mm(gm, wm));
-        grad_w += torch::mm(gm.t(), hm);  // (vocab + pad, d)
+        grad_hc.copy_(mm_f32(gm, wm));
+        addmm_f32_(grad_w, gm.t(), hm);  // (vocab + pad, d)
       } else {
         torch::mm_out(grad_hc, g, w);
         grad_w.addmm_(g.t(), hc);  // (vocab + pad, d)
@@ -124,8 +142,14 @@ torch::Tensor skew(const torch::Tensor& p, double fill) {
   return padded.reshape(flat_shape).narrow(-1, 0, m * total).view(shape);  // (..., M, L+M)
 }
 
-SeqAttentionImpl::SeqAttentionImpl(int64_t d_model, int64_t n_heads, int64_t span, double dropout, bool sdpa)
-    : n_heads_(n_heads), head_dim_(d_model / n_heads), span_(span), dropout_(dropout), sdpa_(sdpa) {
+SeqAttentionImpl::SeqAttentionImpl(int64_t d_model, int64_t n_heads, int64_t span, double dropout, bool sdpa,
+                                   int64_t head_multiple)
+    : n_heads_(n_heads),
+      head_dim_(d_model / n_heads),
+      span_(span),
+      dropout_(dropout),
+      sdpa_(sdpa),
+      head_pad_(head_multiple > 1 ? (head_multiple - head_dim_ % head_multiple) % head_multiple : 0) {
   auto lin = [&](const char* name) {
     return register_module(name, torch::nn::Linear(torch::nn::LinearOptions(d_model, d_model).bias(false)));
   };
@@ -151,8 +175,12 @@ torch::Tensor SeqAttentionImpl::forward(const torch::Tensor& h, const torch::Ten
   if (sdpa_) {
     // Outside the band the mask is -inf, so the softmax over the L+M keys is the one over the L.
     auto mask = skew(torch::matmul(qh, key_pe), -std::numeric_limits<double>::infinity());  // (streams, H, M, L+M)
-    auto ctx = at::scaled_dot_product_attention(qh, kh, vh, mask, is_training() ? dropout_ : 0.0, false,
-                                                1.0);           // (streams, H, M, dh)
+    // Zero columns add nothing to q.k and give zero output columns, dropped after the kernel; the
+    // scale is explicit (the queries carry it), so padding does not change it.
+    auto pad = [&](const torch::Tensor& t) { return head_pad_ > 0 ? torch::constant_pad_nd(t, {0, head_pad_}) : t; };
+    auto ctx = at::scaled_dot_product_attention(pad(qh), pad(kh), pad(vh), mask, is_training() ? dropout_ : 0.0, false,
+                                                1.0);           // (streams, H, M, dh + pad)
+    if (head_pad_ > 0) ctx = ctx.narrow(-1, 0, head_dim_);      // (streams, H, M, dh)
     return o->forward(ctx.transpose(1, 2).reshape({b, m, d}));  // (streams, M, d_model)
   }
   auto content = unskew(torch::matmul(qh, kh.transpose(-1, -2)), span_);  // (streams, H, M, L)
@@ -169,7 +197,7 @@ LayerImpl::LayerImpl(const config::Config& cfg)
       dropout_(cfg.f("model.dropout")) {
   const int64_t d = cfg.i("model.d_model");
   attn = register_module("attn", SeqAttention(d, cfg.i("model.n_heads"), cfg.i("model.attn_span"), dropout_,
-                                              cfg.s("model.attn_impl") == "sdpa"));
+                                              cfg.s("model.attn_impl") == "sdpa", cfg.i("model.attn_head_multiple")));
   auto ln = [&](const char* name) {
     return register_module(name, torch::nn::LayerNorm(torch::nn::LayerNormOptions({d}).eps(1e-5)));
   };

@@ -52,10 +52,13 @@ torch::Tensor skew(const torch::Tensor& p, double fill = 0);
 // `sdpa` (model.attn_impl=sdpa): the same attention as one scaled_dot_product_attention over the
 // L+M keys, the band and the position term folded into its additive mask, so a fused kernel
 // (memory-efficient attention on CUDA) does softmax, dropout and the value product; its dropout
-// draws from torch's default generator instead of `gen`.
+// draws from torch's default generator instead of `gen`. With `head_multiple` > 1 its query, key
+// and value heads are zero-padded to a multiple of it (model.attn_head_multiple): the same scores
+// and outputs, and a head size that CUDA's memory-efficient and cuDNN kernels take (44 is not).
 class SeqAttentionImpl : public torch::nn::Module {
  public:
-  SeqAttentionImpl(int64_t d_model, int64_t n_heads, int64_t span, double dropout, bool sdpa = false);
+  SeqAttentionImpl(int64_t d_model, int64_t n_heads, int64_t span, double dropout, bool sdpa = false,
+                   int64_t head_multiple = 1);
   // h (streams, M, d_model), cache (streams, L, d_model), key_pe (1, head_dim, L)
   // -> (streams, M, d_model)
   torch::Tensor forward(const torch::Tensor& h, const torch::Tensor& cache, const torch::Tensor& key_pe,
@@ -67,6 +70,7 @@ class SeqAttentionImpl : public torch::nn::Module {
   int64_t n_heads_, head_dim_, span_;
   double dropout_;
   bool sdpa_;
+  int64_t head_pad_;  // zero columns added to each head for the sdpa kernels
 };
 TORCH_MODULE(SeqAttention);
 

@@ -152,15 +152,18 @@ TEST_CASE("attn_impl=sdpa computes the reference attention and its gradients", "
   struct Row {
     int64_t streams, m, span, d, heads;
     double tol;
+    int64_t head_multiple = 1;  // model.attn_head_multiple: zero-padded heads
   };
   const std::vector<Row> rows = {
-      {2, 5, 7, 16, 4, 1e-5}, {1, 6, 3, 8, 2, 1e-5},   {3, 16, 32, 32, 4, 1e-5},
-      {2, 1, 5, 16, 1, 1e-5}, {1, 32, 8, 16, 2, 1e-5},
+      {2, 5, 7, 16, 4, 1e-5},    {1, 6, 3, 8, 2, 1e-5},     {3, 16, 32, 32, 4, 1e-5},
+      {2, 1, 5, 16, 1, 1e-5},    {1, 32, 8, 16, 2, 1e-5},   {2, 5, 7, 88, 2, 1e-5, 8},  // the paper's head size 44
+      {1, 6, 3, 24, 2, 1e-5, 8}, {2, 4, 6, 16, 4, 1e-5, 8},                             // 12 -> 16; 4 -> 8
   };
   for (const auto& r : rows) {
-    INFO("streams " << r.streams << " M " << r.m << " L " << r.span << " d " << r.d << " heads " << r.heads);
+    INFO("streams " << r.streams << " M " << r.m << " L " << r.span << " d " << r.d << " heads " << r.heads
+                    << " head multiple " << r.head_multiple);
     torch::manual_seed(5);
-    models::SeqAttention ref(r.d, r.heads, r.span, 0.1, false), fused(r.d, r.heads, r.span, 0.1, true);
+    models::SeqAttention ref(r.d, r.heads, r.span, 0.1, false), fused(r.d, r.heads, r.span, 0.1, true, r.head_multiple);
     {
       torch::NoGradGuard no_grad;
       for (auto& p : fused->named_parameters()) p.value().copy_(ref->named_parameters()[p.key()]);
@@ -277,6 +280,36 @@ TEST_CASE("MoE dispatch by sorting equals every expert on every token", "[model]
                     Catch::Contains("model.expert_impl"));
 }
 
+TEST_CASE("under bf16 autocast the grouped experts run in bfloat16 and match the per-expert loop", "[model][moe]") {
+  // Autocast casts each per-expert mm of the loop to bfloat16; the grouped GEMM gets the same casts
+  // by hand (it is not on autocast's list). Tolerance: bfloat16's 8-bit mantissa, relative 2e-2 of
+  // the largest value; the float32 runs of both differ by less than 1e-6 (the dispatch test).
+  auto run = [](const std::string& impl, bool bf16) {
+    torch::manual_seed(5);
+    models::MoE moe(tiny({"model.expert_impl=" + impl, "model.n_experts=5", "model.top_k=2"}));
+    moe->eval();
+    auto gen = cpu_gen(2);
+    auto x = torch::randn({37, 32}, torch::requires_grad());  // (tokens, d_model)
+    auto aux = torch::zeros({});
+    torch::Tensor y;  // (tokens, d_model)
+    {
+      models::AutocastGuard autocast(torch::kCPU, bf16);
+      y = moe->forward(x, aux, gen);
+    }
+    auto g = torch::autograd::grad({y.to(torch::kFloat).pow(2).sum()}, {x, moe->w1, moe->w2});
+    return std::make_pair(y.to(torch::kFloat), g);
+  };
+  const auto [loop, g_loop] = run("loop", true);
+  const auto [grouped, g_grouped] = run("grouped", true);
+  const auto [fp32, g_fp32] = run("grouped", false);
+  auto rel = [](const torch::Tensor& a, const torch::Tensor& b) {
+    return ((a - b).abs().max() / b.abs().max()).item<double>();
+  };
+  CHECK(rel(grouped, loop) <= 2e-2);
+  for (size_t i = 0; i < g_loop.size(); ++i) CHECK(rel(g_grouped[i], g_loop[i]) <= 2e-2);
+  CHECK(rel(grouped, fp32) > 1e-6);  // bfloat16 really ran in the grouped path
+}
+
 TEST_CASE("reference expert init is U(+-1/sqrt(out*in)) with zero biases", "[model][moe]") {
   torch::manual_seed(0);
   models::MoE moe(with({"model=wt103-medium"}));
@@ -314,6 +347,34 @@ TEST_CASE("chunked output layer + NLL equals the full computation", "[model][los
     auto got = models::chunked_nll_sum(h, w, b, targets, 5);
     CHECK_FALSE(got.requires_grad());
     CHECK(got.item<double>() == Approx(full.item<double>()).epsilon(1e-5));
+  }
+}
+
+TEST_CASE("under bf16 autocast the output layer's GEMMs give float32 logits and gradients", "[model][loss]") {
+  // The logits are the float32 product of the bfloat16-rounded h and W, never rounded to bfloat16:
+  // the loss equals float32 arithmetic on those rounded values within float32 tolerance (1e-5),
+  // where bfloat16 logits would be off by ~1e-3. The gradients' GEMMs take bfloat16 softmax
+  // gradients: within bfloat16 tolerance (2e-2 of the largest entry) of the float32 ones.
+  torch::manual_seed(12);
+  const int64_t rows = 64, d = 16, vocab = 300;
+  auto h = torch::randn({rows, d}, torch::requires_grad());     // (rows, d)
+  auto w = (torch::randn({vocab, d}) * 3).requires_grad_();     // (vocab, d)
+  auto b = torch::randn({vocab}, torch::requires_grad());       // (vocab)
+  auto targets = torch::randint(vocab, {rows}, torch::kInt64);  // (rows)
+  auto rounded = [](const torch::Tensor& t) { return t.detach().to(torch::kBFloat16).to(torch::kFloat); };
+  const double want = models::chunked_nll_sum(rounded(h), rounded(w), b.detach(), targets, 16).item<double>();
+  torch::Tensor got;
+  {
+    models::AutocastGuard autocast(torch::kCPU, true);
+    got = models::chunked_nll_sum(h, w, b, targets, 16);
+  }
+  CHECK(got.scalar_type() == torch::kFloat);
+  CHECK(got.item<double>() == Approx(want).epsilon(1e-5));
+  const auto g = torch::autograd::grad({got}, {h, w, b});
+  const auto g32 = torch::autograd::grad({models::chunked_nll_sum(h, w, b, targets, 16)}, {h, w, b});
+  for (size_t i = 0; i < g.size(); ++i) {
+    CHECK(g[i].scalar_type() == torch::kFloat);
+    CHECK(((g[i] - g32[i]).abs().max() / g32[i].abs().max()).item<double>() <= 2e-2);
   }
 }
 

@@ -131,6 +131,9 @@ std::vector<Key> build() {
           C("model.attn_impl", "reference", {"reference", "sdpa"},
             "attention compute: the reference's unskewed band, or one scaled_dot_product_attention with the band and "
             "position term as its mask (fused on CUDA; same function, dropout drawn from torch's default generator)")),
+      timed(I("model.attn_head_multiple", 8, 1, 256,
+              "attn_impl=sdpa: zero-pad each head to a multiple of this (same attention; CUDA's memory-efficient and "
+              "cuDNN kernels need multiples of 8, and the paper's head size is 44); 1 = no padding")),
       C("model.block", "vanilla", {"vanilla", "momentum"},
         "SMoE block: vanilla residual or heavy-ball momentum (MomentumSMoE)"),
       F("model.mu", 0.7, 0, 1, "momentum coefficient of the heavy-ball block"),

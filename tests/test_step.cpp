@@ -12,6 +12,7 @@
 #include <set>
 #include <sstream>
 
+#include "harness/bench/trace.hpp"
 #include "harness/config/config.hpp"
 #include "harness/store/store.hpp"
 #include "harness/train/lm_task.hpp"
@@ -166,3 +167,19 @@ TEST_CASE("step FLOPs by count match a hand count", "[bench][step]") {
   CHECK(by["gates"] == 864);     // 3 2 T d E
   CHECK(by["total"] == 1440 + 25344 + 9216 + 864);
 }
+
+#ifdef SSR_WITH_CUDA
+TEST_CASE("cuda: the host-sync counter counts a device-to-host read and not a device reduction", "[step][cuda]") {
+  if (!torch::cuda::is_available()) {
+    WARN("no CUDA device here: the sync counter was compiled, not run");
+    return;
+  }
+  const torch::Device cuda(torch::kCUDA);
+  auto x = torch::randn({1000}, torch::TensorOptions().device(cuda));
+  ssr::bench::SyncCounter counter(cuda);
+  auto s = x.sum();  // stays on the device
+  CHECK(counter.count() == 0);
+  (void)s.item<float>();  // waits for the device
+  CHECK(counter.count() == 1);
+}
+#endif

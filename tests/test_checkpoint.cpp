@@ -171,19 +171,87 @@ TEST_CASE("resuming from a corrupted checkpoint is refused with the file's name"
   CHECK(r.code == 1);
   CHECK(r.out.find("error: " + last.string() + ": checksum mismatch") != std::string::npos);
 
-  // Only a temporary left by a killed first write: it is removed and the run trains from step 0
-  // to the same losses.
+  // Only a temporary left by a killed first write: --resume refuses (nothing to continue from),
+  // --restart removes it and trains the run from step 0 to the same losses.
   const auto losses = [&] { return ssr::testing::series(store, 1, "train", "loss"); };
   const auto before = losses();
   REQUIRE(!before.empty());
   fs::remove(last);
   put_bytes(last.string() + ".tmp", b.substr(0, b.size() / 3));
   store.finish_run(1, "failed", "stopped by the test");
-  auto again = ssr::testing::run(fmt::format("train --resume 1 --db {}", db));
+  auto refused = ssr::testing::run(fmt::format("train --resume 1 --db {}", db));
+  CHECK(refused.code == 2);
+  CHECK(refused.out.find("last.pt.tmp (an unfinished write)") != std::string::npos);
+  CHECK(losses() == before);
+  auto again = ssr::testing::run(fmt::format("train --resume 1 --restart --db {}", db));
   INFO(again.out);
   CHECK(again.code == 0);
   CHECK(again.out.find("from step 0 (only an unfinished write, " + last.string() + ".tmp, was there: removed)") !=
         std::string::npos);
   CHECK_FALSE(fs::exists(last.string() + ".tmp"));
   CHECK(losses() == before);
+}
+
+TEST_CASE("ssr train --resume refuses a run with no checkpoint of its own, naming what its folder holds", "[checkpoint][train]") {
+  const auto dir = temp_dir("ckpt_test", "identity");
+  const auto db = (dir / "runs.db").string();
+  const std::string cfg = std::string(SSR_SOURCE_DIR) + "/experiments/demo.yaml";
+  const std::string args =
+      "train.steps=4 train.batch_size=4 train.seq_len=16 eval.batch_size=4 eval.max_segments=1 train.eval_every=0 "
+      "run.threads=1 train.checkpoint_every=2 run.out_dir=" +
+      (dir / "ckpt").string();
+  for (int seed : {1, 2}) {
+    auto a = ssr::testing::run(fmt::format("train {} {} run.seed={} --db {} --quiet", cfg, args, seed, db));
+    INFO(a.out);
+    REQUIRE(a.code == 0);
+  }
+  ssr::store::Store store(db);
+  const auto folder = [&](int64_t run) { return ssr::train::run_dir((dir / "ckpt").string(), store, run); };
+  const auto rows = [&](int64_t run) { return ssr::testing::series(store, run, "train", "loss"); };
+  const auto before = rows(2);
+  REQUIRE(!before.empty());
+  const std::string saved = bytes_of(folder(2) / "last.pt");
+  auto resume2 = [&](const std::string& extra = "") {
+    store.finish_run(2, "failed", "stopped by the test");
+    return ssr::testing::run(fmt::format("train --resume 2 {} --db {} --quiet", extra, db));
+  };
+
+  // Another run's checkpoint (run 1, seed 1) copied over run 2's: refused, naming both and the key.
+  fs::copy_file(folder(1) / "last.pt", folder(2) / "last.pt", fs::copy_options::overwrite_existing);
+  auto foreign = resume2();
+  CHECK(foreign.code == 2);
+  CHECK(foreign.out.find((folder(2) / "last.pt").string() + ": this checkpoint belongs to run 1 of store") !=
+        std::string::npos);
+  CHECK(foreign.out.find("config keys that differ: run.seed") != std::string::npos);
+  CHECK(rows(2) == before);  // run 2's rows untouched
+
+  struct Row {
+    std::string name, expect;
+    std::function<void()> damage;
+  };
+  const std::vector<Row> table = {
+      {"no last.pt", "is empty", [&] { fs::remove(folder(2) / "last.pt"); }},
+      {"a dangling link", "last.pt (a dangling link to",
+       [&] { fs::create_symlink(dir / "nowhere.pt", folder(2) / "last.pt"); }},
+      {"no folder", "does not exist", [&] { ssr::train::remove_run_dir(folder(2)); }},
+  };
+  for (const auto& r : table) {
+    INFO(r.name);
+    r.damage();
+    auto res = resume2();
+    CHECK(res.code == 2);
+    CHECK(res.out.find("--resume 2: no checkpoint to continue from") != std::string::npos);
+    CHECK(res.out.find(r.expect) != std::string::npos);
+    CHECK(res.out.find("--restart") != std::string::npos);
+    CHECK(rows(2) == before);
+    CHECK(store.run(2)->status == "failed");
+  }
+  // --restart trains it again from step 0, to the same losses (same seed, same data).
+  auto restarted = resume2("--restart");
+  INFO(restarted.out);
+  CHECK(restarted.code == 0);
+  CHECK(rows(2) == before);
+  CHECK(store.run(2)->status == "finished");
+  // The file it wrote names its run: copied back, it continues run 2 and no other.
+  CHECK(bytes_of(folder(2) / "last.pt") != saved);  // a new file, written with its identity
 }

@@ -4,12 +4,14 @@
 #include <catch2/catch.hpp>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fmt/format.h>
 #include <fstream>
 #include <sstream>
 
 #include "harness/config/config.hpp"
+#include "harness/store/store.hpp"
 #include "tests/cli_helpers.hpp"
 #include "tests/helpers.hpp"
 
@@ -163,4 +165,23 @@ TEST_CASE("a value YAML would read as a directive or nothing is kept as text", "
   CHECK(r.out.find("name: \"%foo\"") != std::string::npos);
   CHECK(ssr::testing::run("config experiments/demo.yaml run.name=").out.find("run.name: no value given") !=
         std::string::npos);
+}
+
+TEST_CASE("output that cannot be written is an error: exit 74 and one line, not 0", "[cli]") {
+  const auto db = ssr::testing::temp_db("inputs", "stdout.db");
+  { ssr::store::Store s(db); }
+  const auto bin = ssr::testing::kBin;
+  struct Row {
+    std::string args, redirect;
+  };
+  for (const Row& r : {Row{"runs --db " + db, ">/dev/full"}, Row{"config --doc", ">/dev/full"},
+                       Row{"config --doc", ">&-"}, Row{"runs --db " + db + " --format csv", ">&-"}}) {
+    INFO(r.args << " " << r.redirect);
+    // The inner shell's stderr is the pipe the helper reads; only stdout is redirected.
+    const auto out = ssr::testing::shell(fmt::format("sh -c \"'{}' {} {}\"", bin, r.args, r.redirect));
+    CHECK(out.code == 74);
+    CHECK(out.out.find("error: could not write to standard output") != std::string::npos);
+    CHECK(std::count(out.out.begin(), out.out.end(), '\n') == 1);
+  }
+  CHECK(ssr::testing::run("config --doc >/dev/null").code == 0);  // the same commands succeed when they can write
 }

@@ -3,6 +3,9 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <functional>
 #include <iostream>
 
@@ -10,6 +13,23 @@
 #include "harness/config/config.hpp"
 #include "harness/errors.hpp"
 #include "harness/store/store.hpp"
+
+namespace {
+
+// A command whose output did not reach standard output (a full disk, a closed descriptor) has
+// failed, whatever it computed: exit 74 with one line, never 0.
+int with_output_checked(int code) {
+  std::cout.flush();
+  errno = 0;
+  const bool failed = std::fflush(stdout) != 0 || std::ferror(stdout) || !std::cout;
+  if (!failed) return code;
+  const int err = errno;
+  std::cerr << "error: could not write to standard output" << (err ? std::string(" (") + std::strerror(err) + ")" : "")
+            << ": the output is incomplete\n";
+  return code == 0 ? ssr::kExitEnvironment : code;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"ssr: routing research harness for sparse Mixture-of-Experts (Selective Sinkhorn Routing)"};
@@ -46,7 +66,7 @@ int main(int argc, char** argv) {
   }
   try {
     app.parse(argc, argv);
-    return ctx.exit_code;
+    return with_output_checked(ctx.exit_code);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
     std::cerr << "error: " << e.what() << " (see ssr --help or ssr SUBCOMMAND --help)\n";

@@ -304,7 +304,7 @@ void add_run_commands(CLI::App& app, Context& ctx) {
     double stale_after = 60;
     std::string train_cfg, show_format = "text", cfg_file;
     std::vector<std::string> train_over, cfg_over;
-    bool quiet = false, doc = false, hash_only = false;
+    bool quiet = false, doc = false, hash_only = false, restart = false;
     int64_t show_id = 0;
     int64_t resume = 0;
     int64_t nproc = 1;
@@ -332,6 +332,9 @@ void add_run_commands(CLI::App& app, Context& ctx) {
   train->add_option(
       "--resume", st->resume,
       "continue stored run RUN_ID from its last checkpoint (from step 0 when it has none), with its stored config");
+  train->add_flag("--restart", st->restart,
+                  "with --resume: train the run again from step 0 (when it has no checkpoint of its own to continue "
+                  "from)");
   train->add_option("--nproc", st->nproc, "data-parallel ranks started on this machine (sets run.nproc)")
       ->check(CLI::Range(int64_t{1}, int64_t{65536}));
   train->footer(
@@ -436,7 +439,10 @@ void add_run_commands(CLI::App& app, Context& ctx) {
       if (run->status == "finished") throw ConfigError(fmt::format("--resume: run {} already finished", st->resume));
       cfg = ssr::config::Config::from_json(run->config);
       opts.run = st->resume;
+      opts.require_checkpoint = true;
+      opts.restart = st->restart;
     } else {
+      if (st->restart) throw ConfigError("--restart: only with --resume RUN_ID");
       if (st->train_cfg.empty()) throw ConfigError("train: give CONFIG.yaml (or --resume RUN_ID)");
       cfg = ssr::config::resolve(st->train_cfg, st->train_over);
     }

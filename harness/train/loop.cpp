@@ -5,7 +5,9 @@
 
 #include <chrono>
 #include <cmath>
+#include <algorithm>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 
 #include "harness/dist/launch.hpp"
 #include "harness/train/checkpoint.hpp"
@@ -29,11 +31,60 @@ int64_t parameter_total(torch::nn::Module& model) {
   return n;
 }
 
+// Whose checkpoint a file is: a store's run of one config. A copied file, a copied store or
+// another run's folder must not be continued from (it would overwrite this run's rows).
+nlohmann::json identity(const store::Store& store, int64_t run, const config::Config& cfg) {
+  nlohmann::json keys = nlohmann::json::object();  // flat: "run.seed" -> 2
+  for (const auto& [name, value] : cfg.values()) keys[name] = value;
+  return {{"store", store.id()}, {"run", run}, {"config_hash", cfg.hash()}, {"config", keys}};
+}
+
+// Refuses a checkpoint written for another store, run or config, naming the file, both owners and
+// the config keys that differ. Checkpoints written before identities were stored carry none.
+void check_identity(const fs::path& path, torch::serialize::InputArchive& ar, const nlohmann::json& want) {
+  c10::IValue v;
+  if (!ar.try_read("identity", v)) return;
+  const auto got = nlohmann::json::parse(v.toStringRef());
+  if (got["store"] == want["store"] && got["run"] == want["run"] && got["config_hash"] == want["config_hash"]) return;
+  std::string keys;
+  const auto& a = got["config"];
+  const auto& b = want["config"];
+  for (const auto& [k, x] : b.items())
+    if (!a.contains(k) || a[k] != x) keys += (keys.empty() ? "" : ", ") + k;
+  throw config::ConfigError(fmt::format(
+      "{}: this checkpoint belongs to run {} of store {} (config {}), not to run {} of store {} (config {}){}; "
+      "refusing to continue from it: move it away (or `ssr train --resume {} --restart` to train the run again)",
+      path.string(), got["run"].get<int64_t>(), got["store"].get<std::string>(), got["config_hash"].get<std::string>(),
+      want["run"].get<int64_t>(), want["store"].get<std::string>(), want["config_hash"].get<std::string>(),
+      keys.empty() ? "" : "; config keys that differ: " + keys, want["run"].get<int64_t>()));
+}
+
+// What a run's checkpoint folder holds, for a refusal: "folder X does not exist", "X holds: a, b".
+std::string folder_contents(const fs::path& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return fmt::format("the folder {} does not exist", dir.string());
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    std::string name = e.path().filename().string();
+    if (e.is_symlink(ec) && !fs::exists(e.path(), ec))
+      name += " (a dangling link to " + fs::read_symlink(e.path(), ec).string() + ")";
+    else if (name.size() > 4 && name.substr(name.size() - 4) == ".tmp")
+      name += " (an unfinished write)";
+    names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  std::string list;
+  for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+  return names.empty() ? fmt::format("{} is empty", dir.string()) : fmt::format("{} holds {}", dir.string(), list);
+}
+
 // Called by every rank; only rank 0 writes.
-void save(const fs::path& path, Task& task, torch::optim::Optimizer& opt, const LoopState& s) {
+void save(const fs::path& path, Task& task, torch::optim::Optimizer& opt, const LoopState& s,
+          const nlohmann::json& owner) {
   torch::serialize::OutputArchive ar;
   task.save(ar, s.step);
   if (task.rank() != 0) return;
+  ar.write("identity", c10::IValue(owner.dump()));
   torch::serialize::OutputArchive m, o;
   task.model().save(m);
   opt.save(o);
@@ -45,10 +96,12 @@ void save(const fs::path& path, Task& task, torch::optim::Optimizer& opt, const 
   write_checkpoint(ar, path);
 }
 
-// Weights only without `opt` (the final evaluation of best.pt).
-LoopState load(const fs::path& path, Task& task, torch::optim::Optimizer* opt) {
+// Weights only without `opt` (the final evaluation of best.pt). `owner`: refuse a checkpoint of
+// another store, run or config.
+LoopState load(const fs::path& path, Task& task, torch::optim::Optimizer* opt, const nlohmann::json& owner) {
   torch::serialize::InputArchive ar, m;
   read_checkpoint(ar, path, task.device());
+  check_identity(path, ar, owner);
   ar.read("model", m);
   task.model().load(m);
   LoopState s;
@@ -96,20 +149,28 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
   if (opts.run) {
     // Before its files are touched: a live run's temporary is its checkpoint being written.
     if (lead) store.refuse_if_held(*opts.run, stale_after(cfg));
-    const fs::path last = run_dir(cfg.s("run.out_dir"), store, *opts.run) / "last.pt";
+    const fs::path dir = run_dir(cfg.s("run.out_dir"), store, *opts.run), last = dir / "last.pt";
     const fs::path tmp = last.string() + ".tmp";
+    // fs::exists follows links: a dangling last.pt is no checkpoint either.
+    if (on_lead(task, !opts.restart && opts.require_checkpoint && !fs::exists(last)))
+      throw config::ConfigError(fmt::format(
+          "--resume {}: no checkpoint to continue from ({}: {}); nothing was changed. `ssr train --resume {} "
+          "--restart` trains the run again from step 0",
+          *opts.run, last.string(), folder_contents(dir), *opts.run));
     // A kill during the first write leaves only the temporary, which is never a whole checkpoint.
     if (lead && !fs::exists(last) && fs::exists(tmp)) {
       fs::remove(tmp);
       restart_note = fmt::format(" (only an unfinished write, {}, was there: removed)", tmp.string());
     }
-    if (on_lead(task, fs::exists(last))) state = load(last, task, optimizer.get());
+    if (!opts.restart && on_lead(task, fs::exists(last)))
+      state = load(last, task, optimizer.get(), identity(store, *opts.run, cfg));
   }
   if (lead) check_out_dir(cfg.s("run.out_dir"), store);
   RunLog log(store, cfg, lead);
   const int64_t run_id = log.open(task.run_info(), opts.run, state.step, group);
   if (lead) dist::announce_run(run_id);
   const fs::path ckpt_dir = run_dir(cfg.s("run.out_dir"), store, run_id);
+  const nlohmann::json owner = identity(store, run_id, cfg);
 
   Progress progress(steps, cfg.i("run.log_every"), opts.quiet || !lead, task.unit());
   bool warned_unconverged = false;  // the Sinkhorn iteration-limit warning is given once per run
@@ -131,7 +192,7 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
   auto checkpoint = [&](const char* name, int64_t step) {
     state.step = step;
     if (!no_files) {
-      save(ckpt_dir / name, task, *optimizer, state);
+      save(ckpt_dir / name, task, *optimizer, state, owner);
     } else if (std::string(name) == "best.pt") {
       torch::NoGradGuard no_grad;
       best_weights.clear();
@@ -219,7 +280,7 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
       for (auto& t : model.buffers()) t.copy_(best_weights[i++]);
       log.result("train", "best_step", static_cast<double>(state.best_step));
     } else if (on_lead(task, cfg.s("eval.checkpoint") == "best" && fs::exists(ckpt_dir / "best.pt"))) {
-      if (lead) load(ckpt_dir / "best.pt", task, nullptr);
+      if (lead) load(ckpt_dir / "best.pt", task, nullptr, owner);
       if (group) dist::broadcast_module(*group, model);
       log.result("train", "best_step", static_cast<double>(state.best_step));
     }

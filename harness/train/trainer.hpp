@@ -12,7 +12,11 @@ struct Options {
   // Train this existing row instead of creating one (a sweep job, ssr train --resume): from its
   // last checkpoint when it has one, else from step 0.
   std::optional<int64_t> run;
-  bool quiet = false;  // no progress output
+  // `ssr train --resume`: a run without a checkpoint to continue from is refused (with what its
+  // folder holds) rather than trained again from step 0, which --restart asks for.
+  bool require_checkpoint = false;
+  bool restart = false;  // --resume --restart: from step 0, whatever checkpoint the folder holds
+  bool quiet = false;    // no progress output
   // This process's rank in a data-parallel job (dist::environment()); one process by default.
   // Only rank 0 writes the store and checkpoints.
   dist::Env dist;

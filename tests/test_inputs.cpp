@@ -100,7 +100,10 @@ std::vector<ssr::testing::Result> run_all(const std::vector<std::string>& args) 
   return out;
 }
 
-void check_refused(const std::vector<Case>& cases, const std::string& absent) {
+// `absent`: the store paths the cases name, one per case (cases run a few at a time, and a case
+// that creates a store before it is refused removes it: a shared path would race), none of which
+// may exist afterwards.
+void check_refused(const std::vector<Case>& cases, const std::vector<std::string>& absent) {
   std::vector<std::string> args;
   for (const auto& c : cases) args.push_back(c.args);
   const auto results = run_all(args);
@@ -112,7 +115,7 @@ void check_refused(const std::vector<Case>& cases, const std::string& absent) {
     CHECK(std::count(results[i].out.begin(), results[i].out.end(), '\n') == 1);
     CHECK(results[i].out.rfind("error: ", 0) == 0);
   }
-  CHECK_FALSE(fs::exists(absent));
+  for (const auto& a : absent) CHECK_FALSE(fs::exists(a));
 }
 
 int64_t rows(const std::string& db) {
@@ -126,7 +129,8 @@ int64_t rows(const std::string& db) {
 
 TEST_CASE("the bad-input corpus is refused with one line and writes nothing", "[config][cli]") {
   const auto dir = inputs_dir();
-  const std::string absent = (dir / "absent.db").string(), store = (dir / "store.db").string();
+  const std::string store = (dir / "store.db").string();
+  std::vector<std::string> absent;
   {
     ssr::store::Store s(store);
     const auto id = s.create_run("h", {{"x", 1}}, 1, ssr::store::this_machine("cpu"));
@@ -139,7 +143,8 @@ TEST_CASE("the bad-input corpus is refused with one line and writes nothing", "[
   for (auto& c : cases) {
     c.args = replace_all(c.args, "{demo}", "experiments/demo.yaml train.steps=1");
     c.args = replace_all(c.args, "{bad}", "tests/fixtures/bad");
-    c.args = replace_all(c.args, "{db}", absent);
+    absent.push_back((dir / fmt::format("absent-{}.db", absent.size())).string());
+    c.args = replace_all(c.args, "{db}", absent.back());
     c.args = replace_all(c.args, "{store}", store);
     c.args = replace_all(c.args, "{tmp}", dir.string());
   }
@@ -148,12 +153,15 @@ TEST_CASE("the bad-input corpus is refused with one line and writes nothing", "[
 }
 
 TEST_CASE("every config key refuses a value of the wrong type or out of range, naming the key", "[config][cli]") {
-  const std::string absent = (inputs_dir() / "keys.db").string();
+  std::vector<std::string> absent;
   std::vector<Case> cases;
   for (const auto& k : ssr::config::schema())
-    for (const auto& v : bad_values(k))
-      cases.push_back({2, k.name + ": ",
-                       fmt::format("train experiments/demo.yaml train.steps=1 '{}={}' --db {}", k.name, v, absent)});
+    for (const auto& v : bad_values(k)) {
+      absent.push_back((inputs_dir() / fmt::format("keys-{}.db", absent.size())).string());
+      cases.push_back(
+          {2, k.name + ": ",
+           fmt::format("train experiments/demo.yaml train.steps=1 '{}={}' --db {}", k.name, v, absent.back())});
+    }
   CHECK(cases.size() > 200);
   check_refused(cases, absent);
 }

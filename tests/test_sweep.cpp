@@ -195,6 +195,26 @@ TEST_CASE("order: seeds-first runs every arm of a seed before the next seed", "[
                     Catch::Contains("order: 'seed' is not an order (axes, seeds-first)"));
 }
 
+TEST_CASE("a variant and an axis that set one key are refused, not silently merged", "[sweep]") {
+  const auto dir = temp_dir("sweep", "clash");
+  for (const std::string body : {"variants:\n  a: [router=lb]\ngrid:\n  router: [vanilla, zloss]\n",
+                                 "variants:\n  a: [router=ssr_l, router.p=0.1]\ngrid:\n  router.p: [0.2, 0.3]\n"}) {
+    INFO(body);
+    CHECK_THROWS_WITH(ssr::sweep::load(write_sweep(dir, body), {}),
+                      Catch::Contains("variant a sets router") && Catch::Contains("axis sets it too"));
+  }
+  // A command-line axis too; a variant crossed only with seeds leaves the grid's key alone.
+  CHECK_THROWS_WITH(ssr::sweep::load(write_sweep(dir, "variants:\n  a: [train.lr=1e-3]\n"), {"train.lr=1e-3,2e-3"}),
+                    Catch::Contains("variant a sets train.lr and the train.lr axis"));
+  const auto ok =
+      ssr::sweep::load(write_sweep(dir,
+                                   "variants:\n  a: {overrides: [router=lb], cross: [run.seed]}\n  b: [router=ssr_l]\n"
+                                   "grid:\n  router.p: [0.1, 0.2]\nseeds: [1]\n"),
+                       {});
+  CHECK(ok.jobs.size() == 3);
+  CHECK(ok.jobs[0].config.s("router.name") == "lb");
+}
+
 TEST_CASE("seeded random search is reproducible and stays within its bounds", "[sweep]") {
   const auto dir = temp_dir("sweep", "random");
   auto body = [](int seed) {

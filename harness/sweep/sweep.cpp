@@ -352,6 +352,21 @@ Spec load(const std::string& file, const std::vector<std::string>& cli, const st
       const auto& cross = has_variants ? axes[0].cross[v] : std::vector<std::string>{};
       if (cross.empty() || std::find(cross.begin(), cross.end(), axes[i].name) != cross.end()) used.push_back(&axes[i]);
     }
+    // A variant and an axis that set one key: the axis, applied later, would replace the variant's
+    // value in every job without a word (variant lb crossed with router: [vanilla, zloss] never
+    // trains lb).
+    if (has_variants)
+      for (const auto& o : axes[0].values[v].second) {
+        const std::string key = o.substr(0, o.find('='));
+        for (const auto* a : used)
+          if (a->name == key ||
+              (!a->extra_labels.empty() && std::any_of(a->extra_labels[0].begin(), a->extra_labels[0].end(),
+                                                       [&](const auto& l) { return l.first == key; })))
+            throw ConfigError(fmt::format(
+                "{}: variant {} sets {} and the {} axis sets it too, so the axis would replace the variant's value "
+                "in every job; drop one, or leave the axis out of the variant with {{overrides: [...], cross: [...]}}",
+                file, axes[0].values[v].first, key, a->name));
+      }
     size_t total = 1;
     for (const auto* a : used) total *= a->values.size();
     if (spec.jobs.size() + total > 100000)

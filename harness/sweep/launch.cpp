@@ -254,11 +254,16 @@ int run_local(store::Store& store, int64_t sweep_id, const LocalOptions& opt) {
             store.finish_run(r.id, "interrupted",
                              fmt::format("worker ended by signal {} while the sweep stopped", WTERMSIG(status)));
       } else if (WIFSIGNALED(status)) {
-        // A worker killed outright never wrote its end: record it, so the sweep shows the failure
-        // and `ssr sweep --resume ID --retry-failed` reruns it from its last checkpoint.
+        // A worker killed outright never wrote its end: record it. Killed from outside (kill -9,
+        // the OOM killer, a hang-up) it is interrupted, and `ssr sweep --resume ID` continues it
+        // from its last checkpoint; a crash (SIGSEGV, SIGABRT, ...) is a failure, rerun only with
+        // --retry-failed.
+        const int sig = WTERMSIG(status);
+        const bool from_outside = sig == SIGKILL || sig == SIGTERM || sig == SIGINT || sig == SIGHUP || sig == SIGQUIT;
         for (const auto& r : store.sweep_runs(sweep_id))
           if (r.job_num == num && r.status == "running")
-            store.finish_run(r.id, "failed", fmt::format("worker killed by signal {}", WTERMSIG(status)));
+            store.finish_run(r.id, from_outside ? "interrupted" : "failed",
+                             fmt::format("worker killed by signal {} ({})", sig, strsignal(sig)));
       } else if (WIFEXITED(status) && WEXITSTATUS(status) == kExitEnvironment && !environment_job) {
         // The next jobs would meet the same disk: launch none, let the running ones end.
         environment_job = num;
@@ -279,6 +284,9 @@ int run_local(store::Store& store, int64_t sweep_id, const LocalOptions& opt) {
       if (j.status == "failed")
         std::cerr << fmt::format("  job {} ({}) failed: ssr show {} --db {}; log {}/job-{}.log\n", j.num, j.labels,
                                  j.run_id, store.path(), opt.log_dir, j.num);
+      else if (j.status == "interrupted")
+        std::cerr << fmt::format("  job {} ({}) was interrupted: `ssr sweep --resume {} --db {}` continues it\n", j.num,
+                                 j.labels, sweep_id, store.path());
   }
   if (g_stop) return 128 + g_stop;
   if (environment_job) {
@@ -288,7 +296,7 @@ int run_local(store::Store& store, int64_t sweep_id, const LocalOptions& opt) {
         sweep_id, *environment_job, opt.log_dir, *environment_job, sweep_id, store.path());
     return kExitEnvironment;
   }
-  return sum.failed || sum.queued || sum.stale ? 1 : 0;
+  return sum.failed || sum.queued || sum.stale || sum.interrupted ? 1 : 0;
 }
 
 std::string array_ranges(const std::vector<int64_t>& jobs) {

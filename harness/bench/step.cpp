@@ -262,6 +262,7 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
     c.run_cfg->set("train.eval_every", 0, "bench step");
     c.run_cfg->set("eval.splits", nlohmann::json::array(), "bench step");
     c.run_cfg->set("run.seed", static_cast<int64_t>(args.seed), "bench step");
+    c.run_cfg->set("run.nproc", int64_t{1}, "bench step");  // one process times one rank's step
     const int64_t streams = c.cfg().i("train.batch_size");
     c.task = train::make_lm_task(
         *c.run_cfg, train::Options{},

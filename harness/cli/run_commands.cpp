@@ -333,8 +333,8 @@ void add_run_commands(CLI::App& app, Context& ctx) {
       "--resume", st->resume,
       "continue stored run RUN_ID from its last checkpoint (from step 0 when it has none), with its stored config");
   train->add_flag("--restart", st->restart,
-                  "with --resume: train the run again from step 0 (when it has no checkpoint of its own to continue "
-                  "from)");
+                  "with --resume: train the run again from step 0 instead of continuing from a checkpoint (one "
+                  "that is missing, unfinished or another run's)");
   train->add_option("--nproc", st->nproc, "data-parallel ranks started on this machine (sets run.nproc)")
       ->check(CLI::Range(int64_t{1}, int64_t{65536}));
   train->footer(

@@ -192,7 +192,8 @@ TEST_CASE("resuming from a corrupted checkpoint is refused with the file's name"
   CHECK(losses() == before);
 }
 
-TEST_CASE("ssr train --resume refuses a run with no checkpoint of its own, naming what its folder holds", "[checkpoint][train]") {
+TEST_CASE("ssr train --resume refuses a run with no checkpoint of its own, naming what its folder holds",
+          "[checkpoint][train]") {
   const auto dir = temp_dir("ckpt_test", "identity");
   const auto db = (dir / "runs.db").string();
   const std::string cfg = std::string(SSR_SOURCE_DIR) + "/experiments/demo.yaml";

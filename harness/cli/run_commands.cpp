@@ -304,7 +304,7 @@ void add_run_commands(CLI::App& app, Context& ctx) {
     double stale_after = 60;
     std::string train_cfg, show_format = "text", cfg_file;
     std::vector<std::string> train_over, cfg_over;
-    bool quiet = false, doc = false, hash_only = false, restart = false;
+    bool quiet = false, doc = false, hash_only = false, restart = false, or_from_start = false;
     int64_t show_id = 0;
     int64_t resume = 0;
     int64_t nproc = 1;
@@ -335,6 +335,9 @@ void add_run_commands(CLI::App& app, Context& ctx) {
   train->add_flag("--restart", st->restart,
                   "with --resume: train the run again from step 0 instead of continuing from a checkpoint (one "
                   "that is missing, unfinished or another run's)");
+  train->add_flag("--or-from-start", st->or_from_start,
+                  "with --resume: a run without a checkpoint trains from step 0, one with a checkpoint continues "
+                  "(what a sweep job does; its ranks are started with it)");
   train->add_option("--nproc", st->nproc, "data-parallel ranks started on this machine (sets run.nproc)")
       ->check(CLI::Range(int64_t{1}, int64_t{65536}));
   train->footer(
@@ -439,10 +442,11 @@ void add_run_commands(CLI::App& app, Context& ctx) {
       if (run->status == "finished") throw ConfigError(fmt::format("--resume: run {} already finished", st->resume));
       cfg = ssr::config::Config::from_json(run->config);
       opts.run = st->resume;
-      opts.require_checkpoint = true;
+      opts.require_checkpoint = !st->or_from_start;
       opts.restart = st->restart;
     } else {
-      if (st->restart) throw ConfigError("--restart: only with --resume RUN_ID");
+      if (st->restart || st->or_from_start)
+        throw ConfigError(fmt::format("{}: only with --resume RUN_ID", st->restart ? "--restart" : "--or-from-start"));
       if (st->train_cfg.empty()) throw ConfigError("train: give CONFIG.yaml (or --resume RUN_ID)");
       cfg = ssr::config::resolve(st->train_cfg, st->train_over);
     }

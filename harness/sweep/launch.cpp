@@ -134,10 +134,11 @@ int work(store::Store& store, int64_t sweep, std::optional<int64_t> job, bool qu
                              nproc > 1 ? fmt::format(" on {} ranks", nproc) : "");
     try {
       if (nproc > 1) {
-        // The ranks are `ssr train --resume RUN` processes of this binary, like `ssr train --nproc`.
+        // The ranks are `ssr train --resume RUN` processes of this binary, like `ssr train --nproc`;
+        // a job that has not started yet has no checkpoint, and trains from step 0.
         dist::check_ranks(cfg);
-        std::vector<std::string> argv = {self_exe(), "train",     "--resume", std::to_string(run->id),
-                                         "--db",     store.path()};
+        std::vector<std::string> argv = {self_exe(),        "train", "--resume",  std::to_string(run->id),
+                                         "--or-from-start", "--db",  store.path()};
         if (quiet) argv.push_back("--quiet");
         if (dist::launch(static_cast<int>(nproc), argv, store.path()) != 0) code = 1;
       } else if (const auto status = train::train(cfg, store, opts).status; status == "failed") {

@@ -13,6 +13,7 @@
 #include "harness/config/config.hpp"
 #include "harness/store/query.hpp"
 #include "harness/store/store.hpp"
+#include "harness/train/checkpoint.hpp"
 #include "tests/helpers.hpp"
 
 namespace fs = std::filesystem;
@@ -47,6 +48,36 @@ TEST_CASE("store migrates an empty file and reopens without migrating again", "[
   CHECK(again.schema_version() == 7);
   CHECK(again.runs().size() == 1);
   CHECK(again.id() == Store(path).id());  // drawn once, when the store was created
+}
+
+TEST_CASE("a copied store takes its own id when first written, and a moved one keeps its id", "[store]") {
+  // Checkpoint folders are named by the store id: a copy with the original's id would let `ssr rm`
+  // on the copy delete the original's checkpoints.
+  const fs::path dir = fs::path(temp_db("store", "identity.db")).parent_path() / "identity";
+  fs::create_directories(dir);
+  const auto a = (dir / "a.db").string(), b = (dir / "b.db").string(), c = (dir / "c.db").string();
+  std::string original;
+  {
+    Store s(a);
+    original = s.id();
+    s.create_run("abc", {{"x", 1}}, 1, ssr::store::this_machine("cpu"));
+  }  // closed: the WAL is folded back into a.db
+  fs::copy_file(a, b);
+  CHECK(Store(b, Store::Access::read).id() == original);  // reading changes nothing
+  std::string copied;
+  {
+    Store s(b);
+    copied = s.id();
+    CHECK(s.runs().size() == 1);  // the copy keeps its rows
+  }
+  CHECK(copied != original);
+  CHECK(Store(b).id() == copied);  // decided once
+  CHECK(Store(a).id() == original);
+  CHECK(ssr::train::run_dir("out", Store(b), 1) != ssr::train::run_dir("out", Store(a), 1));
+  // Moved (the old file gone): the same store, the same id, so its checkpoints stay its own.
+  fs::rename(a, c);
+  CHECK(Store(c).id() == original);
+  CHECK(Store(c).id() == original);
 }
 
 TEST_CASE("a version-4 store gains status interrupted and a pid column, keeping runs, metrics and foreign keys",

@@ -5,6 +5,7 @@
 #include <array>
 #include <chrono>
 #include <filesystem>
+#include <iostream>
 #include <thread>
 
 #include "harness/store/sqlite.hpp"
@@ -202,9 +203,49 @@ Store::Store(const std::string& path, Access access) : path_(path) {
     throw StoreError(fmt::format("{}: schema version {} is newer than this ssr ({}); update ssr", path,
                                  schema_version(), kMigrations.size()));
   }
-  Stmt id(db_, "SELECT value FROM store_info WHERE key='id'");
-  if (!id.step()) throw StoreError(fmt::format("{}: the store has no id (store_info)", path));
-  id_ = id.text(0);
+  {
+    Stmt id(db_, "SELECT value FROM store_info WHERE key='id'");
+    if (!id.step()) throw StoreError(fmt::format("{}: the store has no id (store_info)", path));
+    id_ = id.text(0);
+  }
+  if (write) claim_identity();
+}
+
+// Checkpoint folders are named by the store's id, so two stores with one id would share them and
+// `ssr rm` on one would delete the other's. A store remembers the file it lives in: opened for
+// writing as another file while that one still exists as a store with the same id, it is a copy
+// and takes an id of its own (its runs' checkpoints stay the original's). A store whose old file
+// is gone (moved, or seen through another mount) keeps its id.
+void Store::claim_identity() {
+  std::error_code ec;
+  const std::string here = fs::weakly_canonical(fs::absolute(path_), ec).string();
+  auto recorded_path = [&] {
+    Stmt s(db_, "SELECT value FROM store_info WHERE key='path'");
+    return s.step() ? s.text(0) : std::string();
+  };
+  if (recorded_path() == here) return;
+  Transaction tx(db_);  // decided once: the workers of a sweep open the store together
+  const std::string recorded = recorded_path();
+  if (recorded == here) return;
+  bool copy = false;
+  if (!recorded.empty() && fs::is_regular_file(recorded, ec) && !fs::equivalent(recorded, here, ec)) {
+    try {
+      copy = Store(recorded, Access::read).id() == id_;
+    } catch (const StoreError&) {  // not a store (any more): this one is not its copy
+    }
+  }
+  if (copy) {
+    Stmt(db_, "UPDATE store_info SET value=lower(hex(randomblob(8))) WHERE key='id'").step();
+    Stmt id(db_, "SELECT value FROM store_info WHERE key='id'");
+    id.step();
+    std::cerr << fmt::format(
+        "note: {} is a copy of the run store {} (store id {}); it now has its own id {}, so its checkpoint folders "
+        "are its own and the original's stay untouched\n",
+        path_, recorded, id_, id.text(0));
+    id_ = id.text(0);
+  }
+  Stmt(db_, "INSERT OR REPLACE INTO store_info (key, value) VALUES ('path', ?)").bind(1, here).step();
+  tx.commit();
 }
 
 Store::~Store() { sqlite3_close(db_); }

@@ -168,6 +168,7 @@ class Store {
  private:
   void exec(const std::string& sql) const;
   void migrate();
+  void claim_identity();
   std::string path_;
   std::string id_;
   sqlite3* db_ = nullptr;

@@ -264,9 +264,10 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
     c.run_cfg->set("run.seed", static_cast<int64_t>(args.seed), "bench step");
     c.run_cfg->set("run.nproc", int64_t{1}, "bench step");  // one process times one rank's step
     const int64_t streams = c.cfg().i("train.batch_size");
-    c.task = train::make_lm_task(
-        *c.run_cfg, train::Options{},
-        bench_corpus(vocab, streams, c.cfg().i("train.seq_len"), 1 + args.warmup + args.repeats, gen));
+    // Its steps: the first, the warm-up and timed rounds, the sync count's and the profile's.
+    const int64_t steps = 1 + args.warmup + args.repeats + 1 + (args.trace.empty() ? 0 : args.trace_steps);
+    c.task = train::make_lm_task(*c.run_cfg, train::Options{},
+                                 bench_corpus(vocab, streams, c.cfg().i("train.seq_len"), steps, gen));
     c.opt = train::make_optimizer(*c.run_cfg, c.task->model().parameters(), c.task->no_decay_parameters());
     c.update = std::make_unique<train::Step>(*c.run_cfg, *c.task, *c.opt);
     c.task->model().train();

@@ -55,6 +55,19 @@ std::string refusal(const std::function<void()>& f) {
   return "";
 }
 
+// Trains a 4-step demo run (a checkpoint every 2 steps, under dir/ckpt) into dir/runs.db per seed.
+void train_runs(const fs::path& dir, const std::vector<int>& seeds) {
+  for (int seed : seeds) {
+    auto a = ssr::testing::run(fmt::format(
+        "train {}/experiments/demo.yaml train.steps=4 train.batch_size=4 train.seq_len=16 eval.batch_size=4 "
+        "eval.max_segments=1 train.eval_every=0 run.threads=1 train.checkpoint_every=2 run.out_dir={} run.seed={} "
+        "--db {} --quiet",
+        SSR_SOURCE_DIR, (dir / "ckpt").string(), seed, (dir / "runs.db").string()));
+    INFO(a.out);
+    REQUIRE(a.code == 0);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("a checkpoint reads back bit for bit and leaves no temporary", "[checkpoint]") {
@@ -152,14 +165,7 @@ TEST_CASE("a write that fails on a full disk keeps the previous checkpoint and r
 TEST_CASE("resuming from a corrupted checkpoint is refused with the file's name", "[checkpoint][train]") {
   const auto dir = temp_dir("ckpt_test", "resume");
   const auto db = (dir / "runs.db").string();
-  const std::string cfg = std::string(SSR_SOURCE_DIR) + "/experiments/demo.yaml";
-  const std::string args =
-      "train.steps=4 train.batch_size=4 train.seq_len=16 eval.batch_size=4 eval.max_segments=1 train.eval_every=0 "
-      "run.threads=1 train.checkpoint_every=2 run.out_dir=" +
-      (dir / "ckpt").string();
-  auto a = ssr::testing::run(fmt::format("train {} {} --db {} --quiet", cfg, args, db));
-  INFO(a.out);
-  REQUIRE(a.code == 0);
+  train_runs(dir, {1});
   ssr::store::Store store(db);
   store.finish_run(1, "failed", "stopped by the test");  // a finished run is not resumed at all
   const auto last = ssr::train::run_dir((dir / "ckpt").string(), store, 1) / "last.pt";
@@ -196,16 +202,7 @@ TEST_CASE("ssr train --resume refuses a run with no checkpoint of its own, namin
           "[checkpoint][train]") {
   const auto dir = temp_dir("ckpt_test", "identity");
   const auto db = (dir / "runs.db").string();
-  const std::string cfg = std::string(SSR_SOURCE_DIR) + "/experiments/demo.yaml";
-  const std::string args =
-      "train.steps=4 train.batch_size=4 train.seq_len=16 eval.batch_size=4 eval.max_segments=1 train.eval_every=0 "
-      "run.threads=1 train.checkpoint_every=2 run.out_dir=" +
-      (dir / "ckpt").string();
-  for (int seed : {1, 2}) {
-    auto a = ssr::testing::run(fmt::format("train {} {} run.seed={} --db {} --quiet", cfg, args, seed, db));
-    INFO(a.out);
-    REQUIRE(a.code == 0);
-  }
+  train_runs(dir, {1, 2});
   ssr::store::Store store(db);
   const auto folder = [&](int64_t run) { return ssr::train::run_dir((dir / "ckpt").string(), store, run); };
   const auto rows = [&](int64_t run) { return ssr::testing::series(store, run, "train", "loss"); };

@@ -71,19 +71,13 @@ Profile profile_steps(const std::function<void()>& step, int steps, const torch:
   prof::prepareProfiler(config, activities);
   sync();
   Profile p;
-  int64_t syncs = 0;
   prof::enableProfiler(config, activities);
   const auto t0 = std::chrono::steady_clock::now();
-  {
-    SyncCounter counter(device);
-    for (int i = 0; i < steps; ++i) step();
-    sync();
-    syncs = counter.count();
-  }
+  for (int i = 0; i < steps; ++i) step();
+  sync();
   p.step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / steps;
   auto result = prof::disableProfiler();
   result->save(path);
-  if (syncs >= 0) p.host_syncs = syncs / steps;
 
   // The scopes' time ranges (any thread: CUDA's backward runs on the autograd engine's thread).
   struct Range {

@@ -1,6 +1,6 @@
 // What one case's steps do, for `ssr bench step --trace FILE`: a Kineto (Chrome trace) profile,
 // the time per phase from the ssr:: scopes the step opens (lm_task, switch_lm, moe, train/step),
-// and, on CUDA, the host syncs a step makes.
+// and a counter of the host syncs a step makes on CUDA.
 #pragma once
 #include <torch/torch.h>
 
@@ -18,7 +18,6 @@ struct Phase {
 struct Profile {
   std::vector<Phase> phases;  // in the order above; phases a step did not enter are absent
   double step_ms = 0;         // wall time per step, profiler on
-  int64_t host_syncs = -1;    // per step on CUDA (sync-debug warnings); -1 on CPU, where there are none
 };
 
 // Runs `steps` calls of `step` under the profiler and writes the trace to `path` (JSON; .gz not

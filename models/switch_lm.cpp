@@ -15,9 +15,9 @@ namespace {
 
 // a @ b of bfloat16 operands with a float32 result: cuBLAS writes its float32 accumulator
 // (mm.dtype), so logits and gradients are never rounded to bfloat16 in between; where that
-// kernel does not exist (CPU) the float32 product of the same bfloat16 values. `acc` += a @ b
-// in place in float32 (a weight gradient summed over chunks).
-// Outside autocast, which would cast the float32 operands back to bfloat16.
+// kernel does not exist (CPU) the float32 product of the same bfloat16 values, outside autocast,
+// which would cast the float32 operands back to bfloat16. addmm_f32_: `acc` += a @ b in place in
+// float32 (a weight gradient summed over chunks).
 torch::Tensor mm_f32(const torch::Tensor& a, const torch::Tensor& b) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   return a.is_cuda() ? at::mm(a, b, at::kFloat) : torch::mm(a.to(torch::kFloat), b.to(torch::kFloat));

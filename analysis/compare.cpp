@@ -10,6 +10,7 @@
 
 #include "analysis/stats.hpp"
 #include "harness/config/config.hpp"
+#include "harness/store/query.hpp"
 
 namespace ssr::analysis {
 namespace {
@@ -42,7 +43,7 @@ std::string compare_runs(const store::Store& store, const std::vector<int64_t>& 
   for (auto id : ids) {
     auto r = store.run(id);
     if (!r) throw config::ConfigError(fmt::format("compare: no run {} in {} (ssr runs lists them)", id, store.path()));
-    cfgs.push_back(config::Config::from_json(r->config));
+    cfgs.push_back(store::stored_config(*r));
     runs.push_back(std::move(*r));
   }
   std::string cols, rule = "|---|";  // " run 1 | run 3 |"

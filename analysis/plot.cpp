@@ -9,6 +9,7 @@
 #include "analysis/report_data.hpp"
 #include "analysis/stats.hpp"
 #include "harness/config/config.hpp"
+#include "harness/store/query.hpp"
 
 namespace ssr::analysis {
 namespace {
@@ -52,7 +53,7 @@ Plot plot_runs(const store::Store& store, const PlotRequest& r) {
   for (const auto id : r.runs) {
     const auto run = store.run(id);
     if (!run) throw ConfigError(fmt::format("plot: no run {} in {} (ssr runs lists them)", id, store.path()));
-    const auto cfg = config::Config::from_json(run->config);
+    const auto cfg = store::stored_config(*run);
     const std::string name =
         r.by.empty() ? fmt::format("run {}", id)
                      : fmt::format("{}={}", r.by, cfg.has(r.by) ? config_text(cfg.at(r.by)) : std::string("-"));

@@ -2,6 +2,7 @@
 // figures built from a small fixture store, compared with golden files (tests/golden/; rerun with
 // SSR_UPDATE_GOLDEN=1 to rewrite them after an intended change, then read the diff).
 #include <catch2/catch.hpp>
+#include <sqlite3.h>
 
 #include <set>
 #include <unistd.h>
@@ -302,6 +303,51 @@ TEST_CASE("ssr compare: differing keys, results with units, paired differences b
   CHECK(r.out.find("| router.name=lb | valid/ppl | +3 ± 13 |") != std::string::npos);
   CHECK(ssr::testing::run(fmt::format("compare 1 9 --db {}", db)).out.find("no run 9") != std::string::npos);
   CHECK(ssr::testing::run(fmt::format("compare 1 --db {}", db)).code == 2);
+}
+
+TEST_CASE("a run whose stored config is damaged is listed as damaged, and no command reads it as the defaults",
+          "[report][cli]") {
+  const auto dir = std::filesystem::temp_directory_path() / ("ssr_damaged_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const std::string db = (dir / "runs.db").string();
+  {
+    ssr::store::Store s(db);
+    for (const std::string router : {"vanilla", "lb", "zloss"}) {
+      ssr::config::Config cfg;
+      cfg.set("router.name", router, "test");
+      const auto id = s.create_run(cfg.hash(), cfg.to_json(), 1, ssr::store::this_machine("cpu"));
+      s.set_result(id, "valid", "ppl", 100);
+      s.finish_run(id, router == "lb" ? "interrupted" : "finished");
+    }
+    // Run 2: JSON but no config; run 3: not JSON at all.
+    REQUIRE(sqlite3_exec(s.handle(), "UPDATE runs SET config_json='[]' WHERE id=2", nullptr, nullptr, nullptr) ==
+            SQLITE_OK);
+    REQUIRE(sqlite3_exec(s.handle(), "UPDATE runs SET config_json='{\"groups\":' WHERE id=3", nullptr, nullptr,
+                         nullptr) == SQLITE_OK);
+  }
+  const auto runs = ssr::testing::run(fmt::format("runs --db {}", db));
+  INFO(runs.out);
+  CHECK(runs.code == 0);
+  CHECK(runs.out.find("1   finished  vanilla") != std::string::npos);
+  CHECK(runs.out.find("2   damaged") != std::string::npos);
+  CHECK(runs.out.find("run 3 is damaged: config_json is not JSON") != std::string::npos);
+  const auto json = ssr::testing::run(fmt::format("runs --format json --db {} 2>/dev/null", db));
+  CHECK(json.out.find("\"damage\": \"config_json is no stored config") != std::string::npos);
+  for (const auto& [args, want] : std::vector<std::pair<std::string, std::string>>{
+           {"compare 1 2", "run 2: its stored config is damaged"},
+           {"plot 1 3 --by router.name", "run 3: its stored config is damaged (config_json is not JSON)"},
+           {"train --resume 2", "run 2: its stored config is damaged"}}) {
+    const auto r = ssr::testing::run(fmt::format("{} --db {}", args, db));
+    INFO(args << ": " << r.out);
+    CHECK(r.code == 2);
+    CHECK(r.out.find(want) != std::string::npos);
+  }
+  const auto show = ssr::testing::run(fmt::format("show 3 --db {}", db));
+  INFO(show.out);
+  CHECK(show.code == 0);
+  CHECK(show.out.find("status damaged") != std::string::npos);
+  CHECK(show.out.find("valid    ppl        100") != std::string::npos);
 }
 
 static std::string file_text(const std::string& path) {

@@ -196,6 +196,7 @@ int cmd_runs(const std::string& db, const RunsArgs& a) {
               {"config", r.config}};
     if (r.sweep_id) j["sweep_id"] = *r.sweep_id;
     if (r.job_num) j["job_num"] = *r.job_num;
+    if (!r.damage.empty()) j["damage"] = r.damage;
     for (const auto& res : results[r.id])
       j["results"][res.split][res.name] = std::isnan(res.value) ? json("NaN") : json(res.value);
     all.push_back(j);
@@ -213,6 +214,8 @@ int cmd_runs(const std::string& db, const RunsArgs& a) {
     }
   } else {
     print_table(shown, rows);
+    for (const auto& r : runs)
+      if (!r.damage.empty()) std::cerr << fmt::format("run {} is damaged: {} (ssr show {})\n", r.id, r.damage, r.id);
     if (rows.empty()) std::cout << "(no runs" << (a.where.empty() ? "" : " match " + a.where) << " in " << db << ")\n";
   }
   return 0;
@@ -249,6 +252,7 @@ int cmd_show(const std::string& db, int64_t id, const std::string& format, doubl
               {"torch_version", r.info.torch_version},
               {"step", r.step},
               {"error", r.error}};
+    if (!r.damage.empty()) j["damage"] = r.damage;
     for (const auto& res : results)
       j["results"][res.split][res.name] = std::isnan(res.value) ? json("NaN") : json(res.value);
     for (const auto& [p, v] : phase) j["timings_mean_s"][p] = v.first / v.second;
@@ -269,8 +273,15 @@ int cmd_show(const std::string& db, int64_t id, const std::string& format, doubl
   std::cout << "\ntimings (mean seconds per step):\n";
   for (const auto& [p, v] : phase)
     std::cout << fmt::format("  {:<10} {:.4f}  over {} steps\n", p, v.first / v.second, v.second);
-  const auto cfg = ssr::config::Config::from_json(r.config);
-  if (const auto e = ssr::models::sinkhorn_expectation(cfg)) {
+  // A damaged row still shows its results and curves; only what needs its config is left out.
+  std::optional<ssr::config::Config> cfg;
+  std::string damage;
+  try {
+    cfg = ssr::store::stored_config(r);
+  } catch (const ssr::config::ConfigError& e) {
+    damage = e.what();
+  }
+  if (const auto e = cfg ? ssr::models::sinkhorn_expectation(*cfg) : std::nullopt) {
     // Observed: the Sinkhorn calls of every logging window, summed (validation calls included
     // for the Sinkhorn baseline, which solves in evaluation too).
     std::map<std::string, double> observed;
@@ -292,7 +303,7 @@ int cmd_show(const std::string& db, int64_t id, const std::string& format, doubl
   for (const auto& [k, m] : last)
     if (k.second.find('/') == std::string::npos)
       std::cout << fmt::format("  {:<6} {:<14} {:<12} step {}\n", k.first, k.second, fmt_num(m.value), m.step);
-  std::cout << "\nconfig:\n" << cfg.to_yaml();
+  std::cout << "\nconfig:\n" << (cfg ? cfg->to_yaml() : "  (" + damage + ")\n");
   return 0;
 }
 
@@ -440,7 +451,7 @@ void add_run_commands(CLI::App& app, Context& ctx) {
       auto run = store.run(st->resume);
       if (!run) throw ConfigError(fmt::format("--resume: no run {} in {}", st->resume, ctx.db));
       if (run->status == "finished") throw ConfigError(fmt::format("--resume: run {} already finished", st->resume));
-      cfg = ssr::config::Config::from_json(run->config);
+      cfg = ssr::store::stored_config(*run);
       opts.run = st->resume;
       opts.require_checkpoint = !st->or_from_start;
       opts.restart = st->restart;

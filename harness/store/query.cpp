@@ -57,6 +57,17 @@ std::optional<std::string> lookup(const Run& r, const std::string& key, double s
   return std::nullopt;
 }
 
+config::Config stored_config(const Run& r) {
+  std::string why = r.damage;
+  if (why.empty()) try {
+      return config::Config::from_json(r.config);
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
+  throw config::ConfigError(fmt::format("run {}: its stored config is damaged ({}); ssr show {} lists what is left", r.id,
+                                        why, r.id));
+}
+
 std::string headline_name(const std::vector<Result>& results, const std::string& split) {
   for (const auto& r : results)
     if (r.split == split && (r.name == "ppl" || r.name == "bpc" || r.name == "top1")) return r.name;

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "harness/config/config.hpp"
 #include "harness/store/store.hpp"
 
 namespace ssr::store {
@@ -30,6 +31,10 @@ void require_known_key(const std::string& key, const std::string& flag);
 // Throws config::ConfigError for a malformed condition or an unknown key.
 std::vector<Run> filter_runs(const std::vector<Run>& runs, const std::string& where, double stale_after,
                              const Store* store = nullptr);
+
+// A run's stored config. Throws config::ConfigError naming the run when its row is damaged, so no
+// command reads a damaged row as the defaults.
+config::Config stored_config(const Run& run);
 
 // The label of a run's router: its group choice (e.g. ssr_l) or router.name.
 std::string router_label(const Run& run);

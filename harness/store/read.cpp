@@ -18,7 +18,13 @@ Run read_run(const Stmt& s) {
   r.sweep_id = s.opt_i64(1);
   r.job_num = s.opt_i64(2);
   r.config_hash = s.text(3);
-  r.config = json::parse(s.text(4));
+  // One damaged row (edited by hand, a bad copy) must not stop every listing: keep it, marked.
+  r.config = json::parse(s.text(4), nullptr, /*allow_exceptions=*/false);
+  if (r.config.is_discarded())
+    r.damage = "config_json is not JSON";
+  else if (!r.config.is_object() || !r.config.contains("groups") || !r.config["groups"].is_object())
+    r.damage = "config_json is no stored config (an object with \"groups\")";
+  if (!r.damage.empty()) r.config = json::object();
   r.status = s.text(5);
   r.seed = s.i64(6);
   r.info = RunInfo{s.text(7), s.text(8), s.text(9), s.text(10), s.i64(11), s.text(12)};

@@ -39,9 +39,13 @@ struct Run {
   double created_at = 0, started_at = 0, ended_at = 0, heartbeat_at = 0;
   int64_t step = 0;
   std::string error;
+  // Why the stored config_json cannot be read as a config ("" when it can); `config` is then {}.
+  std::string damage;
   // `running` with a heartbeat older than `stale_after` seconds: the process died.
   bool stale(double stale_after) const { return status == "running" && now() - heartbeat_at > stale_after; }
-  std::string shown_status(double stale_after) const { return stale(stale_after) ? "stale" : status; }
+  std::string shown_status(double stale_after) const {
+    return !damage.empty() ? "damaged" : stale(stale_after) ? "stale" : status;
+  }
 };
 
 struct Metric {

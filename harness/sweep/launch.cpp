@@ -21,6 +21,7 @@
 #include "harness/config/config.hpp"
 #include "harness/dist/launch.hpp"
 #include "harness/errors.hpp"
+#include "harness/store/query.hpp"
 #include "harness/train/progress.hpp"
 #include "harness/train/trainer.hpp"
 
@@ -124,7 +125,7 @@ int work(store::Store& store, int64_t sweep, std::optional<int64_t> job, bool qu
       }
       return code;
     }
-    auto cfg = config::Config::from_json(run->config);
+    auto cfg = store::stored_config(*run);
     cfg.set("run.db", store.path(), "--db");
     train::Options opts;
     opts.quiet = quiet;

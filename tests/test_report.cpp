@@ -333,7 +333,7 @@ TEST_CASE("a run whose stored config is damaged is listed as damaged, and no com
   CHECK(runs.out.find("2   damaged") != std::string::npos);
   CHECK(runs.out.find("run 3 is damaged: config_json is not JSON") != std::string::npos);
   const auto json = ssr::testing::run(fmt::format("runs --format json --db {} 2>/dev/null", db));
-  CHECK(json.out.find("\"damage\": \"config_json is no stored config") != std::string::npos);
+  CHECK(json.out.find("\"damage\": \"config_json is not a JSON object") != std::string::npos);
   for (const auto& [args, want] : std::vector<std::pair<std::string, std::string>>{
            {"compare 1 2", "run 2: its stored config is damaged"},
            {"plot 1 3 --by router.name", "run 3: its stored config is damaged (config_json is not JSON)"},

@@ -336,6 +336,39 @@ TEST_CASE("planning and running a sweep is idempotent, and equal configs are reu
   std::vector<std::string> states;
   for (const auto& j : st) states.push_back(j.status);
   CHECK(states == std::vector<std::string>{"reused", "reused", "finished", "finished"});
+  // The sweep's selection holds its reused runs too.
+  r = run(fmt::format("runs --where sweep=2 --columns id --format csv --db {}", db));
+  CHECK(r.out == "id\n3\n4\n5\n6\n");
+  r = run(fmt::format("runs --where sweep!=2 --columns id --format csv --db {}", db));
+  CHECK(r.out == "id\n1\n2\n");
+}
+
+TEST_CASE("a sweep job whose run was deleted shows as missing, and --resume or the same plan runs it again",
+          "[sweep]") {
+  const auto dir = temp_dir("sweep", "deleted");
+  const auto db = (dir / "runs.db").string();
+  const auto file = write_sweep(dir, "grid:\n  router.name: [vanilla, lb]\n");
+  REQUIRE(run(fmt::format("sweep {} --db {} --quiet", file, db)).code == 0);
+  REQUIRE(run(fmt::format("rm 2 --yes --db {}", db)).code == 0);
+  auto r = run(fmt::format("sweep status 1 --db {}", db));
+  INFO(r.out);
+  CHECK(r.out.find("[1/2 done, 1 missing]") != std::string::npos);
+  r = run(fmt::format("sweep --resume 1 --db {}", db));
+  INFO(r.out);
+  CHECK(r.code == 0);
+  CHECK(r.out.find("requeued 0 job(s), planned 1 whose run was deleted") != std::string::npos);
+  CHECK(r.out.find("[2/2 done]") != std::string::npos);
+  int64_t again = 0;
+  for (const auto& row : ssr::store::Store(db).sweep_runs(1))
+    if (row.job_num == 1) again = row.id;
+  REQUIRE(run(fmt::format("rm {} --yes --db {}", again, db)).code == 0);
+  r = run(fmt::format("sweep {} --db {}", file, db));
+  INFO(r.out);
+  CHECK(r.code == 0);
+  CHECK(r.out.find("already planned") != std::string::npos);
+  CHECK(r.out.find("[2/2 done]") != std::string::npos);
+  ssr::store::Store s(db);
+  CHECK(finished_per_job(s, 1) == std::map<int64_t, int>{{0, 1}, {1, 1}});
 }
 
 TEST_CASE("two stores that share run.out_dir keep their checkpoints apart", "[sweep]") {

@@ -399,7 +399,8 @@ void add_run_commands(CLI::App& app, Context& ctx) {
   rm->add_flag("--yes", *rm_yes, "do it (without: list what would be deleted)");
   rm->add_option("--db", db, "run store")->capture_default_str();
   rm->footer(
-      "A run that a live process still trains is refused. A sweep's job whose run is deleted shows as missing.\n"
+      "A run that a live process still trains is refused. A sweep's job whose run is deleted shows as missing; `ssr "
+      "sweep --resume` runs it again.\n"
       "Examples:\n  ssr rm 3 4\n  ssr rm 3 4 --yes");
   rm->callback([rm_ids, rm_yes, st, &ctx] {
     require_store(ctx.db);

@@ -60,6 +60,38 @@ void print_script(const sweep::Spec& spec, const store::Store* store, const std:
             << sweep::slurm_script(sw, all, db, log_dir, sweep::slurm_options(spec.slurm, a.slurm));
 }
 
+// Queues again the jobs whose run was deleted, each rebuilt from the plan's base config and its
+// overrides; a job whose config no longer rebuilds to its planned hash (the base file changed)
+// is named, not run under another config.
+int64_t queue_deleted(store::Store& store, int64_t id, double stale_after) {
+  const auto sweep = *store.sweep(id);
+  std::vector<store::PlannedJob> jobs;
+  for (const auto& s : sweep::job_status(store, sweep, stale_after)) {
+    if (s.status != "missing") continue;
+    const auto& all = sweep.spec.at("jobs");
+    const auto& j = *std::find_if(all.begin(), all.end(), [&](const auto& x) { return x.at("num") == s.num; });
+    const auto hash = j.at("hash").get<std::string>();
+    std::string why;
+    try {
+      auto cfg =
+          config::resolve(sweep.spec.at("base").get<std::string>(), j.at("overrides").get<std::vector<std::string>>());
+      cfg.set("run.db", store.path(), "--db");
+      if (cfg.hash() == hash) {
+        jobs.push_back({s.num, hash, cfg.to_json(), cfg.i("run.seed")});
+        continue;
+      }
+      why = fmt::format("rebuilds to hash {}, not its planned {}", cfg.hash(), hash);
+    } catch (const ConfigError& e) {
+      why = e.what();
+    }
+    std::cerr << fmt::format(
+        "sweep {} job {} ({}): its run was deleted and its config no longer rebuilds ({}); "
+        "plan the sweep file again\n",
+        id, s.num, s.labels, why);
+  }
+  return store.queue_missing(id, jobs);
+}
+
 // `file_slurm`: the sbatch options of the sweep file as it is now (a file edited since the plan
 // was stored asks for what it says now); without it, those stored with the plan (--resume).
 int launch(store::Store& store, int64_t id, const SweepArgs& a, const nlohmann::json* file_slurm = nullptr) {
@@ -217,7 +249,9 @@ void add_sweep_commands(CLI::App& app, Context& ctx) {
       store::Store store(ctx.db);
       if (!store.sweep(a->resume)) throw ConfigError(fmt::format("--resume: no sweep {} in {}", a->resume, ctx.db));
       const auto n = store.requeue(a->resume, a->stale_after, a->retry_failed);
-      std::cerr << fmt::format("sweep {}: requeued {} job(s)\n", a->resume, n);
+      const auto again = queue_deleted(store, a->resume, a->stale_after);
+      std::cerr << fmt::format("sweep {}: requeued {} job(s){}\n", a->resume, n,
+                               again ? fmt::format(", planned {} whose run was deleted", again) : "");
       ctx.exit_code = launch(store, a->resume, *a);
       return;
     }

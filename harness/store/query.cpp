@@ -2,7 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <cstdlib>
+#include <set>
 #include <sstream>
 
 #include "harness/config/config.hpp"
@@ -64,8 +66,8 @@ config::Config stored_config(const Run& r) {
     } catch (const std::exception& e) {
       why = e.what();
     }
-  throw config::ConfigError(fmt::format("run {}: its stored config is damaged ({}); ssr show {} lists what is left", r.id,
-                                        why, r.id));
+  throw config::ConfigError(
+      fmt::format("run {}: its stored config is damaged ({}); ssr show {} lists what is left", r.id, why, r.id));
 }
 
 std::string headline_name(const std::vector<Result>& results, const std::string& split) {
@@ -103,6 +105,7 @@ std::vector<Run> filter_runs(const std::vector<Run>& runs, const std::string& wh
                              const Store* store) {
   struct Cond {
     std::string key, op, value;
+    std::optional<std::set<int64_t>> members;  // sweep=N: the runs of sweep N
   };
   std::vector<Cond> conds;
   std::stringstream ss(where);
@@ -117,18 +120,27 @@ std::vector<Run> filter_runs(const std::vector<Run>& runs, const std::string& wh
     if (at == 0 || op.empty() || op == "!")
       throw config::ConfigError(
           fmt::format("--where: '{}' is not key=value (nor key!=value, key<value, <=, >, >=)", part));
-    conds.push_back({part.substr(0, at), op, part.substr(at + len)});
+    conds.push_back({part.substr(0, at), op, part.substr(at + len), std::nullopt});
   }
   for (const auto& c : conds) {
     require_known_key(c.key, "--where");
     if (c.op != "=" && c.op != "!=" && !number(c.value))
       throw config::ConfigError(fmt::format("--where: '{}{}{}': {} compares numbers", c.key, c.op, c.value, c.op));
   }
+  // sweep=N selects the runs that answer sweep N's jobs, the reused ones included.
+  for (auto& c : conds)
+    if (const auto n = number(c.value);
+        store && c.key == "sweep" && (c.op == "=" || c.op == "!=") && n && *n == std::floor(*n))
+      c.members = store->sweep_members(static_cast<int64_t>(*n));
   std::vector<Run> out;
   for (const auto& r : runs) {
     std::optional<std::vector<Result>> results;
     bool keep = true;
     for (const auto& c : conds) {
+      if (c.members) {
+        if (c.members->contains(r.id) == (c.op == "!=")) keep = false;
+        continue;
+      }
       auto v = lookup(r, c.key, stale_after);
       if (!v) {
         if (!results) results = store ? store->results(r.id) : std::vector<Result>{};

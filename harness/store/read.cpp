@@ -22,8 +22,8 @@ Run read_run(const Stmt& s) {
   r.config = json::parse(s.text(4), nullptr, /*allow_exceptions=*/false);
   if (r.config.is_discarded())
     r.damage = "config_json is not JSON";
-  else if (!r.config.is_object() || !r.config.contains("groups") || !r.config["groups"].is_object())
-    r.damage = "config_json is no stored config (an object with \"groups\")";
+  else if (!r.config.is_object())
+    r.damage = "config_json is not a JSON object";
   if (!r.damage.empty()) r.config = json::object();
   r.status = s.text(5);
   r.seed = s.i64(6);
@@ -115,6 +115,21 @@ std::vector<Sweep> Store::sweeps() const {
   Stmt s(db_, "SELECT id, name, spec_json, created_at FROM sweeps ORDER BY id");
   std::vector<Sweep> out;
   while (s.step()) out.push_back({s.i64(0), s.text(1), json::parse(s.text(2)), s.f64(3)});
+  return out;
+}
+
+std::set<int64_t> Store::sweep_members(int64_t id) const {
+  std::set<int64_t> out;
+  const auto sw = sweep(id);
+  if (!sw) return out;
+  std::set<int64_t> own_jobs;
+  for (const auto& r : sweep_runs(id)) {
+    out.insert(r.id);
+    if (r.job_num) own_jobs.insert(*r.job_num);
+  }
+  for (const auto& j : sw->spec.value("jobs", json::array()))
+    if (!own_jobs.contains(j.value("num", int64_t{-1})))
+      if (auto done = done_run(j.value("hash", std::string()))) out.insert(*done);
   return out;
 }
 

@@ -265,28 +265,51 @@ std::pair<int64_t, bool> Store::plan_sweep(const std::string& name, const json& 
     Stmt f(db_,
            "SELECT id FROM sweeps WHERE name=? AND json_extract(spec_json, '$.plan_hash')=? ORDER BY id DESC LIMIT 1");
     f.bind(1, name).bind(2, plan_hash);
-    if (f.step()) return {f.i64(0), false};
+    if (f.step()) {
+      // The same plan again: it continues, and a job whose run was deleted (ssr rm) runs again.
+      const int64_t id = f.i64(0);
+      insert_missing(id, jobs);
+      tx.commit();
+      return {id, false};
+    }
   }
   Stmt s(db_, "INSERT INTO sweeps (name, spec_json, created_at) VALUES (?,?,?)");
   s.bind(1, name).bind(2, spec.dump()).bind(3, now());
   s.step();
   const int64_t id = sqlite3_last_insert_rowid(db_);
+  insert_missing(id, jobs);
+  tx.commit();
+  return {id, true};
+}
+
+int64_t Store::insert_missing(int64_t sweep, const std::vector<PlannedJob>& jobs) {
   Stmt done(db_, "SELECT 1 FROM runs WHERE config_hash=? AND status IN ('finished','nan') LIMIT 1");
+  Stmt own(db_, "SELECT 1 FROM runs WHERE sweep_id=? AND job_num=? LIMIT 1");
   Stmt ins(db_,
            "INSERT INTO runs (sweep_id, job_num, config_hash, config_json, status, seed, created_at) "
            "VALUES (?,?,?,?,'queued',?,?)");
   const double t = now();
+  int64_t n = 0;
   for (const auto& j : jobs) {
     done.bind(1, j.config_hash);
-    const bool skip = done.step();
+    own.bind(1, sweep).bind(2, j.num);
+    const bool skip = done.step() || own.step();
     done.reset();
+    own.reset();
     if (skip) continue;
-    ins.bind(1, id).bind(2, j.num).bind(3, j.config_hash).bind(4, j.config.dump()).bind(5, j.seed).bind(6, t);
+    ins.bind(1, sweep).bind(2, j.num).bind(3, j.config_hash).bind(4, j.config.dump()).bind(5, j.seed).bind(6, t);
     ins.step();
     ins.reset();
+    ++n;
   }
+  return n;
+}
+
+int64_t Store::queue_missing(int64_t sweep, const std::vector<PlannedJob>& jobs) {
+  Transaction tx(db_);
+  const int64_t n = insert_missing(sweep, jobs);
   tx.commit();
-  return {id, true};
+  return n;
 }
 
 std::optional<Run> Store::claim_job(int64_t sweep, std::optional<int64_t> job, const RunInfo& info) {

@@ -3,6 +3,7 @@
 #pragma once
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -143,13 +144,19 @@ class Store {
 
   // ---- sweeps
   // In one transaction: the sweep with this name whose spec has this plan_hash if one exists
-  // (second = false), else a new sweep with a queued row per job, except jobs whose config hash
-  // already has a done run (second = true).
+  // (second = false), else a new sweep (second = true); either way a queued row for each job that
+  // has neither a row in the sweep nor a done run of its config hash.
   std::pair<int64_t, bool> plan_sweep(const std::string& name, const json& spec, const std::string& plan_hash,
                                       const std::vector<PlannedJob>& jobs);
   std::optional<Sweep> sweep(int64_t id) const;
   std::vector<Sweep> sweeps() const;
   std::vector<Run> sweep_runs(int64_t sweep) const;  // by job number
+  // The runs that answer a sweep's jobs: its own rows, and for a job without one the earlier run
+  // of the same config that it reused (done_run).
+  std::set<int64_t> sweep_members(int64_t sweep) const;
+  // A queued row for each of `jobs` that has neither a row in the sweep nor a done run (its run
+  // was deleted, or failed and was deleted); returns how many, in one transaction.
+  int64_t queue_missing(int64_t sweep, const std::vector<PlannedJob>& jobs);
   // The newest run with this config hash that ended finished or nan (a NaN is a result too).
   std::optional<int64_t> done_run(const std::string& config_hash) const;
   // Takes the sweep's queued job `job` (or its lowest queued job) and marks it running, in one
@@ -173,6 +180,7 @@ class Store {
   void exec(const std::string& sql) const;
   void migrate();
   void claim_identity();
+  int64_t insert_missing(int64_t sweep, const std::vector<PlannedJob>& jobs);  // inside a transaction
   std::string path_;
   std::string id_;
   sqlite3* db_ = nullptr;

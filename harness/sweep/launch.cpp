@@ -63,6 +63,7 @@ std::string Summary::line() const {
   if (running) s += fmt::format(", {} running", running);
   if (stale) s += fmt::format(", {} stale", stale);
   if (interrupted) s += fmt::format(", {} interrupted", interrupted);
+  if (missing) s += fmt::format(", {} missing", missing);
   if (queued) s += fmt::format(", {} queued", queued);
   return s + "]";
 }
@@ -104,8 +105,10 @@ Summary summarize(const std::vector<JobStatus>& jobs) {
       ++s.stale;
     else if (j.status == "interrupted")
       ++s.interrupted;
-    else if (j.status == "queued" || j.status == "missing")
+    else if (j.status == "queued")
       ++s.queued;
+    else if (j.status == "missing")
+      ++s.missing;
   }
   return s;
 }
@@ -289,6 +292,9 @@ int run_local(store::Store& store, int64_t sweep_id, const LocalOptions& opt) {
       else if (j.status == "interrupted")
         std::cerr << fmt::format("  job {} ({}) was interrupted: `ssr sweep --resume {} --db {}` continues it\n", j.num,
                                  j.labels, sweep_id, store.path());
+      else if (j.status == "missing")
+        std::cerr << fmt::format("  job {} ({}) has no run (deleted): `ssr sweep --resume {} --db {}` runs it again\n",
+                                 j.num, j.labels, sweep_id, store.path());
   }
   if (g_stop) return 128 + g_stop;
   if (environment_job) {
@@ -298,7 +304,7 @@ int run_local(store::Store& store, int64_t sweep_id, const LocalOptions& opt) {
         sweep_id, *environment_job, opt.log_dir, *environment_job, sweep_id, store.path());
     return kExitEnvironment;
   }
-  return sum.failed || sum.queued || sum.stale || sum.interrupted ? 1 : 0;
+  return sum.failed || sum.queued || sum.stale || sum.interrupted || sum.missing ? 1 : 0;
 }
 
 std::string array_ranges(const std::vector<int64_t>& jobs) {

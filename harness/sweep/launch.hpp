@@ -19,6 +19,7 @@ struct JobStatus {
 
 struct Summary {
   int64_t total = 0, done = 0, failed = 0, running = 0, queued = 0, stale = 0, interrupted = 0;
+  int64_t missing = 0;       // its run was deleted (ssr rm): nothing will run it until planned again
   std::string line() const;  // "[12/48 done, 1 failed, 3 running]"
 };
 

@@ -131,6 +131,8 @@ TEST_CASE("config hash is stable across key order and float spelling", "[config]
   CHECK(a.canonical() == b.canonical());
   CHECK(a.hash() == b.hash());
   CHECK(a.hash().size() == 16);
+  // -0.0 is the value 0: one config, one hash.
+  CHECK(resolve(fx.path("a.yaml"), {"train.lr=-0.0"}).hash() == resolve(fx.path("a.yaml"), {"train.lr=0"}).hash());
   // Bookkeeping keys do not change the hash; keys that change results do.
   CHECK(resolve(fx.path("a.yaml"), {"run.db=/tmp/x.db", "run.log_every=3", "+tags.a=b"}).hash() == a.hash());
   CHECK(resolve(fx.path("a.yaml"), {"router.p=2e-4"}).hash() != a.hash());

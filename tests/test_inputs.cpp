@@ -65,6 +65,7 @@ std::vector<std::string> bad_values(const ssr::config::Key& k) {
       v = {"nan"};
       if (low) v.push_back(fmt::format("{}", k.min - 1));
       if (high) v.push_back(fmt::format("{}", k.max + 1));
+      if (k.max_open) v.push_back(fmt::format("{}", k.max));
       break;
     case Type::Bool: v = {"maybe"}; break;
     case Type::String: v = {"[a]"}; break;

@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "harness/config/config.hpp"
+#include "harness/train/memory.hpp"
 #include "models/moe.hpp"
 #include "models/precision.hpp"
 #include "models/switch_lm.hpp"
@@ -69,6 +70,23 @@ TEST_CASE("parameter counts of the reference presets", "[model][params]") {
       CHECK(count_of(counts, "routers") == 0);
     }
   }
+}
+
+TEST_CASE("the memory check's LM parameter bound never exceeds the built model's count", "[model][params]") {
+  for (const auto& [preset, vocab] :
+       std::vector<std::pair<std::string, int64_t>>{{"wt103-medium", 267735}, {"enwik8-medium", 205}, {"tiny", 50}}) {
+    const auto cfg = with({"model=" + preset});
+    const double bound = train::lm_params_lower_bound(cfg, vocab);
+    const auto built = static_cast<double>(models::parameter_count(cfg, vocab).back().count);
+    INFO(preset << ": bound " << bound << ", built " << built);
+    CHECK(bound <= built);
+    CHECK(bound >= 0.9 * built);
+  }
+  CHECK_THROWS_WITH(train::check_lm_memory(with({"model.d_model=65536"}), torch::kCPU, 16, 267735),
+                    Catch::Contains("model.d_model=65536") && Catch::Contains("make the model smaller"));
+  CHECK_THROWS_WITH(train::check_lm_memory(with({"model.attn_span=1048576"}), torch::kCPU, 64, 50),
+                    Catch::Contains("lower model.attn_span"));
+  CHECK_NOTHROW(train::check_lm_memory(with({"model=wt103-medium"}), torch::kCPU, 64, 267735));
 }
 
 TEST_CASE("model.unused_norm=false drops the reference's never-applied LayerNorm", "[model][params]") {

@@ -17,6 +17,7 @@
 
 #include "harness/data/images.hpp"
 #include "harness/store/store.hpp"
+#include "harness/train/memory.hpp"
 #include "harness/train/metrics.hpp"
 #include "harness/train/schedule.hpp"
 #include "harness/train/trainer.hpp"
@@ -256,6 +257,23 @@ TEST_CASE("parameter counts: Swin-S matches the published 49,606,258, MoE blocks
   for (const auto& [k, v] : tiny)
     if (k != "total") sum += v;
   CHECK(sum == tiny.at("total"));
+}
+
+TEST_CASE("the memory check's Swin parameter bound never exceeds the built model's count", "[swin][params]") {
+  // A lower bound: within 2 % of the count (biases, norms and position-bias MLPs left out), never above.
+  for (const auto& overrides : std::vector<std::vector<std::string>>{
+           {}, {"model=swin-moe-s", "model.n_experts=2"}, {"model=swin-moe-s", "model.moe_every=[0,0,0,0]"}}) {
+    const auto cfg = resolve_experiment("fmnist-demo.yaml", overrides);
+    const double bound = train::swin_params_lower_bound(cfg);
+    const auto built = static_cast<double>(models::swin_parameter_count(cfg).back().count);
+    INFO(overrides.size() << " overrides: bound " << bound << ", built " << built);
+    CHECK(bound <= built);
+    CHECK(bound >= (overrides.empty() ? 0.8 : 0.98) * built);
+  }
+  CHECK_THROWS_WITH(
+      train::check_vision_memory(resolve_experiment("fmnist-demo.yaml", {"model.embed_dim=65536"}), torch::kCPU),
+      Catch::Contains("model.embed_dim=65536") && Catch::Contains("GiB"));
+  CHECK_NOTHROW(train::check_vision_memory(resolve_experiment("fmnist-demo.yaml", {}), torch::kCPU));
 }
 
 TEST_CASE("swin-moe gate: capacity, batch-prioritised dropping, raw softmax weights", "[swin][routers]") {

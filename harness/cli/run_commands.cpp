@@ -491,10 +491,15 @@ void add_run_commands(CLI::App& app, Context& ctx) {
               "new run\n",
               cfg.hash(), *done, *done, db);
       out = ssr::train::train(cfg, store, opts);
-    } catch (const ConfigError&) {
-      // Rejected before a run row existed: a store this command created is left behind empty.
-      if (fresh && fs::exists(db) && ssr::store::Store(db).runs().empty())
-        for (const auto* suffix : {"", "-wal", "-shm"}) fs::remove(db + suffix);
+    } catch (...) {
+      // Stopped before a run row existed (a bad value, an allocation that failed): a store this
+      // command created is not left behind empty.
+      try {
+        if (fresh && fs::exists(db) && ssr::store::Store(db).runs().empty())
+          for (const auto* suffix : {"", "-wal", "-shm"}) fs::remove(db + suffix);
+      } catch (const std::exception&) {
+        // the store cannot be read: leave it as it is, and report the first error
+      }
       throw;
     }
     if (env.rank == 0)

@@ -68,7 +68,7 @@ std::string range_text(const Key& k) {
   if (k.min <= -1e299 && k.max >= 1e299) return "";
   if (k.max >= 1e299) return fmt::format(" >= {}", k.min);
   if (k.min <= -1e299) return fmt::format(" <= {}", k.max);
-  return fmt::format(" in [{}, {}]", k.min, k.max);
+  return fmt::format(" in [{}, {}{}", k.min, k.max, k.max_open ? ")" : "]");
 }
 
 std::string shown(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
@@ -131,8 +131,8 @@ json coerce_scalar(const Key& k, Type t, const json& v, const std::string& where
     }
     case Type::Float: {
       auto r = as_float(v);
-      if (!r || *r < k.min || *r > k.max) bad(k, v, where);
-      return *r;
+      if (!r || *r < k.min || *r > k.max || (k.max_open && *r == k.max)) bad(k, v, where);
+      return *r == 0 ? 0.0 : *r;  // -0.0 is 0: one value, one hash
     }
     case Type::Bool: {
       auto r = as_bool(v);
@@ -195,11 +195,27 @@ std::vector<double> Config::floats(const std::string& n) const { return at(n).ge
 std::vector<std::string> Config::strings(const std::string& n) const { return at(n).get<std::vector<std::string>>(); }
 
 void Config::set(const std::string& name, const json& value, const std::string& where) {
+  // The store keeps configs as JSON text, which holds UTF-8 only.
+  try {
+    (void)value.dump();
+  } catch (const json::type_error&) {
+    throw ConfigError(fmt::format("{}: the value is not valid UTF-8 text", name));
+  }
   if (const Key* k = find_key(name)) {
     values_[name] = coerce(*k, value, where);
     return;
   }
   if (is_open_namespace(name)) {
+    // A tag is a path in the stored JSON: dot-separated names of letters, digits, '_' and '-'.
+    bool named = name.back() != '.';
+    std::stringstream parts(name);
+    for (std::string part; std::getline(parts, part, '.');)
+      named = named && !part.empty() && std::all_of(part.begin(), part.end(), [](unsigned char c) {
+                return std::isalnum(c) || c == '_' || c == '-';
+              });
+    if (!named)
+      throw ConfigError(fmt::format(
+          "{}: a tag name is one or more dot-separated names of letters, digits, '_' and '-' ({})", name, where));
     // The stored config nests on dots, so a tag cannot be both a value and a folder of tags.
     for (const auto& [other, v] : values_)
       if (other != name && (other.rfind(name + ".", 0) == 0 || name.rfind(other + ".", 0) == 0))

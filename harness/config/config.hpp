@@ -37,6 +37,7 @@ struct Key {
   // The key is used only where each (key, values) holds: the other key's value is one of values
   // (a bool as "true"/"false"). Set elsewhere to anything but its default, it is refused.
   std::vector<std::pair<std::string, std::vector<std::string>>> when;
+  bool max_open = false;  // the range excludes max: [min, max)
 };
 
 // Every key, declared once (harness/config/schema.cpp).

@@ -45,6 +45,11 @@ inline Key timed(Key k) {
   k.timed = true;
   return k;
 }
+// The range excludes its upper bound: [min, max).
+inline Key below_max(Key k) {
+  k.max_open = true;
+  return k;
+}
 inline Key SL(std::string n, std::vector<std::string> d, std::string doc) {
   return Key{std::move(n), Type::StringList, d, std::move(doc), -kInf, kInf, {}, true};
 }

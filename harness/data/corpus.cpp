@@ -26,6 +26,11 @@ const char* const kUnk = "<unk>";
 constexpr char kCacheMagic[8] = {'S', 'S', 'R', 'C', 'O', 'R', 'P', '2'};
 
 std::string read_file(const fs::path& path, const std::string& what) {
+  // A folder opens as a stream on Linux and reports a size of 2^63: refuse it by name.
+  std::error_code ec;
+  if (fs::is_directory(path, ec))
+    throw ConfigError(
+        fmt::format("{}: {} is a folder; name a file (check data.dir and the data.* file names)", path.string(), what));
   std::ifstream in(path, std::ios::binary);
   if (!in)
     throw ConfigError(

@@ -90,8 +90,12 @@ Axis random_axis(const YAML::Node& r, const std::string& file) {
   }
   if (!r["n"] || !r["params"] || !r["params"].IsMap())
     throw ConfigError(fmt::format("{}: needs n (samples) and params (key: {{distribution: ...}})", where));
-  const int64_t n = static_cast<int64_t>(as_number(r["n"], where + ".n"));
-  if (n < 1) throw ConfigError(fmt::format("{}.n: need at least 1 sample", where));
+  const double samples = as_number(r["n"], where + ".n");
+  if (!(samples >= 1)) throw ConfigError(fmt::format("{}.n: need at least 1 sample", where));
+  // Checked before sampling: a sweep is limited to 100,000 jobs anyway.
+  if (samples > 100000)
+    throw ConfigError(fmt::format("{}.n: {:g} samples; a sweep is limited to 100,000 jobs", where, samples));
+  const auto n = static_cast<int64_t>(samples);
   std::mt19937_64 rng(r["seed"] ? static_cast<uint64_t>(as_number(r["seed"], where + ".seed")) : 0);
   auto uniform01 = [&] { return static_cast<double>(rng() >> 11) * 0x1.0p-53; };
   Axis a{"sample", {}, {}, {}};

@@ -4,8 +4,6 @@
 #include <ATen/record_function.h>
 #include <fmt/format.h>
 
-#include <unistd.h>
-
 #include <chrono>
 #include <cmath>
 #include <limits>
@@ -14,13 +12,10 @@
 #include <optional>
 
 #include "harness/data/corpus.hpp"
+#include "harness/train/memory.hpp"
 #include "models/precision.hpp"
 #include "models/switch_lm.hpp"
 #include "routers/registry.hpp"
-
-#ifdef SSR_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
-#endif
 
 namespace ssr::train {
 namespace {
@@ -33,30 +28,6 @@ torch::Device device_of(const config::Config& cfg, int local_rank) {
     return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank % n));
   }
   return torch::Device(torch::kCPU);
-}
-
-// Refuses, before any allocation, a model whose training cannot fit this device: the attention
-// caches (every layer keeps its streams' last attn_span hidden states) plus one micro-batch's
-// attention probabilities, saved in every layer for the backward pass. A lower bound, so that
-// nothing that fits is refused; without it attn_span=1048576 ends in an allocation failure.
-void check_memory(const config::Config& cfg, torch::Device device, int64_t rows) {
-  const double layers = static_cast<double>(cfg.i("model.n_layers")), d = static_cast<double>(cfg.i("model.d_model"));
-  const double span = static_cast<double>(cfg.i("model.attn_span")), m = static_cast<double>(cfg.i("train.seq_len"));
-  const double micro = std::ceil(static_cast<double>(rows) / static_cast<double>(cfg.i("train.batch_split")));
-  const double bytes =
-      4 * layers *
-      (static_cast<double>(rows) * span * d + micro * static_cast<double>(cfg.i("model.n_heads")) * m * (span + m));
-  double total = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
-#ifdef SSR_WITH_CUDA
-  if (device.is_cuda()) total = static_cast<double>(at::cuda::getDeviceProperties(device.index())->totalGlobalMem);
-#endif
-  if (bytes > total)
-    throw config::ConfigError(fmt::format(
-        "model.attn_span={}, train.batch_size={}, train.seq_len={}: training needs at least {:.1f} GiB (attention "
-        "caches and probabilities over {} layers), more than the {:.1f} GiB of this {}; lower model.attn_span, "
-        "train.batch_size or train.seq_len, or raise train.batch_split",
-        cfg.i("model.attn_span"), cfg.i("train.batch_size"), cfg.i("train.seq_len"), bytes / (1 << 30),
-        cfg.i("model.n_layers"), total / (1 << 30), device.is_cuda() ? "GPU" : "machine"));
 }
 
 // The metric a split reports: bits per character for byte-level data, perplexity otherwise.
@@ -106,7 +77,7 @@ class LMTask final : public Task {
     dist::check_ranks(cfg);
     std::tie(row0_, rows_) = dist::share(B_, rank_, world_, "train.batch_size");
     std::tie(eval_row0_, eval_rows_) = dist::share(cfg.i("eval.batch_size"), rank_, world_, "eval.batch_size");
-    check_memory(cfg, device_, rows_);
+    check_lm_memory(cfg, device_, rows_, corpus_.vocab_size());
     for (const auto& name : cfg.strings("eval.splits"))
       if (!corpus_.splits.count(name))
         throw config::ConfigError(fmt::format("eval.splits: no split '{}' in {}", name, cfg.s("data.dir")));

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "harness/data/images.hpp"
+#include "harness/train/memory.hpp"
 #include "harness/train/metrics.hpp"
 #include "models/precision.hpp"
 #include "models/swin_moe.hpp"
@@ -34,6 +35,7 @@ class VisionTask final : public Task {
       throw config::ConfigError(
           "train.eval_every: partial validation needs a valid split (set data.valid or data.holdout, or "
           "train.eval_every=0)");
+    check_vision_memory(cfg, device_);
     model_ = models::SwinMoE(cfg);
     model_->to(device_);
     // The loader's shuffling and augmentation seed comes from the run's generator.

@@ -194,3 +194,33 @@ TEST_CASE("output that cannot be written is an error: exit 74 and one line, not 
   }
   CHECK(ssr::testing::run("config --doc >/dev/null").code == 0);  // the same commands succeed when they can write
 }
+
+TEST_CASE("a store on read-only media is listed, and a command that writes it says read-only", "[cli][store]") {
+  const auto dir = ssr::testing::temp_dir("inputs", "romedia");
+  const auto db = (dir / "runs.db").string();
+  {
+    ssr::store::Store s(db);
+    s.create_run("abc", {{"x", 1}}, 1, ssr::store::this_machine("cpu"));
+  }
+  // A read-only bind mount in a mount namespace of its own (needs root, as on the project's
+  // machines and CI): the WAL store's -shm file cannot be created there.
+  const auto probe = ssr::testing::shell("unshare -m true");
+  if (probe.code != 0) {
+    WARN("unshare -m is not permitted here, so read-only media cannot be mounted: " << probe.out);
+    return;
+  }
+  const auto in_ro = [&](const std::string& args) {
+    return ssr::testing::shell(
+        fmt::format("unshare -m sh -c \"mount --bind '{0}' '{0}' && mount -o remount,bind,ro '{0}' && '{1}' {2}\"",
+                    dir.string(), ssr::testing::kBin, args));
+  };
+  auto r = in_ro(fmt::format("runs --columns id --format csv --db '{}'", db));
+  INFO(r.out);
+  CHECK(r.code == 0);
+  CHECK(r.out == "id\n1\n");
+  r = in_ro(fmt::format("train experiments/demo.yaml train.steps=1 --db '{}'", db));
+  INFO(r.out);
+  CHECK(r.code == 2);
+  CHECK(r.out.find(db + ": read-only (") != std::string::npos);
+  CHECK(r.out.find("Read-only file system") != std::string::npos);
+}

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <csignal>
 #include <filesystem>
+#include <fstream>
 
 #include "harness/config/config.hpp"
 #include "harness/store/query.hpp"
@@ -48,6 +49,93 @@ TEST_CASE("store migrates an empty file and reopens without migrating again", "[
   CHECK(again.schema_version() == 7);
   CHECK(again.runs().size() == 1);
   CHECK(again.id() == Store(path).id());  // drawn once, when the store was created
+}
+
+TEST_CASE("a file that is no run store is refused at once, saying what it is", "[store]") {
+  const auto dir = ssr::testing::temp_dir("store", "notastore");
+  const auto write_file = [&](const std::string& name, const std::string& bytes) {
+    std::ofstream(dir / name, std::ios::binary) << bytes;
+    return (dir / name).string();
+  };
+  const std::string good = (dir / "good.db").string();
+  {
+    Store s(good);
+    s.create_run("abc", {{"x", 1}}, 1, ssr::store::this_machine("cpu"));
+  }
+  std::string head;
+  {
+    std::ifstream in(good, std::ios::binary);
+    head.assign(4096 + 100, '\0');
+    in.read(head.data(), static_cast<std::streamsize>(head.size()));
+  }
+  const std::string foreign = (dir / "foreign.db").string();
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(foreign.c_str(), &db) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db, "CREATE TABLE photos (id INTEGER)", nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+  }
+  const std::string bare = (dir / "bare.db").string();
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(bare.c_str(), &db) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db, "PRAGMA journal_mode=WAL", nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+  }
+  struct Row {
+    std::string path;
+    Store::Access access;
+    std::string expected;
+  };
+  const auto r = Store::Access::read, w = Store::Access::write;
+  const std::vector<Row> rows = {
+      {write_file("text.db", "id,ppl\n1,30.5\n"), r, "not a run store, or a damaged one (file is not a database)"},
+      {write_file("text2.db", "id,ppl\n1,30.5\n"), w, "not a run store, or a damaged one (file is not a database)"},
+      {write_file("truncated.db", head), r, "not a run store, or a damaged one"},
+      {write_file("truncated2.db", head), w, "not a run store, or a damaged one"},
+      {write_file("empty.db", ""), r, "an empty file, not a run store"},
+      {foreign, r, "an SQLite database, but not a run store"},
+      {foreign, w, "an SQLite database of another program"},
+      {bare, r, "an SQLite database, but not a run store"},
+  };
+  for (const auto& row : rows) {
+    INFO(row.path);
+    CHECK_THROWS_WITH(Store(row.path, row.access), Catch::Contains(row.path + ": " + row.expected));
+  }
+  // Nothing was added to the other program's database.
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open(foreign.c_str(), &db) == SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_master", -1, &st, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+  CHECK(sqlite3_column_int64(st, 0) == 1);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  // A zero-byte file given to a command that writes becomes a store (SQLite's empty database).
+  CHECK(Store(write_file("new.db", "")).schema_version() == 7);
+}
+
+TEST_CASE("a store locked by another process names the holder", "[store]") {
+  const auto path = temp_db("store", "locked.db");
+  Store s(path);
+  // Another process takes the write lock and keeps it.
+  const std::string ready = path + ".ready";
+  const std::string cmd = fmt::format(
+      "python3 -c \"import sqlite3,time; c=sqlite3.connect('{}', isolation_level=None); c.execute('BEGIN "
+      "IMMEDIATE'); open('{}','w').close(); time.sleep(30)\" & echo $!",
+      path, ready);
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p);
+  int pid = 0;
+  REQUIRE(fscanf(p, "%d", &pid) == 1);
+  pclose(p);
+  for (int i = 0; i < 200 && !fs::exists(ready); ++i) usleep(50000);
+  REQUIRE(fs::exists(ready));
+  sqlite3_busy_timeout(s.handle(), 100);
+  CHECK_THROWS_WITH(
+      s.create_run("abc", {{"x", 1}}, 1, ssr::store::this_machine("cpu")),
+      Catch::Contains("locked by another process") && Catch::Contains(fmt::format("held open by pid {} python3", pid)));
+  ::kill(pid, SIGKILL);
 }
 
 TEST_CASE("a copied store takes its own id when first written, and a moved one keeps its id", "[store]") {

@@ -2,7 +2,11 @@
 #include <fmt/format.h>
 #include <sqlite3.h>
 
+#include <unistd.h>
+
 #include <array>
+#include <cerrno>
+#include <cstring>
 #include <chrono>
 #include <filesystem>
 #include <iostream>
@@ -178,27 +182,56 @@ Store::Store(const std::string& path, Access access) : path_(path) {
     fs::create_directories(p.parent_path(), ec);
     if (ec) throw StoreError(fmt::format("{}: cannot create folder: {}", path, ec.message()));
   }
-  const int flags = write ? SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE : SQLITE_OPEN_READONLY;
-  if (sqlite3_open_v2(path.c_str(), &db_, flags, nullptr) != SQLITE_OK) {
-    std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
+  if (!write && kind == fs::file_type::regular && fs::file_size(p, kind_ec) == 0)
+    throw StoreError(fmt::format("{}: an empty file, not a run store (ssr train or ssr sweep creates one)", path));
+  const auto open = [&](const std::string& name, int flags) {
+    if (sqlite3_open_v2(name.c_str(), &db_, flags, nullptr) != SQLITE_OK) {
+      std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
+      sqlite3_close(db_);
+      db_ = nullptr;
+      throw StoreError(fmt::format("{}: cannot open the run store: {}", path, msg));
+    }
+    sqlite3_busy_timeout(db_, 30000);
+  };
+  open(path, write ? SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE : SQLITE_OPEN_READONLY);
+  if (!write && sqlite3_exec(db_, "PRAGMA user_version", nullptr, nullptr, nullptr) == SQLITE_CANTOPEN) {
+    // A WAL store on read-only media: its -shm cannot be made, so read it as an immutable file.
     sqlite3_close(db_);
-    db_ = nullptr;
-    throw StoreError(fmt::format("{}: cannot open the run store: {}", path, msg));
+    std::string uri = "file:";
+    for (const char c : fs::absolute(p).string())
+      uri +=
+          c == '%' || c == '?' || c == '#' ? fmt::format("%{:02X}", static_cast<unsigned char>(c)) : std::string(1, c);
+    open(uri + "?immutable=1", SQLITE_OPEN_READONLY | SQLITE_OPEN_URI);
   }
-  sqlite3_busy_timeout(db_, 30000);
   if (write) {
-    // WAL lets readers and one writer proceed together; retried because switching needs a lock.
+    // WAL lets readers and one writer proceed together; retried while another process holds the
+    // lock that switching needs. A file that is no store, or is read-only, fails at once.
     for (int attempt = 0;; ++attempt) {
-      char* err = nullptr;
-      int rc = sqlite3_exec(db_, "PRAGMA journal_mode=WAL", nullptr, nullptr, &err);
-      sqlite3_free(err);
+      const int rc = sqlite3_exec(db_, "PRAGMA journal_mode=WAL", nullptr, nullptr, nullptr);
       if (rc == SQLITE_OK) break;
-      if (attempt > 100) throw StoreError(fmt::format("{}: cannot switch to WAL mode", path));
+      if (rc == SQLITE_CANTOPEN || rc == SQLITE_READONLY) {
+        // The store and its -wal and -shm files need a writable file and folder.
+        for (const auto& f : {p, p.has_parent_path() ? p.parent_path() : fs::path(".")})
+          if (::access(f.c_str(), W_OK) != 0)
+            throw StoreError(
+                fmt::format("{}: read-only ({}: {}); commands that only read it (runs, show, compare, "
+                            "report) still work; copy it somewhere writable to change it",
+                            path, f.string(), std::strerror(errno)));
+      }
+      if ((rc != SQLITE_BUSY && rc != SQLITE_LOCKED) || attempt > 100)
+        fail(db_, rc, fmt::format("{}: cannot switch to WAL mode: {}", path, sqlite3_errmsg(db_)));
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     exec("PRAGMA foreign_keys=ON");
     exec("PRAGMA synchronous=NORMAL");
+    if (schema_version() == 0 && Stmt(db_, "SELECT 1 FROM sqlite_master LIMIT 1").step())
+      throw StoreError(fmt::format(
+          "{}: an SQLite database of another program (its tables are not a run store's); give --db another file",
+          path));
     migrate();
+  } else if (schema_version() == 0) {
+    throw StoreError(
+        fmt::format("{}: an SQLite database, but not a run store (ssr train or ssr sweep creates one)", path));
   } else if (schema_version() > static_cast<int>(kMigrations.size())) {
     throw StoreError(fmt::format("{}: schema version {} is newer than this ssr ({}); update ssr", path,
                                  schema_version(), kMigrations.size()));

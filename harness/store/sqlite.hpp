@@ -14,16 +14,38 @@
 
 namespace ssr::store {
 
+// " (held open by pid 812 sqlite3, ...)": the other processes of this host that have `path` open;
+// "" when none is found.
+std::string lock_holders(const std::filesystem::path& path);
+
 // A failed SQLite call: a full disk or an I/O error under the store is the machine's failure
-// (ssr::EnvironmentError, its own exit code); anything else is a StoreError saying `what`.
+// (ssr::EnvironmentError, its own exit code); a damaged, locked or read-only store says so and
+// what to do; anything else is a StoreError saying `what`.
 [[noreturn]] inline void fail(sqlite3* db, int rc, const std::string& what) {
-  if (const int primary = rc & 0xff; primary == SQLITE_FULL || primary == SQLITE_IOERR) {
-    const char* file = sqlite3_db_filename(db, "main");
-    const std::filesystem::path path = file ? file : "";
-    throw EnvironmentError(fmt::format("{}: the run store cannot be written: {} ({}); free space, then resume",
-                                       path.string(), sqlite3_errmsg(db), free_space(path.parent_path())));
+  const char* file = sqlite3_db_filename(db, "main");
+  const std::filesystem::path path = file ? file : "";
+  switch (rc & 0xff) {
+    case SQLITE_FULL:
+    case SQLITE_IOERR:
+      throw EnvironmentError(fmt::format("{}: the run store cannot be written: {} ({}); free space, then resume",
+                                         path.string(), sqlite3_errmsg(db), free_space(path.parent_path())));
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+      throw StoreError(
+          fmt::format("{}: not a run store, or a damaged one ({}); give --db another file, or restore a "
+                      "copy (`sqlite3 FILE .recover` saves what it can)",
+                      path.string(), sqlite3_errmsg(db)));
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+      throw StoreError(fmt::format("{}: locked by another process for over 30 s{}; retry once it is done",
+                                   path.string(), lock_holders(path)));
+    case SQLITE_READONLY:
+      throw StoreError(
+          fmt::format("{}: read-only ({}); commands that only read it (runs, show, compare, report) "
+                      "still work; copy it somewhere writable to change it",
+                      path.string(), sqlite3_errmsg(db)));
+    default: throw StoreError(what);
   }
-  throw StoreError(what);
 }
 
 // A prepared statement with typed binds; non-finite doubles are stored as text because SQLite

@@ -35,6 +35,28 @@ std::string cpu_model() {
 
 }  // namespace
 
+std::string lock_holders(const std::filesystem::path& path) {
+  std::error_code ec;
+  const auto target = std::filesystem::canonical(path, ec);
+  if (ec) return "";
+  std::string out;
+  const std::string self = std::to_string(::getpid());
+  for (const auto& proc : std::filesystem::directory_iterator("/proc", ec)) {
+    const std::string pid = proc.path().filename().string();
+    if (pid.find_first_not_of("0123456789") != std::string::npos || pid == self) continue;
+    std::error_code fd_ec;
+    for (const auto& fd : std::filesystem::directory_iterator(proc.path() / "fd", fd_ec)) {
+      std::error_code link_ec;
+      if (std::filesystem::read_symlink(fd.path(), link_ec) != target) continue;
+      std::string comm;
+      std::getline(std::ifstream(proc.path() / "comm"), comm);
+      out += fmt::format("{}pid {} {}", out.empty() ? "" : ", ", pid, comm);
+      break;
+    }
+  }
+  return out.empty() ? "" : " (held open by " + out + ")";
+}
+
 std::string host_name() {
   char host[256] = {0};
   gethostname(host, sizeof host - 1);

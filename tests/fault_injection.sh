@@ -138,6 +138,26 @@ set -e
 rm "$MNT/fill"
 [ "$code" = 74 ] || fail "a store on a full disk: exit $code, expected 74: $out"
 echo "$out" | grep -q "^error: $DB: the run store cannot be written" || fail "the error does not name the store: $out"
-running=$(sql "$DB" "SELECT count(*) FROM runs WHERE status='running'")
-[ "$running" = 0 ] || fail "a run stayed running"
-echo "ok: store: exit 74, $(echo "$out" | grep '^error: ')"
+# The row is marked failed, or, when that write fails too, stays running with the pid of a
+# process that is gone: every listing shows it stale, and the error says how to continue.
+shown=$("$SSR" runs --where id=2 --columns status --format csv --db "$DB" | tail -1)
+[ "$shown" = failed ] || [ "$shown" = stale ] || fail "the run on the full store shows as '$shown'"
+[ "$shown" = failed ] || echo "$out" | grep -q "ssr train --resume 2" || fail "the error does not say how to resume: $out"
+wal_kb=$(du -k "$DB-wal" 2>/dev/null | cut -f1)
+[ "${wal_kb:-0}" -le 1100 ] || fail "the WAL grew to $wal_kb KiB (bounded to 1 MiB)"
+"$SSR" train --resume 2 --or-from-start --db "$DB" --quiet >/dev/null 2>&1 || fail "the run does not resume once space is free"
+[ "$(sql "$DB" "SELECT status FROM runs WHERE id=2")" = finished ] || fail "the resumed run did not finish"
+echo "ok: store: exit 74, shown $shown, resumed: $(echo "$out" | grep '^error: ')"
+
+# A disk full before the store has its first table leaves no store behind.
+rm -rf "${MNT:?}"/*
+free_kb=$(df -k --output=avail "$MNT" | tail -1)
+dd if=/dev/zero of="$MNT/fill" bs=1k count="$free_kb" status=none 2>/dev/null || true
+set +e
+out=$("$SSR" train experiments/demo.yaml train.steps=2 "${SMALL[@]}" --db "$MNT/new.db" --quiet 2>&1)
+code=$?
+set -e
+rm "$MNT/fill"
+[ "$code" = 74 ] || fail "a new store on a full disk: exit $code, expected 74: $out"
+[ ! -e "$MNT/new.db" ] || fail "a new store on a full disk was left behind ($(stat -c %s "$MNT/new.db") bytes)"
+echo "ok: new store on a full disk: exit 74, none left: $(echo "$out" | grep '^error: ')"

@@ -336,6 +336,18 @@ TEST_CASE("a running row whose heartbeat stopped is stale", "[store]") {
   CHECK(r.shown_status(-1) == "stale");
   s.finish_run(id, "finished");
   CHECK(s.run(id)->shown_status(-1) == "finished");
+  // A fresh heartbeat, but the process holding the run is gone from this host (it met a full
+  // disk and could not mark the run failed): stale at once.
+  const pid_t child = fork();
+  if (child == 0) _exit(0);
+  REQUIRE(waitpid(child, nullptr, 0) == child);
+  const int64_t orphan = s.create_run("h2", nlohmann::json::object(), 1, ssr::store::this_machine("cpu"));
+  REQUIRE(sqlite3_exec(s.handle(), fmt::format("UPDATE runs SET pid={} WHERE id={}", child, orphan).c_str(), nullptr,
+                       nullptr, nullptr) == SQLITE_OK);
+  CHECK(s.run(orphan)->shown_status(60) == "stale");
+  REQUIRE(sqlite3_exec(s.handle(), fmt::format("UPDATE runs SET pid={} WHERE id={}", ::getpid(), orphan).c_str(),
+                       nullptr, nullptr, nullptr) == SQLITE_OK);
+  CHECK(s.run(orphan)->shown_status(60) == "running");
 }
 
 TEST_CASE("a run is held by one live process at a time", "[store]") {

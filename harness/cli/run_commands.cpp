@@ -495,7 +495,9 @@ void add_run_commands(CLI::App& app, Context& ctx) {
       // Stopped before a run row existed (a bad value, an allocation that failed): a store this
       // command created is not left behind empty.
       try {
-        if (fresh && fs::exists(db) && ssr::store::Store(db).runs().empty())
+        // A disk full before the first table leaves a zero-byte file, which no reader opens.
+        if (fresh && fs::exists(db) &&
+            (fs::file_size(db) == 0 || ssr::store::Store(db, ssr::store::Store::Access::read).runs().empty()))
           for (const auto* suffix : {"", "-wal", "-shm"}) fs::remove(db + suffix);
       } catch (const std::exception&) {
         // the store cannot be read: leave it as it is, and report the first error

@@ -10,7 +10,7 @@ namespace {
 
 const char* kRunColumns =
     "id, sweep_id, job_num, config_hash, config_json, status, seed, git_rev, host, device, "
-    "torch_version, world_size, backend, created_at, started_at, ended_at, heartbeat_at, step, error";
+    "torch_version, world_size, backend, created_at, started_at, ended_at, heartbeat_at, step, error, pid";
 
 Run read_run(const Stmt& s) {
   Run r;
@@ -34,10 +34,16 @@ Run read_run(const Stmt& s) {
   r.heartbeat_at = s.f64(16);
   r.step = s.i64(17);
   r.error = s.text(18);
+  r.pid = s.opt_i64(19);
   return r;
 }
 
 }  // namespace
+
+bool Run::stale(double stale_after) const {
+  if (status != "running") return false;
+  return now() - heartbeat_at > stale_after || (pid && info.host == host_name() && process_gone(*pid));
+}
 
 std::optional<Run> Store::run(int64_t id) const {
   Stmt s(db_, fmt::format("SELECT {} FROM runs WHERE id=?", kRunColumns));

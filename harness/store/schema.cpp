@@ -224,6 +224,10 @@ Store::Store(const std::string& path, Access access) : path_(path) {
     }
     exec("PRAGMA foreign_keys=ON");
     exec("PRAGMA synchronous=NORMAL");
+    // The WAL is checkpointed every 256 pages (1 MiB, not SQLite's 4) and cut back to 1 MiB when
+    // it restarts, so a store near a full disk does not need 4 MiB of headroom to go on.
+    exec("PRAGMA wal_autocheckpoint=256");
+    exec("PRAGMA journal_size_limit=1048576");
     if (schema_version() == 0 && Stmt(db_, "SELECT 1 FROM sqlite_master LIMIT 1").step())
       throw StoreError(fmt::format(
           "{}: an SQLite database of another program (its tables are not a run store's); give --db another file",

@@ -108,10 +108,8 @@ int64_t Store::create_run(const std::string& config_hash, const json& config, in
   return id;
 }
 
-namespace {
-
-// Whether a process of this host has exited. A zombie has: killed with its parent, it waits for
-// init to reap it, which takes a moment (or forever, under an init that does not reap).
+// A zombie has exited: killed with its parent, it waits for init to reap it, which takes a moment
+// (or forever, under an init that does not reap).
 bool process_gone(int64_t pid) {
   if (::kill(static_cast<pid_t>(pid), 0) != 0) return errno == ESRCH;
   std::ifstream stat(fmt::format("/proc/{}/stat", pid));
@@ -120,6 +118,8 @@ bool process_gone(int64_t pid) {
   const auto paren = line.rfind(')');  // the command name in parentheses may hold spaces
   return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'Z';
 }
+
+namespace {
 
 // queued (or a stale run being taken over) -> running on this machine, inside the caller's transaction.
 void mark_running(sqlite3* db, int64_t run, const RunInfo& info) {

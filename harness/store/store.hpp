@@ -26,6 +26,8 @@ struct RunInfo {  // facts about where and how a run executes
 const char* build_git_rev();
 // This machine's host name (gethostname), as runs record it.
 std::string host_name();
+// Whether process `pid` of this host has exited (a zombie has).
+bool process_gone(int64_t pid);
 // The facts of this process: the binary's git revision, host name, device, LibTorch version.
 RunInfo this_machine(const std::string& device);
 
@@ -42,8 +44,10 @@ struct Run {
   std::string error;
   // Why the stored config_json cannot be read as a config ("" when it can); `config` is then {}.
   std::string damage;
-  // `running` with a heartbeat older than `stale_after` seconds: the process died.
-  bool stale(double stale_after) const { return status == "running" && now() - heartbeat_at > stale_after; }
+  std::optional<int64_t> pid;  // of the process holding a running run, on info.host
+  // `running`, yet its process died: the heartbeat is older than `stale_after` seconds, or the
+  // process is gone from this host (killed, or it met a full disk and could not say so).
+  bool stale(double stale_after) const;
   std::string shown_status(double stale_after) const {
     return !damage.empty() ? "damaged" : stale(stale_after) ? "stale" : status;
   }

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "harness/dist/launch.hpp"
+#include "harness/errors.hpp"
 #include "harness/train/checkpoint.hpp"
 #include "harness/train/schedule.hpp"
 #include "harness/train/step.hpp"
@@ -328,11 +329,16 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
     return {run_id, "interrupted"};
   } catch (const std::exception& e) {
     progress.finish();
-    // On a full disk under the store this write fails too: the row stays `running`, its pid is
-    // gone, and `ssr sweep --resume` requeues it at once. The first error is the one to report.
     try {
       log.finish("failed", e.what());
     } catch (const std::exception&) {
+      // On a full disk under the store this write fails too: the row stays `running` with the
+      // pid of a process that is about to be gone, which every listing shows as stale.
+      if (dynamic_cast<const EnvironmentError*>(&e))
+        throw EnvironmentError(
+            fmt::format("{}; run {} stays `running` in the store (ssr runs shows it stale): "
+                        "`ssr train --resume {}` continues it from its last checkpoint",
+                        e.what(), run_id, run_id));
     }
     throw;
   }

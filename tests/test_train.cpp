@@ -200,20 +200,23 @@ TEST_CASE("a killed run resumed from its checkpoint repeats the uninterrupted lo
   }
 }
 
-TEST_CASE("SIGINT stops a run as interrupted (exit 130), in training and in the final evaluation", "[train]") {
+TEST_CASE("SIGINT or a hang-up stops a run as interrupted (exit 130), in training and in the final evaluation",
+          "[train]") {
   struct Row {
     std::string where, args, error;
-    int64_t at_step;      // send SIGINT once the store shows this step
+    int64_t at_step;      // send the signal once the store shows this step
     bool has_checkpoint;  // kSmall checkpoints every 10 steps: stopped before that, --resume refuses
+    int signal;
   };
   // The final evaluation walks the whole validation split (eval.max_segments=0): long enough to
   // be interrupted in the middle.
-  const std::vector<Row> rows = {{"training", "train.steps=200", "interrupted by signal 2 at step", 6, false},
+  const std::vector<Row> rows = {{"training", "train.steps=200", "interrupted by signal 2 at step", 6, false, SIGINT},
                                  {"final evaluation", "train.steps=10 eval.max_segments=0 eval.batch_size=1",
-                                  "during the final evaluation", 10, true}};
+                                  "during the final evaluation", 10, true, SIGINT},
+                                 {"hang-up", "train.steps=30", "interrupted by signal 1 at step", 6, false, SIGHUP}};
   for (const auto& row : rows) {
     INFO(row.where);
-    const auto db = temp_db("train", fmt::format("sigint_{}.db", row.at_step));
+    const auto db = temp_db("train", fmt::format("signal_{}_{}.db", row.signal, row.at_step));
     pid_t pid = fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
@@ -229,7 +232,7 @@ TEST_CASE("SIGINT stops a run as interrupted (exit 130), in training and in the 
       ssr::store::Store s(db);
       auto runs = s.runs();
       if (!runs.empty() && runs[0].status == "running" && runs[0].step >= row.at_step) {
-        kill(pid, SIGINT);
+        kill(pid, row.signal);
         sent = true;
       }
     }

@@ -13,16 +13,22 @@ void add_bench_commands(CLI::App& app, Context& ctx) {
   auto* routers =
       bench->add_subcommand("routers", "Forward time of every router; Sinkhorn iterations by xi, cost and solver");
   routers->add_flag("--quick", args->quick, "smallest size only, fewer repeats (a smoke run)");
-  routers->add_option("--warmup", args->warmup, "untimed calls before timing")->capture_default_str();
-  routers->add_option("--repeats", args->repeats, "timed calls; the median is reported")->capture_default_str();
+  routers->add_option("--warmup", args->warmup, "untimed calls before timing")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1000000));
+  routers->add_option("--repeats", args->repeats, "timed calls; the median is reported")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000000));
   routers->add_option("--device", args->device, "cpu or cuda")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   routers->add_option("--threads", args->threads, "intra-op CPU threads (0 = LibTorch default)")->capture_default_str();
   routers->add_option("--seed", args->seed, "seed of the random gating logits")->capture_default_str();
   routers->add_option("--scale", args->scale, "standard deviation of the random gating logits")->capture_default_str();
-  routers->add_option("--tokens", args->tokens, "token counts m (default 3072 6144 24576)");
-  routers->add_option("--experts", args->experts, "expert counts n (default 16 32)");
+  routers->add_option("--tokens", args->tokens, "token counts m (default 3072 6144 24576)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+  routers->add_option("--experts", args->experts, "expert counts n (default 16 32)")
+      ->check(CLI::Range(int64_t{1}, int64_t{4096}));
   routers->footer(
       "Examples:\n  ssr bench routers --threads 1\n  ssr bench routers --quick\n  ssr bench routers --tokens 6144 "
       "--experts 16 --device cuda");
@@ -49,8 +55,10 @@ void add_bench_commands(CLI::App& app, Context& ctx) {
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   sinkhorn->add_option("--threads", sk->threads, "intra-op CPU threads (0 = LibTorch default)")->capture_default_str();
-  sinkhorn->add_option("--warmup", sk->warmup, "untimed solves")->capture_default_str();
-  sinkhorn->add_option("--repeats", sk->repeats, "timed solves; the median is reported")->capture_default_str();
+  sinkhorn->add_option("--warmup", sk->warmup, "untimed solves")->capture_default_str()->check(CLI::Range(0, 1000000));
+  sinkhorn->add_option("--repeats", sk->repeats, "timed solves; the median is reported")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000000));
   sinkhorn->add_option("--seed", sk->seed, "seed of the logits")->capture_default_str();
   sinkhorn->footer(
       "Examples:\n  ssr bench sinkhorn --threads 1\n  ssr bench sinkhorn --device cuda\n  ssr bench sinkhorn --xi 0.05 "
@@ -80,7 +88,9 @@ void add_bench_commands(CLI::App& app, Context& ctx) {
   step->add_option("--threads", st->threads,
                    "intra-op CPU threads: sets run.threads of every case (0 = the config's run.threads)")
       ->capture_default_str();
-  step->add_option("--warmup", st->warmup, "untimed rounds, after each case's own first step")->capture_default_str();
+  step->add_option("--warmup", st->warmup, "untimed rounds, after each case's own first step")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1000000));
   step->add_option("--repeats", st->repeats, "timed rounds (each times every case once)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1000000));

@@ -2,6 +2,8 @@
 // to the app with a callback that does the work; errors propagate as exceptions to main().
 #pragma once
 #include <CLI/CLI.hpp>
+#include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -18,6 +20,17 @@ struct Context {
 
 // Bad input (config, flags, files): one line on stderr and this exit code.
 constexpr int kBadInput = 2;
+
+// --stale-after and the like: a finite number of seconds >= 0 (CLI::NonNegativeNumber lets nan
+// through).
+inline const CLI::Validator kSeconds(
+    [](std::string& text) -> std::string {
+      char* end = nullptr;
+      const double v = std::strtod(text.c_str(), &end);
+      if (!text.empty() && *end == '\0' && std::isfinite(v) && v >= 0) return "";
+      return "'" + text + "' is not a number of seconds >= 0";
+    },
+    "SECONDS");
 
 // Commands that only read a store refuse one that does not exist instead of creating it.
 inline void require_store(const std::string& db) {

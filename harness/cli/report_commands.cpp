@@ -50,6 +50,9 @@ void add_report_commands(CLI::App& app, Context& ctx) {
       "  ssr report --list");
   rep->callback([a, &ctx] {
     if (a->list) {
+      if (!a->name.empty() || !a->overrides.empty())
+        throw config::ConfigError(fmt::format("--list: takes no report name or override (got '{}')",
+                                              a->name.empty() ? a->overrides.front() : a->name));
       for (const auto& n : analysis::report_names(a->experiments))
         std::cout << fmt::format("{:<10} {}\n", n, analysis::find_report(n, a->experiments));
       return;

@@ -132,6 +132,7 @@ int cmd_runs(const std::string& db, const RunsArgs& a) {
   };
   for (const auto& c : header)
     if (!own(c)) ssr::store::require_known_key(c, "--columns");
+  if (a.sort == "-") throw ConfigError("--sort: give a column after '-' (-valid sorts by valid, descending)");
   const std::string sort_key = a.sort.starts_with("-") ? a.sort.substr(1) : a.sort;
   if (!sort_key.empty() && !own(sort_key)) ssr::store::require_known_key(sort_key, "--sort");
   require_store(db);
@@ -374,7 +375,8 @@ void add_run_commands(CLI::App& app, Context& ctx) {
   runs->add_option("--format", st->runs.format, "table, csv or json")->check(CLI::IsMember({"table", "csv", "json"}));
   runs->add_option("--db", db, "run store")->capture_default_str();
   runs->add_option("--stale-after", st->runs.stale_after, "seconds without heartbeat before a running run is stale")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(kSeconds);
   runs->footer(
       "Examples:\n"
       "  ssr runs\n"
@@ -388,7 +390,8 @@ void add_run_commands(CLI::App& app, Context& ctx) {
   show->add_option("run_id", show_id, "run id (see ssr runs)")->required();
   show->add_option("--db", db, "run store")->capture_default_str();
   show->add_option("--format", show_format, "text or json")->check(CLI::IsMember({"text", "json"}));
-  show->add_option("--stale-after", stale_after, "seconds without heartbeat before a running run is stale");
+  show->add_option("--stale-after", stale_after, "seconds without heartbeat before a running run is stale")
+      ->check(kSeconds);
   show->footer("Examples:\n  ssr show 3\n  ssr show 3 --format json | jq .results");
 
   // ---- rm

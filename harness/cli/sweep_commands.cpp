@@ -205,7 +205,8 @@ void add_sweep_commands(CLI::App& app, Context& ctx) {
                                 "continue sweep ID: requeue its stale running jobs, then run what is queued");
   sw->add_flag("--retry-failed", a->retry_failed, "with --resume: requeue failed jobs too")->needs(resume);
   sw->add_option("--stale-after", a->stale_after, "seconds without heartbeat before a running job counts as dead")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(kSeconds);
   sw->add_option("--db", ctx.db, "run store")->capture_default_str();
   sw->add_flag("--quiet", a->quiet, "no live summary line");
   sw->footer(
@@ -230,7 +231,8 @@ void add_sweep_commands(CLI::App& app, Context& ctx) {
   auto* status = sw->add_subcommand("status", "Per-job state of a sweep (no id: every sweep)");
   status->add_option("sweep_id", a->status_id, "sweep id");
   status->add_option("--db", ctx.db, "run store")->capture_default_str();
-  status->add_option("--stale-after", a->stale_after, "seconds without heartbeat before a running job counts as dead");
+  status->add_option("--stale-after", a->stale_after, "seconds without heartbeat before a running job counts as dead")
+      ->check(kSeconds);
   status->footer("Examples:\n  ssr sweep status\n  ssr sweep status 3");
 
   run->callback([a, &ctx] {

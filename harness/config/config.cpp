@@ -174,6 +174,12 @@ json coerce(const Key& k, const json& v, const std::string& where) {
   if (!items.is_array()) bad(k, v, where);
   json out = json::array();
   for (const auto& e : items) out.push_back(coerce_scalar(k, elem, e, where));
+  // A split or mode named twice would be evaluated and stored twice.
+  if (k.type == Type::StringList)
+    for (size_t i = 0; i < out.size(); ++i)
+      for (size_t j = 0; j < i; ++j)
+        if (out[i] == out[j])
+          throw ConfigError(fmt::format("{}: '{}' is listed twice ({})", k.name, out[i].get<std::string>(), where));
   return out;
 }
 
@@ -362,6 +368,15 @@ namespace {
 
 // Deeper than any config: only a recursive alias (`a: &a [*a]`) gets here.
 constexpr int kMaxYamlDepth = 64;
+// More values than any config or sweep holds: only aliases of aliases (`b: [*a, *a, ...]`, each a
+// list of the one before) expand this far, to millions of values from a few lines.
+constexpr int64_t kMaxYamlValues = 100000;
+
+// Tags ssr reads: none, YAML's own (`!!str`, `!!int`, ...), and the non-specific ones yaml-cpp
+// gives plain (?) and quoted (!) scalars.
+bool known_tag(const std::string& tag) {
+  return tag.empty() || tag == "?" || tag == "!" || tag.rfind("tag:yaml.org,2002:", 0) == 0;
+}
 
 json yaml_to_json_at(const YAML::Node& n, int depth) {
   if (depth > kMaxYamlDepth)
@@ -413,13 +428,19 @@ void refuse_unclosed_quote(const YAML::Node& n, const std::string& text, const s
 
 // yaml-cpp keeps both entries of a repeated key, and a lookup sees the first while a walk keeps
 // the last: a file that says a thing twice is refused instead. Unclosed quotes are refused too.
-void check_tree(const YAML::Node& n, const std::string& text, const std::string& path, int depth = 0) {
+void check_tree(const YAML::Node& n, const std::string& text, const std::string& path, int64_t& values, int depth = 0) {
   if (depth > kMaxYamlDepth)
     throw ConfigError(fmt::format("{}: YAML nested deeper than {} levels (a recursive alias such as `a: &a [*a]`?)",
                                   path, kMaxYamlDepth));
+  if (++values > kMaxYamlValues)
+    throw ConfigError(fmt::format("{}: YAML expands to more than {} values (aliases of aliases, `b: [*a, *a]`?)", path,
+                                  kMaxYamlValues));
+  if (!known_tag(n.Tag()))
+    throw ConfigError(fmt::format("{}:{}: unknown YAML tag '{}'; ssr reads plain YAML: drop the tag", path,
+                                  n.Mark().line + 1, n.Tag()));
   if (n.IsScalar()) refuse_unclosed_quote(n, text, path);
   if (n.IsSequence())
-    for (const auto& e : n) check_tree(e, text, path, depth + 1);
+    for (const auto& e : n) check_tree(e, text, path, values, depth + 1);
   if (!n.IsMap()) return;
   std::set<std::string> seen;
   for (const auto& kv : n) {
@@ -430,7 +451,7 @@ void check_tree(const YAML::Node& n, const std::string& text, const std::string&
     if (!seen.insert(kv.first.Scalar()).second)
       throw ConfigError(fmt::format("{}:{}: key '{}' appears twice in one mapping; keep one", path,
                                     kv.first.Mark().line + 1, kv.first.Scalar()));
-    check_tree(kv.second, text, path, depth + 1);
+    check_tree(kv.second, text, path, values, depth + 1);
   }
 }
 
@@ -448,7 +469,8 @@ YAML::Node load_yaml(const std::string& path, const std::string& what) {
       throw ConfigError(
           fmt::format("{}: {} YAML documents (a second `---` or text after the first); keep one", path, docs.size()));
     YAML::Node root = docs.empty() ? YAML::Node() : docs.front();
-    check_tree(root, text, path);
+    int64_t values = 0;
+    check_tree(root, text, path, values);
     return root;
   } catch (const YAML::ParserException& e) {
     throw ConfigError(fmt::format("{}:{}:{}: YAML syntax error: {}", path, e.mark.line + 1, e.mark.column + 1, e.msg));
@@ -543,7 +565,8 @@ Override parse_override(const std::string& text) {
 json parse_value(const Override& o) {
   try {
     const YAML::Node node = YAML::Load(o.value);
-    check_tree(node, o.value, "override " + o.key + "=" + o.value);
+    int64_t values = 0;
+    check_tree(node, o.value, "override " + o.key + "=" + o.value, values);
     json v = yaml_to_json(node);
     // YAML reads a leading '%' as a directive and a document of nothing as null; only an empty
     // value, null or ~ mean "no value".

@@ -159,7 +159,7 @@ uint64_t stream_seed(int64_t seed, uint64_t stream) {
 
 void check_ranks(const config::Config& cfg) {
   const int world = static_cast<int>(cfg.i("run.nproc"));
-  if (world > 1) backend_for(cfg);
+  backend_for(cfg);  // one rank uses no backend, but a config that names one it cannot have is wrong
   const int64_t B = cfg.i("train.batch_size"), split = cfg.i("train.batch_split");
   const int64_t rows = share(B, 0, world, "train.batch_size").second;
   share(cfg.i("eval.batch_size"), 0, world, "eval.batch_size");

@@ -20,12 +20,17 @@ RunLog::RunLog(store::Store& store, const config::Config& cfg, bool lead)
   g_signal = 0;
   old_int_ = std::signal(SIGINT, on_signal);
   old_term_ = std::signal(SIGTERM, on_signal);
+  // A hang-up (the terminal or ssh session closed) stops the run as Ctrl-C does; under nohup it
+  // stays ignored.
+  old_hup_ = std::signal(SIGHUP, on_signal);
+  if (old_hup_ == SIG_IGN) std::signal(SIGHUP, SIG_IGN);
   start_ = last_flush_ = Clock::now();
 }
 
 RunLog::~RunLog() {
   std::signal(SIGINT, old_int_);
   std::signal(SIGTERM, old_term_);
+  std::signal(SIGHUP, old_hup_);
 }
 
 int64_t RunLog::open(const store::RunInfo& info, std::optional<int64_t> existing, int64_t resumed_step,

@@ -76,6 +76,7 @@ class RunLog {
   void routing_results();
   void (*old_int_)(int);
   void (*old_term_)(int);
+  void (*old_hup_)(int);
 };
 
 }  // namespace ssr::train

@@ -10,7 +10,8 @@ SSR   := $(BUILD)/ssr
 TORCH_VERSION := 2.11.0
 APT_PACKAGES := build-essential cmake git python3-venv libyaml-cpp-dev libsqlite3-dev libfmt-dev \
   libcli11-dev catch2 nlohmann-json3-dev libssl-dev libbenchmark-dev sqlite3 gnuplot-nox libgloo-dev \
-  slurmctld slurmd slurm-client munge zlib1g-dev libturbojpeg0-dev dataset-fashion-mnist clang-format
+  slurmctld slurmd slurm-client munge zlib1g-dev libturbojpeg0-dev dataset-fashion-mnist clang-format \
+  libcpp-httplib-dev libjs-chart.js chromium
 
 # The GPU machine has no package registry: `make offline-bundle` (here) downloads the Debian
 # packages the build needs into .offline/debs; carried there, `make offline-build` unpacks them

@@ -45,5 +45,6 @@ void add_report_commands(CLI::App& app, Context& ctx);  // report
 void add_compare_command(CLI::App& app, Context& ctx);  // compare
 void add_plot_command(CLI::App& app, Context& ctx);     // plot
 void add_export_command(CLI::App& app, Context& ctx);   // export
+void add_ui_command(CLI::App& app, Context& ctx);       // ui
 
 }  // namespace ssr::cli

@@ -44,6 +44,7 @@ int main(int argc, char** argv) {
   ssr::cli::add_compare_command(app, ctx);
   ssr::cli::add_plot_command(app, ctx);
   ssr::cli::add_export_command(app, ctx);
+  ssr::cli::add_ui_command(app, ctx);
   // A flag takes no value: `--quiet=5` is a typo, not a count.
   std::function<void(CLI::App&)> no_flag_values = [&](CLI::App& a) {
     for (auto* o : a.get_options())

@@ -1,0 +1,202 @@
+#include "harness/ui/api.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "harness/config/config.hpp"
+#include "harness/store/query.hpp"
+#include "harness/store/store.hpp"
+#include "harness/ui/page.hpp"
+
+namespace ssr::ui {
+namespace {
+
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+// A request the store cannot answer: its status and message, sent as JSON.
+struct Refused {
+  int status;
+  std::string message;
+};
+
+json number(double v) { return std::isfinite(v) ? json(v) : json(std::isnan(v) ? "NaN" : v > 0 ? "Inf" : "-Inf"); }
+
+std::string param(const Params& p, const std::string& key, const std::string& fallback = "") {
+  const auto it = p.find(key);
+  return it == p.end() ? fallback : it->second;
+}
+
+int64_t positive(const Params& p, const std::string& key, int64_t fallback, int64_t cap) {
+  const std::string text = param(p, key);
+  if (text.empty()) return fallback;
+  size_t used = 0;
+  int64_t v = 0;
+  try {
+    v = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != text.size() || v < 1) throw Refused{400, fmt::format("{}: '{}' is not a whole number >= 1", key, text)};
+  return std::min(v, cap);
+}
+
+int64_t run_id(const std::string& text) {
+  size_t used = 0;
+  int64_t v = 0;
+  try {
+    v = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != text.size() || text.empty() || v < 1) throw Refused{400, fmt::format("'{}' is not a run id", text)};
+  return v;
+}
+
+json results_json(const std::vector<store::Result>& results) {
+  json out = json::object();
+  for (const auto& r : results) out[r.split][r.name] = number(r.value);
+  return out;
+}
+
+json runs(const store::Store& s, const Params& p) {
+  const double stale_after = 60;
+  auto list = store::filter_runs(s.runs(), param(p, "where"), stale_after, &s);
+  const int64_t limit = positive(p, "limit", 1000, 100000);
+  std::reverse(list.begin(), list.end());  // newest first, as a dashboard reads
+  if (static_cast<int64_t>(list.size()) > limit) list.resize(static_cast<size_t>(limit));
+  json out = json::array();
+  const double t = store::now();
+  for (const auto& r : list) {
+    const auto results = s.results(r.id);
+    json row = {{"id", r.id},
+                {"status", r.shown_status(stale_after)},
+                {"router", store::router_label(r)},
+                {"model", store::lookup(r, "model", 0).value_or("")},
+                {"data", store::lookup(r, "data", 0).value_or("")},
+                {"seed", r.seed},
+                {"step", r.step},
+                {"steps", store::lookup(r, "train.steps", 0).value_or("")},
+                {"name", store::lookup(r, "run.name", 0).value_or("")},
+                {"results", results_json(results)},
+                {"hash", r.config_hash}};
+    if (r.sweep_id) row["sweep"] = *r.sweep_id;
+    if (r.status == "running") row["heartbeat_age_s"] = t - r.heartbeat_at;
+    if (r.config.contains("tags")) row["tags"] = r.config["tags"];
+    out.push_back(row);
+  }
+  return {{"runs", out}, {"store", s.path()}};
+}
+
+json run(const store::Store& s, int64_t id) {
+  const auto r = s.run(id);
+  if (!r) throw Refused{404, fmt::format("no run {} in {}", id, s.path())};
+  json config = json::array();
+  if (r->damage.empty()) {
+    const auto cfg = store::stored_config(*r);
+    for (const auto& [key, value] : cfg.values()) {
+      const auto* k = config::find_key(key);
+      config.push_back(
+          {{"key", key}, {"value", value}, {"doc", k ? k->doc : ""}, {"default", k ? value == k->def : false}});
+    }
+  }
+  std::map<std::string, std::pair<double, int64_t>> phase;
+  for (const auto& t : s.timings(id)) {
+    phase[t.phase].first += t.seconds;
+    ++phase[t.phase].second;
+  }
+  json timings = json::object();
+  for (const auto& [name, v] : phase) timings[name] = v.first / static_cast<double>(v.second);
+  json out = {{"id", r->id},
+              {"status", r->shown_status(60)},
+              {"router", store::router_label(*r)},
+              {"hash", r->config_hash},
+              {"seed", r->seed},
+              {"step", r->step},
+              {"error", r->error},
+              {"damage", r->damage},
+              {"config", config},
+              {"results", results_json(s.results(id))},
+              {"timings_mean_s", timings},
+              {"provenance",
+               {{"git", r->info.git_rev},
+                {"host", r->info.host},
+                {"device", r->info.device},
+                {"torch", r->info.torch_version},
+                {"world_size", r->info.world_size}}},
+              {"created_at", r->created_at},
+              {"started_at", r->started_at},
+              {"ended_at", r->ended_at},
+              {"heartbeat_at", r->heartbeat_at}};
+  if (r->sweep_id) out["sweep"] = *r->sweep_id;
+  return out;
+}
+
+// Every curve, at most `points` of them each: evenly spaced by index, the last kept, so a long
+// run's page loads as fast as a short one's.
+json metrics(const store::Store& s, int64_t id, int64_t points) {
+  if (!s.run(id)) throw Refused{404, fmt::format("no run {} in {}", id, s.path())};
+  std::map<std::string, std::vector<std::pair<int64_t, double>>> curves;
+  for (const auto& m : s.metrics(id)) curves[m.split + "/" + m.name].emplace_back(m.step, m.value);
+  json out = json::object();
+  for (const auto& [name, c] : curves) {
+    json series = json::array();
+    const size_t n = c.size(), keep = std::min<size_t>(n, static_cast<size_t>(points));
+    for (size_t i = 0; i < keep; ++i) {
+      const size_t at = keep == 1 ? n - 1 : i * (n - 1) / (keep - 1);
+      series.push_back({c[at].first, number(c[at].second)});
+    }
+    out[name] = series;
+  }
+  return {{"id", id}, {"series", out}};
+}
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+}  // namespace
+
+std::string chart_js_path() {
+  for (const char* p : {"/usr/share/javascript/chart.js/chart.min.js", "/usr/share/javascript/chart.js/Chart.min.js"})
+    if (fs::exists(p)) return p;
+  return "";
+}
+
+Reply handle(const std::string& db, const std::string& path, const Params& params) {
+  try {
+    if (path == "/" || path == "/index.html") return {200, "text/html; charset=utf-8", page_html()};
+    if (path == "/chart.js") {
+      const auto js = chart_js_path();
+      if (js.empty()) throw Refused{404, "Chart.js is not installed (apt-get install libjs-chart.js; make deps)"};
+      return {200, "application/javascript", read_file(js)};
+    }
+    const std::string prefix = "/api/runs";
+    if (path.rfind(prefix, 0) != 0) throw Refused{404, fmt::format("no such page: {}", path)};
+    const store::Store s(db, store::Store::Access::read);
+    const std::string rest = path.substr(prefix.size());
+    if (rest.empty()) return {200, "application/json", runs(s, params).dump()};
+    if (rest[0] != '/') throw Refused{404, fmt::format("no such page: {}", path)};
+    const auto slash = rest.find('/', 1);
+    const int64_t id = run_id(rest.substr(1, slash == std::string::npos ? std::string::npos : slash - 1));
+    if (slash == std::string::npos) return {200, "application/json", run(s, id).dump()};
+    if (rest.substr(slash) == "/metrics")
+      return {200, "application/json", metrics(s, id, positive(params, "points", 400, 100000)).dump()};
+    throw Refused{404, fmt::format("no such page: {}", path)};
+  } catch (const Refused& e) {
+    return {e.status, "application/json", json{{"error", e.message}}.dump()};
+  } catch (const config::ConfigError& e) {
+    return {400, "application/json", json{{"error", e.what()}}.dump()};
+  } catch (const std::exception& e) {
+    return {500, "application/json", json{{"error", e.what()}}.dump()};
+  }
+}
+
+}  // namespace ssr::ui

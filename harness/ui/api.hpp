@@ -1,0 +1,29 @@
+// `ssr ui`'s answers, apart from HTTP: one GET (a path and its query parameters) in, status,
+// content type and body out, so that every endpoint tests without a socket. Nothing here writes:
+// the store is opened read-only for each request, so the UI never holds a lock a trainer waits on.
+#pragma once
+#include <map>
+#include <string>
+
+namespace ssr::ui {
+
+struct Reply {
+  int status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+};
+
+using Params = std::multimap<std::string, std::string>;
+
+// GET /                       the page
+//     /chart.js               Chart.js as Debian installs it (libjs-chart.js)
+//     /api/runs               ?where=&sort=&limit=: the runs, as `ssr runs` selects them
+//     /api/runs/ID            one run: config with each key's doc, results, timings, provenance
+//     /api/runs/ID/metrics    ?points=N: every logged curve, thinned to at most N points each
+// Anything else is 404; a bad id or query is a JSON {"error": ...} with 400 or 404.
+Reply handle(const std::string& db, const std::string& path, const Params& params);
+
+// Chart.js's path on this machine ("" when libjs-chart.js is not installed).
+std::string chart_js_path();
+
+}  // namespace ssr::ui

@@ -1,0 +1,180 @@
+// `ssr ui`: every endpoint of the JSON API against a fixture store (bad ids, thinning, escaping,
+// paths outside the API), then the page in a real browser (headless chromium) over `ssr ui`.
+#ifdef SSR_WITH_UI
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <thread>
+
+#include "harness/config/config.hpp"
+#include "harness/store/store.hpp"
+#include "harness/ui/api.hpp"
+#include "tests/cli_helpers.hpp"
+#include "tests/helpers.hpp"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+const std::string kScript = "<script>alert(1)</script>";
+
+// Three runs: vanilla (finished, 1,000 logged steps of loss and two layers' load_cv), lb tagged
+// with a script, and a running zloss run.
+std::string fixture_store(const std::string& name) {
+  const auto db = ssr::testing::temp_db("ui", name);
+  ssr::store::Store s(db);
+  auto add = [&](const std::string& router, std::vector<std::string> overrides) {
+    overrides.push_back("router=" + router);
+    auto cfg = ssr::testing::resolve_experiment("demo.yaml", overrides);
+    return s.create_run(cfg.hash(), cfg.to_json(), 1, ssr::store::this_machine("cpu"));
+  };
+  const auto a = add("vanilla", {});
+  std::vector<ssr::store::Metric> rows;
+  for (int64_t step = 1; step <= 1000; ++step) {
+    rows.push_back({step, "train", "loss", 5.0 - step * 1e-3, 0});
+    for (int layer = 0; layer < 2; ++layer)
+      rows.push_back({step, "train", fmt::format("layer{}/load_cv", layer), 0.5 + layer, 0});
+  }
+  s.add_metrics(a, rows);
+  s.set_result(a, "valid", "ppl", 30.25);
+  s.finish_run(a, "finished");
+  const auto b = add("lb", {"+tags.note=" + kScript});
+  s.set_result(b, "valid", "ppl", 31.5);
+  s.finish_run(b, "finished");
+  add("zloss", {});
+  return db;
+}
+
+json body(const ssr::ui::Reply& r) { return json::parse(r.body); }
+
+}  // namespace
+
+TEST_CASE("ui API: runs, one run, thinned curves, and JSON errors for bad ids and paths", "[ui]") {
+  const auto db = fixture_store("api.db");
+  using ssr::ui::handle;
+  auto r = handle(db, "/api/runs", {});
+  REQUIRE(r.status == 200);
+  auto runs = body(r).at("runs");
+  REQUIRE(runs.size() == 3);
+  CHECK(runs[0].at("id") == 3);  // newest first
+  CHECK(runs[0].at("status") == "running");
+  CHECK(runs[0].contains("heartbeat_age_s"));
+  CHECK(runs[2].at("results").at("valid").at("ppl") == 30.25);
+  CHECK(runs[1].at("tags").at("note") == kScript);  // data, not markup: the page sets it as text
+  CHECK(body(handle(db, "/api/runs", {{"where", "router=lb"}})).at("runs").size() == 1);
+  CHECK(runs[1].at("router") == "lb");
+  CHECK(body(handle(db, "/api/runs", {{"limit", "2"}})).at("runs").size() == 2);
+
+  const auto run = body(handle(db, "/api/runs/1", {}));
+  CHECK(run.at("status") == "finished");
+  CHECK(run.at("provenance").at("torch").get<std::string>().size() > 0);
+  bool documented = false;
+  for (const auto& k : run.at("config"))
+    if (k.at("key") == "router.name")
+      documented = k.at("value") == "vanilla" && !k.at("doc").get<std::string>().empty();
+  CHECK(documented);
+
+  const auto m = body(handle(db, "/api/runs/1/metrics", {{"points", "50"}})).at("series");
+  CHECK(m.size() == 3);
+  const auto& loss = m.at("train/loss");
+  CHECK(loss.size() == 50);
+  CHECK(loss.front()[0] == 1);
+  CHECK(loss.back()[0] == 1000);  // the last point is kept
+  CHECK(m.at("train/layer1/load_cv").back()[1] == 1.5);
+
+  struct Bad {
+    std::string path;
+    ssr::ui::Params params;
+    int status;
+    std::string error;
+  };
+  for (const auto& bad : std::vector<Bad>{{"/api/runs/99", {}, 404, "no run 99"},
+                                          {"/api/runs/abc", {}, 400, "'abc' is not a run id"},
+                                          {"/api/runs/-1", {}, 400, "'-1' is not a run id"},
+                                          {"/api/runs/1/nothing", {}, 404, "no such page"},
+                                          {"/api/runs", {{"where", "colour=red"}}, 400, "unknown key 'colour'"},
+                                          {"/api/runs", {{"limit", "0"}}, 400, "limit: '0'"},
+                                          {"/api/runs/1/metrics", {{"points", "x"}}, 400, "points: 'x'"},
+                                          {"/../../etc/passwd", {}, 404, "no such page"},
+                                          {"/api/runs/../../../etc/passwd", {}, 400, "is not a run id"},
+                                          {"/static/../../harness/ui/api.cpp", {}, 404, "no such page"}}) {
+    INFO(bad.path);
+    const auto reply = handle(db, bad.path, bad.params);
+    CHECK(reply.status == bad.status);
+    CHECK(reply.content_type == "application/json");
+    CHECK(body(reply).at("error").get<std::string>().find(bad.error) != std::string::npos);
+  }
+  const auto page = handle(db, "/", {});
+  CHECK(page.content_type.find("text/html") == 0);
+  CHECK(page.body.find("innerHTML") == std::string::npos);  // text goes in as text, never as markup
+  CHECK(handle(db + ".absent", "/api/runs", {}).status == 500);
+}
+
+TEST_CASE("ui in a real browser: the runs table, a run's curves, a tag shown as text", "[ui][cli]") {
+  if (ssr::testing::shell("command -v chromium").code != 0) {
+    WARN("chromium is not installed (make deps installs it): the browser check did not run");
+    return;
+  }
+  const auto db = fixture_store("browser.db");
+  const auto log = db + ".log";
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const std::string cmd = fmt::format("exec '{}' ui --port 0 --db '{}' 2>'{}'", ssr::testing::kBin, db, log);
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
+    _exit(127);
+  }
+  std::string port;
+  for (int i = 0; i < 200 && port.empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::ifstream in(log);
+    const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    std::smatch m;
+    if (std::regex_search(text, m, std::regex(R"(127\.0\.0\.1:(\d+)/)"))) port = m[1];
+  }
+  REQUIRE(!port.empty());
+  const auto shots = fs::path(SSR_BINARY).parent_path() / "ui-screenshots";
+  fs::create_directories(shots);
+  const auto browse = [&](const std::string& page, const std::string& action) {
+    return ssr::testing::shell(
+        fmt::format("cd /tmp && timeout 60 chromium --headless --no-sandbox --disable-gpu --window-size=1400,1800 "
+                    "--virtual-time-budget=5000 {} 'http://127.0.0.1:{}/{}' 2>/dev/null",
+                    action, port, page));
+  };
+  const auto runs = browse("#/", "--dump-dom");
+  if (runs.code != 0 || runs.out.find("<html") == std::string::npos) {
+    kill(pid, SIGTERM);
+    waitpid(pid, nullptr, 0);
+    WARN("chromium did not start here, so the browser check did not run: " << runs.out);
+    return;
+  }
+  INFO(runs.out);
+  size_t rows = 0;
+  for (size_t at = 0; (at = runs.out.find("<tr class=\"run\">", at)) != std::string::npos; ++at) ++rows;
+  CHECK(rows == 3);
+  CHECK(runs.out.find("&lt;script&gt;alert(1)&lt;/script&gt;") != std::string::npos);  // shown, not run
+  CHECK(runs.out.find("30.250 ppl") != std::string::npos);
+  const auto run = browse("#/run/1", "--dump-dom");
+  CHECK(std::regex_search(run.out, std::regex(R"(data-metric="train/loss" data-points="400")")));
+  CHECK(std::regex_search(run.out, std::regex(R"(data-metric="train/load_cv" data-points="800")")));
+  CHECK(run.out.find("<p class=\"bad\">Chart.js did not load") == std::string::npos);
+  // Chart.js sized the canvas it drew on.
+  CHECK(std::regex_search(run.out, std::regex(R"(data-metric="train/loss"[^>]*style="display: block)")));
+  CHECK(browse("#/run/1", fmt::format("--screenshot='{}'", (shots / "run.png").string())).code == 0);
+  CHECK(browse("#/", fmt::format("--screenshot='{}'", (shots / "runs.png").string())).code == 0);
+  CHECK(fs::file_size(shots / "run.png") > 10000);
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));  // a clean stop on SIGTERM
+}
+#endif

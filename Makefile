@@ -74,7 +74,7 @@ demo-paper: build
 	$(SSR) bench step experiments/table1.yaml --scale demo --threads 1 --warmup 3 --repeats 20 --db $(DB)
 	$(MAKE) --no-print-directory table1 table5 fig2 fig4 SCALE=demo
 
-# The CPU routing study (experiments/study.yaml and study-p.yaml; README "The routing study"):
+# The CPU routing study (experiments/study.yaml and study-p.yaml; docs/studies.md "The routing study"):
 # both sweeps, then their paired tables and curve figures, into $(DB) and results/{tables,figures}.
 # A sweep reuses every finished run of the same config, so `make study` again trains only what has
 # not finished (a job killed mid-run: `ssr sweep --resume ID`). STUDY_SCALE=smoke: the same pipeline
@@ -89,14 +89,14 @@ study: build
 	@for f in $(STUDY_FIGURES); do \
 	  $(SSR) report $$f --db $(DB) --scale $(STUDY_SCALE) > /dev/null && gnuplot $(dir $(DB))figures/$$f.gp || exit 1; done
 
-# The pre-registered 2,000-step p study (experiments/study-2k.yaml; README "The 2,000-step p
+# The pre-registered 2,000-step p study (experiments/study-2k.yaml; docs/studies.md "The 2,000-step p
 # study"): 9 arms x 18 seeds, seed by seed, so it can stop and go on (a worker killed mid-run: `ssr
 # sweep --resume ID`). STUDY_JOBS workers of one thread each.
 STUDY_JOBS ?= $(JOBS)
 study-2k: build
 	$(SSR) sweep experiments/study-2k.yaml --scale $(STUDY_SCALE) --jobs $(STUDY_JOBS) --db $(DB)
 
-# The word-level study (experiments/study-word.yaml; README "The word-level study"): the lm-demo
+# The word-level study (experiments/study-word.yaml; docs/studies.md "The word-level study"): the lm-demo
 # recipe for 1,000 steps, SSR-L at the paper's p and at p calibrated to the paper's counts.
 study-word: build
 	$(SSR) sweep experiments/study-word.yaml --scale $(STUDY_SCALE) --jobs $(JOBS) --db $(DB)

@@ -29,8 +29,8 @@ const std::string kDemo = std::string(SSR_SOURCE_DIR) + "/experiments/demo.yaml"
 // Two parameters (a weight that AdamW decays, a bias it does not) after `steps` updates of a
 // least-squares loss on seeded data; `resume` hands the state of the first half to a fresh
 // optimizer of `resume_impl`, as a checkpoint written by one implementation and read by the other.
-std::vector<torch::Tensor> train(const std::string& optimizer, const std::string& impl, int steps,
-                                 const std::string& resume_impl = "") {
+std::vector<torch::Tensor> train_weights(const std::string& optimizer, const std::string& impl, int steps,
+                                         const std::string& resume_impl = "") {
   auto cfg = ssr::config::resolve(kDemo, {"train.optimizer=" + optimizer, "train.optimizer_impl=" + impl,
                                           "train.weight_decay=0.1", "train.beta2=0.99", "train.lr=0.01"});
   torch::Generator gen = at::make_generator<at::CPUGeneratorImpl>(7);
@@ -64,9 +64,9 @@ TEST_CASE("train.optimizer_impl=fused: torch::optim's Adam and AdamW updates ove
   // Tolerance: float32 rounding of the same update, 50 steps; relative to the largest weight.
   for (const char* optimizer : {"adam", "adamw"}) {
     INFO(optimizer);
-    const auto loop = train(optimizer, "loop", 50), fused = train(optimizer, "fused", 50);
-    const auto handed = train(optimizer, "loop", 50, "fused");
-    const auto moved = (loop[0] - train(optimizer, "loop", 0)[0]).abs().max().item<double>();
+    const auto loop = train_weights(optimizer, "loop", 50), fused = train_weights(optimizer, "fused", 50);
+    const auto handed = train_weights(optimizer, "loop", 50, "fused");
+    const auto moved = (loop[0] - train_weights(optimizer, "loop", 0)[0]).abs().max().item<double>();
     CHECK(moved > 0.1);  // 50 steps at lr 0.01 move the weights: the comparison is not of two starts
     for (size_t i = 0; i < loop.size(); ++i) {
       const double scale = loop[i].abs().max().item<double>();
@@ -75,7 +75,8 @@ TEST_CASE("train.optimizer_impl=fused: torch::optim's Adam and AdamW updates ove
     }
   }
   // Decoupled decay differs from L2 decay: the two optimizers are really told apart.
-  CHECK((train("adam", "fused", 50)[0] - train("adamw", "fused", 50)[0]).abs().max().item<double>() > 1e-3);
+  CHECK((train_weights("adam", "fused", 50)[0] - train_weights("adamw", "fused", 50)[0]).abs().max().item<double>() >
+        1e-3);
 }
 
 TEST_CASE("train::Step over the LM task repeats the losses `ssr train` stored, step by step", "[train][step]") {

@@ -341,13 +341,17 @@ routers::RouterStats MoEImpl::take_stats() {
   // logging step (the router's tally), not only over the calls that collected statistics.
   routers::set_sinkhorn(s, router->sinkhorn_tally());
   router->reset_sinkhorn_tally();
+  drop_stats();
+  return s;
+}
+
+void MoEImpl::drop_stats() {
   const double norm_sum = acc_.output_norm_sum;
   const int64_t norm_tokens = acc_.norm_tokens;
   acc_ = MoEStatsAccumulator{};
   acc_.tokens_per_expert.assign(n_experts_, 0);
   acc_.output_norm_sum = norm_sum;
   acc_.norm_tokens = norm_tokens;
-  return s;
 }
 
 double MoEImpl::expert_similarity() const {

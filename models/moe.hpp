@@ -109,6 +109,9 @@ class MoEImpl : public torch::nn::Module {
   void set_group_tokens(int64_t n) { group_tokens_ = n; }
   // Statistics since the last call, then reset.
   routers::RouterStats take_stats();
+  // Forgets the routing statistics collected since the last take_stats() (an evaluation's
+  // forwards), keeping the Sinkhorn tally and the output norms.
+  void drop_stats();
   // Mean L2 norm of this layer's MoE output per token since the last call (0 if none), then reset.
   double take_output_norm();
   // Mean over expert pairs of the cosine similarity of their flattened weights (w1, b1, w2, b2):

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <numeric>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -68,6 +69,19 @@ TEST_CASE("training on real text lowers the loss and a seeded run repeats exactl
   std::set<std::string> phases;
   for (const auto& t : s.timings(runs[0].id)) phases.insert(t.phase);
   CHECK(phases == std::set<std::string>{"data", "forward", "backward", "optimizer", "router", "step"});
+  // Each layer's per-expert token counts at every logged step: as many as the metrics' rows, one
+  // count per expert, the same total in every layer (each routes every token k times), seeded.
+  const auto loads = s.expert_loads(runs[0].id);
+  REQUIRE(loads.size() == 2 * ssr::testing::series(s, runs[0].id, "train", "layer0/load_cv").size());
+  std::map<int64_t, std::set<int64_t>> totals;  // step -> the layers' totals
+  for (const auto& l : loads) {
+    CHECK(l.tokens.size() == 4);
+    totals[l.step].insert(std::accumulate(l.tokens.begin(), l.tokens.end(), int64_t{0}));
+  }
+  for (const auto& [step, t] : totals) CHECK(t.size() == 1);
+  const auto same = s.expert_loads(runs[1].id);
+  REQUIRE(same.size() == loads.size());
+  for (size_t i = 0; i < loads.size(); ++i) CHECK(same[i].tokens == loads[i].tokens);
 
   auto listed = run(fmt::format("runs --db {} --where run.seed=2 --format csv", db));
   CHECK(listed.code == 0);
@@ -192,6 +206,11 @@ TEST_CASE("a killed run resumed from its checkpoint repeats the uninterrupted lo
              vb = ssr::testing::series(sb, rb.id, "valid", "loss");
   REQUIRE(va.size() == 6);
   CHECK(va == vb);
+  // The loads logged before the kill and after the resume are the uninterrupted run's.
+  const auto load_a = sa.expert_loads(ra.id), load_b = sb.expert_loads(rb.id);
+  REQUIRE(load_a.size() == load_b.size());
+  for (size_t i = 0; i < load_a.size(); ++i)
+    CHECK((load_a[i].step == load_b[i].step && load_a[i].tokens == load_b[i].tokens));
   CHECK(sa.results(ra.id).size() == sb.results(rb.id).size());
   for (size_t i = 0; i < sa.results(ra.id).size(); ++i) {
     INFO(sa.results(ra.id)[i].split << " " << sa.results(ra.id)[i].name);

@@ -45,6 +45,13 @@ std::string fixture_store(const std::string& name) {
       rows.push_back({step, "train", fmt::format("layer{}/load_cv", layer), 0.5 + layer, 0});
   }
   s.add_metrics(a, rows);
+  // Two layers, 4 experts, 300 logged windows: expert 0 takes half of layer 1's tokens.
+  std::vector<ssr::store::ExpertLoad> loads;
+  for (int64_t step = 1; step <= 300; ++step) {
+    loads.push_back({step, 0, {25, 25, 25, 25}});
+    loads.push_back({step, 1, {50, 20, 20, 10}});
+  }
+  s.add_expert_loads(a, loads);
   s.set_result(a, "valid", "ppl", 30.25);
   s.finish_run(a, "finished");
   const auto b = add("lb", {"+tags.note=" + kScript});
@@ -90,6 +97,14 @@ TEST_CASE("ui API: runs, one run, thinned curves, and JSON errors for bad ids an
   CHECK(loss.front()[0] == 1);
   CHECK(loss.back()[0] == 1000);  // the last point is kept
   CHECK(m.at("train/layer1/load_cv").back()[1] == 1.5);
+
+  const auto load = body(handle(db, "/api/runs/1/load", {{"points", "100"}})).at("layers");
+  REQUIRE(load.size() == 2);
+  CHECK(load[1].at("layer") == 1);
+  CHECK(load[1].at("steps").size() == 100);
+  CHECK(load[1].at("steps").back() == 300);
+  CHECK(load[1].at("share").back() == json({0.5, 0.2, 0.2, 0.1}));
+  CHECK(body(handle(db, "/api/runs/2/load", {})).at("layers").empty());  // a run without loads
 
   struct Bad {
     std::string path;
@@ -167,6 +182,9 @@ TEST_CASE("ui in a real browser: the runs table, a run's curves, a tag shown as 
   CHECK(std::regex_search(run.out, std::regex(R"(data-metric="train/loss" data-points="400")")));
   CHECK(std::regex_search(run.out, std::regex(R"(data-metric="train/load_cv" data-points="800")")));
   CHECK(run.out.find("<p class=\"bad\">Chart.js did not load") == std::string::npos);
+  // The heatmaps: a canvas per layer, 200 windows x 4 experts.
+  CHECK(std::regex_search(run.out, std::regex(R"(data-layer="0" data-cells="800")")));
+  CHECK(std::regex_search(run.out, std::regex(R"(data-layer="1" data-cells="800")")));
   // Chart.js sized the canvas it drew on.
   CHECK(std::regex_search(run.out, std::regex(R"(data-metric="train/loss"[^>]*style="display: block)")));
   CHECK(browse("#/run/1", fmt::format("--screenshot='{}'", (shots / "run.png").string())).code == 0);

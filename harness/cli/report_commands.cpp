@@ -2,6 +2,8 @@
 // compare: runs side by side; plot: a metric against the step through gnuplot.
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -137,7 +139,8 @@ void add_export_command(CLI::App& app, Context& ctx) {
   ex->add_option("--format", *format, "csv or jsonl")->check(CLI::IsMember({"csv", "jsonl"}))->capture_default_str();
   ex->add_option("--db", ctx.db, "run store")->capture_default_str();
   ex->footer(
-      "Columns: run, step, split, name, value, wall_s (seconds since the run started).\n"
+      "Columns: run, step, split, name, value, wall_s (seconds since the run started; nan for the per-expert\n"
+      "loads, layerL/expert_load/E: the tokens expert E of layer L received in the logging window).\n"
       "Examples:\n"
       "  ssr export 3 > run3.csv\n"
       "  ssr export 1 2 3 --format jsonl | jq 'select(.name == \"loss\")'");
@@ -148,8 +151,14 @@ void add_export_command(CLI::App& app, Context& ctx) {
       if (!store.run(id))
         throw config::ConfigError(fmt::format("export: no run {} in {} (ssr runs lists them)", id, ctx.db));
     if (*format == "csv") std::cout << "run,step,split,name,value,wall_s\n";
-    for (const auto id : *ids)
-      for (const auto& m : store.metrics(id)) {
+    for (const auto id : *ids) {
+      // The per-expert loads join as metrics of their own: layerL/expert_load/E, tokens in the window.
+      auto rows = store.metrics(id);
+      for (const auto& l : store.expert_loads(id))
+        for (size_t e = 0; e < l.tokens.size(); ++e)
+          rows.push_back({l.step, "train", fmt::format("layer{}/expert_load/{}", l.layer, e),
+                          static_cast<double>(l.tokens[e]), NAN});
+      for (const auto& m : rows) {
         if (*format == "csv")
           std::cout << fmt::format("{},{},{},{},{},{}\n", id, m.step, m.split, m.name, m.value, m.wall_s);
         else
@@ -158,6 +167,7 @@ void add_export_command(CLI::App& app, Context& ctx) {
                            .dump()
                     << "\n";
       }
+    }
   });
 }
 

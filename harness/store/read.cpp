@@ -110,6 +110,13 @@ std::vector<BenchCase> Store::bench_cases(const std::string& config_hash) const 
   return out;
 }
 
+std::vector<ExpertLoad> Store::expert_loads(int64_t run) const {
+  return run_rows<ExpertLoad>(
+      db_, "SELECT step, layer, tokens FROM expert_load WHERE run_id=? ORDER BY layer, step", run, [](const Stmt& s) {
+        return ExpertLoad{s.i64(0), s.i64(1), json::parse(s.text(2)).get<std::vector<int64_t>>()};
+      });
+}
+
 std::optional<Sweep> Store::sweep(int64_t id) const {
   Stmt s(db_, "SELECT id, name, spec_json, created_at FROM sweeps WHERE id=?");
   s.bind(1, id);

@@ -21,7 +21,7 @@ namespace ssr::store {
 
 // Versioned migrations: entry i takes the schema from version i to i + 1. Never edit a
 // released entry; append a new one.
-static const std::array<const char*, 7> kMigrations = {
+static const std::array<const char*, 8> kMigrations = {
     R"sql(
 CREATE TABLE sweeps (
   id          INTEGER PRIMARY KEY,
@@ -164,6 +164,18 @@ CREATE UNIQUE INDEX IF NOT EXISTS metrics_key ON metrics(run_id, split, name, st
 DELETE FROM timings WHERE rowid NOT IN (SELECT max(rowid) FROM timings GROUP BY run_id, phase, step);
 DROP INDEX IF EXISTS timings_run;
 CREATE UNIQUE INDEX IF NOT EXISTS timings_key ON timings(run_id, phase, step);
+)sql",
+    // 8: the tokens each expert of a layer received over a logging window, as a JSON array (one row
+    // per run, layer and logged step: a 16-expert, 4-layer run logged every 50 steps adds 160 rows
+    // per 2,000 steps), for the load heatmaps of `ssr ui`.
+    R"sql(
+CREATE TABLE IF NOT EXISTS expert_load (
+  run_id  INTEGER NOT NULL REFERENCES runs(id),
+  step    INTEGER NOT NULL,
+  layer   INTEGER NOT NULL,
+  tokens  TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS expert_load_key ON expert_load(run_id, layer, step);
 )sql"};
 
 Store::Store(const std::string& path, Access access) : path_(path) {

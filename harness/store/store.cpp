@@ -210,6 +210,13 @@ void Store::add_timings(int64_t run, const std::vector<Timing>& rows) {
               [&](Stmt& s, const Timing& t) { s.bind(1, run).bind(2, t.step).bind(3, t.phase).bind(4, t.seconds); });
 }
 
+void Store::add_expert_loads(int64_t run, const std::vector<ExpertLoad>& rows) {
+  insert_rows(db_, "INSERT OR REPLACE INTO expert_load (run_id, step, layer, tokens) VALUES (?,?,?,?)", rows,
+              [&](Stmt& s, const ExpertLoad& l) {
+                s.bind(1, run).bind(2, l.step).bind(3, l.layer).bind(4, json(l.tokens).dump());
+              });
+}
+
 void Store::set_result(int64_t run, const std::string& split, const std::string& name, double value) {
   Stmt s(db_, "INSERT OR REPLACE INTO results (run_id, split, name, value) VALUES (?,?,?,?)");
   s.bind(1, run).bind(2, split).bind(3, name).bind(4, value);
@@ -253,7 +260,7 @@ int64_t Store::add_bench_session(const std::string& command, const RunInfo& info
 
 void Store::truncate_after(int64_t run, int64_t step) {
   Transaction tx(db_);
-  for (const char* table : {"metrics", "timings"}) {
+  for (const char* table : {"metrics", "timings", "expert_load"}) {
     Stmt s(db_, fmt::format("DELETE FROM {} WHERE run_id=? AND step>?", table));
     s.bind(1, run).bind(2, step);
     s.step();
@@ -268,7 +275,7 @@ void Store::delete_runs(const std::vector<int64_t>& runs, double stale_after) {
   for (const auto id : runs) refuse_if_held(id, stale_after);
   Transaction tx(db_);
   for (const auto id : runs) {
-    for (const char* table : {"metrics", "timings", "results"}) {
+    for (const char* table : {"metrics", "timings", "results", "expert_load"}) {
       Stmt s(db_, fmt::format("DELETE FROM {} WHERE run_id=?", table));
       s.bind(1, id);
       s.step();

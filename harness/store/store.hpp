@@ -65,6 +65,12 @@ struct Result {
   double value;
 };
 
+// The tokens each expert of one MoE layer received over the logging window ending at `step`.
+struct ExpertLoad {
+  int64_t step, layer;
+  std::vector<int64_t> tokens;  // (experts)
+};
+
 struct Timing {
   int64_t step;
   std::string phase;
@@ -133,6 +139,7 @@ class Store {
 
   void add_metrics(int64_t run, const std::vector<Metric>& rows);
   void add_timings(int64_t run, const std::vector<Timing>& rows);
+  void add_expert_loads(int64_t run, const std::vector<ExpertLoad>& rows);
   void set_result(int64_t run, const std::string& split, const std::string& name, double value);
 
   std::optional<Run> run(int64_t id) const;
@@ -140,6 +147,7 @@ class Store {
   std::vector<Metric> metrics(int64_t run) const;
   std::vector<Result> results(int64_t run) const;
   std::vector<Timing> timings(int64_t run) const;
+  std::vector<ExpertLoad> expert_loads(int64_t run) const;  // by layer, then step
   // Drop rows a run wrote after `step` (a resumed run continues from its checkpoint).
   void truncate_after(int64_t run, int64_t step);
   // Deletes the runs with every row that refers to them, in one transaction; a run some process

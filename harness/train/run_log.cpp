@@ -59,6 +59,7 @@ void RunLog::router_stats(int64_t step, const std::vector<routers::RouterStats>&
   for (size_t l = 0; l < layers.size(); ++l) {
     const auto& s = layers[l];
     const std::string p = fmt::format("layer{}/", l);
+    if (!s.tokens_per_expert.empty()) loads_.push_back({step, static_cast<int64_t>(l), s.tokens_per_expert});
     metric(step, "train", p + "load_cv", s.load_cv);
     metric(step, "train", p + "max_vio", s.max_vio);
     metric(step, "train", p + "dead_experts", static_cast<double>(s.dead_experts));
@@ -95,9 +96,11 @@ void RunLog::flush(int64_t step) {
           id_));
     store_.add_metrics(id_, metrics_);
     store_.add_timings(id_, timings_);
+    store_.add_expert_loads(id_, loads_);
   }
   metrics_.clear();
   timings_.clear();
+  loads_.clear();
   last_flush_ = Clock::now();
 }
 

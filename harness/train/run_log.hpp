@@ -73,6 +73,7 @@ class RunLog {
   Clock::time_point start_, last_flush_;
   std::vector<store::Metric> metrics_;
   std::vector<store::Timing> timings_;
+  std::vector<store::ExpertLoad> loads_;  // per layer and logged step
   void routing_results();
   void (*old_int_)(int);
   void (*old_term_)(int);

@@ -22,7 +22,13 @@ Step::Step(const config::Config& cfg, Task& task, torch::optim::Optimizer& optim
 StepOutcome Step::run(int64_t step, bool log_step) {
   StepOutcome o;
   dist::Group* group = task_.group();
-  for (auto& layer : layers_) layer->collect_stats(log_step);
+  // A logging step's statistics are its own forward's: a partial validation since the last step
+  // (which ran with collection still on) would otherwise count into this window, and a resumed
+  // run, which does not repeat that validation, would log other loads.
+  for (auto& layer : layers_) {
+    layer->collect_stats(log_step);
+    if (log_step) layer->drop_stats();
+  }
   // The reference steps its LambdaLR before the optimizer: update s uses lr * min(1, s / warmup).
   o.lr = learning_rate(cfg_, step);
   set_learning_rate(optimizer_, o.lr);

@@ -157,6 +157,30 @@ json metrics(const store::Store& s, int64_t id, int64_t points) {
   return {{"id", id}, {"series", out}};
 }
 
+// Per layer, each logged window's share of tokens per expert: (steps, experts), at most `points`
+// windows, evenly spaced, the last kept.
+json loads(const store::Store& s, int64_t id, int64_t points) {
+  if (!s.run(id)) throw Refused{404, fmt::format("no run {} in {}", id, s.path())};
+  std::map<int64_t, std::vector<store::ExpertLoad>> by_layer;
+  for (auto& l : s.expert_loads(id)) by_layer[l.layer].push_back(std::move(l));
+  json layers = json::array();
+  for (const auto& [layer, rows] : by_layer) {
+    json steps = json::array(), share = json::array();
+    const size_t n = rows.size(), keep = std::min<size_t>(n, static_cast<size_t>(points));
+    for (size_t i = 0; i < keep; ++i) {
+      const auto& r = rows[keep == 1 ? n - 1 : i * (n - 1) / (keep - 1)];
+      double total = 0;
+      for (const auto t : r.tokens) total += static_cast<double>(t);
+      json row = json::array();
+      for (const auto t : r.tokens) row.push_back(total > 0 ? static_cast<double>(t) / total : 0.0);
+      steps.push_back(r.step);
+      share.push_back(row);
+    }
+    layers.push_back({{"layer", layer}, {"steps", steps}, {"share", share}});
+  }
+  return {{"id", id}, {"layers", layers}};
+}
+
 std::string read_file(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
@@ -189,6 +213,8 @@ Reply handle(const std::string& db, const std::string& path, const Params& param
     if (slash == std::string::npos) return {200, "application/json", run(s, id).dump()};
     if (rest.substr(slash) == "/metrics")
       return {200, "application/json", metrics(s, id, positive(params, "points", 400, 100000)).dump()};
+    if (rest.substr(slash) == "/load")
+      return {200, "application/json", loads(s, id, positive(params, "points", 200, 100000)).dump()};
     throw Refused{404, fmt::format("no such page: {}", path)};
   } catch (const Refused& e) {
     return {e.status, "application/json", json{{"error", e.message}}.dump()};

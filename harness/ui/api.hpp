@@ -20,6 +20,7 @@ using Params = std::multimap<std::string, std::string>;
 //     /api/runs               ?where=&sort=&limit=: the runs, as `ssr runs` selects them
 //     /api/runs/ID            one run: config with each key's doc, results, timings, provenance
 //     /api/runs/ID/metrics    ?points=N: every logged curve, thinned to at most N points each
+//     /api/runs/ID/load       ?points=N: per layer, each expert's share of tokens per logged window
 // Anything else is 404; a bad id or query is a JSON {"error": ...} with 400 or 404.
 Reply handle(const std::string& db, const std::string& path, const Params& params);
 

@@ -80,6 +80,20 @@ async function runsPage() {
   if (data.runs.some(r => r.status === "running")) timer = setTimeout(route, 5000);
 }
 
+// (steps, experts) shares as a canvas: a column per logged window, a row per expert.
+function heatmap(l) {
+  const experts = l.share[0].length, steps = l.share.length, cw = Math.max(1, Math.floor(400 / steps)), ch = Math.max(4, Math.floor(160 / experts));
+  const c = el("canvas", {width: steps * cw, height: experts * ch, "data-layer": l.layer, "data-cells": steps * experts, title: "expert load, layer " + l.layer});
+  const g = c.getContext("2d");
+  l.share.forEach((row, x) => row.forEach((v, e) => {
+    const r = Math.min(2, v * experts);  // 1 = the uniform share
+    const t = r < 1 ? r : 2 - r;          // 0 at the ends, 1 at uniform
+    g.fillStyle = r < 1 ? `rgb(${Math.round(255 * t)},${Math.round(255 * t)},255)` : `rgb(255,${Math.round(255 * t)},${Math.round(255 * t)})`;
+    g.fillRect(x * cw, e * ch, cw, ch);
+  }));
+  return c;
+}
+
 function curveGroups(series) {
   // One chart per metric name; the layers of a per-layer metric (layer0/load_cv, ...) share one.
   const groups = {};
@@ -94,7 +108,7 @@ function curveGroups(series) {
 }
 
 async function runPage(id) {
-  const [run, m] = await Promise.all([get("/api/runs/" + id), get("/api/runs/" + id + "/metrics?points=400")]);
+  const [run, m, load] = await Promise.all([get("/api/runs/" + id), get("/api/runs/" + id + "/metrics?points=400"), get("/api/runs/" + id + "/load?points=200")]);
   for (const c of charts) c.destroy();
   charts = [];
   const title = el("h2", {}, "run " + run.id + " ", el("span", {class: run.status === "running" ? "live" : (run.status === "failed" ? "bad" : "muted")}, run.status), " " + run.router);
@@ -105,6 +119,11 @@ async function runPage(id) {
   const res = el("table", {id: "results"}, el("tr", {}, el("th", {}, "split"), el("th", {}, "result"), el("th", {}, "value")));
   for (const [split, names] of Object.entries(run.results)) for (const [name, v] of Object.entries(names)) res.append(el("tr", {}, el("td", {}, split), el("td", {}, name), el("td", {class: "num"}, fmt(v))));
   parts.push(el("h3", {}, "results"), res);
+  if (load.layers.length) {
+    const maps = el("div", {class: "charts", id: "heatmaps"});
+    for (const l of load.layers) maps.append(el("div", {class: "chart"}, el("div", {}, "layer " + l.layer + ": steps " + l.steps[0] + " to " + l.steps[l.steps.length - 1]), heatmap(l)));
+    parts.push(el("h3", {}, "expert load per layer (rows: experts; colour: share of tokens / uniform share, blue 0, white 1, red 2 or more)"), maps);
+  }
   const grid = el("div", {class: "charts", id: "charts"});
   parts.push(el("h3", {}, "curves"), grid);
   const groups = curveGroups(m.series);

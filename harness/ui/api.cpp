@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 
 #include "harness/config/config.hpp"
@@ -33,30 +34,31 @@ std::string param(const Params& p, const std::string& key, const std::string& fa
   return it == p.end() ? fallback : it->second;
 }
 
+// `text` as a whole number >= 1, or nullopt.
+std::optional<int64_t> whole(const std::string& text) {
+  size_t used = 0;
+  int64_t v = 0;
+  try {
+    v = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  if (used != text.size() || v < 1) return std::nullopt;
+  return v;
+}
+
 int64_t positive(const Params& p, const std::string& key, int64_t fallback, int64_t cap) {
   const std::string text = param(p, key);
   if (text.empty()) return fallback;
-  size_t used = 0;
-  int64_t v = 0;
-  try {
-    v = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != text.size() || v < 1) throw Refused{400, fmt::format("{}: '{}' is not a whole number >= 1", key, text)};
-  return std::min(v, cap);
+  const auto v = whole(text);
+  if (!v) throw Refused{400, fmt::format("{}: '{}' is not a whole number >= 1", key, text)};
+  return std::min(*v, cap);
 }
 
 int64_t run_id(const std::string& text) {
-  size_t used = 0;
-  int64_t v = 0;
-  try {
-    v = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != text.size() || text.empty() || v < 1) throw Refused{400, fmt::format("'{}' is not a run id", text)};
-  return v;
+  const auto v = whole(text);
+  if (!v) throw Refused{400, fmt::format("'{}' is not a run id", text)};
+  return *v;
 }
 
 json results_json(const std::vector<store::Result>& results) {

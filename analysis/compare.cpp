@@ -5,10 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
-#include <optional>
 #include <set>
 
-#include "analysis/stats.hpp"
 #include "harness/config/config.hpp"
 #include "harness/store/query.hpp"
 
@@ -26,6 +24,11 @@ std::string status_line(const store::Run& r) {
 
 std::string value_text(double v) { return std::isnan(v) ? "NaN" : fmt::format("{:.6g}", v); }
 
+std::string estimate_text(const Estimate& x) {
+  return x.n > 1 ? fmt::format("{:+.4g} ± {:.2g}{}", x.mean, x.ci, std::abs(x.mean) > x.ci ? " *" : "")
+                 : fmt::format("{:+.4g}", x.mean);
+}
+
 }  // namespace
 
 std::string unit_of(const std::string& name) {
@@ -36,97 +39,143 @@ std::string unit_of(const std::string& name) {
   return it == units.end() ? "" : it->second;
 }
 
-std::string compare_runs(const store::Store& store, const std::vector<int64_t>& ids) {
-  if (ids.size() < 2) throw config::ConfigError("compare: give two or more run ids (ssr runs lists them)");
-  std::vector<store::Run> runs;
+Comparison compare(const store::Store& store, const CompareRequest& req) {
+  if (req.ids.size() < 2)
+    throw config::ConfigError("compare: give two or more runs (ids, --where or --sweep; ssr runs lists them)");
+  if (!req.by.empty()) store::require_known_key(req.by, "--by");
+  Comparison c;
   std::vector<config::Config> cfgs;
-  for (auto id : ids) {
+  for (auto id : req.ids) {
     auto r = store.run(id);
     if (!r) throw config::ConfigError(fmt::format("compare: no run {} in {} (ssr runs lists them)", id, store.path()));
     cfgs.push_back(store::stored_config(*r));
-    runs.push_back(std::move(*r));
+    c.runs.push_back(std::move(*r));
   }
+  const size_t n = c.runs.size();
+
+  std::set<std::string> names;
+  for (const auto& cfg : cfgs)
+    for (const auto& [k, v] : cfg.values()) names.insert(k);
+  std::vector<std::string> hashed;  // hashed keys other than run.seed that differ: the default groups
+  for (const auto& k : names) {
+    std::vector<std::string> values;
+    for (const auto& cfg : cfgs) values.push_back(cfg.has(k) ? text(cfg.at(k)) : "-");
+    if (std::set<std::string>(values.begin(), values.end()).size() < 2) continue;
+    const auto* key = config::find_key(k);
+    if (k != "run.seed" && (!key || key->hashed)) hashed.push_back(k);
+    c.differing.emplace_back(k, std::move(values));
+  }
+
+  // Results, restricted to the requested ones.
+  std::map<std::pair<std::string, std::string>, std::vector<std::optional<double>>> results;
+  for (size_t i = 0; i < n; ++i)
+    for (const auto& x : store.results(c.runs[i].id)) {
+      auto& row = results[{x.split, x.name}];
+      row.resize(n);
+      row[i] = x.value;
+    }
+  std::vector<std::string> known;
+  for (const auto& [key, row] : results) known.push_back(key.first + "/" + key.second);
+  for (const auto& m : req.metrics)
+    if (std::find(known.begin(), known.end(), m) == known.end()) {
+      const auto near = config::closest(m, known);
+      throw config::ConfigError(fmt::format(
+          "--metric {}: none of these runs has that result{}", m,
+          near.empty() ? " (ssr show RUN lists a run's results)" : fmt::format("; did you mean {}?", near)));
+    }
+  for (auto& [key, row] : results) {
+    if (!req.metrics.empty() &&
+        std::find(req.metrics.begin(), req.metrics.end(), key.first + "/" + key.second) == req.metrics.end())
+      continue;
+    row.resize(n);
+    c.results.push_back({key.first, key.second, row});
+  }
+
+  // Groups: by the chosen key's value, or by every hashed key that differs except the seed.
+  for (size_t i = 0; i < n; ++i) {
+    std::string g;
+    if (!req.by.empty()) {
+      g = req.by + "=" + store::lookup(c.runs[i], req.by, 0).value_or("");
+    } else {
+      for (const auto& k : hashed) g += (g.empty() ? "" : " ") + k + "=" + text(cfgs[i].at(k));
+    }
+    c.group_of.push_back(g.empty() ? "all" : g);
+    if (std::find(c.groups.begin(), c.groups.end(), c.group_of[i]) == c.groups.end()) c.groups.push_back(c.group_of[i]);
+  }
+  for (size_t g = 1; g < c.groups.size(); ++g)
+    for (const auto& row : c.results) {
+      if (row.name == "seconds") continue;
+      Paired p{c.groups[g], row.split, row.name};
+      std::vector<double> d, rel;
+      bool relative = true;
+      for (size_t i = 0; i < n; ++i) {
+        if (c.group_of[i] != c.groups[g] || !row.values[i]) continue;
+        for (size_t j = 0; j < n; ++j)
+          if (c.group_of[j] == c.groups[0] && c.runs[j].seed == c.runs[i].seed && row.values[j]) {
+            const double a = *row.values[i], b = *row.values[j];
+            if (!std::isfinite(a) || !std::isfinite(b)) {
+              ++p.left_out;
+            } else {
+              d.push_back(a - b);
+              if (b == 0)
+                relative = false;
+              else
+                rel.push_back(100.0 * (a - b) / b);
+            }
+            break;
+          }
+      }
+      if (d.empty() && p.left_out == 0) continue;
+      p.delta = estimate(d);
+      if (relative && !rel.empty()) p.relative = estimate(rel);
+      c.paired.push_back(p);
+    }
+  return c;
+}
+
+std::string to_markdown(const Comparison& c) {
   std::string cols, rule = "|---|";  // " run 1 | run 3 |"
-  for (const auto& r : runs) {
+  for (const auto& r : c.runs) {
     cols += fmt::format(" run {} |", r.id);
     rule += "---|";
   }
   const auto table = [&](const std::string& first) { return "| " + first + " |" + cols + "\n" + rule + "\n"; };
   std::string out = "## Runs\n\n" + table("") + "| status |";
-  for (const auto& r : runs) out += " " + status_line(r) + " |";
-  out += "\n| config hash |";
-  for (const auto& r : runs) out += " " + r.config_hash + " |";
+  for (const auto& r : c.runs) out += " " + status_line(r) + " |";
   out += "\n| seed |";
-  for (const auto& r : runs) out += fmt::format(" {} |", r.seed);
+  for (const auto& r : c.runs) out += fmt::format(" {} |", r.seed);
   out += "\n\n## Config: the keys that differ\n\n" + table("key");
-  std::set<std::string> names;
-  for (const auto& c : cfgs)
-    for (const auto& [k, v] : c.values()) names.insert(k);
-  std::vector<std::string> differing;  // hashed keys other than run.seed that differ
-  for (const auto& k : names) {
-    std::set<std::string> seen;
-    for (const auto& c : cfgs) seen.insert(c.has(k) ? text(c.at(k)) : "-");
-    if (seen.size() < 2) continue;
+  for (const auto& [k, values] : c.differing) {
     out += "| " + k + " |";
-    for (const auto& c : cfgs) out += " " + (c.has(k) ? text(c.at(k)) : "-") + " |";
+    for (const auto& v : values) out += " " + v + " |";
     out += "\n";
-    const auto* key = config::find_key(k);
-    if (k != "run.seed" && (!key || key->hashed)) differing.push_back(k);
   }
-
-  // Final results side by side.
-  std::map<std::pair<std::string, std::string>, std::vector<std::optional<double>>> results;
-  for (size_t i = 0; i < runs.size(); ++i)
-    for (const auto& x : store.results(runs[i].id)) {
-      auto& row = results[{x.split, x.name}];
-      row.resize(runs.size());
-      row[i] = x.value;
-    }
   out += "\n## Results\n\n" + table("result");
-  for (auto& [key, row] : results) {
-    row.resize(runs.size());
-    const std::string unit = unit_of(key.second);
-    out += fmt::format("| {}/{}{} |", key.first, key.second, unit.empty() ? "" : " (" + unit + ")");
-    for (const auto& v : row) out += " " + (v ? value_text(*v) : "-") + " |";
+  for (const auto& row : c.results) {
+    const std::string unit = unit_of(row.name);
+    out += fmt::format("| {}/{}{} |", row.split, row.name, unit.empty() ? "" : " (" + unit + ")");
+    for (const auto& v : row.values) out += " " + (v ? value_text(*v) : "-") + " |";
     out += "\n";
   }
-
-  // Groups: runs whose configs agree on every differing key except the seed.
-  std::vector<std::string> group_of(runs.size());
-  std::vector<std::string> groups;
-  for (size_t i = 0; i < runs.size(); ++i) {
-    std::string g;
-    for (const auto& k : differing) g += (g.empty() ? "" : " ") + k + "=" + text(cfgs[i].at(k));
-    group_of[i] = g.empty() ? "all" : g;
-    if (std::find(groups.begin(), groups.end(), group_of[i]) == groups.end()) groups.push_back(group_of[i]);
-  }
-  if (groups.size() < 2) return out;
+  if (c.groups.size() < 2) return out;
   out += fmt::format(
-      "\n## Paired differences against {} (runs of the same seed; mean ± 95 % Student-t interval over seeds)\n\n",
-      groups[0]);
-  out += "| group | result | Δ | Δ % | seeds |\n|---|---|---|---|---|\n";
-  for (size_t g = 1; g < groups.size(); ++g)
-    for (const auto& [key, row] : results) {
-      std::vector<double> d, rel;
-      for (size_t i = 0; i < runs.size(); ++i) {
-        if (group_of[i] != groups[g] || !row[i]) continue;
-        for (size_t j = 0; j < runs.size(); ++j)
-          if (group_of[j] == groups[0] && runs[j].seed == runs[i].seed && row[j]) {
-            d.push_back(*row[i] - *row[j]);
-            rel.push_back(100.0 * (*row[i] - *row[j]) / *row[j]);
-            break;
-          }
-      }
-      if (d.empty() || key.second == "seconds") continue;
-      const auto e = estimate(d), r = estimate(rel);
-      const auto fmt_e = [](const Estimate& x) {
-        return x.n > 1 ? fmt::format("{:+.4g} ± {:.2g}{}", x.mean, x.ci, std::abs(x.mean) > x.ci ? " *" : "")
-                       : fmt::format("{:+.4g}", x.mean);
-      };
-      out += fmt::format("| {} | {}/{} | {} | {} | {} |\n", groups[g], key.first, key.second, fmt_e(e), fmt_e(r), e.n);
+      "\n## Paired differences against {} (runs of the same seed; mean ± 95 % Student-t interval over seeds)\n",
+      c.groups[0]);
+  bool left_out = false;
+  for (size_t g = 1; g < c.groups.size(); ++g) {
+    out += fmt::format("\n### {}\n\n| result | Δ | Δ % | seeds |\n|---|---|---|---|\n", c.groups[g]);
+    for (const auto& p : c.paired) {
+      if (p.group != c.groups[g]) continue;
+      left_out = left_out || p.left_out > 0;
+      const std::string seeds =
+          p.left_out ? fmt::format("{} ({} left out)", p.delta.n, p.left_out) : std::to_string(p.delta.n);
+      out += fmt::format("| {}/{} | {} | {} | {} |\n", p.split, p.name, p.delta.n ? estimate_text(p.delta) : "-",
+                         p.relative ? estimate_text(*p.relative) : "-", seeds);
     }
-  out += "\n* the interval excludes 0.\n";
-  return out;
+  }
+  out += "\n* the interval excludes 0.";
+  if (left_out) out += " Left out: seeds where either run's value is nan or inf.";
+  return out + "\n";
 }
 
 }  // namespace ssr::analysis

@@ -15,9 +15,6 @@ namespace ssr::analysis {
 namespace {
 
 using config::ConfigError;
-using json = nlohmann::json;
-
-std::string config_text(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
 
 // step -> value of one run: the metric itself, or the mean over layers of layerL/NAME.
 std::map<int64_t, double> series_of_run(const store::Store& store, int64_t run, const PlotRequest& r,
@@ -44,8 +41,7 @@ std::map<int64_t, double> series_of_run(const store::Store& store, int64_t run, 
 
 Plot plot_runs(const store::Store& store, const PlotRequest& r) {
   if (r.runs.empty()) throw ConfigError("plot: give one or more run ids (ssr runs lists them)");
-  if (!r.by.empty() && !config::find_key(r.by))
-    throw ConfigError(fmt::format("--by {}: not a config key (ssr config --doc lists them)", r.by));
+  if (!r.by.empty()) store::require_known_key(r.by, "--by");
   // Series names: "run 3" each, or "router.name=ssr_l" per group in the order first seen.
   std::vector<std::string> names;
   std::map<std::string, std::vector<std::map<int64_t, double>>> curves;
@@ -53,10 +49,9 @@ Plot plot_runs(const store::Store& store, const PlotRequest& r) {
   for (const auto id : r.runs) {
     const auto run = store.run(id);
     if (!run) throw ConfigError(fmt::format("plot: no run {} in {} (ssr runs lists them)", id, store.path()));
-    const auto cfg = store::stored_config(*run);
-    const std::string name =
-        r.by.empty() ? fmt::format("run {}", id)
-                     : fmt::format("{}={}", r.by, cfg.has(r.by) ? config_text(cfg.at(r.by)) : std::string("-"));
+    store::stored_config(*run);  // refuses a damaged row by name
+    const std::string name = r.by.empty() ? fmt::format("run {}", id)
+                                          : fmt::format("{}={}", r.by, store::lookup(*run, r.by, 0).value_or("-"));
     if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
     auto points = series_of_run(store, id, r, logged);
     if (!points.empty()) curves[name].push_back(std::move(points));
@@ -72,6 +67,7 @@ Plot plot_runs(const store::Store& store, const PlotRequest& r) {
   p.ylabel = fmt::format("{} ({})", r.metric, r.split);
   p.title = r.by.empty() ? p.ylabel : fmt::format("{}: mean over runs of each {}, 95 % band", p.ylabel, r.by);
   p.csv = "series,x,y,ci,n,series_index,x_index\n";
+  p.points.resize(names.size());
   for (size_t si = 0; si < names.size(); ++si) {
     const auto& runs = curves[names[si]];
     if (runs.empty()) continue;
@@ -82,6 +78,7 @@ Plot plot_runs(const store::Store& store, const PlotRequest& r) {
         if (auto it = runs[i].find(step); it != runs[i].end()) v.push_back(it->second);
       if (v.size() < runs.size()) continue;
       const auto e = estimate(v);
+      p.points[si].push_back({step, e.mean, e.ci, e.n});
       p.csv += fmt::format("{},{},{},{},{},{},{}\n", csv_field(names[si]), step, e.mean, e.ci, e.n, si, step);
     }
   }

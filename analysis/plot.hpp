@@ -14,12 +14,20 @@ struct PlotRequest {
   std::vector<int64_t> runs;
   std::string split = "train";  // the metrics table's split: train, valid, ...
   std::string metric = "loss";  // a metric name; "layer*/NAME" is the mean of layerL/NAME over layers
-  std::string by;               // a config key: one series per value, mean and band over its runs
+  std::string by;               // a key of `ssr runs --where` (router, router.p, ...): one series per value
+};
+
+// One step of a series: the mean over its runs, the 95 % half-width, and how many runs.
+struct PlotPoint {
+  int64_t step = 0;
+  double mean = 0, ci = 0;
+  int64_t n = 0;
 };
 
 struct Plot {
-  std::string csv;                  // series,x,y,ci,n,series_index,x_index
-  std::vector<std::string> series;  // names, in series_index order
+  std::string csv;                             // series,x,y,ci,n,series_index,x_index
+  std::vector<std::string> series;             // names, in series_index order
+  std::vector<std::vector<PlotPoint>> points;  // per series, by step
   std::string title, ylabel;
 };
 

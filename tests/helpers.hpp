@@ -4,6 +4,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <fmt/format.h>
 #include <torch/torch.h>
+#include <ftw.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -28,10 +29,18 @@ inline torch::Tensor random_logits(int64_t m, int64_t n, double scale, uint64_t 
 
 inline double normal_cdf(double z) { return 0.5 * std::erfc(-z / std::sqrt(2.0)); }
 
+// Removes `dir` and everything under it, not following links; false if anything stayed.
+// Not std::filesystem::remove_all: that binds to a copy inside libtorch.so (the 2.11 wheel) that
+// segfaults on a non-empty folder.
+inline bool remove_tree(const std::filesystem::path& dir) {
+  const auto one = [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p) == 0 ? 0 : 1; };
+  return ::nftw(dir.c_str(), one, 16, FTW_DEPTH | FTW_PHYS) == 0;
+}
+
 // A fresh, empty directory ssr_SUITE_PID_NAME under the system's temporary directory.
 inline std::filesystem::path temp_dir(const std::string& suite, const std::string& name) {
   const auto dir = std::filesystem::temp_directory_path() / fmt::format("ssr_{}_{}_{}", suite, ::getpid(), name);
-  std::filesystem::remove_all(dir);
+  remove_tree(dir);
   std::filesystem::create_directories(dir);
   return dir;
 }

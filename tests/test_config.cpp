@@ -9,6 +9,7 @@
 
 #include "harness/config/choice.hpp"
 #include "harness/config/config.hpp"
+#include "tests/helpers.hpp"
 
 namespace fs = std::filesystem;
 using ssr::config::Config;
@@ -30,8 +31,7 @@ struct Fixture {
     write("model/small.yaml", "n_layers: 3\nd_model: 64\n_global_:\n  train:\n    seq_len: 32\n");
     write("base.yaml", "defaults:\n  router: ssr_l\n  model: small\ntrain:\n  steps: 10\n  lr: 1e-3\n");
   }
-  // std::system: libtorch exports a std::filesystem::remove_all that crashes when called.
-  ~Fixture() { std::system(("rm -rf '" + dir.string() + "'").c_str()); }
+  ~Fixture() { ssr::testing::remove_tree(dir); }
   std::string write(const std::string& name, const std::string& text) const {
     std::ofstream(dir / name) << text;
     return (dir / name).string();

@@ -6,7 +6,6 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
-#include <ftw.h>
 #include <unistd.h>
 
 #include "harness/config/config.hpp"
@@ -35,13 +34,7 @@ struct TempDir {
     path = fs::temp_directory_path() / ("ssr-test-data-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
     fs::create_directories(path);
   }
-  // Not fs::remove_all: libtorch.so exports its own broken copy of it, which the dynamic linker
-  // prefers, and it jumps to a null pointer.
-  ~TempDir() {
-    nftw(
-        path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); }, 16,
-        FTW_DEPTH | FTW_PHYS);
-  }
+  ~TempDir() { ssr::testing::remove_tree(path); }
 };
 
 config::Config make_cfg(const std::vector<std::string>& overrides, const TempDir& tmp) {

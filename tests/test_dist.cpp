@@ -36,11 +36,13 @@ using ssr::testing::series;
 const std::string kDemo = std::string(SSR_SOURCE_DIR) + "/experiments/demo.yaml";
 // 8 streams of 16 tokens; no dropout, so that rank 1's own dropout stream cannot make the
 // two-rank run differ from the one-process run.
-const std::string kTiny =
-    "train.batch_size=8 train.seq_len=16 train.warmup=2 eval.batch_size=8 run.log_every=1 run.threads=1 "
-    "eval.max_segments=3 train.eval_every=4 train.eval_segments=2 model.dropout=0 run.dist_timeout_s=60 "
-    "run.out_dir=" +
-    (fs::temp_directory_path() / ("ssr_dist_ckpt_" + std::to_string(::getpid()))).string();
+// A function, not a constant: the temporary root is set by main(), after static initialisation.
+std::string tiny_overrides() {
+  return "train.batch_size=8 train.seq_len=16 train.warmup=2 eval.batch_size=8 run.log_every=1 run.threads=1 "
+         "eval.max_segments=3 train.eval_every=4 train.eval_segments=2 model.dropout=0 run.dist_timeout_s=60 "
+         "run.out_dir=" +
+         (fs::temp_directory_path() / ("ssr_dist_ckpt_" + std::to_string(::getpid()))).string();
+}
 
 // The one run of a store that must hold exactly one.
 ssr::store::Run only_run(ssr::store::Store& s) {
@@ -65,10 +67,10 @@ struct Pair {
 };
 std::unique_ptr<Pair> train_pair(const std::string& name, const std::string& one_args, const std::string& two_args) {
   const auto db1 = temp_db("dist", name + "_1.db"), db2 = temp_db("dist", name + "_2.db");
-  auto a = run(fmt::format("train {} {} {} --db {} --quiet", kDemo, kTiny, one_args, db1));
+  auto a = run(fmt::format("train {} {} {} --db {} --quiet", kDemo, tiny_overrides(), one_args, db1));
   INFO(a.out);
   REQUIRE(a.code == 0);
-  auto b = run(fmt::format("train {} {} {} --nproc 2 --db {} --quiet", kDemo, kTiny, two_args, db2));
+  auto b = run(fmt::format("train {} {} {} --nproc 2 --db {} --quiet", kDemo, tiny_overrides(), two_args, db2));
   INFO(b.out);
   REQUIRE(b.code == 0);
   std::unique_ptr<Pair> p(new Pair{ssr::store::Store(db1), ssr::store::Store(db2), {}, {}});
@@ -195,7 +197,7 @@ TEST_CASE("a killed rank fails the run without a hang, and the run resumes to th
   const auto db_a = temp_db("dist", "kill_ref.db"), db_b = temp_db("dist", "kill.db");
   // Dropout on: each rank draws its own masks, and the resumed run must restore both streams.
   const std::string args =
-      kTiny + " model.dropout=0.1 train.steps=60 train.checkpoint_every=10 router=ssr_l router.p=0.3";
+      tiny_overrides() + " model.dropout=0.1 train.steps=60 train.checkpoint_every=10 router=ssr_l router.p=0.3";
   auto a = run(fmt::format("train {} {} --nproc 2 --db {} --quiet", kDemo, args, db_a));
   INFO(a.out);
   REQUIRE(a.code == 0);
@@ -239,7 +241,7 @@ TEST_CASE("a killed rank fails the run without a hang, and the run resumes to th
 TEST_CASE("when rank 0 dies the launcher marks its run failed", "[dist]") {
   const auto db = temp_db("dist", "kill0.db");
   std::vector<std::string> cmd = {"train", kDemo};
-  for (const auto& w : words(kTiny + " train.steps=100000")) cmd.push_back(w);
+  for (const auto& w : words(tiny_overrides() + " train.steps=100000")) cmd.push_back(w);
   for (const auto& w : words(fmt::format("--nproc 2 --db {} --quiet", db))) cmd.push_back(w);
   const pid_t launcher = spawn(cmd);
   const int64_t step = wait_step(db, launcher, 3);
@@ -267,7 +269,7 @@ TEST_CASE("distributed input errors stop before any rank starts, with one line",
       {"--nproc 2 train.batch_split=5", "train.batch_split: 5 micro-batches need at least as many streams per rank"},
   };
   for (const auto& c : cases) {
-    auto r = run(fmt::format("train {} {} {} --db {}", kDemo, kTiny, c.args, db));
+    auto r = run(fmt::format("train {} {} {} --db {}", kDemo, tiny_overrides(), c.args, db));
     INFO(c.args << "\n" << r.out);
     CHECK(r.code == 2);
     CHECK_THAT(r.out, Catch::Contains(c.expect));
@@ -404,7 +406,7 @@ TEST_CASE("a sweep job with run.nproc=2 trains on two ranks into its one row, an
   const auto db = temp_db("dist", "sweep.db");
   const auto file = fs::path(db).parent_path() / "dp-sweep.yaml";
   std::string overrides;
-  std::istringstream tokens(kTiny);
+  std::istringstream tokens(tiny_overrides());
   for (std::string t; tokens >> t;) overrides += t + ", ";
   std::ofstream(file) << fmt::format(
       "base: {}\noverrides: [{}train.steps=4, run.nproc=2]\nvariants:\n  vanilla: [router=vanilla]\n"

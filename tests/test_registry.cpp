@@ -14,6 +14,7 @@
 #include "harness/train/checkpoint.hpp"
 #include "routers/registry.hpp"
 #include "tests/cli_helpers.hpp"
+#include "tests/helpers.hpp"
 
 using namespace ssr::routers;
 
@@ -84,7 +85,7 @@ TEST_CASE("router.name's values and the router keys' scopes come from the regist
 TEST_CASE("every registered router trains through `ssr train`, and the expert bias travels in checkpoints",
           "[routers][registry][train]") {
   const auto dir = std::filesystem::temp_directory_path() / ("ssr_registry_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
+  ssr::testing::remove_tree(dir);
   const std::string db = (dir / "runs.db").string();
   const std::string args =
       "train.steps=3 train.batch_size=4 train.seq_len=16 eval.batch_size=4 eval.max_segments=1 train.eval_every=0 "

@@ -11,9 +11,11 @@
 #include <filesystem>
 #include <fmt/format.h>
 #include <fstream>
+#include <limits>
 
 #include "analysis/report.hpp"
 #include "harness/store/store.hpp"
+#include "analysis/compare.hpp"
 #include "tests/cli_helpers.hpp"
 #include "harness/sweep/sweep.hpp"
 #include "tests/helpers.hpp"
@@ -276,7 +278,7 @@ TEST_CASE("reports take the overrides the sweep ran with: they are part of the j
 
 TEST_CASE("ssr compare: differing keys, results with units, paired differences by seed", "[report][cli]") {
   const auto dir = std::filesystem::temp_directory_path() / ("ssr_compare_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
+  ssr::testing::remove_tree(dir);
   std::filesystem::create_directories(dir);
   const std::string db = (dir / "runs.db").string();
   {
@@ -300,15 +302,71 @@ TEST_CASE("ssr compare: differing keys, results with units, paired differences b
   REQUIRE(r.code == 0);
   CHECK(r.out.find("| router.name | vanilla | vanilla | lb | lb |") != std::string::npos);
   CHECK(r.out.find("| valid/ppl (perplexity) | 100 | 110 | 102 | 114 |") != std::string::npos);
-  CHECK(r.out.find("| router.name=lb | valid/ppl | +3 ± 13 |") != std::string::npos);
-  CHECK(ssr::testing::run(fmt::format("compare 1 9 --db {}", db)).out.find("no run 9") != std::string::npos);
-  CHECK(ssr::testing::run(fmt::format("compare 1 --db {}", db)).code == 2);
+  CHECK(r.out.find("### router.name=lb\n\n| result | Δ | Δ % | seeds |") != std::string::npos);
+  CHECK(r.out.find("| valid/ppl | +3 ± 13 |") != std::string::npos);
+  // The same selection by condition and by group key; --where repeats and holds together.
+  const auto w =
+      ssr::testing::run(fmt::format("compare --where seed=1,seed!=9 --where 'valid>0' --by router.name "
+                                    "--metric valid/ppl --db {}",
+                                    db));
+  INFO(w.out);
+  CHECK(w.code == 0);
+  CHECK(w.out.find("| valid/ppl | +2 |") != std::string::npos);  // seed 1 only: 102 - 100
+  CHECK(w.out.find("| router.name | vanilla | lb |") != std::string::npos);
+  struct Bad {
+    std::string args, error;
+  };
+  for (const auto& bad : std::vector<Bad>{{"1 9", "no run 9"},
+                                          {"1", "give two or more runs"},
+                                          {"--where seed=7", "0 run(s) match seed=7"},
+                                          {"1 2 --metric valid/ppx",
+                                           "--metric valid/ppx: none of these runs has "
+                                           "that result; did you mean valid/ppl?"},
+                                          {"1 2 --by router.nme", "did you mean router.name?"},
+                                          {"--where colour=red", "unknown key 'colour'"}}) {
+    const auto b = ssr::testing::run(fmt::format("compare {} --db {}", bad.args, db));
+    INFO(bad.args << ": " << b.out);
+    CHECK(b.code == 2);
+    CHECK(b.out.find(bad.error) != std::string::npos);
+  }
+}
+
+TEST_CASE("compare leaves out nan pairs and the Δ % against a zero baseline, and says so", "[report]") {
+  const auto db = ssr::testing::temp_db("compare", "nan.db");
+  ssr::store::Store s(db);
+  auto add = [&](const std::string& router, int64_t seed, double ppl, double dead) {
+    ssr::config::Config cfg;
+    cfg.set("router.name", router, "test");
+    cfg.set("run.seed", seed, "test");
+    const auto id = s.create_run(cfg.hash(), cfg.to_json(), seed, ssr::store::this_machine("cpu"));
+    s.set_result(id, "valid", "ppl", ppl);
+    s.set_result(id, "train", "dead", dead);
+    s.finish_run(id, "finished");
+    return id;
+  };
+  std::vector<int64_t> ids = {add("vanilla", 1, 100, 0), add("vanilla", 2, 110, 0), add("lb", 1, 102, 1),
+                              add("lb", 2, std::numeric_limits<double>::quiet_NaN(), 2)};
+  const auto c = ssr::analysis::compare(s, {ids, {}, ""});
+  REQUIRE(c.groups.size() == 2);
+  REQUIRE(c.paired.size() == 2);
+  const auto& dead = c.paired[0].name == "dead" ? c.paired[0] : c.paired[1];
+  const auto& ppl = c.paired[0].name == "ppl" ? c.paired[0] : c.paired[1];
+  CHECK(dead.delta.mean == 1.5);
+  CHECK_FALSE(dead.relative.has_value());  // Δ % of a baseline of 0 is no number
+  CHECK(ppl.delta.n == 1);
+  CHECK(ppl.left_out == 1);
+  const auto md = ssr::analysis::to_markdown(c);
+  INFO(md);
+  CHECK(md.find("-nan") == std::string::npos);
+  CHECK(md.find("inf ±") == std::string::npos);
+  CHECK(md.find("| valid/ppl | +2 | +2 | 1 (1 left out) |") != std::string::npos);
+  CHECK(md.find("| train/dead | +1.5 ± 6.4 | - | 2 |") != std::string::npos);
 }
 
 TEST_CASE("a run whose stored config is damaged is listed as damaged, and no command reads it as the defaults",
           "[report][cli]") {
   const auto dir = std::filesystem::temp_directory_path() / ("ssr_damaged_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
+  ssr::testing::remove_tree(dir);
   std::filesystem::create_directories(dir);
   const std::string db = (dir / "runs.db").string();
   {
@@ -357,7 +415,7 @@ static std::string file_text(const std::string& path) {
 
 TEST_CASE("ssr plot: a metric per run or mean and band per --by group, as csv, image or text", "[report][cli]") {
   const auto dir = std::filesystem::temp_directory_path() / ("ssr_plot_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
+  ssr::testing::remove_tree(dir);
   std::filesystem::create_directories(dir);
   const std::string db = (dir / "runs.db").string();
   {
@@ -400,8 +458,8 @@ TEST_CASE("ssr plot: a metric per run or mean and band per --by group, as csv, i
   CHECK(r.out.find("--metric ppl --split train: no such metric in these runs (logged under train:") !=
         std::string::npos);
   CHECK(ssr::testing::run(fmt::format("plot 9 --db {}", db)).out.find("no run 9") != std::string::npos);
-  CHECK(ssr::testing::run(fmt::format("plot 1 --by router.nam --db {}", db)).out.find("not a config key") !=
-        std::string::npos);
+  CHECK(ssr::testing::run(fmt::format("plot 1 --by router.nam --db {}", db))
+            .out.find("--by: unknown key 'router.nam'; did you mean router.name?") != std::string::npos);
   CHECK(ssr::testing::run(fmt::format("plot 1 --out x.svg --db {}", db)).code == 2);
   // Drawn by gnuplot where it is installed (the project's dependencies include it).
   if (std::system("command -v gnuplot >/dev/null 2>&1") == 0) {
@@ -419,7 +477,7 @@ TEST_CASE("ssr plot: a metric per run or mean and band per --by group, as csv, i
 
 TEST_CASE("ssr runs: conditions on results, sort, limit, columns, units and tags", "[report][cli]") {
   const auto dir = std::filesystem::temp_directory_path() / ("ssr_runs_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
+  ssr::testing::remove_tree(dir);
   std::filesystem::create_directories(dir);
   const std::string db = (dir / "runs.db").string();
   {
@@ -468,7 +526,7 @@ TEST_CASE("ssr runs: conditions on results, sort, limit, columns, units and tags
 TEST_CASE("ssr rm deletes runs and their checkpoints, keep_checkpoints prunes them, checkpoint_every=-1 writes none",
           "[cli]") {
   const auto dir = std::filesystem::temp_directory_path() / ("ssr_rm_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
+  ssr::testing::remove_tree(dir);
   const std::string db = (dir / "runs.db").string(), out = (dir / "ck").string();
   const std::string train = fmt::format(
       "train {}/experiments/demo.yaml train.steps=4 train.eval_every=2 train.checkpoint_every=2 eval.max_segments=2 "

@@ -31,11 +31,13 @@ using ssr::testing::Result;
 using ssr::testing::run;
 const std::string kDemo = std::string(SSR_SOURCE_DIR) + "/experiments/demo.yaml";
 // Small enough for a test, big enough that learning shows: 16 streams x 32 tokens per step.
-const std::string kSmall =
-    "train.steps=40 train.batch_size=8 train.seq_len=32 train.warmup=5 eval.batch_size=8 run.log_every=5 "
-    "run.threads=1 eval.max_segments=4 train.eval_every=20 train.eval_segments=2 train.checkpoint_every=10 "
-    "run.out_dir=" +
-    (fs::temp_directory_path() / ("ssr_ckpt_" + std::to_string(::getpid()))).string();
+// A function, not a constant: the temporary root is set by main(), after static initialisation.
+std::string small_overrides() {
+  return "train.steps=40 train.batch_size=8 train.seq_len=32 train.warmup=5 eval.batch_size=8 run.log_every=5 "
+         "run.threads=1 eval.max_segments=4 train.eval_every=20 train.eval_segments=2 train.checkpoint_every=10 "
+         "run.out_dir=" +
+         (fs::temp_directory_path() / ("ssr_ckpt_" + std::to_string(::getpid()))).string();
+}
 
 std::vector<double> losses(ssr::store::Store& s, int64_t run) { return ssr::testing::series(s, run, "train", "loss"); }
 
@@ -43,12 +45,12 @@ std::vector<double> losses(ssr::store::Store& s, int64_t run) { return ssr::test
 
 TEST_CASE("training on real text lowers the loss and a seeded run repeats exactly", "[train]") {
   const auto db = temp_db("train", "train.db");
-  auto a = run(fmt::format("train {} {} --db {} --quiet", kDemo, kSmall, db));
+  auto a = run(fmt::format("train {} {} --db {} --quiet", kDemo, small_overrides(), db));
   INFO(a.out);
   REQUIRE(a.code == 0);
-  auto b = run(fmt::format("train {} {} --db {} --quiet", kDemo, kSmall, db));
+  auto b = run(fmt::format("train {} {} --db {} --quiet", kDemo, small_overrides(), db));
   REQUIRE(b.code == 0);
-  auto c = run(fmt::format("train {} {} run.seed=2 --db {} --quiet", kDemo, kSmall, db));
+  auto c = run(fmt::format("train {} {} run.seed=2 --db {} --quiet", kDemo, small_overrides(), db));
   REQUIRE(c.code == 0);
 
   ssr::store::Store s(db);
@@ -165,7 +167,8 @@ TEST_CASE("a killed run resumed from its checkpoint repeats the uninterrupted lo
   // Partial validation every 5 steps: the checkpoint of step 10 must carry the validation
   // stream's position and cache, or the resumed validations at 15, 20, ... differ.
   const std::string args =
-      kSmall + " train.steps=30 run.log_every=1 train.eval_every=5 router=ssr_l router.p=0.3 model.attn_impl=" + impl;
+      small_overrides() +
+      " train.steps=30 run.log_every=1 train.eval_every=5 router=ssr_l router.p=0.3 model.attn_impl=" + impl;
   auto a = run(fmt::format("train {} {} --db {} --quiet", kDemo, args, db_a));
   INFO(a.out);
   REQUIRE(a.code == 0);
@@ -224,7 +227,7 @@ TEST_CASE("SIGINT or a hang-up stops a run as interrupted (exit 130), in trainin
   struct Row {
     std::string where, args, error;
     int64_t at_step;      // send the signal once the store shows this step
-    bool has_checkpoint;  // kSmall checkpoints every 10 steps: stopped before that, --resume refuses
+    bool has_checkpoint;  // small_overrides() checkpoints every 10 steps: stopped before that, --resume refuses
     int signal;
   };
   // The final evaluation walks the whole validation split (eval.max_segments=0): long enough to
@@ -240,7 +243,7 @@ TEST_CASE("SIGINT or a hang-up stops a run as interrupted (exit 130), in trainin
     REQUIRE(pid >= 0);
     if (pid == 0) {
       const std::string cmd = fmt::format("cd '{}' && exec '{}' train {} {} {} run.log_every=2 --db {} --quiet",
-                                          SSR_SOURCE_DIR, kBin, kDemo, kSmall, row.args, db);
+                                          SSR_SOURCE_DIR, kBin, kDemo, small_overrides(), row.args, db);
       execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
       _exit(127);
     }
@@ -282,7 +285,7 @@ TEST_CASE("one trained SSR model is evaluated under every requested inference mo
   auto r =
       run(fmt::format("train {} {} train.steps=10 router=ssr_l_noise router.p=1 "
                       "eval.router_modes=[sinkhorn,noise,both] --db {} --quiet",
-                      kDemo, kSmall, db));
+                      kDemo, small_overrides(), db));
   INFO(r.out);
   REQUIRE(r.code == 0);
   ssr::store::Store s(db);
@@ -301,7 +304,7 @@ TEST_CASE("Sinkhorn solves that stop at the iteration limit are counted and warn
   auto r =
       run(fmt::format("train {} {} train.steps=10 router=ssr_l router.p=1 router.xi=0.05 router.numerics=log "
                       "router.max_iter=5 --db {} --quiet",
-                      kDemo, kSmall, db));
+                      kDemo, small_overrides(), db));
   INFO(r.out);
   REQUIRE(r.code == 0);
   size_t warnings = 0;
@@ -323,7 +326,7 @@ TEST_CASE("eval.reset_cache scores every segment from empty caches, next to the 
   for (int segments : {1, 4}) {
     const auto db = temp_db("train", fmt::format("reset_cache{}.db", segments));
     auto r = run(fmt::format("train {} {} train.steps=10 eval.reset_cache=true eval.max_segments={} --db {} --quiet",
-                             kDemo, kSmall, segments, db));
+                             kDemo, small_overrides(), segments, db));
     INFO(r.out);
     REQUIRE(r.code == 0);
     ssr::store::Store s(db);

@@ -2,6 +2,7 @@
 // compare: runs side by side; plot: a metric against the step through gnuplot.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include <sys/wait.h>
@@ -15,6 +16,7 @@
 #include "analysis/compare.hpp"
 #include "analysis/plot.hpp"
 #include "analysis/report.hpp"
+#include "harness/store/query.hpp"
 #include "harness/cli/commands.hpp"
 #include "harness/config/config.hpp"
 #include "harness/store/store.hpp"
@@ -88,19 +90,42 @@ void add_report_commands(CLI::App& app, Context& ctx) {
 }
 
 void add_compare_command(CLI::App& app, Context& ctx) {
-  auto ids = std::make_shared<std::vector<int64_t>>();
+  struct Args {
+    analysis::CompareRequest req;
+    std::vector<std::string> wheres;
+    int64_t sweep = 0;
+  };
+  auto a = std::make_shared<Args>();
   auto* cmp = app.add_subcommand("compare", "Runs side by side: differing config keys, results, paired differences");
-  cmp->add_option("runs", *ids, "two or more run ids")->required()->expected(2, 1 << 20);
+  cmp->add_option("runs", a->req.ids, "run ids (the first one's group is the baseline)");
+  cmp->add_option("--where", a->wheres, "and every run that meets these conditions (as ssr runs --where)");
+  cmp->add_option("--sweep", a->sweep, "and every run that answers this sweep's jobs")
+      ->check(CLI::Range(int64_t{1}, INT64_MAX));
+  cmp->add_option("--metric", a->req.metrics, "only these results, SPLIT/NAME (valid/ppl); repeatable");
+  cmp->add_option("--by", a->req.by,
+                  "group by this key (router, router.p, ...) instead of by every key that differs but the seed");
   cmp->add_option("--db", ctx.db, "run store")->capture_default_str();
   cmp->footer(
       "Runs of one configuration but the seed form a group; each other group is paired with the first by seed.\n"
       "Examples:\n"
       "  ssr compare 1 2\n"
-      "  ssr compare 1 2 3 4 5 6   # e.g. vanilla seeds 1-3 and ssr_l seeds 1-3: paired Δ with a 95 % interval");
-  cmp->callback([ids, &ctx] {
+      "  ssr compare 1 2 3 4 5 6   # e.g. vanilla seeds 1-3 and ssr_l seeds 1-3: paired Δ with a 95 % interval\n"
+      "  ssr compare --sweep 1 --by router --metric valid/ppl\n"
+      "  ssr compare --where router=vanilla --where router.p=0.48 --metric test/ppl");
+  cmp->callback([a, &ctx] {
+    std::string where = join_where(a->wheres);
+    if (a->sweep) where = join_where({where, fmt::format("sweep={}", a->sweep)});
+    store::filter_runs({}, where, 60);  // a bad --where is named before the store
     require_store(ctx.db);
-    store::Store store(ctx.db);
-    std::cout << analysis::compare_runs(store, *ids);
+    store::Store store(ctx.db, store::Store::Access::read);
+    auto req = a->req;
+    if (!where.empty())
+      for (const auto& r : store::filter_runs(store.runs(), where, 60, &store))
+        if (std::find(req.ids.begin(), req.ids.end(), r.id) == req.ids.end()) req.ids.push_back(r.id);
+    if (req.ids.size() < 2 && !where.empty())
+      throw config::ConfigError(
+          fmt::format("compare: {} run(s) match {} in {}; give two or more", req.ids.size(), where, ctx.db));
+    std::cout << analysis::to_markdown(analysis::compare(store, req));
   });
 }
 

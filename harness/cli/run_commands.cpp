@@ -363,9 +363,11 @@ void add_run_commands(CLI::App& app, Context& ctx) {
 
   // ---- runs
   auto* runs = app.add_subcommand("runs", "List stored runs");
-  runs->add_option("--where", st->runs.where,
-                   "conditions KEY=V, KEY!=V, KEY<V, <=, >, >=, comma-separated; KEY: a config key, a group, a "
-                   "result (valid, test, SPLIT/NAME) or id, status, sweep, job, hash, seed, host, device, git");
+  auto wheres = std::make_shared<std::vector<std::string>>();
+  runs->add_option(
+      "--where", *wheres,
+      "conditions KEY=V, KEY!=V, KEY<V, <=, >, >=, comma-separated or repeated; KEY: a config key, a group, a "
+      "result (valid, test, SPLIT/NAME) or id, status, sweep, job, hash, seed, host, device, git");
   runs->add_option("--sort", st->runs.sort, "a column or key to sort by; -KEY for descending (numbers by value)");
   runs->add_option("--limit", st->runs.limit, "at most N runs, after sorting")
       ->check(CLI::Range(int64_t{1}, INT64_MAX));
@@ -513,7 +515,10 @@ void add_run_commands(CLI::App& app, Context& ctx) {
     // 130 as a shell reports a command stopped by Ctrl-C: `--resume` continues the run.
     ctx.exit_code = out.status == "failed" ? 1 : out.status == "interrupted" ? 130 : 0;
   });
-  runs->callback([st, &ctx] { ctx.exit_code = cmd_runs(ctx.db, st->runs); });
+  runs->callback([st, wheres, &ctx] {
+    st->runs.where = join_where(*wheres);
+    ctx.exit_code = cmd_runs(ctx.db, st->runs);
+  });
   show->callback([st, &ctx] { ctx.exit_code = cmd_show(ctx.db, st->show_id, st->show_format, st->stale_after); });
   cfgcmd->callback([st] {
     if (st->doc) {

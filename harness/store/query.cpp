@@ -94,11 +94,15 @@ void require_known_key(const std::string& key, const std::string& flag) {
       std::find(g.begin(), g.end(), key) != g.end() || config::find_key(key) || config::is_open_namespace(key) ||
       result_value({}, key))
     return;
+  std::vector<std::string> known = columns;
+  known.insert(known.end(), g.begin(), g.end());
+  for (const auto& k : config::schema()) known.push_back(k.name);
+  const std::string near = config::closest(key, known);
   throw config::ConfigError(
-      fmt::format("{}: unknown key '{}' (a config key like router.p, a group: model, router, data, a result: valid, "
-                  "test or SPLIT/NAME such as valid/ppl, or one of id, status, sweep, job, hash, seed, host, device, "
-                  "git)",
-                  flag, key));
+      fmt::format("{}: unknown key '{}'{} (a config key like router.p, a group: model, router, data, a result: "
+                  "valid, test or SPLIT/NAME such as valid/ppl, or one of id, status, sweep, job, hash, seed, host, "
+                  "device, git)",
+                  flag, key, near.empty() ? "" : fmt::format("; did you mean {}?", near)));
 }
 
 std::vector<Run> filter_runs(const std::vector<Run>& runs, const std::string& where, double stale_after,

@@ -40,12 +40,20 @@ std::string unit_of(const std::string& name) {
 }
 
 Comparison compare(const store::Store& store, const CompareRequest& req) {
-  if (req.ids.size() < 2)
-    throw config::ConfigError("compare: give two or more runs (ids, --where or --sweep; ssr runs lists them)");
   if (!req.by.empty()) store::require_known_key(req.by, "--by");
+  std::vector<int64_t> ids = req.ids;
+  if (!req.where.empty()) {
+    for (const auto& r : store::filter_runs(store.runs(), req.where, 60, &store))
+      if (std::find(ids.begin(), ids.end(), r.id) == ids.end()) ids.push_back(r.id);
+    if (ids.size() < 2)
+      throw config::ConfigError(
+          fmt::format("compare: {} run(s) match {} in {}; give two or more", ids.size(), req.where, store.path()));
+  }
+  if (ids.size() < 2)
+    throw config::ConfigError("compare: give two or more runs (ids, --where or --sweep; ssr runs lists them)");
   Comparison c;
   std::vector<config::Config> cfgs;
-  for (auto id : req.ids) {
+  for (auto id : ids) {
     auto r = store.run(id);
     if (!r) throw config::ConfigError(fmt::format("compare: no run {} in {} (ssr runs lists them)", id, store.path()));
     cfgs.push_back(store::stored_config(*r));

@@ -15,6 +15,7 @@ namespace ssr::analysis {
 
 struct CompareRequest {
   std::vector<int64_t> ids;          // in the order given; the first run's group is the baseline
+  std::string where;                 // and every run that meets these conditions (ssr runs --where)
   std::vector<std::string> metrics;  // SPLIT/NAME results to show; empty: every result
   std::string by;                    // a key of `ssr runs --where` (router, router.p, ...); empty: all differing
 };
@@ -41,8 +42,8 @@ struct Comparison {
   std::vector<Paired> paired;
 };
 
-// Throws config::ConfigError naming a missing run, an unknown --by key or a --metric no run has
-// (with the closest name it has).
+// Throws config::ConfigError naming a missing run, a bad condition, fewer than two runs, an
+// unknown --by key or a --metric no run has (with the closest name it has).
 Comparison compare(const store::Store& store, const CompareRequest& request);
 
 // The comparison as Markdown tables, as `ssr compare` prints it.

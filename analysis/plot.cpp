@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <map>
 #include <set>
+#include <stdexcept>
 
 #include "analysis/report_data.hpp"
 #include "analysis/stats.hpp"
@@ -46,12 +47,16 @@ Plot plot_runs(const store::Store& store, const PlotRequest& r) {
   std::vector<std::string> names;
   std::map<std::string, std::vector<std::map<int64_t, double>>> curves;
   std::set<std::string> logged;
-  for (const auto id : r.runs) {
+  if (!r.labels.empty() && r.labels.size() != r.runs.size())
+    throw std::logic_error("plot_runs: one label per run, or none");
+  for (size_t i = 0; i < r.runs.size(); ++i) {
+    const int64_t id = r.runs[i];
     const auto run = store.run(id);
     if (!run) throw ConfigError(fmt::format("plot: no run {} in {} (ssr runs lists them)", id, store.path()));
     store::stored_config(*run);  // refuses a damaged row by name
-    const std::string name = r.by.empty() ? fmt::format("run {}", id)
-                                          : fmt::format("{}={}", r.by, store::lookup(*run, r.by, 0).value_or("-"));
+    const std::string name = !r.labels.empty() ? r.labels[i]
+                             : r.by.empty()    ? fmt::format("run {}", id)
+                                               : fmt::format("{}={}", r.by, store::lookup(*run, r.by, 0).value_or("-"));
     if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
     auto points = series_of_run(store, id, r, logged);
     if (!points.empty()) curves[name].push_back(std::move(points));

@@ -12,9 +12,10 @@ namespace ssr::analysis {
 
 struct PlotRequest {
   std::vector<int64_t> runs;
-  std::string split = "train";  // the metrics table's split: train, valid, ...
-  std::string metric = "loss";  // a metric name; "layer*/NAME" is the mean of layerL/NAME over layers
-  std::string by;               // a key of `ssr runs --where` (router, router.p, ...): one series per value
+  std::string split = "train";      // the metrics table's split: train, valid, ...
+  std::string metric = "loss";      // a metric name; "layer*/NAME" is the mean of layerL/NAME over layers
+  std::string by;                   // a key of `ssr runs --where` (router, router.p, ...): one series per value
+  std::vector<std::string> labels;  // per run, its series' name (compare's groups); overrides `by`
 };
 
 // One step of a series: the mean over its runs, the 95 % half-width, and how many runs.

@@ -346,7 +346,7 @@ TEST_CASE("compare leaves out nan pairs and the Δ % against a zero baseline, an
   };
   std::vector<int64_t> ids = {add("vanilla", 1, 100, 0), add("vanilla", 2, 110, 0), add("lb", 1, 102, 1),
                               add("lb", 2, std::numeric_limits<double>::quiet_NaN(), 2)};
-  const auto c = ssr::analysis::compare(s, {ids, {}, ""});
+  const auto c = ssr::analysis::compare(s, {.ids = ids});
   REQUIRE(c.groups.size() == 2);
   REQUIRE(c.paired.size() == 2);
   const auto& dead = c.paired[0].name == "dead" ? c.paired[0] : c.paired[1];

@@ -113,18 +113,12 @@ void add_compare_command(CLI::App& app, Context& ctx) {
       "  ssr compare --sweep 1 --by router --metric valid/ppl\n"
       "  ssr compare --where router=vanilla --where router.p=0.48 --metric test/ppl");
   cmp->callback([a, &ctx] {
-    std::string where = join_where(a->wheres);
-    if (a->sweep) where = join_where({where, fmt::format("sweep={}", a->sweep)});
-    store::filter_runs({}, where, 60);  // a bad --where is named before the store
+    auto req = a->req;
+    req.where = join_where(a->wheres);
+    if (a->sweep) req.where = join_where({req.where, fmt::format("sweep={}", a->sweep)});
+    store::filter_runs({}, req.where, 60);  // a bad --where is named before the store
     require_store(ctx.db);
     store::Store store(ctx.db, store::Store::Access::read);
-    auto req = a->req;
-    if (!where.empty())
-      for (const auto& r : store::filter_runs(store.runs(), where, 60, &store))
-        if (std::find(req.ids.begin(), req.ids.end(), r.id) == req.ids.end()) req.ids.push_back(r.id);
-    if (req.ids.size() < 2 && !where.empty())
-      throw config::ConfigError(
-          fmt::format("compare: {} run(s) match {} in {}; give two or more", req.ids.size(), where, ctx.db));
     std::cout << analysis::to_markdown(analysis::compare(store, req));
   });
 }

@@ -13,47 +13,13 @@
 #include "harness/config/config.hpp"
 #include "harness/store/query.hpp"
 #include "harness/store/store.hpp"
+#include "harness/ui/endpoints.hpp"
 #include "harness/ui/page.hpp"
 
 namespace ssr::ui {
 namespace {
 
-using json = nlohmann::json;
 namespace fs = std::filesystem;
-
-// A request the store cannot answer: its status and message, sent as JSON.
-struct Refused {
-  int status;
-  std::string message;
-};
-
-json number(double v) { return std::isfinite(v) ? json(v) : json(std::isnan(v) ? "NaN" : v > 0 ? "Inf" : "-Inf"); }
-
-std::string param(const Params& p, const std::string& key, const std::string& fallback = "") {
-  const auto it = p.find(key);
-  return it == p.end() ? fallback : it->second;
-}
-
-// `text` as a whole number >= 1, or nullopt.
-std::optional<int64_t> whole(const std::string& text) {
-  size_t used = 0;
-  int64_t v = 0;
-  try {
-    v = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    return std::nullopt;
-  }
-  if (used != text.size() || v < 1) return std::nullopt;
-  return v;
-}
-
-int64_t positive(const Params& p, const std::string& key, int64_t fallback, int64_t cap) {
-  const std::string text = param(p, key);
-  if (text.empty()) return fallback;
-  const auto v = whole(text);
-  if (!v) throw Refused{400, fmt::format("{}: '{}' is not a whole number >= 1", key, text)};
-  return std::min(*v, cap);
-}
 
 int64_t run_id(const std::string& text) {
   const auto v = whole(text);
@@ -67,9 +33,13 @@ json results_json(const std::vector<store::Result>& results) {
   return out;
 }
 
-json runs(const store::Store& s, const Params& p) {
+}  // namespace
+
+json runs_page(const store::Store& s, const Params& p) {
   const double stale_after = 60;
-  auto list = store::filter_runs(s.runs(), param(p, "where"), stale_after, &s);
+  std::string where;  // repeated ?where= hold together, as repeated --where flags do
+  for (const auto& w : params(p, "where")) where += (where.empty() || w.empty() ? "" : ",") + w;
+  auto list = store::filter_runs(s.runs(), where, stale_after, &s);
   const int64_t limit = positive(p, "limit", 1000, 100000);
   std::reverse(list.begin(), list.end());  // newest first, as a dashboard reads
   if (static_cast<int64_t>(list.size()) > limit) list.resize(static_cast<size_t>(limit));
@@ -96,7 +66,7 @@ json runs(const store::Store& s, const Params& p) {
   return {{"runs", out}, {"store", s.path()}};
 }
 
-json run(const store::Store& s, int64_t id) {
+json run_page(const store::Store& s, int64_t id) {
   const auto r = s.run(id);
   if (!r) throw Refused{404, fmt::format("no run {} in {}", id, s.path())};
   json config = json::array();
@@ -140,37 +110,31 @@ json run(const store::Store& s, int64_t id) {
   return out;
 }
 
-// Every curve, at most `points` of them each: evenly spaced by index, the last kept, so a long
-// run's page loads as fast as a short one's.
-json metrics(const store::Store& s, int64_t id, int64_t points) {
+// Every curve, at most `points` of them each.
+json run_metrics(const store::Store& s, int64_t id, int64_t points) {
   if (!s.run(id)) throw Refused{404, fmt::format("no run {} in {}", id, s.path())};
   std::map<std::string, std::vector<std::pair<int64_t, double>>> curves;
   for (const auto& m : s.metrics(id)) curves[m.split + "/" + m.name].emplace_back(m.step, m.value);
   json out = json::object();
   for (const auto& [name, c] : curves) {
     json series = json::array();
-    const size_t n = c.size(), keep = std::min<size_t>(n, static_cast<size_t>(points));
-    for (size_t i = 0; i < keep; ++i) {
-      const size_t at = keep == 1 ? n - 1 : i * (n - 1) / (keep - 1);
-      series.push_back({c[at].first, number(c[at].second)});
-    }
+    for (const size_t at : thinned(c.size(), points)) series.push_back({c[at].first, number(c[at].second)});
     out[name] = series;
   }
   return {{"id", id}, {"series", out}};
 }
 
 // Per layer, each logged window's share of tokens per expert: (steps, experts), at most `points`
-// windows, evenly spaced, the last kept.
-json loads(const store::Store& s, int64_t id, int64_t points) {
+// windows.
+json run_loads(const store::Store& s, int64_t id, int64_t points) {
   if (!s.run(id)) throw Refused{404, fmt::format("no run {} in {}", id, s.path())};
   std::map<int64_t, std::vector<store::ExpertLoad>> by_layer;
   for (auto& l : s.expert_loads(id)) by_layer[l.layer].push_back(std::move(l));
   json layers = json::array();
   for (const auto& [layer, rows] : by_layer) {
     json steps = json::array(), share = json::array();
-    const size_t n = rows.size(), keep = std::min<size_t>(n, static_cast<size_t>(points));
-    for (size_t i = 0; i < keep; ++i) {
-      const auto& r = rows[keep == 1 ? n - 1 : i * (n - 1) / (keep - 1)];
+    for (const size_t at : thinned(rows.size(), points)) {
+      const auto& r = rows[at];
       double total = 0;
       for (const auto t : r.tokens) total += static_cast<double>(t);
       json row = json::array();
@@ -182,6 +146,8 @@ json loads(const store::Store& s, int64_t id, int64_t points) {
   }
   return {{"id", id}, {"layers", layers}};
 }
+
+namespace {
 
 std::string read_file(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -196,7 +162,7 @@ std::string chart_js_path() {
   return "";
 }
 
-Reply handle(const std::string& db, const std::string& path, const Params& params) {
+Reply handle(const Site& site, const std::string& path, const Params& params) {
   try {
     if (path == "/" || path == "/index.html") return {200, "text/html; charset=utf-8", page_html()};
     if (path == "/chart.js") {
@@ -204,20 +170,38 @@ Reply handle(const std::string& db, const std::string& path, const Params& param
       if (js.empty()) throw Refused{404, "Chart.js is not installed (apt-get install libjs-chart.js; make deps)"};
       return {200, "application/javascript", read_file(js)};
     }
-    const std::string prefix = "/api/runs";
-    if (path.rfind(prefix, 0) != 0) throw Refused{404, fmt::format("no such page: {}", path)};
-    const store::Store s(db, store::Store::Access::read);
-    const std::string rest = path.substr(prefix.size());
-    if (rest.empty()) return {200, "application/json", runs(s, params).dump()};
-    if (rest[0] != '/') throw Refused{404, fmt::format("no such page: {}", path)};
-    const auto slash = rest.find('/', 1);
-    const int64_t id = run_id(rest.substr(1, slash == std::string::npos ? std::string::npos : slash - 1));
-    if (slash == std::string::npos) return {200, "application/json", run(s, id).dump()};
-    if (rest.substr(slash) == "/metrics")
-      return {200, "application/json", metrics(s, id, positive(params, "points", 400, 100000)).dump()};
-    if (rest.substr(slash) == "/load")
-      return {200, "application/json", loads(s, id, positive(params, "points", 200, 100000)).dump()};
-    throw Refused{404, fmt::format("no such page: {}", path)};
+    // /api/KIND[/ID[/PART]], nothing deeper.
+    std::vector<std::string> parts;
+    for (size_t at = 1; at <= path.size();) {
+      const size_t next = std::min(path.find('/', at), path.size());
+      parts.push_back(path.substr(at, next - at));
+      at = next + 1;
+    }
+    const auto refuse = [&] { return Refused{404, fmt::format("no such page: {}", path)}; };
+    if (parts.size() < 2 || parts.size() > 4 || parts[0] != "api") throw refuse();
+    const std::string& kind = parts[1];
+    const auto ok = [](const json& j) { return Reply{200, "application/json", j.dump()}; };
+    if (kind == "reports" && parts.size() <= 3) {
+      if (parts.size() == 2) return ok(reports_page(site.experiments));
+      const store::Store s(site.db, store::Store::Access::read);
+      return ok(report_page(s, site.experiments, parts[2], params));
+    }
+    if (kind != "runs" && kind != "compare" && kind != "sweeps") throw refuse();
+    const store::Store s(site.db, store::Store::Access::read);
+    if (kind == "compare" && parts.size() == 2) return ok(compare_page(s, params));
+    if (kind == "sweeps" && parts.size() == 2) return ok(sweeps_page(s));
+    if (kind == "sweeps" && parts.size() == 3) {
+      const auto id = whole(parts[2]);
+      if (!id) throw Refused{400, fmt::format("'{}' is not a sweep id", parts[2])};
+      return ok(sweep_page(s, *id));
+    }
+    if (kind != "runs") throw refuse();
+    if (parts.size() == 2) return ok(runs_page(s, params));
+    const int64_t id = run_id(parts[2]);
+    if (parts.size() == 3) return ok(run_page(s, id));
+    if (parts[3] == "metrics") return ok(run_metrics(s, id, positive(params, "points", 400, 100000)));
+    if (parts[3] == "load") return ok(run_loads(s, id, positive(params, "points", 200, 100000)));
+    throw refuse();
   } catch (const Refused& e) {
     return {e.status, "application/json", json{{"error", e.message}}.dump()};
   } catch (const config::ConfigError& e) {

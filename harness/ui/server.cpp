@@ -16,7 +16,7 @@ int serve(const ServeOptions& o) {
   httplib::Server server;
   server.Get(".*", [&](const httplib::Request& req, httplib::Response& res) {
     const Params params(req.params.begin(), req.params.end());
-    const Reply reply = handle(o.db, req.path, params);
+    const Reply reply = handle(o.site, req.path, params);
     res.status = reply.status;
     res.set_content(reply.body, reply.content_type.c_str());
     res.set_header("Cache-Control", "no-store");
@@ -33,7 +33,7 @@ int serve(const ServeOptions& o) {
         "warning: --host {}: anyone who can reach this address reads the store (no login); an SSH tunnel to "
         "127.0.0.1 keeps it private\n",
         o.host);
-  std::cerr << fmt::format("ssr ui: {} at http://{}:{}/ (Ctrl-C stops)\n", o.db, o.host, port) << std::flush;
+  std::cerr << fmt::format("ssr ui: {} at http://{}:{}/ (Ctrl-C stops)\n", o.site.db, o.host, port) << std::flush;
   // The signals are taken by this thread with sigwait, so the server thread is never interrupted.
   sigset_t stop;
   sigemptyset(&stop);

@@ -2,10 +2,12 @@
 #pragma once
 #include <string>
 
+#include "harness/ui/api.hpp"
+
 namespace ssr::ui {
 
 struct ServeOptions {
-  std::string db;
+  Site site;
   std::string host = "127.0.0.1";
   int port = 8050;  // 0: any free port (the line it prints names it)
 };

@@ -74,6 +74,28 @@ Comparison compare(const store::Store& store, const CompareRequest& req) {
     c.differing.emplace_back(k, std::move(values));
   }
 
+  // The group label keeps only the keys that tell groups apart: router.xi and router.numerics follow
+  // from router.name in a sweep over routers, so they would only lengthen every label.
+  const auto groups_with = [&](const std::vector<std::string>& keys) {
+    std::set<std::string> labels;
+    for (const auto& cfg : cfgs) {
+      std::string g;
+      for (const auto& k : keys) g += k + "=" + (cfg.has(k) ? text(cfg.at(k)) : "-") + " ";
+      labels.insert(g);
+    }
+    return labels.size();
+  };
+  const size_t n_groups = groups_with(hashed);
+  std::vector<std::string> by_values = hashed;
+  std::stable_sort(by_values.begin(), by_values.end(),
+                   [&](const std::string& a, const std::string& b) { return groups_with({a}) < groups_with({b}); });
+  for (const auto& k : by_values) {
+    std::vector<std::string> fewer;
+    for (const auto& h : hashed)
+      if (h != k) fewer.push_back(h);
+    if (!fewer.empty() && groups_with(fewer) == n_groups) hashed = fewer;
+  }
+
   // Results, restricted to the requested ones.
   std::map<std::pair<std::string, std::string>, std::vector<std::optional<double>>> results;
   for (size_t i = 0; i < n; ++i)
@@ -110,6 +132,13 @@ Comparison compare(const store::Store& store, const CompareRequest& req) {
     c.group_of.push_back(g.empty() ? "all" : g);
     if (std::find(c.groups.begin(), c.groups.end(), c.group_of[i]) == c.groups.end()) c.groups.push_back(c.group_of[i]);
   }
+  for (const auto& group : c.groups)
+    for (const auto& row : c.results) {
+      std::vector<double> v;
+      for (size_t i = 0; i < n; ++i)
+        if (c.group_of[i] == group && row.values[i] && std::isfinite(*row.values[i])) v.push_back(*row.values[i]);
+      if (!v.empty()) c.by_group.push_back({group, row.split, row.name, estimate(v)});
+    }
   for (size_t g = 1; g < c.groups.size(); ++g)
     for (const auto& row : c.results) {
       if (row.name == "seconds") continue;
@@ -141,7 +170,61 @@ Comparison compare(const store::Store& store, const CompareRequest& req) {
   return c;
 }
 
+namespace {
+
+std::string paired_markdown(const Comparison& c) {
+  std::string out;
+  if (c.groups.size() < 2) return out;
+  out += fmt::format(
+      "\n## Paired differences against {} (runs of the same seed; mean ± 95 % Student-t interval over seeds)\n",
+      c.groups[0]);
+  bool left_out = false;
+  for (size_t g = 1; g < c.groups.size(); ++g) {
+    out += fmt::format("\n### {}\n\n| result | Δ | Δ % | seeds |\n|---|---|---|---|\n", c.groups[g]);
+    for (const auto& p : c.paired) {
+      if (p.group != c.groups[g]) continue;
+      left_out = left_out || p.left_out > 0;
+      const std::string seeds =
+          p.left_out ? fmt::format("{} ({} left out)", p.delta.n, p.left_out) : std::to_string(p.delta.n);
+      out += fmt::format("| {}/{} | {} | {} | {} |\n", p.split, p.name, p.delta.n ? estimate_text(p.delta) : "-",
+                         p.relative ? estimate_text(*p.relative) : "-", seeds);
+    }
+  }
+  out += "\n* the interval excludes 0.";
+  if (left_out) out += " Left out: seeds where either run's value is nan or inf.";
+  return out + "\n";
+}
+
+// More runs than fit side by side: each group's runs, and its results as mean ± interval.
+std::string groups_markdown(const Comparison& c) {
+  std::string out = "## Groups\n\n| group | runs | seeds |\n|---|---|---|\n";
+  for (const auto& g : c.groups) {
+    std::string ids;
+    std::set<int64_t> seeds;
+    for (size_t i = 0; i < c.runs.size(); ++i)
+      if (c.group_of[i] == g) {
+        ids += (ids.empty() ? "" : " ") + std::to_string(c.runs[i].id);
+        seeds.insert(c.runs[i].seed);
+      }
+    out += fmt::format("| {} | {} | {} |\n", g, ids, seeds.size());
+  }
+  out +=
+      "\n## Results by group (mean ± 95 % Student-t interval over its runs)\n\n| group | result | value | runs "
+      "|\n|---|---|---|---|\n";
+  for (const auto& r : c.by_group) {
+    const std::string unit = unit_of(r.name);
+    out += fmt::format(
+        "| {} | {}/{}{} | {} | {} |\n", r.group, r.split, r.name, unit.empty() ? "" : " (" + unit + ")",
+        r.value.n > 1 ? fmt::format("{:.6g} ± {:.2g}", r.value.mean, r.value.ci) : fmt::format("{:.6g}", r.value.mean),
+        r.value.n);
+  }
+  return out;
+}
+
+}  // namespace
+
 std::string to_markdown(const Comparison& c) {
+  if (c.runs.size() > 8) return groups_markdown(c) + paired_markdown(c);
   std::string cols, rule = "|---|";  // " run 1 | run 3 |"
   for (const auto& r : c.runs) {
     cols += fmt::format(" run {} |", r.id);
@@ -165,25 +248,7 @@ std::string to_markdown(const Comparison& c) {
     for (const auto& v : row.values) out += " " + (v ? value_text(*v) : "-") + " |";
     out += "\n";
   }
-  if (c.groups.size() < 2) return out;
-  out += fmt::format(
-      "\n## Paired differences against {} (runs of the same seed; mean ± 95 % Student-t interval over seeds)\n",
-      c.groups[0]);
-  bool left_out = false;
-  for (size_t g = 1; g < c.groups.size(); ++g) {
-    out += fmt::format("\n### {}\n\n| result | Δ | Δ % | seeds |\n|---|---|---|---|\n", c.groups[g]);
-    for (const auto& p : c.paired) {
-      if (p.group != c.groups[g]) continue;
-      left_out = left_out || p.left_out > 0;
-      const std::string seeds =
-          p.left_out ? fmt::format("{} ({} left out)", p.delta.n, p.left_out) : std::to_string(p.delta.n);
-      out += fmt::format("| {}/{} | {} | {} | {} |\n", p.split, p.name, p.delta.n ? estimate_text(p.delta) : "-",
-                         p.relative ? estimate_text(*p.relative) : "-", seeds);
-    }
-  }
-  out += "\n* the interval excludes 0.";
-  if (left_out) out += " Left out: seeds where either run's value is nan or inf.";
-  return out + "\n";
+  return out + paired_markdown(c);
 }
 
 }  // namespace ssr::analysis

@@ -33,6 +33,12 @@ struct Paired {
   int64_t left_out = 0;              // pairs with a non-finite value (nan, inf)
 };
 
+// One group's result: mean and 95 % interval over its runs with a finite value.
+struct GroupResult {
+  std::string group, split, name;
+  Estimate value;
+};
+
 struct Comparison {
   std::vector<store::Run> runs;
   std::vector<std::pair<std::string, std::vector<std::string>>> differing;  // key, its value per run
@@ -40,13 +46,15 @@ struct Comparison {
   std::vector<std::string> group_of;  // per run
   std::vector<std::string> groups;    // in order of first appearance; groups[0] is the baseline
   std::vector<Paired> paired;
+  std::vector<GroupResult> by_group;  // per group, per result
 };
 
 // Throws config::ConfigError naming a missing run, a bad condition, fewer than two runs, an
 // unknown --by key or a --metric no run has (with the closest name it has).
 Comparison compare(const store::Store& store, const CompareRequest& request);
 
-// The comparison as Markdown tables, as `ssr compare` prints it.
+// The comparison as Markdown tables, as `ssr compare` prints it: up to 8 runs side by side, more as
+// one row per group.
 std::string to_markdown(const Comparison& c);
 
 // The unit a result is stored in, for column headers ("" when it has none).

@@ -64,8 +64,10 @@ Plot plot_runs(const store::Store& store, const PlotRequest& r) {
   if (curves.empty()) {
     std::string known;
     for (const auto& n : logged) known += (known.empty() ? "" : ", ") + n;
-    throw ConfigError(fmt::format("--metric {} --split {}: no such metric in these runs (logged under {}: {})",
-                                  r.metric, r.split, r.split, known.empty() ? "nothing" : known));
+    const auto near = config::closest(r.metric, {logged.begin(), logged.end()});
+    throw ConfigError(fmt::format("--metric {} --split {}: no such metric in these runs{} (logged under {}: {})",
+                                  r.metric, r.split, near.empty() ? "" : "; did you mean " + near + "?", r.split,
+                                  known.empty() ? "nothing" : known));
   }
   Plot p;
   p.series = names;

@@ -299,3 +299,17 @@ TEST_CASE("ui in a real browser: the runs table, a run's curves, a tag shown as 
   CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));  // a clean stop on SIGTERM
 }
 #endif
+
+#ifdef SSR_WITH_UI
+TEST_CASE("ssr bench ui builds a store and answers every page it times", "[ui][cli]") {
+  const auto r = ssr::testing::run("bench ui --runs 20 --rows 2000 --repeats 1");
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("20 runs, ") != std::string::npos);
+  size_t pages = 0;
+  for (size_t at = 0; (at = r.out.find("/api/", at)) != std::string::npos; ++at) ++pages;
+  CHECK(pages == 7);
+  CHECK(r.out.find("HTTP ") == std::string::npos);  // every request answered 200
+  CHECK(ssr::testing::run("bench ui --runs 0").code == 2);
+}
+#endif

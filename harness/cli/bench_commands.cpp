@@ -3,6 +3,9 @@
 
 #include "harness/bench/bench.hpp"
 #include "harness/cli/commands.hpp"
+#ifdef SSR_WITH_UI
+#include "harness/ui/bench.hpp"
+#endif
 
 namespace ssr::cli {
 
@@ -119,6 +122,23 @@ void add_bench_commands(CLI::App& app, Context& ctx) {
     for (size_t i = 0; i < ctx.argv.size(); ++i) st->command += (i ? " " : "") + ctx.argv[i];
     ctx.exit_code = bench::run_step_bench(*st, std::cout);
   });
+
+#ifdef SSR_WITH_UI
+  auto ub = std::make_shared<ui::UiBenchArgs>();
+  auto* ui_bench = bench->add_subcommand("ui", "How long ssr ui's pages take on a large store it builds");
+  ui_bench->add_option("--runs", ub->runs, "runs in the store")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  ui_bench->add_option("--rows", ub->rows, "metric rows in the store, in all")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
+  ui_bench->add_option("--repeats", ub->repeats, "requests per page; the median is reported")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  ui_bench->add_option("--db", ub->db, "build the store here and keep it (default: a scratch file, removed)");
+  ui_bench->footer("Examples:\n  ssr bench ui\n  ssr bench ui --runs 100 --rows 10000 --repeats 3");
+  ui_bench->callback([ub, &ctx] { ctx.exit_code = ui::run_ui_bench(*ub, std::cout); });
+#endif
 }
 
 }  // namespace ssr::cli

@@ -195,9 +195,10 @@ void add_plot_command(CLI::App& app, Context& ctx) {
   auto out = std::make_shared<std::string>();
   auto* p = app.add_subcommand("plot", "A logged metric against the step: one line per run, or mean and band per --by");
   p->add_option("runs", req->runs, "run ids")->required()->expected(1, 1 << 20);
-  p->add_option("--metric", req->metric,
-                "logged metric (ssr show RUN lists them); layer*/NAME: its mean over layers; valid: the validation "
-                "loss")
+  p->add_option(
+       "--metric", req->metric,
+       "logged metric, NAME with --split or SPLIT/NAME (valid/loss; ssr show RUN lists them); layer*/NAME: its "
+       "mean over layers; valid: the validation loss")
       ->capture_default_str();
   p->add_option("--split", req->split, "the metric's split: train, valid, ...")->capture_default_str();
   p->add_option("--by", req->by, "config key: one series per value, mean over its runs with a 95 % band");
@@ -214,6 +215,12 @@ void add_plot_command(CLI::App& app, Context& ctx) {
     if (req->metric == "valid" && !p->count("--split")) {
       req->split = "valid";
       req->metric = "loss";
+    }
+    // SPLIT/NAME, as results are named everywhere else (valid/loss, train/layer*/load_cv).
+    if (const auto slash = req->metric.find('/');
+        !p->count("--split") && slash != std::string::npos && req->metric.rfind("layer", 0) != 0) {
+      req->split = req->metric.substr(0, slash);
+      req->metric = req->metric.substr(slash + 1);
     }
     const std::string ext = fs::path(*out).extension().string();
     if (!out->empty() && ext != ".png" && ext != ".pdf" && ext != ".csv")

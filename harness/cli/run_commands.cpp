@@ -137,7 +137,10 @@ int cmd_runs(const std::string& db, const RunsArgs& a) {
   if (!sort_key.empty() && !own(sort_key)) ssr::store::require_known_key(sort_key, "--sort");
   require_store(db);
   ssr::store::Store store(db, ssr::store::Store::Access::read);
-  auto runs = ssr::store::filter_runs(store.runs(), a.where, a.stale_after, &store);
+  const auto stored = store.runs();
+  auto runs = ssr::store::filter_runs(stored, a.where, a.stale_after, &store);
+  // Why nothing matched (a misspelt result name is an error), said before anything is printed.
+  const std::string hint = runs.empty() && !a.where.empty() ? ssr::store::no_match_hint(stored, a.where, &store) : "";
   std::map<int64_t, std::optional<ssr::store::Sweep>> sweeps;
   std::map<int64_t, std::vector<ssr::store::Result>> results;
   for (const auto& r : runs) results[r.id] = store.results(r.id);
@@ -218,11 +221,31 @@ int cmd_runs(const std::string& db, const RunsArgs& a) {
     for (const auto& r : runs)
       if (!r.damage.empty()) std::cerr << fmt::format("run {} is damaged: {} (ssr show {})\n", r.id, r.damage, r.id);
     if (rows.empty()) std::cout << "(no runs" << (a.where.empty() ? "" : " match " + a.where) << " in " << db << ")\n";
+    if (!hint.empty()) std::cerr << "hint: " << hint << "\n";
   }
   return 0;
 }
 
-int cmd_show(const std::string& db, int64_t id, const std::string& format, double stale_after) {
+// resolve(), and where an override holds a comma list or a range (a multirun's axis), an error
+// that says so: `ssr sweep` runs one job per value.
+ssr::config::Config resolve_or_suggest_sweep(const std::string& file, const std::vector<std::string>& overrides) {
+  try {
+    return ssr::config::resolve(file, overrides);
+  } catch (const ConfigError& e) {
+    for (const auto& o : overrides) {
+      const auto eq = o.find('=');
+      if (eq == std::string::npos) continue;
+      const std::string value = o.substr(eq + 1);
+      if (value.rfind("range(", 0) == 0 || (value.find(',') != std::string::npos && value.front() != '[' &&
+                                            value.front() != '{' && value.front() != '"'))
+        throw ConfigError(
+            fmt::format("{}; {} is a list of values: `ssr sweep {} ...` runs one job per value", e.what(), o, file));
+    }
+    throw;
+  }
+}
+
+int cmd_show(const std::string& db, int64_t id, const std::string& format, double stale_after, bool all_config) {
   require_store(db);
   ssr::store::Store store(db);
   auto run = store.run(id);
@@ -304,7 +327,19 @@ int cmd_show(const std::string& db, int64_t id, const std::string& format, doubl
   for (const auto& [k, m] : last)
     if (k.second.find('/') == std::string::npos)
       std::cout << fmt::format("  {:<6} {:<14} {:<12} step {}\n", k.first, k.second, fmt_num(m.value), m.step);
-  std::cout << "\nconfig:\n" << (cfg ? cfg->to_yaml() : "  (" + damage + ")\n");
+  if (!cfg) {
+    std::cout << "\nconfig:\n  (" << damage << ")\n";
+  } else if (all_config) {
+    std::cout << "\nconfig:\n" << cfg->to_yaml();
+  } else {
+    // The keys that make this run what it is; the defaults only on request.
+    std::cout << "\nconfig (keys not at their default; --config prints all):\n";
+    for (const auto& [key, value] : cfg->values()) {
+      const auto* k = ssr::config::find_key(key);
+      if (k && value == k->def) continue;
+      std::cout << fmt::format("  {}: {}\n", key, value.is_string() ? value.get<std::string>() : value.dump());
+    }
+  }
   return 0;
 }
 
@@ -318,6 +353,7 @@ void add_run_commands(CLI::App& app, Context& ctx) {
     std::vector<std::string> train_over, cfg_over;
     bool quiet = false, doc = false, hash_only = false, restart = false, or_from_start = false;
     int64_t show_id = 0;
+    bool show_config = false;
     int64_t resume = 0;
     int64_t nproc = 1;
     RunsArgs runs;
@@ -392,6 +428,7 @@ void add_run_commands(CLI::App& app, Context& ctx) {
   show->add_option("run_id", show_id, "run id (see ssr runs)")->required();
   show->add_option("--db", db, "run store")->capture_default_str();
   show->add_option("--format", show_format, "text or json")->check(CLI::IsMember({"text", "json"}));
+  show->add_flag("--config", st->show_config, "print every config key (default: those not at their default)");
   show->add_option("--stale-after", stale_after, "seconds without heartbeat before a running run is stale")
       ->check(kSeconds);
   show->footer("Examples:\n  ssr show 3\n  ssr show 3 --format json | jq .results");
@@ -414,8 +451,7 @@ void add_run_commands(CLI::App& app, Context& ctx) {
     for (const auto id : *rm_ids) {
       const auto r = store.run(id);
       if (!r) throw ConfigError(fmt::format("rm: no run {} in {} (ssr runs lists them)", id, ctx.db));
-      const auto out_dir = ssr::store::lookup(*r, "run.out_dir", 0).value_or("");
-      dirs.push_back(out_dir.empty() ? fs::path() : ssr::train::run_dir(out_dir, store, id));
+      dirs.push_back(ssr::train::run_dir(ssr::store::lookup(*r, "run.out_dir", 0).value_or(""), store, id));
       std::cout << fmt::format(
           "run {} ({}, {}){}{}\n", id, r->shown_status(st->stale_after), ssr::store::router_label(*r),
           r->sweep_id ? fmt::format(", sweep {} job {}", *r->sweep_id, r->job_num.value_or(-1)) : "",
@@ -439,6 +475,7 @@ void add_run_commands(CLI::App& app, Context& ctx) {
       ->excludes(cfg_file_opt)
       ->excludes(cfg_over_opt);
   cfgcmd->add_flag("--hash", hash_only, "print only the configuration hash");
+  cfgcmd->add_option("--db", db, "run store, as ssr train --db would set run.db (unhashed)");
   cfgcmd->footer(
       "Examples:\n"
       "  ssr config --doc\n"
@@ -465,7 +502,7 @@ void add_run_commands(CLI::App& app, Context& ctx) {
       if (st->restart || st->or_from_start)
         throw ConfigError(fmt::format("{}: only with --resume RUN_ID", st->restart ? "--restart" : "--or-from-start"));
       if (st->train_cfg.empty()) throw ConfigError("train: give CONFIG.yaml (or --resume RUN_ID)");
-      cfg = ssr::config::resolve(st->train_cfg, st->train_over);
+      cfg = resolve_or_suggest_sweep(st->train_cfg, st->train_over);
     }
     if (train->count("--nproc")) {
       if (opts.run && cfg.i("run.nproc") != st->nproc)
@@ -519,14 +556,16 @@ void add_run_commands(CLI::App& app, Context& ctx) {
     st->runs.where = join_where(*wheres);
     ctx.exit_code = cmd_runs(ctx.db, st->runs);
   });
-  show->callback([st, &ctx] { ctx.exit_code = cmd_show(ctx.db, st->show_id, st->show_format, st->stale_after); });
-  cfgcmd->callback([st] {
+  show->callback(
+      [st, &ctx] { ctx.exit_code = cmd_show(ctx.db, st->show_id, st->show_format, st->stale_after, st->show_config); });
+  cfgcmd->callback([st, cfgcmd, &ctx] {
     if (st->doc) {
       std::cout << ssr::config::schema_doc();
       return;
     }
     if (st->cfg_file.empty()) throw ConfigError("config: give CONFIG.yaml (or --doc)");
-    auto cfg = ssr::config::resolve(st->cfg_file, st->cfg_over);
+    auto cfg = resolve_or_suggest_sweep(st->cfg_file, st->cfg_over);
+    if (cfgcmd->count("--db")) cfg.set("run.db", ctx.db, "--db");
     if (st->hash_only) {
       std::cout << cfg.hash() << "\n";
       return;

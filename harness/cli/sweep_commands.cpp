@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 
 #include "harness/cli/commands.hpp"
 #include "harness/config/config.hpp"
@@ -37,7 +38,10 @@ void print_jobs(const sweep::Spec& spec, const store::Store* store) {
     std::string state;
     if (store)
       if (auto done = store->done_run(j.config.hash())) state = fmt::format("  (done: run {})", *done);
-    std::cout << fmt::format("  job {:<4} {}  {}{}\n", j.num, j.config.hash(), j.describe(), state);
+    std::string left_out;
+    for (const auto& o : j.left_out) left_out += (left_out.empty() ? "  (left out, unused here: " : " ") + o;
+    std::cout << fmt::format("  job {:<4} {}  {}{}{}\n", j.num, j.config.hash(), j.describe(), state,
+                             left_out.empty() ? "" : left_out + ")");
   }
 }
 
@@ -145,6 +149,12 @@ int plan_and_run(const std::string& db, const SweepArgs& a) {
     if (a.launcher == "slurm") print_script(spec, store ? &*store : nullptr, db, a);
     return 0;
   }
+  std::map<std::string, int64_t> left_out;
+  for (const auto& j : spec.jobs)
+    for (const auto& o : j.left_out) ++left_out[o];
+  for (const auto& [o, n] : left_out)
+    std::cerr << fmt::format("note: {} left out of {} job(s) whose config does not use it (--dry-run lists them)\n", o,
+                             n);
   std::vector<store::PlannedJob> jobs;
   for (auto& j : spec.jobs) {
     j.config.set("run.db", db, "--db");
@@ -162,21 +172,29 @@ int plan_and_run(const std::string& db, const SweepArgs& a) {
   return launch(store, id, a, &spec.slurm);
 }
 
+// "  (command line: router=vanilla,ssr_l train.steps=50)", so two sweeps of one file are told apart.
+std::string cli_axes(const store::Sweep& s) {
+  std::string text;
+  for (const auto& o : s.spec.value("cli_overrides", json::array()))
+    text += (text.empty() ? "" : " ") + o.get<std::string>();
+  return text.empty() ? "" : "  (command line: " + text + ")";
+}
+
 int show_status(const std::string& db, int64_t id, double stale_after) {
   require_store(db);
   store::Store store(db);
   if (id == 0) {
     for (const auto& s : store.sweeps())
-      std::cout << fmt::format("sweep {:<4} {:<24} scale {:<8} {}\n", s.id, s.name,
+      std::cout << fmt::format("sweep {:<4} {:<24} scale {:<8} {}{}\n", s.id, s.name,
                                s.spec.value("scale", std::string("-")),
-                               sweep::summarize(sweep::job_status(store, s, stale_after)).line());
+                               sweep::summarize(sweep::job_status(store, s, stale_after)).line(), cli_axes(s));
     return 0;
   }
   const auto s = store.sweep(id);
   if (!s) throw ConfigError(fmt::format("no sweep {} in {} (ssr sweep status lists them)", id, db));
   const auto jobs = sweep::job_status(store, *s, stale_after);
-  std::cout << fmt::format("sweep {} ({}, {}): {}\n", s->id, s->name, s->spec.value("file", std::string()),
-                           sweep::summarize(jobs).line());
+  std::cout << fmt::format("sweep {} ({}, {}): {}{}\n", s->id, s->name, s->spec.value("file", std::string()),
+                           sweep::summarize(jobs).line(), cli_axes(*s));
   for (const auto& j : jobs)
     std::cout << fmt::format("  job {:<4} {:<9} run {:<6} {}\n", j.num, j.status,
                              j.run_id ? std::to_string(j.run_id) : "-", j.labels);

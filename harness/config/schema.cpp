@@ -26,9 +26,9 @@ std::vector<Key> build() {
       C("run.device", "cpu", {"cpu", "cuda"}, "device the run computes on"),
       S("run.name", "", "free label shown by `ssr runs`", false),
       S("run.db", "results/runs.db", "SQLite run store (also --db)", false),
-      S("run.out_dir", "results/checkpoints",
+      S("run.out_dir", "",
         "folder for checkpoints: OUT_DIR/STORE_ID/RUN_ID (STORE_ID: the run store's random id, as run ids are per "
-        "store)",
+        "store); '' = checkpoints/ beside the run store",
         false),
       C("run.keep_checkpoints", "all", {"all", "best", "last", "none"},
         "checkpoints left on disk once the run finished (written while it trains, for --resume and the best one's "
@@ -65,8 +65,10 @@ std::vector<Key> build() {
         "if > 0 and data.valid is '': validation = this final fraction of the training file (lines; bytes for format "
         "byte; characters for char, nanoGPT's int(n x (1 - holdout)) split); if data.test is also '' the test split is "
         "carved the same way after it (enwik8: 0.05 gives 90M/5M/5M)"),
-      S("data.cache_dir", "results/cache",
-        "folder for encoded-corpus caches, keyed by the source files' paths, sizes and mtimes", false),
+      S("data.cache_dir", "",
+        "folder for encoded-corpus caches, keyed by the source files' paths, sizes and mtimes; '' = cache/ beside "
+        "the run store (run.db)",
+        false),
       B("data.eval_every_token", false,
         "evaluation also scores each stream's tail after the last full segment (reference: false, the tail is "
         "skipped)"),

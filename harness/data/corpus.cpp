@@ -498,8 +498,9 @@ std::map<std::string, std::string> eval_split_texts(const config::Config& cfg) {
 Corpus load_corpus(const config::Config& cfg) {
   const Layout layout = layout_of(cfg);
   const std::string& format = cfg.s("data.format");
-  const fs::path cache = fs::path(cfg.s("data.cache_dir")) /
-                         fmt::format("corpus-{}.bin", sha256_hex(cache_key(cfg, layout)).substr(0, 16));
+  const fs::path cache_dir = cfg.s("data.cache_dir").empty() ? fs::path(cfg.s("run.db")).parent_path() / "cache"
+                                                             : fs::path(cfg.s("data.cache_dir"));
+  const fs::path cache = cache_dir / fmt::format("corpus-{}.bin", sha256_hex(cache_key(cfg, layout)).substr(0, 16));
   std::optional<Corpus> cached = read_cache(cache, format);
   Corpus c;
   if (cached) {

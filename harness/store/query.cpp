@@ -105,12 +105,15 @@ void require_known_key(const std::string& key, const std::string& flag) {
                   flag, key, near.empty() ? "" : fmt::format("; did you mean {}?", near)));
 }
 
-std::vector<Run> filter_runs(const std::vector<Run>& runs, const std::string& where, double stale_after,
-                             const Store* store) {
-  struct Cond {
-    std::string key, op, value;
-    std::optional<std::set<int64_t>> members;  // sweep=N: the runs of sweep N
-  };
+namespace {
+
+struct Cond {
+  std::string key, op, value;
+  std::optional<std::set<int64_t>> members;  // sweep=N: the runs of sweep N
+};
+
+// The conditions of a --where, each checked for its key and, for < <= > >=, a number.
+std::vector<Cond> parse_conditions(const std::string& where) {
   std::vector<Cond> conds;
   std::stringstream ss(where);
   for (std::string part; std::getline(ss, part, ',');) {
@@ -131,6 +134,66 @@ std::vector<Run> filter_runs(const std::vector<Run>& runs, const std::string& wh
     if (c.op != "=" && c.op != "!=" && !number(c.value))
       throw config::ConfigError(fmt::format("--where: '{}{}{}': {} compares numbers", c.key, c.op, c.value, c.op));
   }
+  return conds;
+}
+
+// A condition's key as text for a run: lookup(), else a result key.
+std::string value_for(const Run& r, const std::string& key, double stale_after, const Store* store) {
+  if (auto v = lookup(r, key, stale_after)) return *v;
+  return result_value(store ? store->results(r.id) : std::vector<Result>{}, key).value_or("");
+}
+
+}  // namespace
+
+std::string no_match_hint(const std::vector<Run>& runs, const std::string& where, const Store* store) {
+  if (runs.empty()) return "";
+  for (const auto& c : parse_conditions(where)) {
+    if (c.key == "sweep" || !filter_runs(runs, c.key + c.op + c.value, 0, store).empty()) continue;
+    const std::string cond = c.key + c.op + c.value;
+    std::set<std::string> values;
+    for (const auto& r : runs) values.insert(value_for(r, c.key, 0, store));
+    const bool result_key = !lookup(runs.front(), c.key, 0) && c.key.find('/') != std::string::npos;
+    if (result_key && values == std::set<std::string>{""}) {
+      // No run has the result at all: a misspelt name, refused as a misspelt config key is.
+      std::set<std::string> names;
+      if (store)
+        for (const auto& r : runs)
+          for (const auto& x : store->results(r.id)) names.insert(x.split + "/" + x.name);
+      const auto near = config::closest(c.key, {names.begin(), names.end()});
+      throw config::ConfigError(fmt::format(
+          "--where: no run in {} has a result {}{}", store ? store->path() : "the store", c.key,
+          near.empty() ? " (ssr show RUN lists a run's results)" : fmt::format("; did you mean {}?", near)));
+    }
+    if (c.op != "=") return fmt::format("no run meets {}", cond);
+    values.erase("");
+    std::string hint = fmt::format("no run has {}", cond);
+    // The two names of a router: the group (router=ssr_l) and the name it sets (router.name=ssr).
+    const std::string other = c.key == "router" ? "router.name" : c.key == "router.name" ? "router" : "";
+    if (!other.empty()) {
+      const auto with = filter_runs(runs, other + "=" + c.value, 0, store);
+      if (!with.empty()) {
+        std::set<std::string> theirs;
+        for (const auto& r : with) theirs.insert(value_for(r, c.key, 0, store));
+        std::string list;
+        for (const auto& v : theirs) list += (list.empty() ? "" : ", ") + v;
+        return hint + fmt::format("; {} run(s) have {}={} ({} is {} there): --where {}={}", with.size(), other, c.value,
+                                  c.key, list, other, c.value);
+      }
+    }
+    std::string list;
+    size_t shown = 0;
+    for (const auto& v : values)
+      if (shown++ < 12) list += (list.empty() ? "" : ", ") + v;
+    const auto near = config::closest(c.value, {values.begin(), values.end()});
+    return hint + (near.empty() ? "" : fmt::format("; did you mean {}={}?", c.key, near)) +
+           (list.empty() ? "" : fmt::format(" ({} here: {}{})", c.key, list, values.size() > 12 ? ", ..." : ""));
+  }
+  return "";
+}
+
+std::vector<Run> filter_runs(const std::vector<Run>& runs, const std::string& where, double stale_after,
+                             const Store* store) {
+  auto conds = parse_conditions(where);
   // sweep=N selects the runs that answer sweep N's jobs, the reused ones included.
   for (auto& c : conds)
     if (const auto n = number(c.value);

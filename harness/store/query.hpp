@@ -32,6 +32,12 @@ void require_known_key(const std::string& key, const std::string& flag);
 std::vector<Run> filter_runs(const std::vector<Run>& runs, const std::string& where, double stale_after,
                              const Store* store = nullptr);
 
+// Why `where` selects none of `runs`: the first condition no run meets alone, with the values the
+// runs have there ("no run has router=ssr; 4 run(s) have router.name=ssr ..."), "" when each
+// condition alone meets some run. Throws config::ConfigError for a result key no run has (a
+// misspelt result name), with did-you-mean.
+std::string no_match_hint(const std::vector<Run>& runs, const std::string& where, const Store* store);
+
 // A run's stored config. Throws config::ConfigError naming the run when its row is damaged, so no
 // command reads a damaged row as the defaults.
 config::Config stored_config(const Run& run);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <random>
 
 namespace fs = std::filesystem;
@@ -394,11 +395,33 @@ Spec load(const std::string& file, const std::vector<std::string>& cli, const st
           for (const auto& l : a->extra_labels[idx]) job.labels.push_back(l);
         job.overrides.insert(job.overrides.end(), overrides.begin(), overrides.end());
       }
+      const auto before_cli = job.overrides;
       job.overrides.insert(job.overrides.end(), cli_common.begin(), cli_common.end());
       try {
         job.config = config::resolve(spec.base, job.overrides);
       } catch (const ConfigError& e) {
-        throw ConfigError(fmt::format("{} job {} ({}): {}", file, job.num, job.describe(), e.what()));
+        // A command-line key this job's config does not use (router.p beside router=vanilla) is
+        // left out of this job rather than refusing the multirun.
+        std::optional<config::Config> without;
+        try {
+          without = config::resolve(spec.base, before_cli);
+        } catch (const ConfigError&) {
+        }
+        std::vector<std::string> kept = before_cli;
+        for (const auto& o : cli_common) {
+          const auto* key = config::find_key(o.substr(0, o.find('=')));
+          if (without && key && !config::applies(*without, *key))
+            job.left_out.push_back(o);
+          else
+            kept.push_back(o);
+        }
+        try {
+          if (job.left_out.empty()) throw ConfigError(e.what());
+          job.config = config::resolve(spec.base, kept);
+          job.overrides = kept;
+        } catch (const ConfigError&) {
+          throw ConfigError(fmt::format("{} job {} ({}): {}", file, job.num, job.describe(), e.what()));
+        }
       }
       spec.jobs.push_back(std::move(job));
     }

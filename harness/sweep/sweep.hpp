@@ -39,7 +39,10 @@ struct Job {
   // Axis name -> the value's text: "variant" -> "ssr_l", "router.p" -> "1e-3", "run.seed" -> "2";
   // random samples add "sample" -> "0".. and one entry per sampled key.
   std::vector<std::pair<std::string, std::string>> labels;
-  config::Config config;                             // resolved
+  config::Config config;  // resolved
+  // Command-line overrides for every job that this job's router (or model) does not use, left out
+  // of it: `router=vanilla,ssr_l router.p=0.5` sets router.p on the ssr_l jobs only.
+  std::vector<std::string> left_out;
   std::string label(const std::string& axis) const;  // "" when the job has no such axis
   std::string describe() const;                      // "variant=lb model.block=momentum"
   // Whether `base` is this job's baseline: `axis` = `value`, every other label equal (or absent

@@ -97,8 +97,17 @@ std::string first_line(const std::exception& e) {
 
 }  // namespace
 
+namespace {
+
+// run.out_dir, where '' is checkpoints/ beside the store: two stores in one folder never share a tree.
+fs::path out_root(const std::string& out_dir, const store::Store& store) {
+  return out_dir.empty() ? fs::path(store.path()).parent_path() / "checkpoints" : fs::path(out_dir);
+}
+
+}  // namespace
+
 fs::path run_dir(const std::string& out_dir, const store::Store& store, int64_t run) {
-  return fs::path(out_dir) / store.id() / std::to_string(run);
+  return out_root(out_dir, store) / store.id() / std::to_string(run);
 }
 
 void remove_run_dir(const fs::path& dir) {
@@ -110,7 +119,7 @@ void remove_run_dir(const fs::path& dir) {
 }
 
 void check_out_dir(const std::string& out_dir, const store::Store& store) {
-  const fs::path dir = fs::path(out_dir) / store.id();
+  const fs::path dir = out_root(out_dir, store) / store.id();
   std::error_code ec;
   fs::create_directories(dir, ec);
   const fs::path probe = dir / fmt::format(".write-probe-{}", ::getpid());

@@ -22,7 +22,8 @@ struct CheckpointError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// The checkpoint folder of run `run`: run.out_dir / store id / run id (run ids are per store).
+// The checkpoint folder of run `run`: run.out_dir / store id / run id (run ids are per store); an
+// empty run.out_dir is checkpoints/ in the store's folder.
 std::filesystem::path run_dir(const std::string& out_dir, const store::Store& store, int64_t run);
 // Removes a run's checkpoint folder and the files in it (ssr rm); absent is fine.
 void remove_run_dir(const std::filesystem::path& dir);

@@ -57,6 +57,12 @@ json compare_page(const store::Store& s, const Params& p) {
     out["results"].push_back(
         {{"result", r.split + "/" + r.name}, {"unit", analysis::unit_of(r.name)}, {"values", values}});
   }
+  out["by_group"] = json::array();
+  for (const auto& g : c.by_group)
+    out["by_group"].push_back({{"group", g.group},
+                               {"result", g.split + "/" + g.name},
+                               {"unit", analysis::unit_of(g.name)},
+                               {"value", estimate_json(g.value)}});
   out["paired"] = json::array();
   for (const auto& d : c.paired)
     out["paired"].push_back({{"group", d.group},

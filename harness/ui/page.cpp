@@ -21,6 +21,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .muted { color: #888; }
 .charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 1em; }
 .chart { border: 1px solid #eee; padding: .5em; }
+.chart.wide { grid-column: 1 / -1; height: 460px; padding-bottom: 2.5em; }
 input[type=text] { width: 28em; }
 form.wide label { display: inline-block; margin: 0 1em .3em 0; }
 form.wide input[type=text] { width: 14em; }
@@ -182,9 +183,9 @@ function bandChart(canvas, series) {
     datasets.push({label: s.name, data: pts.map(p => ({x: p[0], y: p[1]})), pointRadius: pts.length < 30 ? 2 : 0, borderWidth: 1.8,
       borderColor: c, backgroundColor: c, borderDash: [[], [6, 3], [2, 2], [8, 3, 2, 3]][i % 4]});
   });
-  return new Chart(canvas, {type: "line", data: {datasets}, options: {animation: false,
+  return new Chart(canvas, {type: "line", data: {datasets}, options: {animation: false, maintainAspectRatio: false,
     scales: {x: {type: "linear", title: {display: true, text: "step"}}},
-    plugins: {legend: {labels: {filter: l => !l.text.startsWith("_")}}}}});
+    plugins: {legend: {position: series.length > 4 ? "right" : "top", labels: {filter: l => !l.text.startsWith("_")}}}}});
 }
 
 async function comparePage() {
@@ -211,13 +212,13 @@ async function comparePage() {
   for (const c of charts) c.destroy();
   charts = [];
   const parts = [el("h2", {}, `compare: ${data.runs.length} runs in ${data.groups.length} groups`), form,
-    el("p", {class: "muted"}, "baseline: " + data.groups[0] + " · runs: ", ...data.runs.map(r => el("span", {}, el("a", {href: "#/run/" + r.id}, r.id), " ")))];
+    el("p", {class: "muted"}, "baseline: " + data.groups[0] + " · runs: ", ...data.runs.slice(0, 40).map(r => el("span", {}, el("a", {href: "#/run/" + r.id}, r.id), " ")), data.runs.length > 40 ? "…" : "")];
   const paired = data.paired.map(d => el("tr", {class: "delta"}, el("td", {}, d.group), el("td", {}, d.result),
     el("td", {class: "num"}, estimateText(d.delta), d.excludes_zero ? el("span", {class: "star"}, " *") : ""),
     el("td", {class: "num"}, estimateText(d.relative)), el("td", {class: "num"}, d.delta.n + (d.left_out ? ` (${d.left_out} left out)` : ""))));
   if (data.groups.length > 1) parts.push(el("h3", {}, "paired differences against " + data.groups[0] + " (same seed; mean ± 95 % Student-t interval; * excludes 0)"),
     table("paired", ["group", "result", "Δ", "Δ %", "seeds"], paired));
-  const curve = el("div", {class: "chart"}, el("div", {}, data.curve.name + ": mean over each group's runs, 95 % band"));
+  const curve = el("div", {class: "chart wide"}, el("div", {}, data.curve.name + ": mean over each group's runs, 95 % band"));
   if (data.curve.error) curve.append(el("p", {class: "bad"}, data.curve.error));
   else {
     const canvas = el("canvas", {id: "compare-curve", "data-series": data.curve.series.length, "data-points": data.curve.series.reduce((n, s) => n + s.points.length, 0)});
@@ -225,11 +226,15 @@ async function comparePage() {
     if (window.Chart) charts.push(bandChart(canvas, data.curve.series));
   }
   parts.push(el("h3", {}, "curves"), el("div", {class: "charts"}, curve));
-  const ids = data.runs.map(r => "run " + r.id);
-  parts.push(el("h3", {}, "results"), table("compare-results", ["result", ...ids], data.results.map(r =>
-    el("tr", {}, el("td", {}, r.result + (r.unit ? " (" + r.unit + ")" : "")), ...r.values.map(v => el("td", {class: "num"}, fmt(v)))))));
-  parts.push(el("h3", {}, "config: the keys that differ"), table("differing", ["key", ...ids], data.differing.map(d =>
-    el("tr", {}, el("td", {}, el("code", {}, d.key)), ...d.values.map(v => el("td", {}, v))))));
+  parts.push(el("h3", {}, "results by group (mean ± 95 % interval over its runs)"), table("by-group", ["group", "result", "value", "runs"], data.by_group.map(g =>
+    el("tr", {}, el("td", {}, g.group), el("td", {}, g.result + (g.unit ? " (" + g.unit + ")" : "")), el("td", {class: "num"}, estimateText(g.value).replace(/^\+/, "")), el("td", {class: "num"}, g.value.n)))));
+  if (data.runs.length <= 12) {  // side by side only while it fits
+    const ids = data.runs.map(r => "run " + r.id);
+    parts.push(el("h3", {}, "results"), table("compare-results", ["result", ...ids], data.results.map(r =>
+      el("tr", {}, el("td", {}, r.result + (r.unit ? " (" + r.unit + ")" : "")), ...r.values.map(v => el("td", {class: "num"}, fmt(v)))))));
+    parts.push(el("h3", {}, "config: the keys that differ"), table("differing", ["key", ...ids], data.differing.map(d =>
+      el("tr", {}, el("td", {}, el("code", {}, d.key)), ...d.values.map(v => el("td", {}, v))))));
+  }
   main.replaceChildren(...parts);
   stamp();
   if (data.runs.some(r => r.status === "running")) timer = setTimeout(route, 5000);

@@ -1,12 +1,16 @@
 // The README and docs/: every relative link resolves, and the README stays short enough to read in
 // five minutes (the long material lives in docs/).
 #include <catch2/catch.hpp>
+#include <fmt/format.h>
 
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <sstream>
 #include <string>
 
+#include "harness/store/store.hpp"
+#include "tests/cli_helpers.hpp"
 #include "tests/helpers.hpp"
 
 namespace fs = std::filesystem;
@@ -38,4 +42,46 @@ TEST_CASE("the README reads in five minutes: at most 250 lines", "[docs]") {
   int lines = 0;
   for (std::string line; std::getline(in, line);) ++lines;
   CHECK(lines <= 250);
+}
+
+TEST_CASE("every command of the README's first session runs, at a tiny scale", "[docs][cli]") {
+  // The session's code block, as a newcomer copies it; `make demo`'s training comes first.
+  std::ifstream in(fs::path(ssr::testing::kSrc) / "README.md");
+  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  const auto start = text.find("```sh\n", text.find("A first session, in order:"));
+  REQUIRE(start != std::string::npos);
+  const auto end = text.find("```", start + 6);
+  std::vector<std::string> commands = {"build/ssr train experiments/demo.yaml"};
+  std::stringstream block(text.substr(start + 6, end - start - 6));
+  for (std::string line; std::getline(block, line);) {
+    line = line.substr(0, line.find(" #"));
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    if (!line.empty()) commands.push_back(line);
+  }
+  REQUIRE(commands.size() >= 12);
+  const auto dir = ssr::testing::temp_dir("docs", "readme");
+  const std::string db = (dir / "runs.db").string();
+  // Every training is two steps of a tiny batch: the same overrides everywhere keep the hashes
+  // the session's reuse relies on (its sweep reuses runs 1 and 2).
+  const std::string tiny =
+      " train.steps=2 train.warmup=1 train.batch_size=2 train.seq_len=16 eval.batch_size=2 eval.max_segments=2 "
+      "train.eval_every=1 train.eval_segments=1 run.threads=1";
+  for (auto command : commands) {
+    REQUIRE(command.rfind("build/ssr ", 0) == 0);
+    command = command.substr(10);
+    if (const auto at = command.find("experiments/demo.yaml");
+        at != std::string::npos && command.rfind("config", 0) != 0)
+      command.insert(at + 21, tiny);
+    if (const auto at = command.find("--out loss.png"); at != std::string::npos)
+      command.replace(at, 14, "--out " + (dir / "loss.png").string());
+    const bool ui = command == "ui";
+    if (ui) command = "ui --port 0";
+    const auto r = ssr::testing::shell(
+        fmt::format("{}'{}' {} --db '{}'", ui ? "timeout -s TERM 3 " : "", ssr::testing::kBin, command, db));
+    INFO(command << "\n" << r.out);
+    CHECK(r.code == (ui ? 124 : 0));  // ui serves until stopped: timeout's TERM ends it
+    if (ui) CHECK(r.out.find("ssr ui: " + db + " at http://127.0.0.1:") != std::string::npos);
+  }
+  const ssr::store::Store s(db, ssr::store::Store::Access::read);
+  CHECK(s.runs().size() == 5);  // 1 + 1 + the sweep's 4 new jobs, less the one rm deleted
 }

@@ -54,9 +54,14 @@ Plot plot_runs(const store::Store& store, const PlotRequest& r) {
     const auto run = store.run(id);
     if (!run) throw ConfigError(fmt::format("plot: no run {} in {} (ssr runs lists them)", id, store.path()));
     store::stored_config(*run);  // refuses a damaged row by name
-    const std::string name = !r.labels.empty() ? r.labels[i]
-                             : r.by.empty()    ? fmt::format("run {}", id)
-                                               : fmt::format("{}={}", r.by, store::lookup(*run, r.by, 0).value_or("-"));
+    const std::string value = r.by.empty() ? "" : store::lookup(*run, r.by, 0).value_or("-");
+    std::string name = !r.labels.empty() ? r.labels[i]
+                       : r.by.empty()    ? fmt::format("run {}", id)
+                                         : fmt::format("{}={}", r.by, value);
+    if (auto it = r.legend.find(name); it != r.legend.end())
+      name = it->second;
+    else if (it = r.legend.find(value); !value.empty() && it != r.legend.end())
+      name = it->second;
     if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
     auto points = series_of_run(store, id, r, logged);
     if (!points.empty()) curves[name].push_back(std::move(points));

@@ -3,6 +3,7 @@
 // as the same tidy CSV that report curves use, so analysis/curves.gp draws it.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,7 @@ struct PlotRequest {
   std::string metric = "loss";      // a metric name; "layer*/NAME" is the mean of layerL/NAME over layers
   std::string by;                   // a key of `ssr runs --where` (router, router.p, ...): one series per value
   std::vector<std::string> labels;  // per run, its series' name (compare's groups); overrides `by`
+  std::map<std::string, std::string> legend;  // a series' name or its --by value -> the name the key shows
 };
 
 // One step of a series: the mean over its runs, the 95 % half-width, and how many runs.

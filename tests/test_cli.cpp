@@ -106,3 +106,29 @@ TEST_CASE("checkpoints and the corpus cache go beside the store --db names, not 
   CHECK(ssr::testing::run(fmt::format("rm 1 --yes --db {}", db)).code == 0);
   CHECK(!fs::exists(dir / "sub" / "checkpoints" / s.id() / "1"));
 }
+
+TEST_CASE("plot names a group in its key with --label, and draws a lone point inside the frame", "[cli][report]") {
+  const auto dir = ssr::testing::temp_dir("cli", "label");
+  const auto db = friction_store(dir);
+  const auto csv = (dir / "p.csv").string();
+  auto r = ssr::testing::run(
+      fmt::format("plot 1 2 --by router --label vanilla=Vanilla --label ssr_l=SSR-L --out {} --db {}", csv, db));
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  std::ifstream in(csv);
+  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  CHECK(text.find("\nVanilla,1,5,") != std::string::npos);
+  CHECK(text.find("\nSSR-L,2,4,") != std::string::npos);
+  CHECK(ssr::testing::run(fmt::format("plot 1 --label vanilla --db {}", db)).out.find("give VALUE=NAME") !=
+        std::string::npos);
+  if (ssr::testing::shell("command -v gnuplot").code == 0) {
+    // One logged point per run: drawn (a png), with the autoscaled axes padded around it.
+    ssr::store::Store s(db);
+    s.add_metrics(1, {{2, "valid", "loss", 3.0, 0}});
+    const auto png = (dir / "one.png").string();
+    r = ssr::testing::run(fmt::format("plot 1 --metric valid/loss --out {} --db {}", png, db));
+    INFO(r.out);
+    CHECK(r.code == 0);
+    CHECK(fs::file_size(png) > 1000);
+  }
+}

@@ -202,6 +202,9 @@ void add_plot_command(CLI::App& app, Context& ctx) {
       ->capture_default_str();
   p->add_option("--split", req->split, "the metric's split: train, valid, ...")->capture_default_str();
   p->add_option("--by", req->by, "config key: one series per value, mean over its runs with a 95 % band");
+  auto legend = std::make_shared<std::vector<std::string>>();
+  p->add_option("--label", *legend,
+                "VALUE=NAME: the key shows NAME for the series of --by VALUE (or of 'run 3'); repeatable");
   p->add_option("--out", *out,
                 "FILE.png or FILE.pdf (drawn, with FILE.csv and FILE.gp beside it) or FILE.csv; default: a text "
                 "plot here");
@@ -210,8 +213,15 @@ void add_plot_command(CLI::App& app, Context& ctx) {
       "Examples:\n"
       "  ssr plot 1 2 3                                  # training loss of three runs, as text\n"
       "  ssr plot 1 2 --metric valid --out valid.png     # validation loss to valid.png (and valid.csv, valid.gp)\n"
-      "  ssr plot 1 2 3 4 5 6 --by router.name --metric layer*/load_cv --out load_cv.pdf");
-  p->callback([req, out, p, &ctx] {
+      "  ssr plot 1 2 3 4 5 6 --by router.name --metric layer*/load_cv --out load_cv.pdf\n"
+      "  ssr plot 1 2 3 4 --by router --label vanilla=Vanilla --label ssr_l=SSR-L --metric valid/loss --out v.png");
+  p->callback([req, out, legend, p, &ctx] {
+    for (const auto& l : *legend) {
+      const auto eq = l.find('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 == l.size())
+        throw config::ConfigError(fmt::format("--label {}: give VALUE=NAME (e.g. --label vanilla=Vanilla)", l));
+      req->legend[l.substr(0, eq)] = l.substr(eq + 1);
+    }
     if (req->metric == "valid" && !p->count("--split")) {
       req->split = "valid";
       req->metric = "loss";

@@ -77,9 +77,11 @@ Column parse_column(const json& c, const std::string& where) {
 std::string fmt_value(const Cell& c, const Column& col) {
   if (!c.mean) return "–";
   if (std::isnan(*c.mean)) return "NaN";
-  if (!col.overhead.empty())
-    return c.ci > 0 ? fmt::format("{:.2f} ± {:.2f}%", *c.mean * 100, c.ci * 100)
-                    : fmt::format("{:.2f}%", *c.mean * 100);
+  if (!col.overhead.empty()) {
+    const std::string busy = c.max_load > 1 ? " †" : "";  // timed on an oversubscribed machine
+    return c.ci > 0 ? fmt::format("{:.2f} ± {:.2f}%{}", *c.mean * 100, c.ci * 100, busy)
+                    : fmt::format("{:.2f}%{}", *c.mean * 100, busy);
+  }
   if (!col.delta_of.empty()) {
     // Paired: * marks an interval that excludes 0.
     const std::string unit = col.relative ? " %" : "";
@@ -150,6 +152,8 @@ Cell overhead_cell(const Data& d, const std::vector<const JobRun*>& cell, const 
         ratios.push_back(e.mean);
         pair_ci = e.ci;
         c.bench_sessions.insert(br->first);
+        for (const auto& bc : jr->bench)
+          if (bc.session == br->first && bc.load_per_core) c.max_load = std::max(c.max_load, *bc.load_per_core);
         continue;
       }
     if (!jr->run || !b->run) continue;
@@ -166,6 +170,9 @@ Cell overhead_cell(const Data& d, const std::vector<const JobRun*>& cell, const 
     const double r = m->mean / v->mean;
     ratios.push_back(r - 1);
     ++c.run_pairs;
+    for (const int64_t id : {jr->run->id, b->run->id})
+      for (const auto& metric : d.store->metrics(id))
+        if (metric.split == "train" && metric.name == "machine_load") c.max_load = std::max(c.max_load, metric.value);
     // Delta method for one ratio of two means of independent step times.
     pair_ci = 1.96 * r * std::sqrt(m->var / (m->n * m->mean * m->mean) + v->var / (v->n * v->mean * v->mean));
   }
@@ -185,10 +192,12 @@ Cell overhead_cell(const Data& d, const std::vector<const JobRun*>& cell, const 
 std::string timing_source(const std::vector<const Cell*>& cells) {
   std::set<int64_t> sessions;
   int64_t bench = 0, runs = 0;
+  double max_load = 0;
   for (const auto* c : cells) {
     sessions.insert(c->bench_sessions.begin(), c->bench_sessions.end());
     runs += c->run_pairs;
     bench += c->n - c->run_pairs;
+    max_load = std::max(max_load, c->max_load);
   }
   if (bench == 0 && runs == 0) return "";
   std::string ids;
@@ -200,7 +209,13 @@ std::string timing_source(const std::vector<const Cell*>& cells) {
         sessions.size() > 1 ? "s" : "", ids);
   if (runs > 0)
     s += fmt::format("{}{} job pairs from the training runs' logged step times", bench > 0 ? "; " : "", runs);
-  return s + ".";
+  s += ".";
+  if (max_load > 1)
+    s += fmt::format(
+        " † Timed on an oversubscribed machine (load up to {:.1f} per core: more threads wanted to run than there "
+        "were cores): not the hardware's speed; time it again on an idle machine.",
+        max_load);
+  return s;
 }
 
 Cell metric_cell(const std::vector<const JobRun*>& cell, const std::string& split, const std::string& metric) {

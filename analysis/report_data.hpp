@@ -47,6 +47,7 @@ struct Cell {
   std::string note;
   std::set<int64_t> bench_sessions;  // overhead cells: sessions that timed the pairs
   int64_t run_pairs = 0;             // overhead cells: pairs timed from training runs instead
+  double max_load = 0;               // overhead cells: the highest machine load per core of its timings
 };
 
 // Everything a report reads: the expanded sweep and each job's run.

@@ -102,6 +102,8 @@ TEST_CASE("checkpoints and the corpus cache go beside the store --db names, not 
   const ssr::store::Store s(db, ssr::store::Store::Access::read);
   CHECK(fs::exists(dir / "sub" / "checkpoints" / s.id() / "1" / "last.pt"));
   CHECK(!fs::is_empty(dir / "sub" / "cache"));
+  // The machine's load is logged beside the step times (reports flag overheads timed under load).
+  CHECK(ssr::testing::series(s, 1, "train", "machine_load").size() == 1);
   // rm finds them there.
   CHECK(ssr::testing::run(fmt::format("rm 1 --yes --db {}", db)).code == 0);
   CHECK(!fs::exists(dir / "sub" / "checkpoints" / s.id() / "1"));

@@ -217,6 +217,20 @@ TEST_CASE("overheads come from an `ssr bench step` session that timed both jobs"
   INFO(bars.csv);
   CHECK(bars.csv.find("model.block=vanilla,lb,10.0000") != std::string::npos);
   CHECK(bars.md.find("Hardware: cuda: Test GPU (80 GiB) on gpu1 (6 runs).") != std::string::npos);
+  CHECK(out.md.find("†") == std::string::npos);  // no load recorded: nothing flagged
+
+  // The same session timed on an oversubscribed machine: its overheads are flagged and footnoted.
+  const auto busy_db = db + ".busy";
+  for (const char* ext : {"", "-wal", "-shm"}) fs::remove(busy_db + ext);
+  ssr::store::Store busy(busy_db);
+  auto loaded = conventional;
+  for (auto& c : loaded) c.load_per_core = 5.0;
+  busy.add_bench_session("ssr bench step report-study.yaml", gpu, 2, loaded);
+  CHECK(busy.bench_cases(loaded.front().config_hash).front().load_per_core == 5.0);
+  const auto flagged = ssr::analysis::build("tab", kStudy, "", {}, busy);
+  INFO(flagged.md);
+  CHECK(flagged.md.find("| 10.00% † |") != std::string::npos);
+  CHECK(flagged.md.find("† Timed on an oversubscribed machine (load up to 5.0 per core") != std::string::npos);
 }
 
 TEST_CASE("overheads compare like compute paths only: keys outside the hash such as model.expert_impl", "[report]") {

@@ -38,7 +38,7 @@ TEST_CASE("store migrates an empty file and reopens without migrating again", "[
   const auto path = temp_db("store", "migrate.db");
   {
     Store s(path + "");
-    CHECK(s.schema_version() == 8);
+    CHECK(s.schema_version() == 9);
     for (const char* t : {"runs", "metrics", "results", "timings", "sweeps", "bench_sessions", "bench_cases",
                           "bench_times", "store_info"})
       CHECK(count(s, std::string("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='") + t + "'") == 1);
@@ -46,7 +46,7 @@ TEST_CASE("store migrates an empty file and reopens without migrating again", "[
     s.create_run("abc", {{"x", 1}}, 1, ssr::store::this_machine("cpu"));
   }
   Store again(path);
-  CHECK(again.schema_version() == 8);
+  CHECK(again.schema_version() == 9);
   CHECK(again.runs().size() == 1);
   CHECK(again.id() == Store(path).id());  // drawn once, when the store was created
 }
@@ -112,7 +112,7 @@ TEST_CASE("a file that is no run store is refused at once, saying what it is", "
   sqlite3_finalize(st);
   sqlite3_close(db);
   // A zero-byte file given to a command that writes becomes a store (SQLite's empty database).
-  CHECK(Store(write_file("new.db", "")).schema_version() == 8);
+  CHECK(Store(write_file("new.db", "")).schema_version() == 9);
 }
 
 TEST_CASE("a store locked by another process names the holder", "[store]") {
@@ -186,7 +186,9 @@ TEST_CASE("a version-4 store gains status interrupted and a pid column, keeping 
     REQUIRE(count(s, "SELECT count(*) FROM metrics") == 2);
     s.finish_run(failed, "failed", "out of memory");
     // Back to version 4: the runs table with its old CHECK, rebuilt the way SQLite allows.
-    REQUIRE(sqlite3_exec(s.handle(), "ALTER TABLE runs DROP COLUMN pid", nullptr, nullptr, nullptr) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(s.handle(),
+                         "ALTER TABLE runs DROP COLUMN pid; ALTER TABLE bench_cases DROP COLUMN load_per_core", nullptr,
+                         nullptr, nullptr) == SQLITE_OK);
     std::string v4 = "PRAGMA foreign_keys=OFF; BEGIN; CREATE TABLE old AS SELECT * FROM runs; DROP TABLE runs;";
     std::string create;
     {
@@ -202,7 +204,7 @@ TEST_CASE("a version-4 store gains status interrupted and a pid column, keeping 
     CHECK(sqlite3_exec(s.handle(), "UPDATE runs SET status='interrupted'", nullptr, nullptr, nullptr) != SQLITE_OK);
   }
   Store s(path);
-  CHECK(s.schema_version() == 8);
+  CHECK(s.schema_version() == 9);
   CHECK(s.run(interrupted)->status == "interrupted");  // recognised by the error it stored
   CHECK(s.run(failed)->status == "failed");
   REQUIRE(s.metrics(interrupted).size() == 1);
@@ -226,7 +228,7 @@ TEST_CASE("store upgrades a version-1 file in place, keeping its runs", "[store]
       REQUIRE(sqlite3_exec(s.handle(), sql, nullptr, nullptr, nullptr) == SQLITE_OK);
   }
   Store s(path);
-  CHECK(s.schema_version() == 8);
+  CHECK(s.schema_version() == 9);
   CHECK(s.runs().size() == 1);
   CHECK(s.id().size() == 16);
   ssr::store::BenchCase c;

@@ -8,6 +8,8 @@
 #include <torch/torch.h>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -288,6 +290,7 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
       base.s("train.precision"), torch::get_num_threads(), args.warmup, args.repeats, cases.size());
   for (int w = 0; w < args.warmup; ++w)
     for (auto& c : cases) step(c);
+  const auto load_before = store::machine_load();
   for (int r = 0; r < args.repeats; ++r)
     for (auto& c : cases) {
       auto t0 = Clock::now();
@@ -295,6 +298,16 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
       c.ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
     }
 
+  // The load the timing ran under: this benchmark counts itself, so a machine with nothing else to
+  // do shows about 1 / cores; above 1 per core other work competed for the cores.
+  std::optional<double> load = store::machine_load();
+  if (load && load_before) load = std::max(*load, *load_before);
+  if (load)
+    out << fmt::format("machine load: {:.2f} per core (1-minute load average over {} online cores){}\n\n", *load,
+                       sysconf(_SC_NPROCESSORS_ONLN),
+                       *load > 1 ? "; above 1: other work competed for the cores, so the times below are not this "
+                                   "machine's speed"
+                                 : "");
   const bool memory = device.is_cuda();
   const bool bf16 = base.s("train.precision") == "bf16";
   const double peak = args.peak_tflops > 0 ? args.peak_tflops : known_peak_tflops(device, bf16);
@@ -404,6 +417,7 @@ int run_step_bench(const StepBenchArgs& args, std::ostream& out) {
       bc.tokens_per_step = c.tokens();
       for (double ms : c.ms) bc.seconds.push_back(ms / 1000.0);
       if (memory) bc.peak_bytes = c.peak_bytes();
+      bc.load_per_core = load;
       rows.push_back(std::move(bc));
     }
     store::Store st(args.db);

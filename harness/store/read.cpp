@@ -81,11 +81,13 @@ std::vector<Timing> Store::timings(int64_t run) const {
 }
 
 std::vector<BenchCase> Store::bench_cases(const std::string& config_hash) const {
-  Stmt s(db_,
-         "SELECT c.id, c.session_id, c.label, c.config_hash, c.config_json, c.tokens_per_step, s.git_rev, s.host, "
-         "s.device, s.torch_version, s.created_at, c.peak_bytes FROM bench_cases c JOIN bench_sessions s ON s.id = "
-         "c.session_id "
-         "WHERE c.config_hash=? ORDER BY c.session_id DESC, c.id DESC");
+  Stmt s(
+      db_,
+      "SELECT c.id, c.session_id, c.label, c.config_hash, c.config_json, c.tokens_per_step, s.git_rev, s.host, "
+      "s.device, s.torch_version, s.created_at, c.peak_bytes, c.load_per_core FROM bench_cases c JOIN bench_sessions "
+      "s ON s.id = "
+      "c.session_id "
+      "WHERE c.config_hash=? ORDER BY c.session_id DESC, c.id DESC");
   s.bind(1, config_hash);
   std::vector<BenchCase> out;
   while (s.step()) {
@@ -99,6 +101,7 @@ std::vector<BenchCase> Store::bench_cases(const std::string& config_hash) const 
     bc.info = RunInfo{s.text(6), s.text(7), s.text(8), s.text(9), 1, ""};
     bc.created_at = s.f64(10);
     bc.peak_bytes = s.opt_i64(11);
+    bc.load_per_core = s.opt_f64(12);
     out.push_back(std::move(bc));
   }
   Stmt t(db_, "SELECT seconds FROM bench_times WHERE case_id=? ORDER BY round");

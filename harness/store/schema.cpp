@@ -21,7 +21,7 @@ namespace ssr::store {
 
 // Versioned migrations: entry i takes the schema from version i to i + 1. Never edit a
 // released entry; append a new one.
-static const std::array<const char*, 8> kMigrations = {
+static const std::array<const char*, 9> kMigrations = {
     R"sql(
 CREATE TABLE sweeps (
   id          INTEGER PRIMARY KEY,
@@ -176,6 +176,11 @@ CREATE TABLE IF NOT EXISTS expert_load (
   tokens  TEXT NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS expert_load_key ON expert_load(run_id, layer, step);
+)sql",
+    // 9: the machine's load while a bench case was timed (1-minute load average per online core,
+    // the larger of before and after), so a report can flag timings taken on a busy machine.
+    R"sql(
+ALTER TABLE bench_cases ADD COLUMN load_per_core REAL;
 )sql"};
 
 Store::Store(const std::string& path, Access access) : path_(path) {

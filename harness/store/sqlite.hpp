@@ -72,6 +72,11 @@ class Stmt {
     sqlite3_bind_text(st_, i, v.c_str(), -1, SQLITE_TRANSIENT);
     return *this;
   }
+  Stmt& bind(int i, std::optional<double> v) {
+    if (v) return bind(i, *v);
+    sqlite3_bind_null(st_, i);
+    return *this;
+  }
   Stmt& bind(int i, std::optional<int64_t> v) {
     if (v)
       sqlite3_bind_int64(st_, i, *v);
@@ -93,6 +98,10 @@ class Stmt {
   std::optional<int64_t> opt_i64(int c) const {
     if (sqlite3_column_type(st_, c) == SQLITE_NULL) return std::nullopt;
     return i64(c);
+  }
+  std::optional<double> opt_f64(int c) const {
+    if (sqlite3_column_type(st_, c) == SQLITE_NULL) return std::nullopt;
+    return f64(c);
   }
   double f64(int c) const {
     if (sqlite3_column_type(st_, c) == SQLITE_TEXT) {

@@ -63,6 +63,14 @@ std::string host_name() {
   return host;
 }
 
+std::optional<double> machine_load() {
+  std::ifstream in("/proc/loadavg");
+  double load = 0;
+  const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  if (!(in >> load) || cores < 1) return std::nullopt;
+  return load / static_cast<double>(cores);
+}
+
 RunInfo this_machine(const std::string& device) {
   RunInfo info;
   info.git_rev = build_git_rev();
@@ -239,13 +247,13 @@ int64_t Store::add_bench_session(const std::string& command, const RunInfo& info
   s.step();
   const int64_t session = sqlite3_last_insert_rowid(db_);
   Stmt c(db_,
-         "INSERT INTO bench_cases (session_id, label, config_hash, config_json, tokens_per_step, peak_bytes) "
-         "VALUES (?,?,?,?,?,?)");
+         "INSERT INTO bench_cases (session_id, label, config_hash, config_json, tokens_per_step, peak_bytes, "
+         "load_per_core) VALUES (?,?,?,?,?,?,?)");
   Stmt t(db_, "INSERT INTO bench_times (case_id, round, seconds) VALUES (?,?,?)");
   for (const auto& bc : cases) {
     c.reset();
     c.bind(1, session).bind(2, bc.label).bind(3, bc.config_hash).bind(4, bc.config.dump()).bind(5, bc.tokens_per_step);
-    c.bind(6, bc.peak_bytes);
+    c.bind(6, bc.peak_bytes).bind(7, bc.load_per_core);
     c.step();
     const int64_t id = sqlite3_last_insert_rowid(db_);
     for (size_t r = 0; r < bc.seconds.size(); ++r) {

@@ -26,6 +26,9 @@ struct RunInfo {  // facts about where and how a run executes
 const char* build_git_rev();
 // This machine's host name (gethostname), as runs record it.
 std::string host_name();
+// The 1-minute load average over the online cores (/proc/loadavg), nullopt where there is none.
+// Above 1, more threads wanted a core than there were: timings taken then are not a machine's speed.
+std::optional<double> machine_load();
 // Whether process `pid` of this host has exited (a zombie has).
 bool process_gone(int64_t pid);
 // The facts of this process: the binary's git revision, host name, device, LibTorch version.
@@ -84,9 +87,10 @@ struct BenchCase {
   std::string config_hash;
   json config;
   int64_t tokens_per_step = 0;
-  std::vector<double> seconds;        // one per timed round, in round order
-  std::optional<int64_t> peak_bytes;  // CUDA: the case's resident tensors + its step's transient peak
-  RunInfo info;                       // the session's machine
+  std::vector<double> seconds;          // one per timed round, in round order
+  std::optional<int64_t> peak_bytes;    // CUDA: the case's resident tensors + its step's transient peak
+  std::optional<double> load_per_core;  // machine_load() around its timing (absent in older stores)
+  RunInfo info;                         // the session's machine
   double created_at = 0;
 };
 

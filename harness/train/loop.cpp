@@ -237,6 +237,8 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
           log.metric(step, "train", "aux", aux);
           log.metric(step, "train", "lr", lr);
           log.metric(step, "train", task.rate_metric(), static_cast<double>(r.units) / t_step);
+          // Beside the step times: a report flags overheads timed on an oversubscribed machine.
+          if (const auto load = store::machine_load()) log.metric(step, "train", "machine_load", *load);
           std::vector<routers::RouterStats> stats;
           for (auto& layer : layers) stats.push_back(layer->take_stats());
           log.router_stats(step, stats);

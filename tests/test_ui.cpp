@@ -115,6 +115,10 @@ TEST_CASE("ui API: runs, one run, thinned curves, and JSON errors for bad ids an
   CHECK(body(handle({db}, "/api/runs", {{"where", "router=lb"}})).at("runs").size() == 1);
   CHECK(runs[1].at("router") == "lb");
   CHECK(body(handle({db}, "/api/runs", {{"limit", "2"}})).at("runs").size() == 2);
+  // Extra columns, as `ssr runs --columns` names them.
+  const auto cols = body(handle({db}, "/api/runs", {{"columns", "router.name,valid/ppl"}})).at("runs");
+  CHECK(cols[2].at("columns") == json({{"router.name", "vanilla"}, {"valid/ppl", "30.25"}}));
+  CHECK(cols[0].at("columns").at("valid/ppl") == "");
 
   const auto run = body(handle({db}, "/api/runs/1", {}));
   CHECK(run.at("status") == "finished");
@@ -155,6 +159,7 @@ TEST_CASE("ui API: runs, one run, thinned curves, and JSON errors for bad ids an
                         {"/api/runs", {{"where", "colour=red"}}, 400, "unknown key 'colour'"},
                         {"/api/runs", {{"limit", "0"}}, 400, "limit: '0'"},
                         {"/api/runs/1/metrics", {{"points", "x"}}, 400, "points: 'x'"},
+                        {"/api/runs", {{"columns", "valid/ppl,router.nme"}}, 400, "did you mean router.name?"},
                         {"/../../etc/passwd", {}, 404, "no such page"},
                         {"/api/runs/../../../etc/passwd", {}, 404, "no such page"},
                         {"/api/runs/..", {}, 400, "'..' is not a run id"},
@@ -267,7 +272,14 @@ TEST_CASE("ui in a real browser: the runs table, a run's curves, a tag shown as 
   CHECK(rows == 9);
   CHECK(runs.out.find("&lt;script&gt;alert(1)&lt;/script&gt;") != std::string::npos);  // shown, not run
   CHECK(runs.out.find("30.250 ppl") != std::string::npos);
+  // Sorted by a clicked column, descending: lb (31.5) above vanilla (30.25), runs without one last.
+  const auto sorted = browse("#/?columns=valid/ppl&sort=-valid/ppl", "--dump-dom");
+  const auto lb = sorted.out.find("<td class=\"num\">31.500</td>"),
+             vanilla = sorted.out.find("<td class=\"num\">30.250</td>");
+  CHECK(lb != std::string::npos);
+  CHECK(lb < vanilla);
   const auto run = browse("#/run/1", "--dump-dom");
+  CHECK(run.out.find("<td class=\"muted\">perplexity</td>") != std::string::npos);  // results with units
   CHECK(std::regex_search(run.out, std::regex(R"(data-metric="train/loss" data-points="400")")));
   CHECK(std::regex_search(run.out, std::regex(R"(data-metric="train/load_cv" data-points="800")")));
   CHECK(run.out.find("<p class=\"bad\">Chart.js did not load") == std::string::npos);

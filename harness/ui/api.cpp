@@ -9,7 +9,9 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
+#include <sstream>
 
+#include "analysis/compare.hpp"
 #include "harness/config/config.hpp"
 #include "harness/store/query.hpp"
 #include "harness/store/store.hpp"
@@ -33,6 +35,14 @@ json results_json(const std::vector<store::Result>& results) {
   return out;
 }
 
+// Each result name's unit, as `ssr compare` labels it.
+json units_json(const std::vector<store::Result>& results) {
+  json out = json::object();
+  for (const auto& r : results)
+    if (const auto u = analysis::unit_of(r.name); !u.empty()) out[r.name] = u;
+  return out;
+}
+
 }  // namespace
 
 json runs_page(const store::Store& s, const Params& p) {
@@ -40,6 +50,14 @@ json runs_page(const store::Store& s, const Params& p) {
   std::string where;  // repeated ?where= hold together, as repeated --where flags do
   for (const auto& w : params(p, "where")) where += (where.empty() || w.empty() ? "" : ",") + w;
   auto list = store::filter_runs(s.runs(), where, stale_after, &s);
+  // Extra columns, as `ssr runs --columns` takes them: config keys, groups, results.
+  std::vector<std::string> columns;
+  std::stringstream ss(param(p, "columns"));
+  for (std::string c; std::getline(ss, c, ',');)
+    if (!c.empty()) {
+      store::require_known_key(c, "columns");
+      columns.push_back(c);
+    }
   const int64_t limit = positive(p, "limit", 1000, 100000);
   std::reverse(list.begin(), list.end());  // newest first, as a dashboard reads
   if (static_cast<int64_t>(list.size()) > limit) list.resize(static_cast<size_t>(limit));
@@ -61,9 +79,16 @@ json runs_page(const store::Store& s, const Params& p) {
     if (r.sweep_id) row["sweep"] = *r.sweep_id;
     if (r.status == "running") row["heartbeat_age_s"] = t - r.heartbeat_at;
     if (r.config.contains("tags")) row["tags"] = r.config["tags"];
+    json extra = json::object();
+    for (const auto& c : columns) {
+      auto v = store::lookup(r, c, stale_after);
+      if (!v) v = store::result_value(results, c);
+      extra[c] = v.value_or("");
+    }
+    row["columns"] = extra;
     out.push_back(row);
   }
-  return {{"runs", out}, {"store", s.path()}};
+  return {{"runs", out}, {"store", s.path()}, {"columns", columns}};
 }
 
 json run_page(const store::Store& s, int64_t id) {
@@ -95,6 +120,7 @@ json run_page(const store::Store& s, int64_t id) {
               {"damage", r->damage},
               {"config", config},
               {"results", results_json(s.results(id))},
+              {"units", units_json(s.results(id))},
               {"timings_mean_s", timings},
               {"provenance",
                {{"git", r->info.git_rev},

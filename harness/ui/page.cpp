@@ -49,6 +49,11 @@ function fmt(v) {
   if (typeof v !== "number") return v === undefined || v === null ? "-" : String(v);
   return Math.abs(v) >= 1000 || Math.abs(v) < 0.01 ? v.toPrecision(4) : v.toFixed(3);
 }
+function headlineValue(results, split) {
+  const r = (results || {})[split] || {};
+  for (const name of ["ppl", "bpc", "top1"]) if (name in r) return r[name];
+  return null;
+}
 function headline(results, split) {
   const r = (results || {})[split] || {};
   for (const name of ["ppl", "bpc", "top1"]) if (name in r) return fmt(r[name]) + " " + name;
@@ -78,13 +83,30 @@ function stamp() { document.getElementById("updated").textContent = "updated " +
 function error(e) { main.replaceChildren(el("p", {class: "bad", id: "error"}, "error: " + e.message)); }
 
 async function runsPage() {
-  const where = query().get("where") || "";
-  const form = el("form", {id: "filter"}, "where ", el("input", {type: "text", name: "where", placeholder: "router=ssr_l,status=finished,valid<30"}), " ", el("button", {}, "filter"));
+  const q = query(), where = q.get("where") || "", columns = q.get("columns") || "", sort = q.get("sort") || "";
+  const form = el("form", {id: "filter", class: "wide"}, el("label", {}, "where ", el("input", {type: "text", name: "where", placeholder: "router=ssr_l,status=finished,valid<30"})),
+    el("label", {}, "columns ", el("input", {type: "text", name: "columns", placeholder: "router.p,valid/ppl"})), el("button", {}, "show"));
   form.where.value = where;
-  form.onsubmit = (ev) => { ev.preventDefault(); location.hash = "#/?where=" + encodeURIComponent(form.where.value); };
-  const data = await get("/api/runs?where=" + encodeURIComponent(where));
+  form.columns.value = columns;
+  const link = (s) => "#/?" + new URLSearchParams({where: form.where.value, columns: form.columns.value, sort: s}).toString();
+  form.onsubmit = (ev) => { ev.preventDefault(); location.hash = link(sort); };
+  const data = await get("/api/runs?" + new URLSearchParams({where, columns}).toString());
   document.getElementById("store").textContent = data.store;
-  const head = el("tr", {}, ...["", "id", "status", "router", "data", "model", "seed", "step", "valid", "test", "sweep", "name / tags"].map(h => el("th", {}, h)));
+  // Sorted by a clicked column: numbers by value, "-" first for descending.
+  const value = (r, k) => k === "valid" || k === "test" ? headlineValue(r.results, k) : k in r.columns ? r.columns[k] : r[k];
+  if (sort) {
+    const k = sort.replace(/^-/, ""), dir = sort.startsWith("-") ? -1 : 1;
+    const num = (v) => v === "" || v === null || v === undefined || isNaN(Number(v)) ? null : Number(v);
+    data.runs.sort((a, b) => {
+      const x = value(a, k), y = value(b, k), nx = num(x), ny = num(y);
+      if (nx !== null && ny !== null) return dir * (nx - ny);
+      if (nx === null && ny === null) return dir * String(x ?? "").localeCompare(String(y ?? ""));
+      return nx === null ? 1 : -1;  // runs without a number last
+    });
+  }
+  const sortable = (label, key) => el("th", {}, el("a", {href: link(sort === key ? "-" + key : key), class: "sort"}, label + (sort === key ? " ▲" : sort === "-" + key ? " ▼" : "")));
+  const head = el("tr", {}, el("th", {}, ""), ...[["id", "id"], ["status", "status"], ["router", "router"], ["data", "data"], ["model", "model"], ["seed", "seed"], ["step", "step"], ["valid", "valid"], ["test", "test"], ["sweep", "sweep"]].map(([l, k]) => sortable(l, k)),
+    ...data.columns.map(c => sortable(c, c)), el("th", {}, "name / tags"));
   const pick = el("button", {id: "compare-selected", type: "button"}, "compare selected");
   pick.onclick = () => {
     const ids = [...document.querySelectorAll("input.pick:checked")].map(c => c.value);
@@ -97,7 +119,9 @@ async function runsPage() {
     return el("tr", {class: "run"}, el("td", {}, el("input", {type: "checkbox", class: "pick", value: r.id})), el("td", {}, el("a", {href: "#/run/" + r.id}, r.id)), status, el("td", {}, r.router), el("td", {}, r.data), el("td", {}, r.model),
       el("td", {class: "num"}, r.seed), el("td", {class: "num"}, r.step + (r.steps ? " / " + r.steps : "")),
       el("td", {class: "num"}, headline(r.results, "valid")), el("td", {class: "num"}, headline(r.results, "test")),
-      el("td", {}, r.sweep === undefined ? "" : el("a", {href: "#/sweep/" + r.sweep}, r.sweep)), el("td", {}, [r.name, tags].filter(Boolean).join(" ")));
+      el("td", {}, r.sweep === undefined ? "" : el("a", {href: "#/sweep/" + r.sweep}, r.sweep)),
+      ...data.columns.map(c => el("td", {class: "num"}, isNaN(Number(r.columns[c])) || r.columns[c] === "" ? r.columns[c] : fmt(Number(r.columns[c])))),
+      el("td", {}, [r.name, tags].filter(Boolean).join(" ")));
   });
   main.replaceChildren(form, el("table", {id: "runs"}, head, ...rows), el("p", {class: "muted"}, data.runs.length + " runs "), pick);
   stamp();
@@ -140,8 +164,8 @@ async function runPage(id) {
   const parts = [title, facts];
   if (run.error) parts.push(el("p", {class: "bad"}, "error: " + run.error));
   if (run.damage) parts.push(el("p", {class: "bad"}, "damaged: " + run.damage));
-  const res = el("table", {id: "results"}, el("tr", {}, el("th", {}, "split"), el("th", {}, "result"), el("th", {}, "value")));
-  for (const [split, names] of Object.entries(run.results)) for (const [name, v] of Object.entries(names)) res.append(el("tr", {}, el("td", {}, split), el("td", {}, name), el("td", {class: "num"}, fmt(v))));
+  const res = el("table", {id: "results"}, el("tr", {}, el("th", {}, "split"), el("th", {}, "result"), el("th", {}, "value"), el("th", {}, "unit")));
+  for (const [split, names] of Object.entries(run.results)) for (const [name, v] of Object.entries(names)) res.append(el("tr", {}, el("td", {}, split), el("td", {}, name), el("td", {class: "num"}, fmt(v)), el("td", {class: "muted"}, run.units[name] || "")));
   parts.push(el("h3", {}, "results"), res);
   if (load.layers.length) {
     const maps = el("div", {class: "charts", id: "heatmaps"});

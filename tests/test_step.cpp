@@ -136,8 +136,9 @@ TEST_CASE("ssr bench step --trace: a Chrome trace per case and the time per phas
     CHECK(scopes.count("ssr::optimizer") == 1);
     CHECK(scopes.count("ssr::routing_stats") == 1);  // run.log_every=2: the second profiled step logs
   }
-  for (const char* row : {"| forward |", "|   attention |", "|   router |", "|   experts |", "|   output_layer |",
-                          "| backward |", "| optimizer |", "TFLOP/s by count", "attention: reference"})
+  for (const char* row :
+       {"| forward |", "|   attention |", "|   router |", "|   experts |", "|   output_layer |", "| backward |",
+        "| optimizer |", "TFLOP/s by count", "attention: reference", "machine load: "})
     CHECK(r.out.find(row) != std::string::npos);
   // A phase is a part of the step: forward, backward and optimizer add up to less than the step.
   std::istringstream lines(r.out);

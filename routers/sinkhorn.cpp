@@ -49,8 +49,11 @@ SinkhornResult solve_plain(const torch::Tensor& log_k, const SinkhornOptions& o)
     ++it;
     v = s / u.matmul(k);  // (experts)
     u = 1.0 / k.mv(v);    // (tokens)
+    // The check the result reports (marginal_error of the plan itself), so the loop stops at the
+    // first checked sweep whose plan meets delta: a column sum taken as v * (u K) rounds otherwise
+    // and kept a plan that already met delta sweeping to max_iter.
     if (should_check(it, o.max_iter, o.check_every)) {
-      double err = column_error(v * u.matmul(k), s, m).item<double>();
+      const double err = marginal_error(u.unsqueeze(1) * k * v.unsqueeze(0)).item<double>();
       if (!std::isfinite(err) || err <= o.delta) break;
     }
   }
@@ -207,7 +210,8 @@ SinkhornResult sinkhorn(const torch::Tensor& cost, const SinkhornOptions& opt) {
   // mantissas cannot reach delta = 1e-4, and the plain scaling failed on the mixed dtypes
   // ("expected scalar type Float but found BFloat16").
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  auto log_k = at_least_float(cost.detach()) / opt.xi - 1.0;  // (tokens, experts)
+  const auto c = opt.float64 ? cost.detach().to(torch::kFloat64) : at_least_float(cost.detach());
+  auto log_k = c / opt.xi - 1.0;  // (tokens, experts)
 #ifdef SSR_WITH_CUDA
   if (opt.solver == Solver::Fused) return solve_fused(log_k, opt);
 #endif
@@ -234,6 +238,9 @@ std::vector<config::Key> sinkhorn_keys() {
           C("router.stop_rule", "marginal", {"marginal", "scaling"},
             "Sinkhorn stop: marginal errors <= router.delta (paper Algorithm 1), or u and v changing by < router.delta "
             "in L1 (the authors' prototype: u first, kernel exp(C/xi); plain numerics)")),
+      unhashed_at_default(C("router.precision", "float32", {"float32", "float64"},
+                            "Sinkhorn arithmetic: float32, or float64 from the float32 cost (plans exact to ~1e-11 at "
+                            "router.delta 1e-12, for comparisons with float64 references such as POT; eager solver)")),
       C("router.solver", "eager", {"eager", "fused"},
         "Sinkhorn implementation: eager LibTorch ops, or one fused CUDA kernel (log domain, <= 64 experts, CUDA "
         "builds)"),
@@ -259,6 +266,9 @@ SinkhornOptions sinkhorn_options(const config::Config& cfg) {
       throw config::ConfigError(
           "router.solver: fused runs log-domain sweeps only; set router.numerics=log and router.newton_steps=0");
   }
+  o.float64 = cfg.s("router.precision") == "float64";
+  if (o.float64 && o.solver == Solver::Fused)
+    throw config::ConfigError("router.precision: float64 runs on the eager solver; set router.solver=eager");
   o.stop = config::choice<StopRule>(cfg, "router.stop_rule",
                                     {{"marginal", StopRule::Marginal}, {"scaling", StopRule::Scaling}});
   if (o.stop == StopRule::Scaling && (o.numerics != Numerics::Plain || o.newton_steps > 0 || o.solver != Solver::Eager))

@@ -34,6 +34,7 @@ struct SinkhornOptions {
   int64_t newton_warmup = 3;  // log-domain sweeps before the Newton stage
   Solver solver = Solver::Eager;
   StopRule stop = StopRule::Marginal;  // Scaling: plain numerics and the eager solver only
+  bool float64 = false;                // solve in float64 from the cost's values (plans to ~1e-11; eager solver only)
 };
 
 struct SinkhornResult {
@@ -54,7 +55,7 @@ SinkhornResult sinkhorn(const torch::Tensor& cost, const SinkhornOptions& opt);
 torch::Tensor marginal_error(const torch::Tensor& plan);
 
 // Reads router.xi, delta, max_iter, numerics, check_every, newton_steps, newton_warmup, solver,
-// stop_rule.
+// stop_rule, precision.
 SinkhornOptions sinkhorn_options(const config::Config& cfg);
 
 // The Sinkhorn solver's router.* keys (xi, delta, max_iter, ...), shared by the routers that solve.

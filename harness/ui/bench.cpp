@@ -64,6 +64,15 @@ int run_ui_bench(const UiBenchArgs& a, std::ostream& out) {
   const std::string db =
       scratch ? (fs::temp_directory_path() / fmt::format("ssr-bench-ui-{}.sqlite", ::getpid())).string() : a.db;
   if (fs::exists(db)) throw config::ConfigError(fmt::format("--db {}: exists; bench ui builds a new store", db));
+  // The scratch store goes however the benchmark ends, an error included.
+  struct Scratch {
+    std::string path;
+    ~Scratch() {
+      std::error_code ec;
+      if (!path.empty())
+        for (const char* ext : {"", "-wal", "-shm"}) fs::remove(path + ext, ec);
+    }
+  } scratch_files{scratch ? db : ""};
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t metric_rows = build_store(db, a);
   const double built = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -101,8 +110,6 @@ int run_ui_bench(const UiBenchArgs& a, std::ostream& out) {
                        : median <= 1000 ? "yes"
                                         : "NO");
   }
-  if (scratch)
-    for (const char* ext : {"", "-wal", "-shm"}) fs::remove(db + ext);
   return 0;
 }
 

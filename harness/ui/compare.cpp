@@ -1,5 +1,6 @@
 // /api/compare: `ssr compare`'s comparison (analysis::compare) and each group's curve as
 // `ssr plot` computes it (analysis::plot_runs), so the page and the CLI cannot disagree.
+#include <set>
 #include <sstream>
 
 #include "analysis/compare.hpp"
@@ -78,10 +79,12 @@ json compare_page(const store::Store& s, const Params& p) {
   for (const auto& r : c.runs) plot.runs.push_back(r.id);
   plot.labels = c.group_of;
   if (curve.empty()) {
-    bool valid = false;
+    // The validation loss where it is a curve; a run validated only at its end has one point.
+    std::set<int64_t> valid_steps;
     for (const auto& r : c.runs)
-      for (const auto& m : s.metrics(r.id)) valid = valid || (m.split == "valid" && m.name == "loss");
-    curve = valid ? "valid/loss" : "train/loss";
+      for (const auto& m : s.metrics(r.id))
+        if (m.split == "valid" && m.name == "loss") valid_steps.insert(m.step);
+    curve = valid_steps.size() > 1 ? "valid/loss" : "train/loss";
   }
   const auto slash = curve.find('/');
   if (slash == std::string::npos) throw Refused{400, fmt::format("curve: '{}' is not SPLIT/NAME", curve)};

@@ -74,6 +74,16 @@ TEST_CASE("the CLI's frictions: each answered with what to type instead", "[cli]
     CHECK(r.code == c.code);
     CHECK(r.out.find(c.says) != std::string::npos);
   }
+  // A store whose runs have no results yet (all training): a result condition gets a hint, not a refusal.
+  const auto young = (dir / "young.db").string();
+  {
+    ssr::store::Store s(young);
+    auto cfg = ssr::testing::resolve_experiment("demo.yaml", {});
+    s.create_run(cfg.hash(), cfg.to_json(), 1, ssr::store::this_machine("cpu"));
+  }
+  const auto y = ssr::testing::run(fmt::format("runs --where 'valid/ppl<3' --db {}", young));
+  CHECK(y.code == 0);
+  CHECK(y.out.find("hint: no run meets valid/ppl<3") != std::string::npos);
   const auto show = ssr::testing::run(fmt::format("show 2 --db {}", db));
   CHECK(show.out.find("results:") < show.out.find("config ("));
   CHECK(show.out.find("  router.name: ssr\n") != std::string::npos);

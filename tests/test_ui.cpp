@@ -298,6 +298,8 @@ TEST_CASE("ui in a real browser: the runs table, a run's curves, a tag shown as 
   CHECK(sweeps.out.find("[5/6 done, 1 failed]") != std::string::npos);
   const auto jobs = browse("#/sweep/1", "--dump-dom");
   CHECK(jobs.out.find("out of memory at step 3") != std::string::npos);
+  const auto reports = browse("#/reports", "--dump-dom");
+  CHECK(reports.out.find("<a href=\"#/report/table1\">table1</a>") != std::string::npos);
   const auto report = browse("#/report/table1?scale=demo", "--dump-dom");
   CHECK(report.out.find("<table class=\"report\">") != std::string::npos);
   CHECK(browse("#/compare?sweep=1&by=router.name", fmt::format("--screenshot='{}'", (shots / "compare.png").string()))

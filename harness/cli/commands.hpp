@@ -38,15 +38,6 @@ inline void require_store(const std::string& db) {
     throw config::ConfigError("--db: " + db + " does not exist (no run has been stored there; check --db)");
 }
 
-// Repeated --where flags hold together: each is a comma-separated list of conditions, and all of
-// them must hold.
-inline std::string join_where(const std::vector<std::string>& wheres) {
-  std::string all;
-  for (const auto& w : wheres)
-    if (!w.empty()) all += (all.empty() ? "" : ",") + w;
-  return all;
-}
-
 void add_run_commands(CLI::App& app, Context& ctx);     // train, runs, show, config, params, data
 void add_bench_commands(CLI::App& app, Context& ctx);   // bench
 void add_sweep_commands(CLI::App& app, Context& ctx);   // sweep, sweep run, sweep status

@@ -114,8 +114,8 @@ void add_compare_command(CLI::App& app, Context& ctx) {
       "  ssr compare --where router=vanilla --where router.p=0.48 --metric test/ppl");
   cmp->callback([a, &ctx] {
     auto req = a->req;
-    req.where = join_where(a->wheres);
-    if (a->sweep) req.where = join_where({req.where, fmt::format("sweep={}", a->sweep)});
+    req.where = store::join_where(a->wheres);
+    if (a->sweep) req.where = store::join_where({req.where, fmt::format("sweep={}", a->sweep)});
     store::filter_runs({}, req.where, 60);  // a bad --where is named before the store
     require_store(ctx.db);
     store::Store store(ctx.db, store::Store::Access::read);

@@ -553,7 +553,7 @@ void add_run_commands(CLI::App& app, Context& ctx) {
     ctx.exit_code = out.status == "failed" ? 1 : out.status == "interrupted" ? 130 : 0;
   });
   runs->callback([st, wheres, &ctx] {
-    st->runs.where = join_where(*wheres);
+    st->runs.where = store::join_where(*wheres);
     ctx.exit_code = cmd_runs(ctx.db, st->runs);
   });
   show->callback(

@@ -145,6 +145,13 @@ std::string value_for(const Run& r, const std::string& key, double stale_after, 
 
 }  // namespace
 
+std::string join_where(const std::vector<std::string>& wheres) {
+  std::string all;
+  for (const auto& w : wheres)
+    if (!w.empty()) all += (all.empty() ? "" : ",") + w;
+  return all;
+}
+
 std::string no_match_hint(const std::vector<Run>& runs, const std::string& where, const Store* store) {
   if (runs.empty()) return "";
   for (const auto& c : parse_conditions(where)) {
@@ -153,12 +160,13 @@ std::string no_match_hint(const std::vector<Run>& runs, const std::string& where
     std::set<std::string> values;
     for (const auto& r : runs) values.insert(value_for(r, c.key, 0, store));
     const bool result_key = !lookup(runs.front(), c.key, 0) && c.key.find('/') != std::string::npos;
-    if (result_key && values == std::set<std::string>{""}) {
-      // No run has the result at all: a misspelt name, refused as a misspelt config key is.
-      std::set<std::string> names;
-      if (store)
-        for (const auto& r : runs)
-          for (const auto& x : store->results(r.id)) names.insert(x.split + "/" + x.name);
+    std::set<std::string> names;  // every result the runs have
+    if (result_key && store)
+      for (const auto& r : runs)
+        for (const auto& x : store->results(r.id)) names.insert(x.split + "/" + x.name);
+    if (result_key && values == std::set<std::string>{""} && !names.empty()) {
+      // Runs have results, none this one: a misspelt name, refused as a misspelt config key is. A
+      // store whose runs have no results yet (all still training) only gets the hint.
       const auto near = config::closest(c.key, {names.begin(), names.end()});
       throw config::ConfigError(fmt::format(
           "--where: no run in {} has a result {}{}", store ? store->path() : "the store", c.key,

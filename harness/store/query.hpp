@@ -32,6 +32,10 @@ void require_known_key(const std::string& key, const std::string& flag);
 std::vector<Run> filter_runs(const std::vector<Run>& runs, const std::string& where, double stale_after,
                              const Store* store = nullptr);
 
+// Repeated --where flags (or ?where= parameters) hold together: each is a comma-separated list of
+// conditions, and all of them must hold.
+std::string join_where(const std::vector<std::string>& wheres);
+
 // Why `where` selects none of `runs`: the first condition no run meets alone, with the values the
 // runs have there ("no run has router=ssr; 4 run(s) have router.name=ssr ..."), "" when each
 // condition alone meets some run. Throws config::ConfigError for a result key no run has (a

@@ -47,9 +47,7 @@ json units_json(const std::vector<store::Result>& results) {
 
 json runs_page(const store::Store& s, const Params& p) {
   const double stale_after = 60;
-  std::string where;  // repeated ?where= hold together, as repeated --where flags do
-  for (const auto& w : params(p, "where")) where += (where.empty() || w.empty() ? "" : ",") + w;
-  auto list = store::filter_runs(s.runs(), where, stale_after, &s);
+  auto list = store::filter_runs(s.runs(), store::join_where(params(p, "where")), stale_after, &s);
   // Extra columns, as `ssr runs --columns` takes them: config keys, groups, results.
   std::vector<std::string> columns;
   std::stringstream ss(param(p, "columns"));

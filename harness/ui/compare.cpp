@@ -6,6 +6,7 @@
 #include "analysis/compare.hpp"
 #include "analysis/plot.hpp"
 #include "harness/config/config.hpp"
+#include "harness/store/query.hpp"
 #include "harness/ui/endpoints.hpp"
 
 namespace ssr::ui {
@@ -36,7 +37,7 @@ json compare_page(const store::Store& s, const Params& p) {
     if (!whole(sweep)) throw Refused{400, fmt::format("sweep: '{}' is not a sweep id", sweep)};
     where.push_back("sweep=" + sweep);
   }
-  for (const auto& w : where) req.where += (req.where.empty() || w.empty() ? "" : ",") + w;
+  req.where = store::join_where(where);
   for (const auto& m : params(p, "metric"))
     if (!m.empty()) req.metrics.push_back(m);
   req.by = param(p, "by");

@@ -10,6 +10,9 @@ namespace ssr {
 
 // sysexits.h's EX_IOERR.
 inline constexpr int kExitEnvironment = 74;
+// sysexits.h's EX_TEMPFAIL: the run stopped on SIGUSR1 with a checkpoint, to be requeued (the
+// Slurm script requeues its task on it).
+inline constexpr int kExitRequeue = 75;
 
 struct EnvironmentError : std::runtime_error {
   using std::runtime_error::runtime_error;

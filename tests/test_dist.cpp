@@ -344,10 +344,44 @@ TEST_CASE("a group of one rank runs every collective of the trainer, on Gloo and
   CHECK(g.take_gather_seconds() == 0);
 }
 
+TEST_CASE("Slurm host lists expand: several bracket groups, zero padding, suffixes", "[dist]") {
+  using V = std::vector<std::string>;
+  const std::vector<std::pair<std::string, V>> rows = {
+      {"n1", {"n1"}},
+      {"gpu[03-05,07],cpu1", {"gpu03", "gpu04", "gpu05", "gpu07", "cpu1"}},
+      {"rack[1-2]-n[01-02]", {"rack1-n01", "rack1-n02", "rack2-n01", "rack2-n02"}},
+      {"node[8-10]", {"node8", "node9", "node10"}},
+      {"node[08-10]", {"node08", "node09", "node10"}},
+      {"a[1-2]b,c", {"a1b", "a2b", "c"}},
+      {"x[7]", {"x7"}},
+      {"a,b[1,3]", {"a", "b1", "b3"}}};
+  for (const auto& [list, hosts] : rows) {
+    INFO(list);
+    CHECK(ssr::dist::hostlist(list) == hosts);
+  }
+  for (const auto& [list, says] :
+       std::vector<std::pair<std::string, std::string>>{{"n[1-", "'[' without ']'"},
+                                                        {"n1]", "']' without '['"},
+                                                        {"n[3-1]", "the range '3-1' runs backwards"},
+                                                        {"n[a-b]", "'a-b' is not a number"},
+                                                        {"n1,,n2", "an empty host name"},
+                                                        {"n[]", "an empty range"}}) {
+    INFO(list);
+    CHECK_THROWS_WITH(ssr::dist::hostlist(list),
+                      Catch::Contains("SLURM_JOB_NODELIST: '" + list + "'") && Catch::Contains(says));
+  }
+  // Steps of one job never share a port; jobs do only when their ids agree mod 1000.
+  std::set<int> ports;
+  for (int step = 0; step < 40; ++step) ports.insert(ssr::dist::slurm_port(123456, step));
+  CHECK(ports.size() == 40);
+  CHECK(ssr::dist::slurm_port(999999, 39) <= 65535);
+  CHECK(ssr::dist::slurm_port(0, 0) >= 20000);
+}
+
 TEST_CASE("ranks come from the launcher's, torchrun's or Slurm's environment", "[dist]") {
   const std::vector<const char*> vars = {
-      "RANK",         "WORLD_SIZE",    "LOCAL_RANK",         "MASTER_ADDR",    "MASTER_PORT", "SLURM_PROCID",
-      "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST", "SLURM_NODELIST", "SLURM_JOB_ID"};
+      "RANK",         "WORLD_SIZE",    "LOCAL_RANK",         "MASTER_ADDR",    "MASTER_PORT",  "SLURM_PROCID",
+      "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST", "SLURM_NODELIST", "SLURM_JOB_ID", "SLURM_STEP_ID"};
   std::map<std::string, std::optional<std::string>> saved;
   for (const char* v : vars) {
     if (const char* x = std::getenv(v))
@@ -378,15 +412,17 @@ TEST_CASE("ranks come from the launcher's, torchrun's or Slurm's environment", "
   setenv("SLURM_NTASKS", "2", 1);
   setenv("SLURM_PROCID", "1", 1);
   setenv("SLURM_LOCALID", "1", 1);
-  setenv("SLURM_JOB_NODELIST", "gpu[03-05,07]", 1);
+  setenv("SLURM_JOB_NODELIST", "rack[1-2]-n[01-04],gpu07", 1);
   setenv("SLURM_JOB_ID", "123456", 1);
   e = ssr::dist::environment();
   CHECK(e.world == 2);
   CHECK(e.rank == 1);
   CHECK(e.local_rank == 1);
-  CHECK(e.master_addr == "gpu03");
-  CHECK(e.master_port == 15000 + 123456 % 20000);
+  CHECK(e.master_addr == "rack1-n01");
+  CHECK(e.master_port == 20000 + 456 * 40);
   CHECK(e.source == "SLURM_NTASKS");
+  setenv("SLURM_STEP_ID", "1", 1);  // a second step of the job meets on a port of its own
+  CHECK(ssr::dist::environment().master_port == 20000 + 456 * 40 + 1);
 
   ssr::config::Config cfg;
   cfg.set("run.nproc", 3, "test");

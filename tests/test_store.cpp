@@ -38,7 +38,7 @@ TEST_CASE("store migrates an empty file and reopens without migrating again", "[
   const auto path = temp_db("store", "migrate.db");
   {
     Store s(path + "");
-    CHECK(s.schema_version() == 9);
+    CHECK(s.schema_version() == 10);
     for (const char* t : {"runs", "metrics", "results", "timings", "sweeps", "bench_sessions", "bench_cases",
                           "bench_times", "store_info"})
       CHECK(count(s, std::string("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='") + t + "'") == 1);
@@ -46,7 +46,7 @@ TEST_CASE("store migrates an empty file and reopens without migrating again", "[
     s.create_run("abc", {{"x", 1}}, 1, ssr::store::this_machine("cpu"));
   }
   Store again(path);
-  CHECK(again.schema_version() == 9);
+  CHECK(again.schema_version() == 10);
   CHECK(again.runs().size() == 1);
   CHECK(again.id() == Store(path).id());  // drawn once, when the store was created
 }
@@ -112,7 +112,7 @@ TEST_CASE("a file that is no run store is refused at once, saying what it is", "
   sqlite3_finalize(st);
   sqlite3_close(db);
   // A zero-byte file given to a command that writes becomes a store (SQLite's empty database).
-  CHECK(Store(write_file("new.db", "")).schema_version() == 9);
+  CHECK(Store(write_file("new.db", "")).schema_version() == 10);
 }
 
 TEST_CASE("a store locked by another process names the holder", "[store]") {
@@ -204,7 +204,7 @@ TEST_CASE("a version-4 store gains status interrupted and a pid column, keeping 
     CHECK(sqlite3_exec(s.handle(), "UPDATE runs SET status='interrupted'", nullptr, nullptr, nullptr) != SQLITE_OK);
   }
   Store s(path);
-  CHECK(s.schema_version() == 9);
+  CHECK(s.schema_version() == 10);
   CHECK(s.run(interrupted)->status == "interrupted");  // recognised by the error it stored
   CHECK(s.run(failed)->status == "failed");
   REQUIRE(s.metrics(interrupted).size() == 1);
@@ -228,7 +228,7 @@ TEST_CASE("store upgrades a version-1 file in place, keeping its runs", "[store]
       REQUIRE(sqlite3_exec(s.handle(), sql, nullptr, nullptr, nullptr) == SQLITE_OK);
   }
   Store s(path);
-  CHECK(s.schema_version() == 9);
+  CHECK(s.schema_version() == 10);
   CHECK(s.runs().size() == 1);
   CHECK(s.id().size() == 16);
   ssr::store::BenchCase c;
@@ -416,4 +416,70 @@ TEST_CASE("where-filters select on config keys groups and columns", "[store]") {
   CHECK(filter_runs(all, "run.seed=2", 60).at(0).id == idb);
   CHECK_THROWS_WITH(filter_runs(all, "colour=red", 60), Catch::Contains("unknown key 'colour'"));
   CHECK_THROWS_WITH(filter_runs(all, "router", 60), Catch::Contains("not key=value"));
+}
+
+TEST_CASE("a sweep job named by number is taken back when interrupted or held by this process's own Slurm task",
+          "[store]") {
+  Store s(temp_db("store", "slurm_claim.db"));
+  const auto [sweep, created] =
+      s.plan_sweep("t", nlohmann::json{{"jobs", nlohmann::json::array()}}, "plan",
+                   {{0, "h0", nlohmann::json::object(), 1}, {1, "h1", nlohmann::json::object(), 1}});
+  REQUIRE(created);
+  auto task = ssr::store::this_machine("cpu");
+  task.slurm_job = "77_0";
+  auto other = task;
+  other.slurm_job = "78_0";
+  const auto first = s.claim_job(sweep, 0, task);
+  REQUIRE(first);
+  CHECK(s.run(first->id)->info.slurm_job == "77_0");
+  // Its holder (this live process) belongs to Slurm task 77_0: only that task takes it back.
+  CHECK(!s.claim_job(sweep, 0, other));
+  CHECK(s.claim_job(sweep, 0, task));
+  // Interrupted: taken by number, whoever asks; a worker draining the queue takes queued jobs only.
+  s.finish_run(first->id, "interrupted", "interrupted by signal 10 at step 3");
+  const auto next = s.claim_job(sweep, std::nullopt, other);
+  REQUIRE(next);
+  CHECK(next->job_num == 1);
+  CHECK(s.claim_job(sweep, 0, other));
+  CHECK(s.run(first->id)->info.slurm_job == "78_0");
+  // A resume requeues what Slurm says is dead, and leaves what it says runs, however stale.
+  CHECK(s.requeue(sweep, 3600, false, {first->id}) == 1);
+  CHECK(s.run(first->id)->status == "queued");
+  CHECK(s.requeue(sweep, -1, false, {}, {next->id}) == 0);
+  CHECK(s.run(next->id)->status == "running");
+  CHECK(s.requeue(sweep, -1, false) == 1);
+  // Launches: numbered attempts, their options, and the array id on the queued rows they submitted.
+  const auto l1 = s.add_launch(sweep, "slurm", nlohmann::json{"mem=2G"}, {0, 1});
+  const auto l2 = s.add_launch(sweep, "slurm", nlohmann::json{"mem=2G", "requeue"}, {1});
+  CHECK(l1.attempt == 1);
+  CHECK(l2.attempt == 2);
+  CHECK(l2.jobs == std::vector<int64_t>{1});
+  s.set_launch_slurm_job(l2.id, "99");
+  CHECK(s.launches(sweep).at(1).slurm_job == "99");
+  CHECK(s.launches(sweep).at(1).options == nlohmann::json{"mem=2G", "requeue"});
+  CHECK(s.run(next->id)->info.slurm_job == "99_1");
+  CHECK(s.run(first->id)->info.slurm_job == "78_0");  // job 0 was not in that array
+}
+
+TEST_CASE("a store on a network file system keeps a rollback journal; a local one runs WAL", "[store]") {
+  for (const auto& [magic, name] : std::vector<std::pair<int64_t, std::string>>{{0x6969, "nfs"},
+                                                                                {0xFF534D42, "cifs"},
+                                                                                {0x0BD00BD0, "lustre"},
+                                                                                {0x47504653, "gpfs"},
+                                                                                {0x19830326, "beegfs"},
+                                                                                {0x65735546, "fuse"},
+                                                                                {0xEF53, ""},         // ext4
+                                                                                {0x58465342, ""},     // xfs
+                                                                                {0x01021994, ""},     // tmpfs
+                                                                                {0x794C7630, ""}}) {  // overlay
+    INFO(magic);
+    CHECK(ssr::store::network_file_system_name(magic) == name);
+  }
+  Store s(temp_db("store", "journal.db"));
+  CHECK(s.journal_mode() == (s.network_fs().empty() ? "wal" : "delete"));
+  sqlite3_stmt* st = nullptr;
+  REQUIRE(sqlite3_prepare_v2(s.handle(), "PRAGMA journal_mode", -1, &st, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+  CHECK(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)) == s.journal_mode());
+  sqlite3_finalize(st);
 }

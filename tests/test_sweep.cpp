@@ -21,6 +21,7 @@
 #include "harness/config/config.hpp"
 #include "harness/store/store.hpp"
 #include "harness/sweep/launch.hpp"
+#include "harness/sweep/slurm.hpp"
 #include "harness/sweep/sweep.hpp"
 #include "tests/cli_helpers.hpp"
 #include "tests/helpers.hpp"
@@ -489,8 +490,9 @@ TEST_CASE("a job whose process is gone from this host is requeued at once, not a
   }
   REQUIRE(killed);
   waitpid(pid, nullptr, 0);
-  // An hour of --stale-after: only the missing process can make the job count as dead.
-  auto r = run(fmt::format("sweep --resume 1 --stale-after 3600 --db {}", db));
+  // An hour of --stale-after: only the missing process can make the job count as dead. Planned
+  // for Slurm, it resumes here when asked to.
+  auto r = run(fmt::format("sweep --resume 1 --launcher local --stale-after 3600 --db {}", db));
   INFO(r.out);
   REQUIRE(r.code == 0);
   CHECK(r.out.find("requeued 1 job") != std::string::npos);
@@ -563,7 +565,7 @@ TEST_CASE("the Slurm array script takes its options from the scale over the file
   CHECK(!fs::exists(dir / "sweeps" / "sweep-2.sbatch"));
   // Bad options: one line naming the flag.
   for (const auto& [args, says] : std::vector<std::pair<std::string, std::string>>{
-           {"--launcher slurm --slurm partition", "--slurm: 'partition': expected KEY=VALUE"},
+           {"--launcher slurm --slurm partition", "--slurm: 'partition': expected KEY=VALUE, or an sbatch flag"},
            {"--launcher slurm --slurm Part=x", "--slurm: 'Part' is not an sbatch option name"},
            {"--launcher slurm --slurm array=1-3", "--slurm: array: the array is the sweep's queued jobs"},
            {"--launcher slurm --slurm parallel=two", "--slurm: parallel: 'two' is not a whole number"},
@@ -654,4 +656,142 @@ TEST_CASE("ssr bench step times a sweep's jobs and the report's overheads use th
   const auto cfg = run(fmt::format("bench step {}/experiments/demo.yaml --where variant=lb --db {}", kSrc, db));
   CHECK(cfg.code == 2);
   CHECK(cfg.out.find("--scale/--where: " + kSrc + "/experiments/demo.yaml is a run config") != std::string::npos);
+}
+
+TEST_CASE("sbatch options: flags, values sbatch reads back, and SSR_SLURM with commas inside values", "[sweep]") {
+  // sbatch's #SBATCH parser: double quotes group words, a backslash escapes, an unescaped # ends the line.
+  for (const auto& [value, line] :
+       std::vector<std::pair<std::string, std::string>>{{"cpu", "cpu"},
+                                                        {"two words", "\"two words\""},
+                                                        {"a#b", "\"a\\#b\""},
+                                                        {"say \"hi\"", "\"say \\\"hi\\\"\""},
+                                                        {"C:\\x", "\"C:\\\\x\""},
+                                                        {"n[1-2],n4", "n[1-2],n4"}}) {
+    INFO(value);
+    CHECK(ssr::sweep::sbatch_quote(value) == line);
+  }
+  // No site file: a scratch config folder.
+  setenv("XDG_CONFIG_HOME", temp_dir("sweep", "no_site").c_str(), 1);
+  setenv("SSR_SLURM", "exclude=n1,n2;partition=cpu;requeue", 1);
+  auto o = ssr::sweep::slurm_options({{"hold", false}, {"no-kill", true}}, {"comment=two words # x", "signal=0"});
+  CHECK(o == nlohmann::json{{"exclude", "n1,n2"},
+                            {"partition", "cpu"},
+                            {"requeue", true},
+                            {"hold", nullptr},
+                            {"no-kill", true},
+                            {"comment", "two words # x"},
+                            {"signal", nullptr}});
+  setenv("SSR_SLURM", "partition=cpu,requeue", 1);  // the comma form keeps working, with known flags
+  CHECK(ssr::sweep::slurm_options({}, {}) == nlohmann::json{{"partition", "cpu"}, {"requeue", true}});
+  setenv("SSR_SLURM", "exclude=n1,n2", 1);
+  CHECK_THROWS_WITH(ssr::sweep::slurm_options({}, {}),
+                    Catch::Contains("SSR_SLURM: 'n2' is neither KEY=VALUE nor an sbatch flag (is it part of "
+                                    "'exclude=n1'?); when a value holds commas, separate the options with ';'"));
+  unsetenv("SSR_SLURM");
+  CHECK_THROWS_WITH(ssr::sweep::slurm_options({{"mem", true}}, {}),
+                    Catch::Contains("the sweep file's slurm: 'mem': expected KEY=VALUE, or an sbatch flag"));
+  unsetenv("XDG_CONFIG_HOME");
+}
+
+TEST_CASE("squeue's task list: one task per line, folded pending ranges expanded", "[sweep]") {
+  CHECK(ssr::sweep::parse_squeue("123_4\n125\n  130_[1-3,7%2]\n\n") ==
+        std::set<std::string>{"123_4", "125", "130_1", "130_2", "130_3", "130_7"});
+  CHECK(ssr::sweep::parse_squeue("").empty());
+}
+
+TEST_CASE(
+    "a Slurm sweep's script asks for the lead-time signal, requeues on request, and a resume keeps its "
+    "options",
+    "[sweep]") {
+  const auto dir = temp_dir("sweep", "slurm_resume");
+  const auto db = (dir / "runs.db").string();
+  const auto file = write_sweep(dir, "grid:\n  router.name: [vanilla, lb]\n", 4);
+  const auto read = [](const fs::path& p) {
+    std::ifstream f(p);
+    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  };
+  auto r = run(fmt::format(
+      "sweep {} --launcher slurm --slurm requeue --slurm mem=2G --slurm 'comment=two words' --db {}", file, db));
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  std::string text = read(dir / "sweeps" / "sweep-1.sbatch");
+  for (const char* line : {"#SBATCH --requeue\n", "#SBATCH --mem=2G\n", "#SBATCH --comment=\"two words\"\n",
+                           "#SBATCH --signal=B:USR1@120\n", "#SBATCH --open-mode=append\n", "/job-%a.log\n",
+                           "scontrol requeue \"$task\"", "trap 'forwarded=1; kill -USR1"})
+    CHECK(text.find(line) != std::string::npos);
+  // The script runs under bash as written.
+  CHECK(shell(fmt::format("bash -n {}", (dir / "sweeps" / "sweep-1.sbatch").string())).code == 0);
+  // A resume without --launcher launches as the plan did, with its options and one more.
+  r = run(fmt::format("sweep --resume 1 --slurm qos=low --db {}", db));
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("(Slurm launch, as before)") != std::string::npos);
+  text = read(dir / "sweeps" / "sweep-1.attempt-2.sbatch");
+  for (const char* line : {"#SBATCH --requeue\n", "#SBATCH --mem=2G\n", "#SBATCH --comment=\"two words\"\n",
+                           "#SBATCH --qos=low\n", "/job-%a.attempt-2.log\n", "#SBATCH --array=0-1\n"})
+    CHECK(text.find(line) != std::string::npos);
+  ssr::store::Store s(db);
+  const auto launches = s.launches(1);
+  REQUIRE(launches.size() == 2);
+  CHECK(launches[1].options == nlohmann::json{"requeue", "mem=2G", "comment=two words", "qos=low"});
+  // Without `requeue` the script leaves an interrupted job to `ssr sweep --resume`.
+  r = run(fmt::format("sweep {} run.seed=2 --launcher slurm --slurm signal=B:USR1@600 --db {}", file, db));
+  REQUIRE(r.code == 0);
+  text = read(dir / "sweeps" / "sweep-2.sbatch");
+  CHECK(text.find("#SBATCH --signal=B:USR1@600\n") != std::string::npos);
+  CHECK(text.find("scontrol requeue") == std::string::npos);
+  // A data-parallel job asks for a CPU per rank.
+  r = run(fmt::format("sweep {} run.nproc=2 run.seed=3 --launcher slurm --db {}", file, db));
+  REQUIRE(r.code == 0);
+  CHECK(read(dir / "sweeps" / "sweep-3.sbatch").find("#SBATCH --cpus-per-task=2\n") != std::string::npos);
+  r = run(fmt::format("sweep --resume 3 --launcher local --submit --db {}", db));
+  CHECK(r.code == 2);
+  CHECK(r.out.find("--submit: sweep 3 resumes with the local launcher") != std::string::npos);
+}
+
+TEST_CASE("SIGUSR1 checkpoints a sweep job and exits 75; the task run again continues it to the same losses",
+          "[sweep]") {
+  const auto dir = temp_dir("sweep", "usr1");
+  const auto file = write_sweep(dir, "grid:\n  router.name: [vanilla]\n", 40);
+  const std::string extra = "train.checkpoint_every=100 run.log_every=1";
+  std::vector<std::vector<double>> losses;
+  for (const bool interrupt : {false, true}) {
+    const auto db = (dir / (interrupt ? "b.db" : "a.db")).string();
+    REQUIRE(run(fmt::format("sweep {} {} --launcher slurm --db {}", file, extra, db)).code == 0);  // plan only
+    if (interrupt) {
+      const pid_t pid = spawn_ssr((dir / "worker.log").string(),
+                                  {"sweep", "run", "--sweep", "1", "--job", "0", "--db", db, "--quiet"});
+      bool sent = false;
+      for (int i = 0; i < 1200 && !sent; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(25));
+        ssr::store::Store s(db);
+        for (const auto& r : s.runs())
+          if (r.status == "running" && r.step >= 6) sent = kill(pid, SIGUSR1) == 0;
+      }
+      REQUIRE(sent);
+      int status = 0;
+      waitpid(pid, &status, 0);
+      REQUIRE(WIFEXITED(status));
+      CHECK(WEXITSTATUS(status) == 75);
+      ssr::store::Store s(db);
+      const auto row = s.runs().at(0);
+      CHECK(row.status == "interrupted");
+      CHECK(row.error.find("(checkpoint written there)") != std::string::npos);
+      CHECK(row.step < 40);
+    }
+    // What a requeued Slurm task runs: it takes its interrupted job back and continues it.
+    auto r = run(fmt::format("sweep run --sweep 1 --job 0 --db {}", db));
+    INFO(r.out);
+    CHECK(r.code == 0);
+    if (interrupt) CHECK(r.out.find("resumed at step") != std::string::npos);
+    ssr::store::Store s(db);
+    REQUIRE(s.runs().size() == 1);
+    CHECK(s.runs()[0].status == "finished");
+    std::vector<double> v;
+    for (const auto& m : s.metrics(s.runs()[0].id))
+      if (m.split == "train" && m.name == "loss") v.push_back(m.value);
+    losses.push_back(v);
+  }
+  REQUIRE(losses[0].size() == 40);
+  CHECK(losses[0] == losses[1]);
 }

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <iostream>
 #include <map>
@@ -15,6 +16,7 @@
 #include "harness/data/corpus.hpp"
 #include "harness/dist/dist.hpp"
 #include "harness/dist/launch.hpp"
+#include "harness/errors.hpp"
 #include "harness/store/query.hpp"
 #include "harness/store/store.hpp"
 #include "harness/train/checkpoint.hpp"
@@ -549,8 +551,11 @@ void add_run_commands(CLI::App& app, Context& ctx) {
     if (env.rank == 0)
       std::cerr << fmt::format("run {} {}: stored in {}\n  ssr show {} --db {}\n  ssr runs --db {}\n", out.run_id,
                                out.status, db, out.run_id, db, db);
-    // 130 as a shell reports a command stopped by Ctrl-C: `--resume` continues the run.
-    ctx.exit_code = out.status == "failed" ? 1 : out.status == "interrupted" ? 130 : 0;
+    // 130 as a shell reports a command stopped by Ctrl-C: `--resume` continues the run; 75 after
+    // SIGUSR1, which wrote a checkpoint for a requeue.
+    ctx.exit_code = out.status == "failed"        ? 1
+                    : out.status == "interrupted" ? (out.signal == SIGUSR1 ? kExitRequeue : 130)
+                                                  : 0;
   });
   runs->callback([st, wheres, &ctx] {
     st->runs.where = store::join_where(*wheres);

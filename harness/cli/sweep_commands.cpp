@@ -4,12 +4,15 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <algorithm>
 #include <map>
+#include <set>
 
 #include "harness/cli/commands.hpp"
 #include "harness/config/config.hpp"
 #include "harness/store/store.hpp"
 #include "harness/sweep/launch.hpp"
+#include "harness/sweep/slurm.hpp"
 #include "harness/sweep/sweep.hpp"
 
 namespace fs = std::filesystem;
@@ -23,7 +26,7 @@ struct SweepArgs {
   std::string file, scale, launcher = "local";
   std::vector<std::string> overrides, slurm;
   int jobs = 1, seeds = 0;
-  bool dry_run = false, retry_failed = false, quiet = false;
+  bool dry_run = false, retry_failed = false, quiet = false, submit = false;
   int64_t resume = 0, sweep = 0, job = -1, status_id = 0;
   double stale_after = 120;
 };
@@ -60,8 +63,9 @@ void print_script(const sweep::Spec& spec, const store::Store* store, const std:
   std::vector<int64_t> all;
   for (const auto& j : spec.jobs) all.push_back(j.num);
   const auto log_dir = (beside_db(db, "logs") / fmt::format("sweep-{}", sw.id)).string();
+  const int64_t attempt = planned ? static_cast<int64_t>(store->launches(planned).size()) + 1 : 1;
   std::cout << fmt::format("\n# the sbatch script for sweep {} ({}), every job:\n", sw.id, note)
-            << sweep::slurm_script(sw, all, db, log_dir, sweep::slurm_options(spec.slurm, a.slurm));
+            << sweep::slurm_script(sw, all, db, log_dir, sweep::slurm_options(spec.slurm, a.slurm), attempt);
 }
 
 // Queues again the jobs whose run was deleted, each rebuilt from the plan's base config and its
@@ -96,31 +100,80 @@ int64_t queue_deleted(store::Store& store, int64_t id, double stale_after) {
   return store.queue_missing(id, jobs);
 }
 
-// `file_slurm`: the sbatch options of the sweep file as it is now (a file edited since the plan
-// was stored asks for what it says now); without it, those stored with the plan (--resume).
-int launch(store::Store& store, int64_t id, const SweepArgs& a, const nlohmann::json* file_slurm = nullptr) {
+// How a sweep is launched: by the planning command, or by a resume from what the last launch stored.
+struct LaunchSpec {
+  std::string launcher;            // local | slurm
+  std::vector<std::string> slurm;  // --slurm flags: the planning command's, then the resume's
+  nlohmann::json file_slurm;       // the sweep file's (and scale's) sbatch options
+};
+
+// The queued jobs a new array must leave out: those a live Slurm task of an earlier array still
+// holds (pending, it would run them twice). "ARRAY_NUM" for each, from the arrays ssr submitted and
+// those whose tasks already recorded themselves on a row.
+std::set<int64_t> held_by_slurm(const store::Store& store, int64_t id, const std::set<std::string>& live) {
+  std::set<std::string> arrays;
+  for (const auto& l : store.launches(id))
+    if (!l.slurm_job.empty()) arrays.insert(l.slurm_job);
+  const auto rows = store.sweep_runs(id);
+  for (const auto& r : rows)
+    if (const auto& t = r.info.slurm_job; !t.empty()) arrays.insert(t.substr(0, t.find('_')));
+  std::set<int64_t> held;
+  for (const auto& r : rows)
+    if (r.status == "queued" && r.job_num)
+      for (const auto& arr : arrays)
+        if (live.count(fmt::format("{}_{}", arr, *r.job_num))) held.insert(*r.job_num);
+  return held;
+}
+
+int launch(store::Store& store, int64_t id, const SweepArgs& a, const LaunchSpec& how) {
   const auto sweep = *store.sweep(id);
   const auto log_dir = (beside_db(store.path(), "logs") / fmt::format("sweep-{}", id)).string();
-  if (a.launcher == "slurm") {
+  if (how.launcher == "slurm") {
+    std::optional<std::set<std::string>> live;
+    if (!store.launches(id).empty()) live = sweep::live_tasks();
+    const auto held = live ? held_by_slurm(store, id, *live) : std::set<int64_t>{};
     std::vector<int64_t> pending;
     for (const auto& r : store.sweep_runs(id))
-      if (r.status == "queued" && r.job_num) pending.push_back(*r.job_num);
+      if (r.status == "queued" && r.job_num && !held.count(*r.job_num)) pending.push_back(*r.job_num);
+    if (!held.empty())
+      std::cerr << fmt::format("sweep {}: job(s) {} are still pending in an earlier Slurm array: not submitted again\n",
+                               id, sweep::array_ranges({held.begin(), held.end()}));
     if (pending.empty()) {
       std::cerr << fmt::format("sweep {}: no queued jobs; nothing to submit\n", id);
       return 0;
     }
-    const fs::path script = beside_db(store.path(), "sweeps") / fmt::format("sweep-{}.sbatch", id);
-    const auto text = sweep::slurm_script(
-        sweep, pending, store.path(), log_dir,
-        sweep::slurm_options(file_slurm ? *file_slurm : sweep.spec.value("slurm", nlohmann::json::object()), a.slurm));
+    const auto options = sweep::slurm_options(how.file_slurm, how.slurm);  // refused before anything is stored
+    const auto record = store.add_launch(id, "slurm", how.slurm, pending);
+    const fs::path script = beside_db(store.path(), "sweeps") /
+                            (record.attempt > 1 ? fmt::format("sweep-{}.attempt-{}.sbatch", id, record.attempt)
+                                                : fmt::format("sweep-{}.sbatch", id));
+    const auto text = sweep::slurm_script(sweep, pending, store.path(), log_dir, options, record.attempt);
     fs::create_directories(script.parent_path());
     fs::create_directories(log_dir);
-    std::ofstream(script) << text;
-    std::cerr << fmt::format(
-        "sweep {}: wrote {} ({} array tasks)\n  submit: sbatch {}\n  watch:  ssr sweep status {} --db {}\n", id,
-        script.string(), pending.size(), script.string(), id, store.path());
+    {
+      std::ofstream out(script);
+      out << text;
+      out.close();
+      if (!out) throw std::runtime_error(fmt::format("cannot write the sbatch script {}", script.string()));
+    }
+    if (a.submit) {
+      const auto job = sweep::submit(script.string());
+      store.set_launch_slurm_job(record.id, job);
+      std::cerr << fmt::format(
+          "sweep {}: submitted {} as Slurm job {} ({} array tasks)\n  watch:  ssr sweep status {} "
+          "--db {}\n",
+          id, script.string(), job, pending.size(), id, store.path());
+    } else {
+      std::cerr << fmt::format(
+          "sweep {}: wrote {} ({} array tasks)\n  submit: sbatch {}\n  watch:  ssr sweep status {} --db {}\n", id,
+          script.string(), pending.size(), script.string(), id, store.path());
+    }
     return 0;
   }
+  std::vector<int64_t> queued;
+  for (const auto& r : store.sweep_runs(id))
+    if (r.status == "queued" && r.job_num) queued.push_back(*r.job_num);
+  store.add_launch(id, "local", nlohmann::json::array(), queued);
   sweep::LocalOptions opt;
   opt.jobs = a.jobs;
   opt.log_dir = log_dir;
@@ -130,6 +183,40 @@ int launch(store::Store& store, int64_t id, const SweepArgs& a, const nlohmann::
   std::cerr << fmt::format("sweep {}: {}  (ssr runs --where sweep={} --db {})\n", id,
                            sweep::summarize(sweep::job_status(store, sweep, a.stale_after)).line(), id, store.path());
   return code;
+}
+
+// A resume launches as the sweep's last launch did (launcher, --slurm flags), unless told otherwise.
+LaunchSpec resume_spec(const store::Store& store, int64_t id, const SweepArgs& a, bool launcher_given) {
+  const auto launches = store.launches(id);
+  LaunchSpec how{launches.empty() ? "local" : launches.back().launcher, {}, {}};
+  if (launcher_given) how.launcher = a.launcher;
+  for (auto it = launches.rbegin(); it != launches.rend(); ++it)
+    if (it->launcher == "slurm") {
+      how.slurm = it->options.get<std::vector<std::string>>();
+      break;
+    }
+  how.slurm.insert(how.slurm.end(), a.slurm.begin(), a.slurm.end());
+  how.file_slurm = store.sweep(id)->spec.value("slurm", nlohmann::json::object());
+  return how;
+}
+
+// Running rows whose Slurm task Slurm no longer runs (killed on another node, where no pid check
+// reaches), and those whose task still runs: what --resume requeues, and what it must leave alone.
+std::pair<std::set<int64_t>, std::set<int64_t>> slurm_holders(const store::Store& store, int64_t id) {
+  std::set<int64_t> dead, alive;
+  const auto rows = store.sweep_runs(id);
+  if (std::none_of(rows.begin(), rows.end(),
+                   [](const auto& r) { return r.status == "running" && !r.info.slurm_job.empty(); }))
+    return {dead, alive};
+  const auto live = sweep::live_tasks();
+  if (!live) {
+    std::cerr << fmt::format("sweep {}: squeue cannot be asked here; running jobs count as dead only by heartbeat\n",
+                             id);
+    return {dead, alive};
+  }
+  for (const auto& r : rows)
+    if (r.status == "running" && !r.info.slurm_job.empty()) (live->count(r.info.slurm_job) ? alive : dead).insert(r.id);
+  return {dead, alive};
 }
 
 int plan_and_run(const std::string& db, const SweepArgs& a) {
@@ -169,7 +256,7 @@ int plan_and_run(const std::string& db, const SweepArgs& a) {
                            spec.scale.empty() ? "" : ", scale " + spec.scale, spec.jobs.size(),
                            created ? "planned" : "already planned with the same jobs, continuing",
                            reused ? fmt::format("; {} done by earlier runs of the same config", reused) : "");
-  return launch(store, id, a, &spec.slurm);
+  return launch(store, id, a, LaunchSpec{a.launcher, a.slurm, spec.slurm});
 }
 
 // "  (command line: router=vanilla,ssr_l train.steps=50)", so two sweeps of one file are told apart.
@@ -217,10 +304,13 @@ void add_sweep_commands(CLI::App& app, Context& ctx) {
   sw->add_option("--launcher", a->launcher, "local (worker processes here) or slurm (write an sbatch array script)")
       ->check(CLI::IsMember({"local", "slurm"}));
   sw->add_option("--slurm", a->slurm,
-                 "KEY=VALUE: an sbatch option over the file's and the site's (0 or empty drops it); repeatable")
+                 "KEY=VALUE or a flag (requeue): an sbatch option over the file's and the site's (0 or empty drops "
+                 "it); repeatable, and kept for --resume")
       ->allow_extra_args(false);
-  auto* resume = sw->add_option("--resume", a->resume,
-                                "continue sweep ID: requeue its stale running jobs, then run what is queued");
+  sw->add_flag("--submit", a->submit, "with --launcher slurm: submit the script with sbatch (its job id is recorded)");
+  auto* resume = sw->add_option(
+      "--resume", a->resume,
+      "continue sweep ID: requeue its dead running jobs, then launch what is queued as its last launch did");
   sw->add_flag("--retry-failed", a->retry_failed, "with --resume: requeue failed jobs too")->needs(resume);
   sw->add_option("--stale-after", a->stale_after, "seconds without heartbeat before a running job counts as dead")
       ->capture_default_str()
@@ -235,6 +325,7 @@ void add_sweep_commands(CLI::App& app, Context& ctx) {
       "  ssr sweep experiments/table1.yaml --launcher slurm     # then: sbatch results/sweeps/sweep-1.sbatch\n"
       "  ssr sweep experiments/table4.yaml --scale demo --launcher slurm --slurm partition=cpu --dry-run\n"
       "  ssr sweep --resume 3 --retry-failed --jobs 2\n"
+      "  ssr sweep experiments/table1.yaml --launcher slurm --slurm requeue --slurm time=2-00:00:00 --submit\n"
       "  ssr sweep status 3");
 
   auto* run = sw->add_subcommand("run", "Worker: claim and train a sweep's job (what the pool and Slurm tasks run)");
@@ -261,20 +352,28 @@ void add_sweep_commands(CLI::App& app, Context& ctx) {
   status->callback([a, &ctx] { ctx.exit_code = show_status(ctx.db, a->status_id, a->stale_after); });
   sw->callback([a, sw, &ctx] {
     if (!sw->get_subcommands().empty()) return;  // `sweep run` / `sweep status` did the work
-    if (!a->slurm.empty() && a->launcher != "slurm")
-      throw ConfigError("--slurm: sbatch options apply only with --launcher slurm");
+    const bool launcher_given = sw->count("--launcher") > 0;
     if (sw->count("--resume")) {
       if (!a->file.empty()) throw ConfigError("--resume: a resumed sweep keeps its plan; drop SWEEP_FILE");
       require_store(ctx.db);
       store::Store store(ctx.db);
       if (!store.sweep(a->resume)) throw ConfigError(fmt::format("--resume: no sweep {} in {}", a->resume, ctx.db));
-      const auto n = store.requeue(a->resume, a->stale_after, a->retry_failed);
+      const auto how = resume_spec(store, a->resume, *a, launcher_given);
+      if (how.launcher != "slurm" && (!a->slurm.empty() || a->submit))
+        throw ConfigError(fmt::format("{}: sweep {} resumes with the local launcher; add --launcher slurm",
+                                      a->submit ? "--submit" : "--slurm", a->resume));
+      const auto [dead, alive] = slurm_holders(store, a->resume);
+      const auto n = store.requeue(a->resume, a->stale_after, a->retry_failed, dead, alive);
       const auto again = queue_deleted(store, a->resume, a->stale_after);
-      std::cerr << fmt::format("sweep {}: requeued {} job(s){}\n", a->resume, n,
-                               again ? fmt::format(", planned {} whose run was deleted", again) : "");
-      ctx.exit_code = launch(store, a->resume, *a);
+      std::cerr << fmt::format("sweep {}: requeued {} job(s){}{}\n", a->resume, n,
+                               again ? fmt::format(", planned {} whose run was deleted", again) : "",
+                               how.launcher == "slurm" ? " (Slurm launch, as before)" : "");
+      ctx.exit_code = launch(store, a->resume, *a, how);
       return;
     }
+    if (!a->slurm.empty() && a->launcher != "slurm")
+      throw ConfigError("--slurm: sbatch options apply only with --launcher slurm");
+    if (a->submit && a->launcher != "slurm") throw ConfigError("--submit: submits only with --launcher slurm");
     if (a->file.empty()) throw ConfigError("sweep: give SWEEP.yaml, --resume ID, or a subcommand (run, status)");
     ctx.exit_code = plan_and_run(ctx.db, *a);
   });

@@ -16,6 +16,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <sstream>
 
 namespace ssr::dist {
 namespace {
@@ -52,14 +53,6 @@ int required_int(const char* name, int lo, int hi, const char* why) {
   return int_var(name, *v, lo, hi);
 }
 
-// First host of a Slurm node list: "gpu[03-05,07],cpu1" -> "gpu03".
-std::string first_host(const std::string& list) {
-  const auto bracket = list.find('['), comma = list.find(',');
-  if (bracket == std::string::npos || (comma != std::string::npos && comma < bracket)) return list.substr(0, comma);
-  const auto end = list.find_first_of(",-]", bracket + 1);
-  return list.substr(0, bracket) + list.substr(bracket + 1, end - bracket - 1);
-}
-
 // One line of a collective's failure: Gloo and NCCL messages carry source paths and traces.
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
@@ -81,6 +74,73 @@ std::vector<std::pair<size_t, size_t>> buckets(const std::vector<torch::Tensor>&
 }
 
 }  // namespace
+
+std::vector<std::string> hostlist(const std::string& list) {
+  auto bad = [&](const std::string& why) {
+    return ConfigError(fmt::format("SLURM_JOB_NODELIST: '{}' is not a Slurm host list: {}", list, why));
+  };
+  // Top-level items: commas inside brackets belong to a range list.
+  std::vector<std::string> items;
+  int depth = 0;
+  std::string item;
+  for (const char c : list) {
+    if (c == '[') ++depth;
+    if (c == ']' && --depth < 0) throw bad("']' without '['");
+    if (c == '[' && depth > 1) throw bad("nested '['");
+    if (c == ',' && depth == 0) {
+      items.push_back(item);
+      item.clear();
+    } else {
+      item += c;
+    }
+  }
+  if (depth != 0) throw bad("'[' without ']'");
+  items.push_back(item);
+  constexpr size_t kMaxHosts = 1 << 20;
+  std::vector<std::string> hosts;
+  for (const auto& it : items) {
+    if (it.empty()) throw bad("an empty host name");
+    // Each bracket group multiplies the names so far: rack[1-2]-n[01-02] -> rack1-n01, rack1-n02, ...
+    std::vector<std::string> names = {""};
+    for (size_t i = 0; i < it.size();) {
+      if (it[i] != '[') {
+        const size_t next = std::min(it.find('[', i), it.size());
+        for (auto& n : names) n += it.substr(i, next - i);
+        i = next;
+        continue;
+      }
+      const size_t close = it.find(']', i);
+      std::vector<std::string> values;
+      std::stringstream ranges(it.substr(i + 1, close - i - 1));
+      for (std::string r; std::getline(ranges, r, ',');) {
+        const auto dash = r.find('-');
+        const std::string lo = r.substr(0, dash), hi = dash == std::string::npos ? lo : r.substr(dash + 1);
+        const auto digits = [](const std::string& d) {
+          return !d.empty() && d.size() < 10 && d.find_first_not_of("0123456789") == std::string::npos;
+        };
+        if (!digits(lo) || !digits(hi)) throw bad(fmt::format("'{}' is not a number or a range a-b", r));
+        const long a = std::stol(lo), b = std::stol(hi);
+        if (b < a) throw bad(fmt::format("the range '{}' runs backwards", r));
+        if (static_cast<size_t>(b - a) >= kMaxHosts) throw bad(fmt::format("the range '{}' is too long", r));
+        // Zero padding: the width of the lower bound as written ("01-10" -> 01 ... 10).
+        for (long v = a; v <= b; ++v) values.push_back(fmt::format("{:0{}d}", v, lo.size()));
+      }
+      if (values.empty()) throw bad("an empty range '[]'");
+      if (names.size() * values.size() > kMaxHosts) throw bad("more than a million hosts");
+      std::vector<std::string> product;
+      for (const auto& n : names)
+        for (const auto& v : values) product.push_back(n + v);
+      names = std::move(product);
+      i = close + 1;
+    }
+    hosts.insert(hosts.end(), names.begin(), names.end());
+  }
+  return hosts;
+}
+
+int slurm_port(int64_t job_id, int64_t step_id) {
+  return 20000 + static_cast<int>(job_id % 1000) * 40 + static_cast<int>(step_id % 40);
+}
 
 Env environment() {
   Env e;
@@ -104,15 +164,17 @@ Env environment() {
     if (auto a = var("MASTER_ADDR"))
       e.master_addr = *a;
     else if (auto l = var("SLURM_JOB_NODELIST"))
-      e.master_addr = first_host(*l);
+      e.master_addr = hostlist(*l).front();
     else if (auto l2 = var("SLURM_NODELIST"))
-      e.master_addr = first_host(*l2);
+      e.master_addr = hostlist(*l2).front();
     else
       throw ConfigError("MASTER_ADDR: not set and no SLURM_JOB_NODELIST to take rank 0's host from");
     if (auto p = var("MASTER_PORT"))
       e.master_port = int_var("MASTER_PORT", *p, 1, 65535);
     else if (auto j = var("SLURM_JOB_ID"))
-      e.master_port = 15000 + int_var("SLURM_JOB_ID", *j, 0, 2147483647) % 20000;
+      e.master_port =
+          slurm_port(int_var("SLURM_JOB_ID", *j, 0, 2147483647),
+                     var("SLURM_STEP_ID") ? int_var("SLURM_STEP_ID", *var("SLURM_STEP_ID"), 0, 2147483647) : 0);
     else
       throw ConfigError("MASTER_PORT: not set and no SLURM_JOB_ID to derive it from");
   }

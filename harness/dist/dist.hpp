@@ -22,9 +22,20 @@ struct Env {
 };
 
 // RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (ssr train --nproc, torchrun), else
-// SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID with the first host of SLURM_NODELIST and a port
-// derived from SLURM_JOB_ID. No such variables: one process. Malformed values throw ConfigError.
+// SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID with the first host of SLURM_JOB_NODELIST and the port
+// slurm_port gives (MASTER_ADDR/MASTER_PORT over both). No such variables: one process. Malformed
+// values throw ConfigError.
 Env environment();
+
+// A Slurm host list expanded in order: "rack[1-2]-n[01-02],login" -> rack1-n01, rack1-n02,
+// rack2-n01, rack2-n02, login (several bracket groups, zero padding as the lower bound is written,
+// suffixes). Throws ConfigError naming SLURM_JOB_NODELIST for a malformed list.
+std::vector<std::string> hostlist(const std::string& list);
+
+// The rendezvous port of step `step_id` of Slurm job `job_id`: 20000 + 40 (job mod 1000) + step mod
+// 40, so the steps of one job (up to 40 at once) never share a port, and two jobs share one only
+// when their ids agree mod 1000 and they meet on one node. MASTER_PORT overrides it.
+int slurm_port(int64_t job_id, int64_t step_id);
 
 // Reconciles run.nproc with the environment: a process started as one rank of W sets
 // run.nproc = W (a different explicit run.nproc is an error).

@@ -10,7 +10,7 @@ namespace {
 
 const char* kRunColumns =
     "id, sweep_id, job_num, config_hash, config_json, status, seed, git_rev, host, device, "
-    "torch_version, world_size, backend, created_at, started_at, ended_at, heartbeat_at, step, error, pid";
+    "torch_version, world_size, backend, created_at, started_at, ended_at, heartbeat_at, step, error, pid, slurm_job";
 
 Run read_run(const Stmt& s) {
   Run r;
@@ -35,6 +35,7 @@ Run read_run(const Stmt& s) {
   r.step = s.i64(17);
   r.error = s.text(18);
   r.pid = s.opt_i64(19);
+  r.info.slurm_job = s.text(20);
   return r;
 }
 

@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 #include <sqlite3.h>
 
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <array>
@@ -21,7 +22,7 @@ namespace ssr::store {
 
 // Versioned migrations: entry i takes the schema from version i to i + 1. Never edit a
 // released entry; append a new one.
-static const std::array<const char*, 9> kMigrations = {
+static const std::array<const char*, 10> kMigrations = {
     R"sql(
 CREATE TABLE sweeps (
   id          INTEGER PRIMARY KEY,
@@ -181,7 +182,49 @@ CREATE UNIQUE INDEX IF NOT EXISTS expert_load_key ON expert_load(run_id, layer, 
     // the larger of before and after), so a report can flag timings taken on a busy machine.
     R"sql(
 ALTER TABLE bench_cases ADD COLUMN load_per_core REAL;
+)sql",
+    // 10: the Slurm task that holds a run ("ARRAYJOB_TASK", or the job id outside an array), so a
+    // requeued task takes its own job back and a resume asks Slurm whether a holder on another node
+    // still lives; and each launch of a sweep with the options it was launched with, so a resume
+    // submits with them again.
+    R"sql(
+ALTER TABLE runs ADD COLUMN slurm_job TEXT;
+CREATE TABLE IF NOT EXISTS sweep_launches (
+  id            INTEGER PRIMARY KEY,
+  sweep_id      INTEGER NOT NULL REFERENCES sweeps(id),
+  launcher      TEXT NOT NULL,
+  options_json  TEXT NOT NULL,
+  jobs_json     TEXT NOT NULL,
+  slurm_job     TEXT,
+  created_at    REAL NOT NULL
+);
 )sql"};
+
+std::string network_file_system_name(int64_t magic) {
+  switch (magic) {  // statfs(2)'s f_type; linux/magic.h and the file systems' own sources
+    case 0x6969: return "nfs";
+    case 0x517B: return "smb";
+    case 0xFF534D42: return "cifs";
+    case 0xFE534D42: return "smb2";
+    case 0x0BD00BD0: return "lustre";
+    case 0x47504653: return "gpfs";
+    case 0x19830326: return "beegfs";
+    case 0x00C36400: return "ceph";
+    case 0x5346414F: return "afs";
+    case 0x01021997: return "9p";
+    case 0x20030528: return "orangefs";
+    case 0x01161970: return "gfs2";
+    case 0x7461636F: return "ocfs2";
+    case 0x65735546: return "fuse";  // sshfs, s3fs, gcsfuse, ...: a local FUSE file system is rare for a store
+    default: return "";
+  }
+}
+
+std::string network_file_system(const fs::path& dir) {
+  struct statfs st {};
+  if (::statfs(dir.c_str(), &st) != 0) return "";
+  return network_file_system_name(static_cast<int64_t>(static_cast<uint32_t>(st.f_type)));
+}
 
 Store::Store(const std::string& path, Access access) : path_(path) {
   // SQLite would open these without a file, and every result would be gone at exit.
@@ -222,9 +265,14 @@ Store::Store(const std::string& path, Access access) : path_(path) {
   }
   if (write) {
     // WAL lets readers and one writer proceed together; retried while another process holds the
-    // lock that switching needs. A file that is no store, or is read-only, fails at once.
+    // lock that switching needs. A file that is no store, or is read-only, fails at once. WAL's
+    // index lives in shared memory, which hosts do not share over a network file system (SQLite's
+    // documentation: WAL does not work there), so a store on one keeps a rollback journal.
+    network_fs_ = network_file_system(p.has_parent_path() ? p.parent_path() : fs::path("."));
+    journal_mode_ = network_fs_.empty() ? "wal" : "delete";
     for (int attempt = 0;; ++attempt) {
-      const int rc = sqlite3_exec(db_, "PRAGMA journal_mode=WAL", nullptr, nullptr, nullptr);
+      const int rc =
+          sqlite3_exec(db_, fmt::format("PRAGMA journal_mode={}", journal_mode_).c_str(), nullptr, nullptr, nullptr);
       if (rc == SQLITE_OK) break;
       if (rc == SQLITE_CANTOPEN || rc == SQLITE_READONLY) {
         // The store and its -wal and -shm files need a writable file and folder.
@@ -236,7 +284,8 @@ Store::Store(const std::string& path, Access access) : path_(path) {
                             path, f.string(), std::strerror(errno)));
       }
       if ((rc != SQLITE_BUSY && rc != SQLITE_LOCKED) || attempt > 100)
-        fail(db_, rc, fmt::format("{}: cannot switch to WAL mode: {}", path, sqlite3_errmsg(db_)));
+        fail(db_, rc,
+             fmt::format("{}: cannot switch to journal mode {}: {}", path, journal_mode_, sqlite3_errmsg(db_)));
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     exec("PRAGMA foreign_keys=ON");

@@ -84,7 +84,18 @@ RunInfo this_machine(const std::string& device) {
   }
 #endif
   info.torch_version = TORCH_VERSION;
+  info.slurm_job = slurm_task();
   return info;
+}
+
+std::string slurm_task() {
+  auto var = [](const char* name) {
+    const char* v = std::getenv(name);
+    return std::string(v ? v : "");
+  };
+  if (!var("SLURM_ARRAY_JOB_ID").empty() && !var("SLURM_ARRAY_TASK_ID").empty())
+    return var("SLURM_ARRAY_JOB_ID") + "_" + var("SLURM_ARRAY_TASK_ID");
+  return var("SLURM_JOB_ID");
 }
 
 int64_t Store::create_run(const std::string& config_hash, const json& config, int64_t seed, const RunInfo& info,
@@ -92,8 +103,8 @@ int64_t Store::create_run(const std::string& config_hash, const json& config, in
   Transaction tx(db_);
   Stmt s(db_,
          "INSERT INTO runs (sweep_id, job_num, config_hash, config_json, status, seed, git_rev, host, "
-         "device, torch_version, world_size, backend, created_at, started_at, heartbeat_at, pid) "
-         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+         "device, torch_version, world_size, backend, created_at, started_at, heartbeat_at, pid, slurm_job) "
+         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
   const double t = now();
   const bool running = status == "running";
   s.bind(1, sweep_id)
@@ -110,6 +121,7 @@ int64_t Store::create_run(const std::string& config_hash, const json& config, in
       .bind(12, info.backend)
       .bind(13, t);
   if (running) s.bind(14, t).bind(15, t).bind(16, static_cast<int64_t>(::getpid()));
+  if (running && !info.slurm_job.empty()) s.bind(17, info.slurm_job);
   s.step();
   int64_t id = sqlite3_last_insert_rowid(db_);
   tx.commit();
@@ -133,7 +145,7 @@ namespace {
 void mark_running(sqlite3* db, int64_t run, const RunInfo& info) {
   Stmt s(db,
          "UPDATE runs SET status='running', git_rev=?, host=?, device=?, torch_version=?, world_size=?, "
-         "backend=?, started_at=?, heartbeat_at=?, ended_at=NULL, error=NULL, pid=? WHERE id=?");
+         "backend=?, started_at=?, heartbeat_at=?, ended_at=NULL, error=NULL, pid=?, slurm_job=? WHERE id=?");
   const double t = now();
   s.bind(1, info.git_rev)
       .bind(2, info.host)
@@ -143,8 +155,9 @@ void mark_running(sqlite3* db, int64_t run, const RunInfo& info) {
       .bind(6, info.backend)
       .bind(7, t)
       .bind(8, t)
-      .bind(9, static_cast<int64_t>(::getpid()))
-      .bind(10, run);
+      .bind(9, static_cast<int64_t>(::getpid()));
+  if (!info.slurm_job.empty()) s.bind(10, info.slurm_job);
+  s.bind(11, run);
   s.step();
 }
 
@@ -354,11 +367,19 @@ std::optional<Run> Store::claim_job(int64_t sweep, std::optional<int64_t> job, c
   std::optional<int64_t> id;
   for (;;) {
     Stmt pick(db_,
-              job ? "SELECT id, config_hash FROM runs WHERE sweep_id=? AND status='queued' AND job_num=?"
-                  : "SELECT id, config_hash FROM runs WHERE sweep_id=? AND status='queued' ORDER BY job_num LIMIT 1");
+              job ? "SELECT id, config_hash, status, host, pid, slurm_job FROM runs WHERE sweep_id=? AND job_num=? "
+                    "AND status IN ('queued','interrupted','running')"
+                  : "SELECT id, config_hash, status, host, pid, slurm_job FROM runs WHERE sweep_id=? AND "
+                    "status='queued' ORDER BY job_num LIMIT 1");
     pick.bind(1, sweep);
     if (job) pick.bind(2, *job);
     if (!pick.step()) break;
+    if (pick.text(2) == "running") {
+      const auto pid = pick.opt_i64(4);
+      const bool own_task = !info.slurm_job.empty() && pick.text(5) == info.slurm_job;
+      const bool gone_here = pick.text(3) == info.host && pid && *pid != ::getpid() && process_gone(*pid);
+      if (!own_task && !gone_here) break;  // a live holder, or one only --resume can judge dead
+    }
     const int64_t candidate = pick.i64(0);
     Stmt done(db_, "SELECT 1 FROM runs WHERE config_hash=? AND status IN ('finished','nan') AND id!=?");
     done.bind(1, pick.text(1)).bind(2, candidate);
@@ -379,17 +400,24 @@ std::optional<Run> Store::claim_job(int64_t sweep, std::optional<int64_t> job, c
   return run(*id);
 }
 
-int64_t Store::requeue(int64_t sweep, double stale_after, bool failed) {
+int64_t Store::requeue(int64_t sweep, double stale_after, bool failed, const std::set<int64_t>& known_dead,
+                       const std::set<int64_t>& alive) {
   Transaction tx(db_);
-  // A running job whose process is provably gone (its pid no longer exists on this host) is dead
-  // whatever its heartbeat's age.
+  // A running job whose process is provably gone (its pid no longer exists on this host, or Slurm
+  // no longer runs its task) is dead whatever its heartbeat's age.
   int64_t n = 0;
   {
     std::vector<int64_t> dead;
+    {
+      Stmt q(db_, "SELECT id FROM runs WHERE sweep_id=? AND status='running'");
+      q.bind(1, sweep);
+      while (q.step())
+        if (known_dead.count(q.i64(0))) dead.push_back(q.i64(0));
+    }
     Stmt q(db_, "SELECT id, pid FROM runs WHERE sweep_id=? AND status='running' AND host=? AND pid IS NOT NULL");
     q.bind(1, sweep).bind(2, host_name());
     while (q.step())
-      if (process_gone(q.i64(1))) dead.push_back(q.i64(0));
+      if (process_gone(q.i64(1)) && !known_dead.count(q.i64(0))) dead.push_back(q.i64(0));
     for (int64_t id : dead) {
       Stmt u(db_, "UPDATE runs SET status='queued' WHERE id=?");
       u.bind(1, id);
@@ -397,14 +425,82 @@ int64_t Store::requeue(int64_t sweep, double stale_after, bool failed) {
       ++n;
     }
   }
-  Stmt s(db_,
-         "UPDATE runs SET status='queued' WHERE sweep_id=? AND "
-         "((status='running' AND heartbeat_at < ?) OR status='interrupted' OR (status='failed' AND ?))");
-  s.bind(1, sweep).bind(2, now() - stale_after).bind(3, int64_t{failed ? 1 : 0});
+  std::vector<int64_t> stale;
+  {
+    Stmt q(db_, "SELECT id FROM runs WHERE sweep_id=? AND status='running' AND heartbeat_at < ?");
+    q.bind(1, sweep).bind(2, now() - stale_after);
+    while (q.step())
+      if (!alive.count(q.i64(0))) stale.push_back(q.i64(0));
+  }
+  for (int64_t id : stale) {
+    Stmt u(db_, "UPDATE runs SET status='queued' WHERE id=?");
+    u.bind(1, id);
+    u.step();
+    ++n;
+  }
+  Stmt s(db_, "UPDATE runs SET status='queued' WHERE sweep_id=? AND (status='interrupted' OR (status='failed' AND ?))");
+  s.bind(1, sweep).bind(2, int64_t{failed ? 1 : 0});
   s.step();
   n += sqlite3_changes(db_);
   tx.commit();
   return n;
+}
+
+Launch Store::add_launch(int64_t sweep, const std::string& launcher, const json& options,
+                         const std::vector<int64_t>& jobs) {
+  Transaction tx(db_);
+  Stmt s(db_,
+         "INSERT INTO sweep_launches (sweep_id, launcher, options_json, jobs_json, created_at) VALUES (?,?,?,?,?)");
+  s.bind(1, sweep).bind(2, launcher).bind(3, options.dump()).bind(4, json(jobs).dump()).bind(5, now());
+  s.step();
+  const int64_t id = sqlite3_last_insert_rowid(db_);
+  tx.commit();
+  for (auto& l : launches(sweep))
+    if (l.id == id) return l;
+  throw StoreError(fmt::format("{}: launch {} of sweep {} vanished", path_, id, sweep));
+}
+
+void Store::set_launch_slurm_job(int64_t launch, const std::string& array_job) {
+  Transaction tx(db_);
+  Stmt s(db_, "UPDATE sweep_launches SET slurm_job=? WHERE id=?");
+  s.bind(1, array_job).bind(2, launch);
+  s.step();
+  Stmt q(db_, "SELECT sweep_id, jobs_json FROM sweep_launches WHERE id=?");
+  q.bind(1, launch);
+  if (q.step()) {
+    const int64_t sweep = q.i64(0);
+    for (const auto num : json::parse(q.text(1)).get<std::vector<int64_t>>()) {
+      Stmt u(db_, "UPDATE runs SET slurm_job=? WHERE sweep_id=? AND job_num=? AND status='queued'");
+      u.bind(1, fmt::format("{}_{}", array_job, num)).bind(2, sweep).bind(3, num);
+      u.step();
+    }
+  }
+  tx.commit();
+}
+
+std::vector<Launch> Store::launches(int64_t sweep) const {
+  Stmt s(db_,
+         "SELECT id, sweep_id, launcher, options_json, jobs_json, slurm_job, created_at FROM sweep_launches "
+         "WHERE sweep_id=? ORDER BY id");
+  s.bind(1, sweep);
+  std::vector<Launch> out;
+  while (s.step()) {
+    Launch l;
+    l.id = s.i64(0);
+    l.sweep_id = s.i64(1);
+    l.launcher = s.text(2);
+    l.options = json::parse(s.text(3), nullptr, false);
+    if (!l.options.is_array()) l.options = json::array();
+    const auto jobs = json::parse(s.text(4), nullptr, false);
+    if (jobs.is_array())
+      for (const auto& j : jobs)
+        if (j.is_number_integer()) l.jobs.push_back(j.get<int64_t>());
+    l.slurm_job = s.text(5);
+    l.created_at = s.f64(6);
+    l.attempt = static_cast<int64_t>(out.size()) + 1;
+    out.push_back(std::move(l));
+  }
+  return out;
 }
 
 }  // namespace ssr::store

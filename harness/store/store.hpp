@@ -1,6 +1,8 @@
 // The run store: the only code that writes SQL. One SQLite file (default results/runs.db) in WAL
-// mode with a busy timeout, so several processes (sweep workers, a report) can use it at once.
+// mode (a rollback journal on a network file system) with a busy timeout, so several processes
+// (sweep workers, a report) can use it at once.
 #pragma once
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
@@ -13,6 +15,11 @@ namespace ssr::store {
 
 using json = nlohmann::json;
 
+// The network file system a statfs f_type names ("nfs", "lustre", ...), or "" for a local one.
+std::string network_file_system_name(int64_t magic);
+// The network file system holding `dir`, or "" when it is local (or cannot be told).
+std::string network_file_system(const std::filesystem::path& dir);
+
 // Wall-clock time as Unix seconds (what the store keeps in *_at columns).
 double now();
 
@@ -20,7 +27,12 @@ struct RunInfo {  // facts about where and how a run executes
   std::string git_rev, host, device, torch_version;
   int64_t world_size = 1;
   std::string backend;
+  // The Slurm task this process runs in: "ARRAYJOB_TASK" in a job array, else the job id; "" outside Slurm.
+  std::string slurm_job;
 };
+// This process's Slurm task as RunInfo::slurm_job names it, from SLURM_ARRAY_JOB_ID,
+// SLURM_ARRAY_TASK_ID and SLURM_JOB_ID; "" outside Slurm.
+std::string slurm_task();
 // The revision of the sources this binary was built from (`git describe --always --dirty` at
 // build time; "unknown" outside a git checkout). Defined in a file the build generates.
 const char* build_git_rev();
@@ -101,6 +113,17 @@ struct Sweep {
   double created_at = 0;
 };
 
+// One launch of a sweep (`ssr sweep`, `--resume`): what a resume launches with again.
+struct Launch {
+  int64_t id = 0, sweep_id = 0;
+  std::string launcher;       // local | slurm
+  json options;               // the --slurm KEY=VALUE flags given (array of strings)
+  std::vector<int64_t> jobs;  // the job numbers it launched
+  std::string slurm_job;      // the array's Slurm job id once submitted by ssr, else ""
+  int64_t attempt = 0;        // 1 for the sweep's first launch, 2 for the next, ...
+  double created_at = 0;
+};
+
 // One job of a sweep plan, as planning hands it to the store.
 struct PlannedJob {
   int64_t num;
@@ -177,11 +200,21 @@ class Store {
   std::optional<int64_t> done_run(const std::string& config_hash) const;
   // Takes the sweep's queued job `job` (or its lowest queued job) and marks it running, in one
   // transaction, so concurrent workers never take the same job. A queued job whose config hash
-  // has meanwhile been done by another run is dropped instead (nothing ran under it).
+  // has meanwhile been done by another run is dropped instead (nothing ran under it). A job named
+  // by number is also taken when it is interrupted, or running under a holder that is dead: its
+  // process gone from this host, or its Slurm task this process's own (Slurm requeued the task,
+  // so the earlier instance has ended). That is what a requeued or preempted Slurm task finds.
   std::optional<Run> claim_job(int64_t sweep, std::optional<int64_t> job, const RunInfo& info);
-  // Back to queued: running jobs whose heartbeat is older than stale_after seconds, and failed
-  // jobs if `failed`. Returns how many.
-  int64_t requeue(int64_t sweep, double stale_after, bool failed);
+  // Back to queued: running jobs whose heartbeat is older than stale_after seconds or whose run
+  // id is in `dead` (a holder Slurm no longer runs), interrupted jobs, and failed jobs if `failed`;
+  // never a run in `alive` (its Slurm task still runs, however late its heartbeat). Returns how many.
+  int64_t requeue(int64_t sweep, double stale_after, bool failed, const std::set<int64_t>& dead = {},
+                  const std::set<int64_t>& alive = {});
+  // Records a launch (its attempt is the sweep's count of launches); returns it.
+  Launch add_launch(int64_t sweep, const std::string& launcher, const json& options, const std::vector<int64_t>& jobs);
+  // The array ssr submitted for `launch`: its Slurm job id, and "ID_NUM" on each of its jobs' queued rows.
+  void set_launch_slurm_job(int64_t launch, const std::string& array_job);
+  std::vector<Launch> launches(int64_t sweep) const;  // oldest first
 
   // ---- benchmarks
   // A bench session and all its cases, in one transaction; returns the session id.
@@ -191,6 +224,9 @@ class Store {
   std::vector<BenchCase> bench_cases(const std::string& config_hash) const;
 
   sqlite3* handle() const { return db_; }
+  // "wal", or "delete" (a rollback journal) on a network file system, whose name network_fs() gives.
+  const std::string& journal_mode() const { return journal_mode_; }
+  const std::string& network_fs() const { return network_fs_; }
 
  private:
   void exec(const std::string& sql) const;
@@ -199,6 +235,7 @@ class Store {
   int64_t insert_missing(int64_t sweep, const std::vector<PlannedJob>& jobs);  // inside a transaction
   std::string path_;
   std::string id_;
+  std::string journal_mode_ = "wal", network_fs_;
   sqlite3* db_ = nullptr;
 };
 

@@ -5,17 +5,14 @@
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cctype>
 #include <chrono>
 #include <csignal>
 #include <filesystem>
 #include <iostream>
 #include <map>
-#include <sstream>
 #include <thread>
 
 #include "harness/config/config.hpp"
@@ -40,13 +37,6 @@ void on_stop(int sig) {
   ++g_signals;
 }
 
-std::string self_exe() {
-  std::error_code ec;
-  auto p = fs::read_symlink("/proc/self/exe", ec);
-  if (ec) throw std::runtime_error("cannot find the ssr binary (/proc/self/exe)");
-  return p.string();
-}
-
 std::string labels_text(const json& labels) {
   std::string s;
   for (const auto& kv : labels) s += (s.empty() ? "" : " ") + kv[0].get<std::string>() + "=" + kv[1].get<std::string>();
@@ -56,6 +46,13 @@ std::string labels_text(const json& labels) {
 bool ended_well(const std::string& status) { return status == "finished" || status == "nan" || status == "reused"; }
 
 }  // namespace
+
+std::string self_exe() {
+  std::error_code ec;
+  auto p = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) throw std::runtime_error("cannot find the ssr binary (/proc/self/exe)");
+  return p.string();
+}
 
 std::string Summary::line() const {
   std::string s = fmt::format("[{}/{} done", done, total);
@@ -145,10 +142,10 @@ int work(store::Store& store, int64_t sweep, std::optional<int64_t> job, bool qu
                                          "--or-from-start", "--db",  store.path()};
         if (quiet) argv.push_back("--quiet");
         if (dist::launch(static_cast<int>(nproc), argv, store.path()) != 0) code = 1;
-      } else if (const auto status = train::train(cfg, store, opts).status; status == "failed") {
+      } else if (const auto out = train::train(cfg, store, opts); out.status == "failed") {
         code = 1;
-      } else if (status == "interrupted") {
-        return 130;  // the sweep is being stopped: take no further job
+      } else if (out.status == "interrupted") {
+        return out.signal == SIGUSR1 ? kExitRequeue : 130;  // the sweep is being stopped: take no further job
       }
     } catch (const EnvironmentError& e) {
       // Every later job would hit the same full disk: stop, and leave the rest queued.
@@ -305,124 +302,6 @@ int run_local(store::Store& store, int64_t sweep_id, const LocalOptions& opt) {
     return kExitEnvironment;
   }
   return sum.failed || sum.queued || sum.stale || sum.interrupted || sum.missing ? 1 : 0;
-}
-
-std::string array_ranges(const std::vector<int64_t>& jobs) {
-  std::string out;
-  for (size_t i = 0; i < jobs.size();) {
-    size_t j = i;
-    while (j + 1 < jobs.size() && jobs[j + 1] == jobs[j] + 1) ++j;
-    out += (out.empty() ? "" : ",") + (j == i ? std::to_string(jobs[i]) : fmt::format("{}-{}", jobs[i], jobs[j]));
-    i = j + 1;
-  }
-  return out;
-}
-
-namespace {
-
-// One sbatch option into `out`: its name is sbatch's long option without the dashes, its value a
-// scalar on one line. "0" and "" become null (dropped).
-void put_option(json& out, const std::string& key, const std::string& value, const std::string& source) {
-  const bool name_ok =
-      !key.empty() && std::islower(static_cast<unsigned char>(key[0])) &&
-      std::all_of(key.begin(), key.end(), [](char c) {
-        return std::islower(static_cast<unsigned char>(c)) || std::isdigit(static_cast<unsigned char>(c)) || c == '-';
-      });
-  if (!name_ok)
-    throw config::ConfigError(
-        fmt::format("{}: '{}' is not an sbatch option name (sbatch's long option without its dashes, e.g. partition, "
-                    "cpus-per-task)",
-                    source, key));
-  if (key == "array")
-    throw config::ConfigError(
-        fmt::format("{}: array: the array is the sweep's queued jobs; `parallel` sets how many run at once", source));
-  if (value.find_first_of("\n\r") != std::string::npos)
-    throw config::ConfigError(fmt::format("{}: {}: the value must be one line", source, key));
-  if (key == "parallel" && !value.empty() && value != "0" &&
-      (value.find_first_not_of("0123456789") != std::string::npos))
-    throw config::ConfigError(
-        fmt::format("{}: parallel: '{}' is not a whole number of array tasks at once", source, value));
-  out[key] = value.empty() || value == "0" ? json(nullptr) : json(value);
-}
-
-void put_assignment(json& out, const std::string& text, const std::string& source) {
-  const auto eq = text.find('=');
-  if (eq == std::string::npos)
-    throw config::ConfigError(fmt::format("{}: '{}': expected KEY=VALUE (e.g. partition=cpu)", source, text));
-  put_option(out, text.substr(0, eq), text.substr(eq + 1), source);
-}
-
-void put_map(json& out, const json& map, const std::string& source) {
-  for (const auto& [k, v] : map.items()) {
-    if (v.is_object() || v.is_array())
-      throw config::ConfigError(fmt::format("{}: {}: expected one value, not a list or map", source, k));
-    put_option(out, k, v.is_string() ? v.get<std::string>() : v.is_null() ? "" : v.dump(), source);
-  }
-}
-
-}  // namespace
-
-json slurm_options(const json& from_file, const std::vector<std::string>& cli) {
-  json out = json::object();
-  const char* xdg = std::getenv("XDG_CONFIG_HOME");
-  const char* home = std::getenv("HOME");
-  const fs::path user = xdg && *xdg     ? fs::path(xdg) / "ssr" / "slurm.yaml"
-                        : home && *home ? fs::path(home) / ".config" / "ssr" / "slurm.yaml"
-                                        : fs::path();
-  if (!user.empty() && fs::exists(user)) {
-    const YAML::Node n = config::load_yaml(user.string(), "Slurm site options");
-    if (!n.IsMap() && !n.IsNull())
-      throw config::ConfigError(
-          fmt::format("{}: expected a map of sbatch options (partition: cpu, account: abc)", user.string()));
-    if (n.IsMap()) put_map(out, config::yaml_to_json(n), user.string());
-  }
-  if (const char* env = std::getenv("SSR_SLURM"); env && *env) {
-    std::stringstream list(env);
-    for (std::string item; std::getline(list, item, ',');)
-      if (!item.empty()) put_assignment(out, item, "SSR_SLURM");
-  }
-  put_map(out, from_file, "the sweep file's slurm:");
-  for (const auto& c : cli) put_assignment(out, c, "--slurm");
-  return out;
-}
-
-std::string slurm_script(const store::Sweep& sweep, const std::vector<int64_t>& jobs, const std::string& db,
-                         const std::string& log_dir, const json& opts) {
-  const auto given = [&](const std::string& key) { return opts.contains(key) && !opts[key].is_null(); };
-  std::string array = array_ranges(jobs);
-  if (given("parallel")) array += "%" + opts["parallel"].get<std::string>();
-  std::string s = "#!/bin/bash\n";
-  const std::string scale = sweep.spec.value("scale", std::string());
-  s += fmt::format("# ssr sweep {} ({}{}): {} of its {} jobs, written by ssr sweep --launcher slurm\n", sweep.id,
-                   sweep.name, scale.empty() ? "" : ", scale " + scale, jobs.size(), sweep.spec.at("jobs").size());
-  if (!opts.contains("job-name")) s += fmt::format("#SBATCH --job-name=ssr-{}\n", sweep.name);
-  s += fmt::format("#SBATCH --array={}\n", array);
-  if (!opts.contains("output")) s += fmt::format("#SBATCH --output={}/job-%a.log\n", fs::absolute(log_dir).string());
-  for (const auto& [k, v] : opts.items())
-    if (k != "parallel" && !v.is_null()) s += fmt::format("#SBATCH --{}={}\n", k, v.get<std::string>());
-  // Data-parallel jobs: the task's one `ssr sweep run` starts the job's ranks on its node (as
-  // `ssr train --nproc` does), so it needs one node, and with CUDA one GPU per rank.
-  int64_t nproc = 1;
-  bool cuda = false;
-  for (const auto& j : sweep.spec.at("jobs"))
-    if (std::find(jobs.begin(), jobs.end(), j.at("num").get<int64_t>()) != jobs.end()) {
-      nproc = std::max(nproc, j.value("nproc", int64_t{1}));
-      cuda = cuda || j.value("device", std::string("cpu")) == "cuda";
-    }
-  auto ask = [&](const std::string& key, const std::string& value) {
-    if (!opts.contains(key)) s += fmt::format("#SBATCH --{}={}\n", key, value);
-  };
-  if (nproc > 1) {
-    s += fmt::format("# jobs of up to {} data-parallel ranks, started by ssr on the task's node\n", nproc);
-    ask("nodes", "1");
-    ask("ntasks", "1");
-    if (cuda) ask("gpus-per-task", std::to_string(nproc));
-  }
-  s += "set -euo pipefail\n";
-  s += fmt::format("cd '{}'\n", fs::current_path().string());
-  s += fmt::format("exec '{}' sweep run --sweep {} --job \"$SLURM_ARRAY_TASK_ID\" --db '{}'\n", self_exe(), sweep.id,
-                   fs::absolute(db).string());
-  return s;
 }
 
 }  // namespace ssr::sweep

@@ -1,5 +1,5 @@
 // Running a planned sweep: the worker that trains one claimed job, the local pool of worker
-// processes, the Slurm job-array script, and the per-job status they all report.
+// processes, and the per-job status they all report (the Slurm side: slurm.hpp).
 #pragma once
 #include <optional>
 #include <string>
@@ -8,6 +8,9 @@
 #include "harness/store/store.hpp"
 
 namespace ssr::sweep {
+
+// The path of the running ssr binary, which workers and scripts run again.
+std::string self_exe();
 
 // The state of one planned job: its sweep row, or the earlier run its config hash reused.
 struct JobStatus {
@@ -40,20 +43,5 @@ struct LocalOptions {
 // The local pool: one `ssr sweep run --sweep ID --job N` process per job, at most `jobs` at once,
 // so a crash of one kills nothing else. Returns 0 when every job ended finished or nan.
 int run_local(store::Store& store, int64_t sweep, const LocalOptions& opt);
-
-// The sbatch options of a script, merged lowest first: the site's (the user file
-// ${XDG_CONFIG_HOME:-~/.config}/ssr/slurm.yaml, then $SSR_SLURM = "partition=cpu,account=x"), the
-// sweep file's (`slurm:` merged with its scale's `slurm:`), then `--slurm KEY=VALUE` flags. A value
-// of 0 or empty drops the option: it maps to null, so no default of the script takes its place.
-// Experiment files stay site-free; a site's partition or account lives with the user. Throws
-// ConfigError naming the source (file, variable or flag) of a bad entry.
-nlohmann::json slurm_options(const nlohmann::json& from_file, const std::vector<std::string>& cli);
-
-// An sbatch job-array script that runs the given job numbers, `%parallel` at once, with `options`
-// (slurm_options); every task runs `ssr sweep run --sweep ID --job $SLURM_ARRAY_TASK_ID`.
-std::string slurm_script(const store::Sweep& sweep, const std::vector<int64_t>& jobs, const std::string& db,
-                         const std::string& log_dir, const nlohmann::json& options);
-// Job numbers as an sbatch --array list: {0,1,2,5,7,8} -> "0-2,5,7-8".
-std::string array_ranges(const std::vector<int64_t>& jobs);
 
 }  // namespace ssr::sweep

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <algorithm>
 #include <filesystem>
@@ -205,10 +206,15 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
     model.train();
     for (int64_t step = state.step + 1; step <= steps; ++step) {
       if (const int sig = log.interrupted()) {
+        // SIGUSR1 asks for a checkpoint to requeue from (Slurm's lead time); one rank alone cannot
+        // write one (the others would wait in its collectives), so data-parallel runs keep their last.
+        const bool save = sig == SIGUSR1 && !no_files && !group && step - 1 > state.step;
+        if (save) checkpoint("last.pt", step - 1);
         log.flush(step - 1);
-        log.finish("interrupted", fmt::format("interrupted by signal {} at step {}", sig, step - 1));
+        log.finish("interrupted", fmt::format("interrupted by signal {} at step {}{}", sig, step - 1,
+                                              save ? " (checkpoint written there)" : ""));
         progress.finish();
-        return {run_id, "interrupted"};
+        return {run_id, "interrupted", sig};
       }
       const bool log_step = step % log_every == 0 || step == steps;
       const StepOutcome o = update.run(step, log_step);
@@ -328,7 +334,7 @@ Outcome run_training(const config::Config& cfg, store::Store& store, const Optio
   } catch (const Interrupted& e) {
     progress.finish();
     log.finish("interrupted", fmt::format("interrupted by signal {} during the final evaluation", e.signal));
-    return {run_id, "interrupted"};
+    return {run_id, "interrupted", e.signal};
   } catch (const std::exception& e) {
     progress.finish();
     try {

@@ -24,6 +24,9 @@ RunLog::RunLog(store::Store& store, const config::Config& cfg, bool lead)
   // stays ignored.
   old_hup_ = std::signal(SIGHUP, on_signal);
   if (old_hup_ == SIG_IGN) std::signal(SIGHUP, SIG_IGN);
+  // Slurm's lead-time signal before a time limit or a preemption (sbatch --signal=B:USR1@SECONDS):
+  // checkpoint, stop, and let the task be requeued.
+  old_usr1_ = std::signal(SIGUSR1, on_signal);
   start_ = last_flush_ = Clock::now();
 }
 
@@ -31,6 +34,7 @@ RunLog::~RunLog() {
   std::signal(SIGINT, old_int_);
   std::signal(SIGTERM, old_term_);
   std::signal(SIGHUP, old_hup_);
+  std::signal(SIGUSR1, old_usr1_);
 }
 
 int64_t RunLog::open(const store::RunInfo& info, std::optional<int64_t> existing, int64_t resumed_step,

@@ -78,6 +78,7 @@ class RunLog {
   void (*old_int_)(int);
   void (*old_term_)(int);
   void (*old_hup_)(int);
+  void (*old_usr1_)(int);
 };
 
 }  // namespace ssr::train

@@ -24,7 +24,8 @@ struct Options {
 
 struct Outcome {
   int64_t run_id = 0;
-  std::string status;  // finished | nan | failed
+  std::string status;  // finished | nan | failed | interrupted
+  int signal = 0;      // interrupted: the signal that stopped it
 };
 
 // Runs the whole job. Data and model errors before the run starts throw (nothing is stored);

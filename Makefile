@@ -9,7 +9,7 @@ DB    ?= results/runs.db
 SSR   := $(BUILD)/ssr
 TORCH_VERSION := 2.11.0
 APT_PACKAGES := build-essential cmake git python3-venv libyaml-cpp-dev libsqlite3-dev libfmt-dev \
-  libcli11-dev catch2 nlohmann-json3-dev libssl-dev libbenchmark-dev sqlite3 gnuplot-nox libgloo-dev \
+  libcli11-dev catch2 nlohmann-json3-dev libssl-dev libbenchmark-dev sqlite3 gnuplot-nox libgloo-dev libboost-math-dev \
   slurmctld slurmd slurm-client munge zlib1g-dev libturbojpeg0-dev dataset-fashion-mnist clang-format \
   libcpp-httplib-dev libjs-chart.js chromium
 
@@ -91,10 +91,11 @@ study: build
 
 # The pre-registered 2,000-step p study (experiments/study-2k.yaml; docs/studies.md "The 2,000-step p
 # study"): 9 arms x 18 seeds, seed by seed, so it can stop and go on (a worker killed mid-run: `ssr
-# sweep --resume ID`). STUDY_JOBS workers of one thread each.
+# sweep --resume ID`), then its two pre-registered tables. STUDY_JOBS workers of one thread each.
 STUDY_JOBS ?= $(JOBS)
 study-2k: build
 	$(SSR) sweep experiments/study-2k.yaml --scale $(STUDY_SCALE) --jobs $(STUDY_JOBS) --db $(DB)
+	@for r in study-2k study-2k_balance; do $(SSR) report $$r --db $(DB) --scale $(STUDY_SCALE) || exit 1; done
 
 # The word-level study (experiments/study-word.yaml; docs/studies.md "The word-level study"): the lm-demo
 # recipe for 1,000 steps, SSR-L at the paper's p and at p calibrated to the paper's counts.

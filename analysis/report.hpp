@@ -18,6 +18,8 @@
 //     - {label: Δ Test PPL, delta: Test PPL}               # paired: each run minus its baseline
 //                                                          # run (same seed and section), mean ± CI
 //     - {label: Δ %, delta: Test PPL, relative: true}      # the same in % of the baseline run's value
+//     - {label: PPL at 1000, split: valid, metric: ppl, step: 1000}  # the value logged at a step
+//     - {label: Δ %, delta: Test PPL, correction: holm}    # * by Holm-adjusted paired t-test p < 0.05
 //     - {label: Overhead, overhead: step}                  # step time ratio vs baseline - 1
 // Figure spec: figure: bars|lines, x: AXIS|layer, series: [AXES], y: one column spec as above
 // (or {layer_metric: output_norm, split: valid} with x: layer), baseline, title, xlabel, ylabel,

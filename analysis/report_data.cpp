@@ -22,9 +22,13 @@ std::string label_of(const json& spec, const std::string& map, const std::string
   return value;
 }
 
-std::optional<double> value_of(const JobRun& jr, const std::string& split, const std::string& name) {
+std::optional<double> value_of(const JobRun& jr, const std::string& split, const std::string& name, int64_t step) {
   if (!jr.run) return std::nullopt;
-  if (auto it = jr.results.find({split, name}); it != jr.results.end()) return it->second;
+  if (step >= 0) {
+    if (auto it = jr.logged.find({split, name, step}); it != jr.logged.end()) return it->second;
+  } else if (auto it = jr.results.find({split, name}); it != jr.results.end()) {
+    return it->second;
+  }
   if (jr.run->status == "nan") return NAN;
   return std::nullopt;
 }
@@ -49,9 +53,11 @@ Column parse_column(const json& c, const std::string& where) {
   if (!c.is_object()) throw ConfigError(fmt::format("{}: expected {{label: ..., split: ..., metric: ...}}", where));
   for (const auto& [k, v] : c.items())
     if (k != "label" && k != "split" && k != "metric" && k != "delta" && k != "overhead" && k != "better" &&
-        k != "layer_metric" && k != "relative")
+        k != "layer_metric" && k != "relative" && k != "step" && k != "correction")
       throw ConfigError(fmt::format(
-          "{}.{}: unknown key (label, split, metric, delta, relative, overhead, layer_metric, better)", where, k));
+          "{}.{}: unknown key (label, split, metric, step, delta, relative, correction, overhead, layer_metric, "
+          "better)",
+          where, k));
   col.label = str(c, "label");
   col.split = str(c, "split");
   col.metric = str(c, "metric");
@@ -61,6 +67,16 @@ Column parse_column(const json& c, const std::string& where) {
   col.relative = str(c, "relative", "false") == "true";
   if (col.relative && col.delta_of.empty())
     throw ConfigError(fmt::format("{}: relative: true needs delta: COLUMN", where));
+  if (c.contains("step")) {
+    const std::string step = str(c, "step");
+    if (step.empty() || step.size() > 12 || step.find_first_not_of("0123456789") != std::string::npos)
+      throw ConfigError(fmt::format("{}.step: a training step (a whole number >= 0), not {}", where, step));
+    col.step = std::stoll(step);
+  }
+  col.correction = str(c, "correction");
+  if (!col.correction.empty() && (col.correction != "holm" || col.delta_of.empty()))
+    throw ConfigError(fmt::format("{}.correction: 'holm' on a delta: column (Holm's step-down over its rows), not '{}'",
+                                  where, col.correction));
   if (col.delta_of.empty() && col.overhead.empty() && col.layer_metric.empty() &&
       (col.split.empty() || col.metric.empty()))
     throw ConfigError(fmt::format("{}: a column needs split and metric, delta: COLUMN, or overhead: PHASE", where));
@@ -87,8 +103,8 @@ std::string fmt_value(const Cell& c, const Column& col) {
     const std::string unit = col.relative ? " %" : "";
     const int digits = col.relative ? 2 : 3;
     if (c.n < 2) return fmt::format("{:+.{}f}{}", *c.mean, digits, unit);
-    return fmt::format("{:+.{}f} ± {:.{}f}{}{}", *c.mean, digits, c.ci, digits, unit,
-                       std::abs(*c.mean) > c.ci ? " *" : "");
+    const bool mark = col.correction.empty() ? std::abs(*c.mean) > c.ci : c.p && *c.p < 0.05;
+    return fmt::format("{:+.{}f} ± {:.{}f}{}{}", *c.mean, digits, c.ci, digits, unit, mark ? " *" : "");
   }
   return c.ci > 0 ? fmt::format("{:.3f} ± {:.3f}", *c.mean, c.ci) : fmt::format("{:.3f}", *c.mean);
 }
@@ -104,6 +120,8 @@ Data load_data(const std::string& file, const std::string& scale, const std::vec
     if (auto id = store.done_run(j.config.hash())) {
       jr.run = store.run(*id);
       for (const auto& r : store.results(*id)) jr.results[{r.split, r.name}] = r.value;
+      for (const auto& m : store.metrics(*id))
+        if (m.split != "train") jr.logged[{m.split, m.name, m.step}] = m.value;
       jr.run_timed_as_job = jr.run && config::timing_of(jr.run->config) == timing;
     }
     for (auto& c : store.bench_cases(j.config.hash()))
@@ -218,12 +236,13 @@ std::string timing_source(const std::vector<const Cell*>& cells) {
   return s;
 }
 
-Cell metric_cell(const std::vector<const JobRun*>& cell, const std::string& split, const std::string& metric) {
+Cell metric_cell(const std::vector<const JobRun*>& cell, const std::string& split, const std::string& metric,
+                 int64_t step) {
   Cell c;
   std::vector<double> v;
   bool nan = false;
   for (const auto* jr : cell)
-    if (auto x = value_of(*jr, split, metric)) {
+    if (auto x = value_of(*jr, split, metric, step)) {
       if (std::isnan(*x))
         nan = true;
       else

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <map>
+#include <tuple>
 #include <optional>
 #include <set>
 #include <string>
@@ -24,6 +25,8 @@ struct JobRun {
   const sweep::Job* job = nullptr;
   std::optional<store::Run> run;
   std::map<std::pair<std::string, std::string>, double> results;
+  // (split, name, step) -> value of the run's logged evaluations (every split but train).
+  std::map<std::tuple<std::string, std::string, int64_t>, double> logged;
   std::vector<store::BenchCase> bench;  // sessions of the job's compute paths, newest first
   // Runs serve every compute path's results, but their step times only the path they ran.
   bool run_timed_as_job = false;
@@ -37,7 +40,9 @@ struct StepTime {
 struct Column {
   std::string label, split, metric, delta_of, overhead, layer_metric;
   bool lower = true, rank = true;
-  bool relative = false;  // delta: in percent of the baseline's value, pair by pair
+  bool relative = false;   // delta: in percent of the baseline's value, pair by pair
+  int64_t step = -1;       // >= 0: the value logged at this step (a partial evaluation), not the result
+  std::string correction;  // delta: "holm" marks by Holm-adjusted p-values over the column's rows
 };
 
 struct Cell {
@@ -45,6 +50,7 @@ struct Cell {
   double ci = 0;
   int64_t n = 0;
   std::string note;
+  std::optional<double> p;           // delta with a correction: the adjusted p-value of the paired t-test
   std::set<int64_t> bench_sessions;  // overhead cells: sessions that timed the pairs
   int64_t run_pairs = 0;             // overhead cells: pairs timed from training runs instead
   double max_load = 0;               // overhead cells: the highest machine load per core of its timings
@@ -63,8 +69,9 @@ std::string str(const json& j, const std::string& key, const std::string& def = 
 // spec[map][value] when the spec names a label for value, else value.
 std::string label_of(const json& spec, const std::string& map, const std::string& value);
 
-// nullopt: no value (no run, or the run lacks it); NaN: the run diverged (status nan).
-std::optional<double> value_of(const JobRun& jr, const std::string& split, const std::string& name);
+// nullopt: no value (no run, or the run lacks it); NaN: the run diverged (status nan). With
+// step >= 0, the value the run logged at that step.
+std::optional<double> value_of(const JobRun& jr, const std::string& split, const std::string& name, int64_t step = -1);
 
 // Per-step time of a run over its logged steps, the first tenth dropped (allocator and cache
 // warm-up make the first steps slower on every device).
@@ -73,7 +80,8 @@ std::optional<StepTime> step_time(const store::Store& store, int64_t run, const 
 // A column (or a figure's y) spec; `where` names it in errors.
 Column parse_column(const json& c, const std::string& where);
 
-// A cell as the table shows it: mean ± CI, a paired Δ with * when its interval excludes 0.
+// A cell as the table shows it: mean ± CI, a paired Δ with * when its interval excludes 0 (with a
+// correction: when its adjusted p-value is below 0.05).
 std::string fmt_value(const Cell& c, const Column& col);
 
 // The sweep of `file` at `scale` expanded, and each job's newest done run and bench cases.
@@ -98,8 +106,9 @@ Cell overhead_cell(const Data& d, const std::vector<const JobRun*>& cell, const 
 // Where a report's overhead numbers came from, for its footer ("" when it has none).
 std::string timing_source(const std::vector<const Cell*>& cells);
 
-// Mean ± CI of split/metric over the cell's runs; NaN if any of them diverged.
-Cell metric_cell(const std::vector<const JobRun*>& cell, const std::string& split, const std::string& metric);
+// Mean ± CI of split/metric (at `step`, see value_of) over the cell's runs; NaN if any of them diverged.
+Cell metric_cell(const std::vector<const JobRun*>& cell, const std::string& split, const std::string& metric,
+                 int64_t step = -1);
 
 // The footer every output carries: what the cells were built from.
 // `bench_only`: the report shows step-time overheads only, so a job timed by `ssr bench step` is

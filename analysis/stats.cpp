@@ -1,5 +1,10 @@
 #include "analysis/stats.hpp"
 
+#include <boost/math/distributions/students_t.hpp>
+
+#include <algorithm>
+#include <numeric>
+
 #include <cmath>
 
 namespace ssr::analysis {
@@ -26,4 +31,29 @@ Estimate estimate(const std::vector<double>& v) {
   }
   return e;
 }
+
+double paired_t_p(const std::vector<double>& d) {
+  const auto e = estimate(d);
+  double ss = 0;
+  for (double x : d) ss += (x - e.mean) * (x - e.mean);
+  const double se = std::sqrt(ss / static_cast<double>(e.n - 1) / static_cast<double>(e.n));
+  if (se == 0) return e.mean == 0 ? 1.0 : 0.0;
+  const boost::math::students_t dist(static_cast<double>(e.n - 1));
+  return 2 * boost::math::cdf(boost::math::complement(dist, std::abs(e.mean) / se));
+}
+
+std::vector<double> holm(const std::vector<double>& p) {
+  const size_t m = p.size();
+  std::vector<size_t> order(m);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return p[a] < p[b]; });
+  std::vector<double> out(m);
+  double running = 0;
+  for (size_t i = 0; i < m; ++i) {
+    running = std::max(running, std::min(1.0, static_cast<double>(m - i) * p[order[i]]));
+    out[order[i]] = running;
+  }
+  return out;
+}
+
 }  // namespace ssr::analysis

@@ -14,4 +14,11 @@ struct Estimate {
 };
 Estimate estimate(const std::vector<double>& values);
 
+// The two-sided p-value of a one-sample t-test of mean 0 (paired differences; n >= 2). 0 when the
+// differences are equal and not 0; 1 when they are all 0.
+double paired_t_p(const std::vector<double>& diffs);
+// Holm's step-down adjustment of a family's p-values, in their order: the i-th smallest becomes
+// max over j <= i of min(1, (m - j + 1) p_(j)).
+std::vector<double> holm(const std::vector<double>& p);
+
 }  // namespace ssr::analysis

@@ -52,6 +52,12 @@ std::string tex_escape(const std::string& s) {
   return r;
 }
 
+// " (step 1000)" when the column a delta compares was logged at a step, not the run's result.
+std::string of_step(const std::vector<Column>& cols, size_t c) {
+  auto of = std::find_if(cols.begin(), cols.end(), [&](const Column& x) { return x.label == cols[c].delta_of; });
+  return of != cols.end() && of->step >= 0 ? fmt::format(" (at step {})", of->step) : "";
+}
+
 }  // namespace
 
 Output build_table(const Data& d, const json& spec, const std::string& name) {
@@ -97,7 +103,7 @@ Output build_table(const Data& d, const json& spec, const std::string& name) {
           else
             cells[s][r][c] = overhead_cell(d, cell, row_axis, baseline, cols[c].overhead);
         } else if (cols[c].delta_of.empty()) {
-          cells[s][r][c] = metric_cell(cell, cols[c].split + suffix, cols[c].metric);
+          cells[s][r][c] = metric_cell(cell, cols[c].split + suffix, cols[c].metric, cols[c].step);
         }
     }
   // Deltas against the baseline row of the same section, paired: each job minus its baseline job
@@ -121,12 +127,12 @@ Output build_table(const Data& d, const json& spec, const std::string& name) {
             if (jr->job->label(row_axis) != rows[r]) continue;
             const auto* bj = baseline_of(d, *jr, row_axis, baseline);
             if (!bj) continue;
-            v = value_of(*jr, of->split, of->metric);
-            b = value_of(*bj, of->split, of->metric);
+            v = value_of(*jr, of->split, of->metric, of->step);
+            b = value_of(*bj, of->split, of->metric, of->step);
           } else {  // inference modes of one run: the same job under the row's and the baseline's mode
             auto at = [&](const std::string& mode) { return of->split + (mode == "none" ? "" : "@" + mode); };
-            v = value_of(*jr, at(rows[r]), of->metric);
-            b = value_of(*jr, at(baseline), of->metric);
+            v = value_of(*jr, at(rows[r]), of->metric, of->step);
+            b = value_of(*jr, at(baseline), of->metric, of->step);
           }
           if (!v || !b) continue;
           if (std::isnan(*v) || std::isnan(*b))
@@ -142,8 +148,19 @@ Output build_table(const Data& d, const json& spec, const std::string& name) {
           cell.mean = e.mean;
           cell.ci = e.ci;
           cell.n = e.n;
+          if (!cols[c].correction.empty() && diffs.size() >= 2) cell.p = paired_t_p(diffs);
         }
       }
+    if (cols[c].correction.empty()) continue;
+    // One family: every row of the column with a test (all sections), adjusted together.
+    std::vector<Cell*> family;
+    for (auto& sec : cells)
+      for (auto& row : sec)
+        if (row[c].p) family.push_back(&row[c]);
+    std::vector<double> raw;
+    for (const auto* x : family) raw.push_back(*x->p);
+    const auto adjusted = holm(raw);
+    for (size_t i = 0; i < family.size(); ++i) family[i]->p = adjusted[i];
   }
   // Best (bold) and second best (underlined) per section and ranked column.
   std::vector<std::vector<std::vector<int>>> place(
@@ -224,10 +241,25 @@ Output build_table(const Data& d, const json& spec, const std::string& name) {
           half.push_back(cells[s][r][c].ci);
           pairs = std::max(pairs, cells[s][r][c].n);
         }
+    std::string tested;  // the family's adjusted p-values, row by row
+    int64_t family = 0;
+    for (size_t s = 0; s < sections.size(); ++s)
+      for (size_t r = 0; r < rows.size(); ++r)
+        if (const auto& p = cells[s][r][c].p) {
+          ++family;
+          tested += fmt::format("{}{} {:.3g}", tested.empty() ? "" : ", ", label_of(spec, "row_labels", rows[r]), *p);
+        }
+    const std::string mark =
+        cols[c].correction.empty()
+            ? "* where it excludes 0."
+            : fmt::format(
+                  "* where its Holm-adjusted p-value (two-sided paired t-test; Holm's step-down over the {} "
+                  "rows tested) is below 0.05; adjusted p: {}.",
+                  family, tested.empty() ? "none" : tested);
     foot += fmt::format(
-        "\n{}: paired, each run minus its {} run of the same {}{}; mean ± 95 % Student-t interval over "
-        "the pairs, * where it excludes 0.",
-        cols[c].label, label_of(spec, "row_labels", baseline), seeds, sec_axis.empty() ? "" : " and " + sec_axis);
+        "\n{}{}: paired, each run minus its {} run of the same {}{}; mean ± 95 % Student-t interval over the pairs, {}",
+        cols[c].label, of_step(cols, c), label_of(spec, "row_labels", baseline), seeds,
+        sec_axis.empty() ? "" : " and " + sec_axis, mark);
     if (!half.empty()) {
       std::sort(half.begin(), half.end());
       foot += fmt::format(" Smallest difference this design resolves (median half-width, up to {} pairs): ±{:.{}f}{}.",

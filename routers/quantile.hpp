@@ -12,12 +12,13 @@ namespace ssr::routers {
 //   alpha_t = the (k+1)-th largest of S_t - beta (each token's admission threshold);
 //   beta_new[e] = the (c+1)-th largest over tokens of S[t, e] - alpha_t, c = floor(tokens k / experts),
 // the bias at which expert e would admit c tokens given the others. Returns (experts, beta_new).
-std::pair<torch::Tensor, torch::Tensor> quantile_step(const torch::Tensor& logits, const torch::Tensor& beta,
-                                                      int64_t k);
+// `refuse_indivisible`: throw config::ConfigError unless tokens k divides by experts (Megatron).
+std::pair<torch::Tensor, torch::Tensor> quantile_step(const torch::Tensor& logits, const torch::Tensor& beta, int64_t k,
+                                                      bool refuse_indivisible = false);
 
 class QuantileRouter : public RouterImpl {
  public:
-  QuantileRouter(int64_t n_experts, int64_t top_k, double ema);
+  QuantileRouter(int64_t n_experts, int64_t top_k, double ema, bool refuse_indivisible);
   void end_step(const SumOverRanks& sum_over_ranks) override;
 
   torch::Tensor beta;  // (experts) float32 buffer, used only to select
@@ -28,6 +29,7 @@ class QuantileRouter : public RouterImpl {
  private:
   int64_t k_;
   double ema_;
+  bool refuse_;
   torch::Tensor accum_;  // (experts + 1) float32: summed beta_new of this step's training calls, then their count
 };
 

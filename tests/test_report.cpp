@@ -12,8 +12,10 @@
 #include <fmt/format.h>
 #include <fstream>
 #include <limits>
+#include <map>
 
 #include "analysis/report.hpp"
+#include "analysis/stats.hpp"
 #include "harness/store/store.hpp"
 #include "analysis/compare.hpp"
 #include "tests/cli_helpers.hpp"
@@ -105,6 +107,66 @@ TEST_CASE("95 % intervals match hand-computed values", "[report]") {
   CHECK(ssr::analysis::t95(1) == Approx(12.706));
   CHECK(ssr::analysis::t95(30) == Approx(2.042));
   CHECK(ssr::analysis::t95(120) == Approx(1.980).epsilon(2e-3));
+}
+
+TEST_CASE("paired t-test p-values and Holm's step-down, by hand", "[report]") {
+  // df 2: F(t) = 1/2 + t / (2 sqrt(2 + t^2)); {1, 2, 3}: t = 2 / (1 / sqrt 3) = 3.4641 -> p = 0.0741799.
+  CHECK(ssr::analysis::paired_t_p({1, 2, 3}) == Approx(0.0741799).margin(1e-6));
+  // df 1 (Cauchy): {1, 3}: t = 2 -> p = 1 - 2 atan(2) / pi = 0.2951672.
+  CHECK(ssr::analysis::paired_t_p({1, 3}) == Approx(0.2951672).margin(1e-6));
+  CHECK(ssr::analysis::paired_t_p({2, 2}) == 0.0);
+  CHECK(ssr::analysis::paired_t_p({0, 0}) == 1.0);
+  const std::vector<std::pair<std::vector<double>, std::vector<double>>> cases = {
+      {{0.01, 0.04, 0.03, 0.005}, {0.03, 0.06, 0.06, 0.02}},  // 4p, 3p, 2p, p in order, then running maxima
+      {{0.6, 0.7}, {1, 1}},                                   // capped at 1
+      {{0.02}, {0.02}},
+      {{}, {}}};
+  for (const auto& [p, want] : cases) {
+    const auto got = ssr::analysis::holm(p);
+    REQUIRE(got.size() == want.size());
+    for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == Approx(want[i]).margin(1e-12));
+  }
+}
+
+TEST_CASE("a table column at a logged step, and a delta column marked by Holm-adjusted p-values", "[report]") {
+  const auto db = fixture_db();
+  ssr::store::Store s(db);
+  // Valid PPL logged at step 10 in the conventional setting: Vanilla 100 both seeds; LB 99 and 97
+  // (Δ % -1, -3: t 2, df 1, p 0.2952); SSR-L 90 and 89 (Δ % -10, -11: t 21, p 0.0303, whose
+  // uncorrected interval ±6.35 excludes 0). Holm over the two: SSR-L 2 x 0.0303 = 0.0606, LB 0.2952.
+  const std::map<std::pair<std::string, int>, double> ppl = {{{"vanilla", 1}, 100}, {{"vanilla", 2}, 100},
+                                                             {{"lb", 1}, 99},       {{"lb", 2}, 97},
+                                                             {{"ssr_l", 1}, 90},    {{"ssr_l", 2}, 89}};
+  std::map<std::string, std::pair<std::string, int>> by_hash;
+  for (const auto& j : ssr::sweep::load(kStudy, {}).jobs)
+    if (j.label("model.block") == "vanilla")
+      by_hash[j.config.hash()] = {j.label("variant"), std::stoi(j.label("run.seed"))};
+  for (const auto& r : s.runs())
+    if (auto it = by_hash.find(r.config_hash); it != by_hash.end())
+      s.add_metrics(r.id, {{10, "valid", "ppl", ppl.at(it->second), 1.0}, {20, "valid", "ppl", 1.0, 2.0}});
+  const auto out = ssr::analysis::build("holm", kStudy, "", {}, s);
+  INFO(out.md);
+  CHECK(out.md.find("| Vanilla | 100.000 | – |") != std::string::npos);
+  CHECK(out.md.find("| LB | <u>98.000 ± 12.706</u> | -2.00 ± 12.71 % |") != std::string::npos);
+  CHECK(out.md.find("| SSR-L | **89.500 ± 6.353** | -10.50 ± 6.35 % |") != std::string::npos);  // no *: Holm
+  CHECK(out.md.find("Δ % (at step 10): paired") != std::string::npos);
+  CHECK(out.md.find("Holm's step-down over the 2 rows tested) is below 0.05; adjusted p: LB 0.295, SSR-L 0.0606.") !=
+        std::string::npos);
+  // Bad specs name the column.
+  auto bad = [&](const std::string& column, const std::string& says) {
+    const auto dir = fs::temp_directory_path() / fmt::format("ssr_report_bad_{}", ::getpid());
+    fs::create_directories(dir);
+    const auto file = dir / "study.yaml";
+    std::ofstream(file) << fmt::format(
+        "base: {}/experiments/demo.yaml\nvariants:\n  vanilla: [router=vanilla]\n  lb: [router=lb]\n"
+        "reports:\n  t:\n    rows: variant\n    baseline: vanilla\n    columns:\n"
+        "      - {{label: PPL, split: valid, metric: ppl}}\n      - {}\n",
+        kSrc, column);
+    CHECK_THROWS_WITH(ssr::analysis::build("t", file.string(), "", {}, s), Catch::Contains(says));
+  };
+  bad("{label: D, delta: PPL, correction: bonferroni}", "columns[1].correction: 'holm' on a delta: column");
+  bad("{label: P, split: valid, metric: ppl, correction: holm}", "columns[1].correction: 'holm' on a delta");
+  bad("{label: P, split: valid, metric: ppl, step: -1}", "columns[1].step: a training step");
 }
 
 TEST_CASE("report footers count the Sinkhorn solves, the unconverged ones and the fallbacks", "[report]") {

@@ -690,6 +690,107 @@ TEST_CASE("osr: the score by hand, and repulsion 0 is Sinkhorn routing on the co
   CHECK(torch::allclose(osr.weights, softmax_at(in.logits, osr.experts), 1e-6, 1e-6));
 }
 
+TEST_CASE("osr authors' reading: their log-domain Sinkhorn by hand", "[routers]") {
+  // score [[0, ln 3], [0, 0]], eps 1, one sweep. Rows: f = -log(4/3), -log 2, giving rows [1/4, 3/4]
+  // and [1/2, 1/2]; columns sum to 3/4 and 5/4 against 1: g = log(4/3), log(4/5). The plan
+  // [[1/3, 3/5], [2/3, 2/5]] with rows renormalised: [[5/14, 9/14], [5/8, 3/8]]; its columns miss
+  // 1 by 1/56.
+  const auto solved = authors_sinkhorn(torch::tensor({{0.0, std::log(3.0)}, {0.0, 0.0}}), 1.0, 1);
+  const auto want = torch::tensor({{5.0 / 14, 9.0 / 14}, {5.0 / 8, 3.0 / 8}});
+  CHECK(torch::allclose(solved.plan.to(torch::kDouble), want.to(torch::kDouble), 0, 1e-6));
+  CHECK(solved.max_vio == Approx(1.0 / 56).margin(1e-6));
+}
+
+TEST_CASE("osr readings against the authors' code's behaviour, by hand", "[routers]") {
+  struct Row {
+    std::string what, reading;
+    Mode mode;
+    std::vector<std::vector<double>> x;  // (tokens, 2) hidden states; gate rows are (1, 0), (0, 1)
+    int64_t k;
+    double quota_factor;
+    std::vector<std::vector<int64_t>> experts;
+    std::vector<std::vector<double>> weights;
+  };
+  const double s96 = 0.6637387, s10 = 0.7310586, s80 = 0.5498340;  // softmaxes of bid pairs (.96,.28) (1,0) (.8,.6)
+  const std::vector<Row> table = {
+      // The issue's case: the code maximises C = -sim, so each token goes to the other expert;
+      // the docstring reading (Sinkhorn on -C) keeps them. The plan's top-1 renormalised is 1.
+      {"sign, authors", "authors", Mode::Eval, {{1, 0}, {0, 1}}, 1, 1.25, {{1}, {0}}, {{1}, {1}}},
+      {"sign, docstring", "docstring", Mode::Eval, {{1, 0}, {0, 1}}, 1, 1.25, {{0}, {1}}, {}},
+      // Training: the quota decides. cap = ceil(4 * 1 / 2 * 1.25) = 3: expert 0 takes tokens 0, 1, 2,
+      // expert 1 tokens 3, 2, 1; each token keeps its best offer (bid = sim).
+      {"quota k 1",
+       "authors",
+       Mode::Train,
+       {{1, 0}, {0.96, 0.28}, {0.6, 0.8}, {0, 1}},
+       1,
+       1.25,
+       {{0}, {0}, {1}, {1}},
+       {{1}, {1}, {1}, {1}}},
+      // k 2: cap = min(ceil(5), 4 tokens) = 4, every offer made; softmax over each token's two bids.
+      {"quota k 2",
+       "authors",
+       Mode::Train,
+       {{1, 0}, {0.96, 0.28}, {0.6, 0.8}, {0, 1}},
+       2,
+       1.25,
+       {{0, 1}, {0, 1}, {1, 0}, {1, 0}},
+       {{s10, 1 - s10}, {s96, 1 - s96}, {s80, 1 - s80}, {s10, 1 - s10}}},
+      // cap 1: tokens 1 and 2 get no offer; their slots tie at -1e4, so expert 0 (the code's
+      // torch.topk order is unspecified there; ours is the lowest index) at full weight.
+      {"quota, no offer",
+       "authors",
+       Mode::Train,
+       {{1, 0}, {0.96, 0.28}, {0.6, 0.8}, {0, 1}},
+       1,
+       0.5,
+       {{0}, {0}, {0}, {1}},
+       {{1}, {1}, {1}, {1}}},
+  };
+  for (const auto& row : table) {
+    INFO(row.what);
+    auto router = make_router(router_cfg({{"name", "osr"},
+                                          {"osr_reading", row.reading},
+                                          {"osr_quota_factor", row.reading == "authors" ? row.quota_factor : 1.25}}),
+                              2, 2, row.k);
+    RouteInput in;
+    std::vector<double> flat;
+    for (const auto& v : row.x) flat.insert(flat.end(), v.begin(), v.end());
+    in.hidden = torch::tensor(flat).reshape({-1, 2}).to(torch::kFloat);  // (tokens, 2)
+    in.gate_weight = torch::eye(2);                                      // (experts, 2)
+    in.logits = torch::zeros({in.hidden.size(0), 2});                    // (tokens, experts)
+    auto gen = cpu_gen(0);
+    const auto r = router->route(in, row.mode, gen);
+    for (size_t t = 0; t < row.experts.size(); ++t)
+      for (int64_t j = 0; j < row.k; ++j) {
+        CHECK(r.experts[t][j].item<int64_t>() == row.experts[t][j]);
+        if (!row.weights.empty()) CHECK(r.weights[t][j].item<double>() == Approx(row.weights[t][j]).margin(1e-6));
+      }
+  }
+}
+
+TEST_CASE("osr authors' reading: the load CV's EMA moves after a step and scales epsilon", "[routers]") {
+  auto router =
+      make_router(router_cfg({{"name", "osr"}, {"osr_reading", "authors"}, {"osr_quota_factor", 1.25}}), 2, 2, 1);
+  auto* osr = dynamic_cast<OsrRouter*>(router.get());
+  REQUIRE(osr);
+  CHECK(osr->cv_ema.item<double>() == 1.0);
+  RouteInput in;
+  in.hidden = torch::tensor({{1.0, 0.0}, {0.96, 0.28}, {0.6, 0.8}, {0.0, 1.0}}).to(torch::kFloat);
+  in.gate_weight = torch::eye(2);
+  in.logits = torch::zeros({4, 2});
+  auto gen = cpu_gen(0);
+  router->route(in, Mode::Train, gen);
+  CHECK(osr->cv_ema.item<double>() == 1.0);  // moved only after the optimizer step
+  router->end_step([](const torch::Tensor& t) { return t; });
+  // Soft loads: softmax of the offered bids (-20 where none): 2.1139047 and 1.8860953; shares
+  // 0.528476, 0.471524; CV = 0.0569522; EMA 0.95 + 0.05 CV.
+  CHECK(osr->cv_ema.item<double>() == Approx(0.9528476).margin(1e-6));
+  // The buffer is saved with the weights; the docstring reading has none.
+  CHECK(router->named_buffers().contains("osr_cv_ema"));
+  CHECK_FALSE(build({{"name", "osr"}})->named_buffers().contains("osr_cv_ema"));
+}
+
 TEST_CASE("regularisers by hand: gate-row orthogonality and gate entropy", "[routers]") {
   // Rows (1, 0) and (1, 1): cosine 1/sqrt 2, so ||G - I||_F^2 = 2 * 1/2 = 1. Orthogonal rows: 0.
   CHECK(gate_orthogonality_loss(torch::tensor({{1.0, 0.0}, {1.0, 1.0}})).item<double>() == Approx(1.0).margin(1e-6));
@@ -753,7 +854,7 @@ TEST_CASE("quantile balancing by hand: the dual step and the bias update", "[rou
   CHECK(torch::allclose(beta_new, torch::tensor({0.8, 0.0})));
   // After the step, ema 0.5: beta = 0.5 * (0.8, 0) = (0.4, 0), centred: (0.2, -0.2). An
   // evaluation call in between counts for nothing.
-  auto router = std::make_shared<QuantileRouter>(2, 1, 0.5);
+  auto router = std::make_shared<QuantileRouter>(2, 1, 0.5, false);
   auto gen = cpu_gen(0);
   const auto r = router->route(s, torch::zeros({4, 0}), Mode::Train, gen);
   CHECK(r.experts.equal(experts));
@@ -763,7 +864,7 @@ TEST_CASE("quantile balancing by hand: the dual step and the bias update", "[rou
   CHECK(torch::allclose(router->beta, torch::tensor({0.2, -0.2})));
   // Steps on one popular expert's data even the load out (vanilla: about 210 of 256 on expert 0).
   auto logits = random_logits(256, 4, 1.0, 9) + torch::tensor({2.0, 0.0, 0.0, 0.0});
-  auto balanced = std::make_shared<QuantileRouter>(4, 1, 0.5);
+  auto balanced = std::make_shared<QuantileRouter>(4, 1, 0.5, false);
   for (int step = 0; step < 50; ++step) {
     balanced->route(logits, torch::zeros({256, 0}), Mode::Train, gen);
     balanced->end_step([](const torch::Tensor& t) { return t; });
@@ -772,6 +873,25 @@ TEST_CASE("quantile balancing by hand: the dual step and the bias update", "[rou
       torch::bincount(balanced->route(logits, torch::zeros({256, 0}), Mode::Eval, gen).experts.view(-1), {}, 4);
   INFO(load);
   CHECK((load - 64).abs().max().item<int64_t>() <= 6);
+}
+
+TEST_CASE("quantile as Megatron-Core runs it (router=quantile): no EMA, and an indivisible call refused", "[routers]") {
+  // 3 tokens x top-1 against 2 experts: Megatron's qb_dual_update asserts (3 % 2 != 0); the floor
+  // reading takes c = 1. Inference only reads beta, so it routes either way.
+  const auto s = torch::tensor({{2.0, 0.0}, {0.8, 0.0}, {0.0, 1.0}});
+  auto gen = cpu_gen(0);
+  auto megatron = make_router(router_cfg({{"name", "quantile"}, {"qb_ema", 0.0}, {"qb_rounding", "refuse"}}), 8, 2, 1);
+  CHECK_THROWS_WITH(megatron->route(s, torch::zeros({3, 0}), Mode::Train, gen),
+                    Catch::Contains("router.qb_rounding=refuse: a router call of 3 tokens x top-1 = 3 assignments does "
+                                    "not divide by 2 experts"));
+  CHECK_NOTHROW(megatron->route(s, torch::zeros({3, 0}), Mode::Eval, gen));
+  CHECK_NOTHROW(build({{"name", "quantile"}}, 8, 2, 1)->route(s, torch::zeros({3, 0}), Mode::Train, gen));
+  // EMA 0: beta is the step's estimate, centred. The 4-token case above: (0.8, 0) -> (0.4, -0.4).
+  const auto s4 = torch::tensor({{2.0, 0.0}, {0.8, 0.0}, {3.0, 0.0}, {0.0, 1.0}});
+  auto router = std::make_shared<QuantileRouter>(2, 1, 0.0, true);
+  router->route(s4, torch::zeros({4, 0}), Mode::Train, gen);
+  router->end_step([](const torch::Tensor& t) { return t; });
+  CHECK(torch::allclose(router->beta, torch::tensor({0.4, -0.4})));
 }
 
 TEST_CASE("BASE: the auction's balanced assignment is optimal, by hand and against brute force", "[routers]") {

@@ -461,7 +461,7 @@ TEST_CASE("a sweep job named by number is taken back when interrupted or held by
   CHECK(s.run(first->id)->info.slurm_job == "78_0");  // job 0 was not in that array
 }
 
-TEST_CASE("a store on a network file system keeps a rollback journal; a local one runs WAL", "[store]") {
+TEST_CASE("a store on a network file system keeps a rollback journal, a local one runs WAL", "[store]") {
   for (const auto& [magic, name] : std::vector<std::pair<int64_t, std::string>>{{0x6969, "nfs"},
                                                                                 {0xFF534D42, "cifs"},
                                                                                 {0x0BD00BD0, "lustre"},

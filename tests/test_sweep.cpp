@@ -749,7 +749,7 @@ TEST_CASE(
   CHECK(r.out.find("--submit: sweep 3 resumes with the local launcher") != std::string::npos);
 }
 
-TEST_CASE("SIGUSR1 checkpoints a sweep job and exits 75; the task run again continues it to the same losses",
+TEST_CASE("SIGUSR1 checkpoints a sweep job and exits 75, and the task run again continues it to the same losses",
           "[sweep]") {
   const auto dir = temp_dir("sweep", "usr1");
   const auto file = write_sweep(dir, "grid:\n  router.name: [vanilla]\n", 40);

@@ -1,5 +1,7 @@
 #include "models/moe.hpp"
 
+#include "harness/config/choice.hpp"
+
 #include <ATen/record_function.h>
 #include <fmt/format.h>
 
@@ -81,7 +83,11 @@ MoEImpl::MoEImpl(const config::Config& cfg, const MoEShape& shape)
       reads_gate_(routers::router_spec(cfg.s("router.name")).caps.gate_weight),
       reads_tokens_(routers::router_spec(cfg.s("router.name")).caps.token_ids),
       capacity_factor_(routers::router_spec(cfg.s("router.name")).caps.own_capacity ? 0.0
-                                                                                    : cfg.f("model.capacity_factor")) {
+                                                                                    : cfg.f("model.capacity_factor")),
+      drop_policy_(config::choice<routers::DropPolicy>(cfg, "model.drop_policy",
+                                                       {{"choice", routers::DropPolicy::Choice},
+                                                        {"position", routers::DropPolicy::Position},
+                                                        {"probs", routers::DropPolicy::Probs}})) {
   const int64_t d = shape.d_model, inner = shape.d_inner, e = n_experts_;
   if (!shape.token_ids && reads_tokens_)
     throw config::ConfigError(
@@ -179,8 +185,7 @@ routers::Routing MoEImpl::route_rows(const routers::RouteInput& in, torch::Gener
   routers::Routing r;
   // Expert capacity per router call, when the router has none of its own (model.capacity_factor).
   auto call = [&](const routers::RouteInput& part) {
-    auto c = router->route(part, mode, gen);
-    return capacity_factor_ > 0 ? routers::with_capacity(std::move(c), n_experts_, capacity_factor_) : c;
+    return routers::route_with_capacity(*router, part, mode, gen, n_experts_, capacity_factor_, drop_policy_);
   };
   if (group_tokens_ <= 0 || n <= group_tokens_) {
     r = call(in);

@@ -138,13 +138,14 @@ class MoEImpl : public torch::nn::Module {
   int64_t n_experts_;
   Activation activation_;
   double dropout_;
-  bool grouped_gemm_;       // model.expert_impl == grouped
-  int64_t group_tokens_;    // router.group_tokens: tokens per router call (0 = the whole call)
-  bool reads_hidden_;       // the router reads hidden states, so they are passed (and gathered) too
-  bool reads_gate_;         // the router reads the gate's rows
-  bool reads_tokens_;       // the router reads the input token ids
-  Gather gather_;           // set by route_globally
-  double capacity_factor_;  // model.capacity_factor (0: no capacity), unless the router has its own
+  bool grouped_gemm_;                // model.expert_impl == grouped
+  int64_t group_tokens_;             // router.group_tokens: tokens per router call (0 = the whole call)
+  bool reads_hidden_;                // the router reads hidden states, so they are passed (and gathered) too
+  bool reads_gate_;                  // the router reads the gate's rows
+  bool reads_tokens_;                // the router reads the input token ids
+  Gather gather_;                    // set by route_globally
+  double capacity_factor_;           // model.capacity_factor (0: no capacity), unless the router has its own
+  routers::DropPolicy drop_policy_;  // model.drop_policy
   int64_t rank_ = 0;
   torch::Generator router_gen_;  // undefined: the router draws from the forward's generator
   bool time_router_ = false;

@@ -12,9 +12,11 @@ enum class Score { Sigmoid, Softmax };
 
 struct ScoreRouterOptions {
   Score score = Score::Sigmoid;
-  double bias_rate = 0;        // u: b_i += u * sign(mean load - load_i) after each step (0 = no bias)
-  bool bias_recenter = false;  // subtract the update's mean, so the biases keep zero mean (torchtitan)
-  double seq_aux_coef = 0;     // alpha of the sequence-wise balance loss (0 = off)
+  double bias_rate = 0;           // u: b_i += u * sign(mean load - load_i) after each step (0 = no bias)
+  bool bias_recenter = false;     // subtract the update's mean, so the biases keep zero mean (torchtitan)
+  double seq_aux_coef = 0;        // alpha of the sequence-wise balance loss (0 = off)
+  bool k1_raw = false;            // top-1: the raw score as the weight (Megatron-Core), not normalised to 1
+  bool bias_counts_kept = false;  // the bias follows the slots kept after capacity (Megatron-Core), not all routed
 };
 
 // DeepSeek-V3's complementary balance loss over one router call's T tokens (treated as one
@@ -26,6 +28,7 @@ class ScoreRouterImpl : public RouterImpl {
  public:
   ScoreRouterImpl(int64_t n_experts, int64_t top_k, ScoreRouterOptions opt);
   void end_step(const SumOverRanks& sum_over_ranks) override;
+  void observe(const Routing& final, Mode mode) override;
 
   torch::Tensor expert_bias;  // (experts) float32 buffer, used only to select
 

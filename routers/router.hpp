@@ -121,6 +121,9 @@ class RouterImpl : public torch::nn::Module {
   // (identity with one rank), so every rank applies the same update.
   using SumOverRanks = std::function<torch::Tensor(const torch::Tensor&)>;
   virtual void end_step(const SumOverRanks& /*sum_over_ranks*/) {}
+  // The routing the experts compute, after the layer's capacity dropped what it drops (called by
+  // route_with_capacity after every route()): a router whose state follows the kept load counts it here.
+  virtual void observe(const Routing& /*final*/, Mode /*mode*/) {}
 
   // What stays on at inference, for routers with inference modes (caps.eval_modes; the values of
   // router.eval_mode): one trained model is then evaluated several ways (eval.router_modes).
@@ -149,10 +152,18 @@ void set_load(RouterStats& s, const std::vector<int64_t>& tokens_per_expert);
 // Fills the Sinkhorn fields from a tally.
 void set_sinkhorn(RouterStats& s, const SinkhornTally& tally);
 
-// Switch/GShard expert capacity: each expert keeps at most ceil(factor * tokens * k / experts)
-// slots, first choices before second choices, in token order within a choice; the others are
-// dropped (kept false, weight 0; the token keeps its residual path).
-Routing with_capacity(Routing r, int64_t n_experts, double factor);
+// Which slots an expert over its capacity keeps (model.drop_policy):
+//   Choice:   first choices before second choices, in token order within a choice (Switch/GShard);
+//   Position: its earliest tokens, whatever the choice (Megatron-Core's "position");
+//   Probs:    its highest-weight slots, ties to the earlier token (Megatron-Core's default "probs").
+enum class DropPolicy { Choice, Position, Probs };
+
+// Expert capacity: each expert keeps at most ceil(factor * tokens * k / experts) slots, chosen by
+// `policy`; the others are dropped (kept false, weight 0; the token keeps its residual path).
+Routing with_capacity(Routing r, int64_t n_experts, double factor, DropPolicy policy = DropPolicy::Choice);
+// What the MoE layer does per router call: route(), the capacity (factor 0: none), then observe().
+Routing route_with_capacity(RouterImpl& router, const RouteInput& in, Mode mode, torch::Generator& gen,
+                            int64_t n_experts, double factor, DropPolicy policy);
 
 // Statistics of one routing decision (logits (tokens, experts), routing.experts (tokens, k)).
 // The Sinkhorn fields then describe this one call only.

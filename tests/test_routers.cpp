@@ -626,6 +626,78 @@ TEST_CASE("expert capacity (Switch/GShard): first choices first, the overflow dr
   CHECK(stats.tokens_per_expert == std::vector<int64_t>{2, 2});
 }
 
+TEST_CASE("drop policies by hand: GShard's choice order, Megatron-Core's position and probs", "[routers]") {
+  // 3 tokens, 2 experts, k = 2, factor 0.5: capacity ceil(0.5 * 3 * 2 / 2) = 2.
+  // choice: expert 0's queue t0 (1st), t2 (1st), t1 (2nd) -> t1's 2nd dropped; expert 1's t1, t0, t2 -> t2's 2nd.
+  // position: each expert's earliest tokens t0, t1 -> t2 loses both slots.
+  // probs: expert 0 keeps .8 (t2) and .7 (t0), drops t1's .4; expert 1 keeps .6 (t1) and .3 (t0), drops t2's .2.
+  // k = 1 (factor 1, capacity 2 of 4): position keeps expert 0's t0, t1; probs its .9 (t1) and .7 (t2).
+  struct Row {
+    std::string what;
+    DropPolicy policy;
+    std::vector<std::vector<int64_t>> experts;
+    std::vector<std::vector<double>> weights;
+    double factor;
+    std::vector<std::vector<int>> kept;
+  };
+  const std::vector<std::vector<int64_t>> e3 = {{0, 1}, {1, 0}, {0, 1}}, e4 = {{0}, {0}, {0}, {1}};
+  const std::vector<std::vector<double>> w3 = {{.7, .3}, {.6, .4}, {.8, .2}}, w4 = {{.6}, {.9}, {.7}, {1}};
+  const std::vector<Row> table = {{"choice, k 2", DropPolicy::Choice, e3, w3, 0.5, {{1, 1}, {1, 0}, {1, 0}}},
+                                  {"position, k 2", DropPolicy::Position, e3, w3, 0.5, {{1, 1}, {1, 1}, {0, 0}}},
+                                  {"probs, k 2", DropPolicy::Probs, e3, w3, 0.5, {{1, 1}, {1, 0}, {1, 0}}},
+                                  {"choice, k 1", DropPolicy::Choice, e4, w4, 1.0, {{1}, {1}, {0}, {1}}},
+                                  {"position, k 1", DropPolicy::Position, e4, w4, 1.0, {{1}, {1}, {0}, {1}}},
+                                  {"probs, k 1", DropPolicy::Probs, e4, w4, 1.0, {{0}, {1}, {1}, {1}}}};
+  const auto tensor2d = [](const auto& rows, auto dtype) {
+    std::vector<double> flat;
+    for (const auto& row : rows) flat.insert(flat.end(), row.begin(), row.end());
+    return torch::tensor(flat).reshape({static_cast<int64_t>(rows.size()), -1}).to(dtype);
+  };
+  for (const auto& row : table) {
+    INFO(row.what);
+    Routing r;
+    r.experts = tensor2d(row.experts, torch::kInt64);
+    r.weights = tensor2d(row.weights, torch::kFloat);
+    r.aux_loss = torch::zeros({});
+    const auto out = with_capacity(r, 2, row.factor, row.policy);
+    CHECK(out.kept.equal(tensor2d(row.kept, torch::kBool)));
+  }
+}
+
+TEST_CASE("aux-free as Megatron-Core runs it: the bias follows the kept load, the top-1 weight is the raw score",
+          "[routers]") {
+  // 9 tokens, 3 experts, k = 1, capacity factor 1 (3 slots an expert): 6 tokens pick expert 0,
+  // 3 pick expert 1. Routed loads (6, 3, 0): mean 3, b += u sign(3 - load) = (-1, 0, +1). Kept loads
+  // (3, 3, 0): mean 2, b += (-1, -1, +1) (Megatron's get_updated_expert_bias counts after dropping).
+  std::vector<std::vector<double>> rows;
+  for (int t = 0; t < 9; ++t) rows.push_back(t < 6 ? std::vector<double>{2, 0, -2} : std::vector<double>{0, 2, -2});
+  std::vector<double> flat;
+  for (const auto& row : rows) flat.insert(flat.end(), row.begin(), row.end());
+  const auto logits = torch::tensor(flat).reshape({9, 3}).to(torch::kFloat);
+  for (const auto& [load, bias] :
+       std::vector<std::pair<std::string, std::vector<double>>>{{"routed", {-1, 0, 1}}, {"kept", {-1, -1, 1}}}) {
+    INFO(load);
+    auto router = build({{"name", "aux-free"}, {"bias_rate", 1.0}, {"bias_load", load}}, 8, 3, 1);
+    auto gen = cpu_gen(0);
+    route_with_capacity(*router, RouteInput{logits, torch::zeros({9, 0}), {}, {}}, Mode::Train, gen, 3, 1.0,
+                        DropPolicy::Choice);
+    router->end_step([](const torch::Tensor& t) { return t; });
+    auto* score = dynamic_cast<ScoreRouterImpl*>(router.get());
+    REQUIRE(score);
+    CHECK(torch::allclose(score->expert_bias, torch::tensor(bias).to(torch::kFloat)));
+  }
+  // Top-1 sigmoid weights: normalised to 1 (DeepSeek-V3 Eq. 14), or sigmoid(2) = 0.8807971 (Megatron).
+  auto gen = cpu_gen(0);
+  const auto one = build({{"name", "sigmoid"}}, 8, 3, 1)->route(logits, torch::zeros({9, 0}), Mode::Train, gen);
+  CHECK(torch::allclose(one.weights, torch::ones({9, 1})));
+  const auto raw = build({{"name", "sigmoid"}, {"k1_weight", "raw"}}, 8, 3, 1)
+                       ->route(logits, torch::zeros({9, 0}), Mode::Train, gen);
+  CHECK(raw.weights[0][0].item<double>() == Approx(0.8807971).margin(1e-6));
+  const auto two = build({{"name", "sigmoid"}, {"k1_weight", "raw"}}, 8, 3, 2)
+                       ->route(logits, torch::zeros({9, 0}), Mode::Train, gen);  // k 2: normalised either way
+  CHECK(torch::allclose(two.weights.sum(-1), torch::ones({9})));
+}
+
 TEST_CASE("hash: a fixed random table of token ids, k distinct experts, weight 1/k, gate ignored", "[routers]") {
   // The table is a function of (seed, id) only.
   CHECK(hashed_experts(0, 17, 8, 2) == hashed_experts(0, 17, 8, 2));

@@ -174,6 +174,9 @@ std::vector<Key> build() {
       unhashed_at_default(F("model.capacity_factor", 0, 0, kInf,
                             "expert capacity ceil(factor * tokens * k / experts) per router call, first choices "
                             "first (Switch/GShard); the overflow is dropped and counted (drop_rate); 0 = none")),
+      unhashed_at_default(C("model.drop_policy", "choice", {"choice", "position", "probs"},
+                            "which slots an expert over capacity keeps: first choices first (GShard), its earliest "
+                            "tokens or its highest weights (Megatron-Core's position, probs)")),
 
       // ---- router.*: token-to-expert routing (routers/)
       C("router.name", "vanilla", router_names(), "routing method (routers/registry.cpp lists them)"),
@@ -306,7 +309,8 @@ std::vector<Key> with_router_keys(std::vector<Key> keys) {
     if (!r.caps.own_capacity) without_capacity.push_back(r.name);
   for (auto& k : keys) {
     if (k.name == "eval.router_modes") k.when.emplace_back("router.name", with_modes);
-    if (k.name == "model.capacity_factor") k.when.emplace_back("router.name", without_capacity);
+    if (k.name == "model.capacity_factor" || k.name == "model.drop_policy")
+      k.when.emplace_back("router.name", without_capacity);
   }
   return keys;
 }

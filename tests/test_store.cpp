@@ -483,3 +483,19 @@ TEST_CASE("a store on a network file system keeps a rollback journal, a local on
   CHECK(reinterpret_cast<const char*>(sqlite3_column_text(st, 0)) == s.journal_mode());
   sqlite3_finalize(st);
 }
+
+TEST_CASE("a version-9 store opened read-only lists its runs and has no launches, as before migration 10", "[store]") {
+  const auto db = temp_db("store", "v9.db");
+  {
+    Store s(db);
+    s.create_run("h", nlohmann::json::object(), 1, ssr::store::this_machine("cpu"));
+    REQUIRE(sqlite3_exec(s.handle(),
+                         "DROP TABLE sweep_launches; ALTER TABLE runs DROP COLUMN slurm_job; PRAGMA user_version=9",
+                         nullptr, nullptr, nullptr) == SQLITE_OK);
+  }
+  const Store old(db, Store::Access::read);
+  CHECK(old.schema_version() == 9);
+  REQUIRE(old.runs().size() == 1);
+  CHECK(old.runs()[0].info.slurm_job.empty());
+  CHECK(old.launches(1).empty());
+}

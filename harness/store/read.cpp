@@ -8,9 +8,13 @@
 namespace ssr::store {
 namespace {
 
-const char* kRunColumns =
-    "id, sweep_id, job_num, config_hash, config_json, status, seed, git_rev, host, device, "
-    "torch_version, world_size, backend, created_at, started_at, ended_at, heartbeat_at, step, error, pid, slurm_job";
+// A store opened read-only keeps its schema version: before version 10 it has no slurm_job.
+std::string run_columns(int version) {
+  return fmt::format(
+      "id, sweep_id, job_num, config_hash, config_json, status, seed, git_rev, host, device, torch_version, "
+      "world_size, backend, created_at, started_at, ended_at, heartbeat_at, step, error, pid, {}",
+      version >= 10 ? "slurm_job" : "NULL");
+}
 
 Run read_run(const Stmt& s) {
   Run r;
@@ -47,14 +51,14 @@ bool Run::stale(double stale_after) const {
 }
 
 std::optional<Run> Store::run(int64_t id) const {
-  Stmt s(db_, fmt::format("SELECT {} FROM runs WHERE id=?", kRunColumns));
+  Stmt s(db_, fmt::format("SELECT {} FROM runs WHERE id=?", run_columns(schema_version())));
   s.bind(1, id);
   if (!s.step()) return std::nullopt;
   return read_run(s);
 }
 
 std::vector<Run> Store::runs() const {
-  Stmt s(db_, fmt::format("SELECT {} FROM runs ORDER BY id", kRunColumns));
+  Stmt s(db_, fmt::format("SELECT {} FROM runs ORDER BY id", run_columns(schema_version())));
   std::vector<Run> out;
   while (s.step()) out.push_back(read_run(s));
   return out;
@@ -151,7 +155,7 @@ std::set<int64_t> Store::sweep_members(int64_t id) const {
 }
 
 std::vector<Run> Store::sweep_runs(int64_t sweep) const {
-  Stmt s(db_, fmt::format("SELECT {} FROM runs WHERE sweep_id=? ORDER BY job_num", kRunColumns));
+  Stmt s(db_, fmt::format("SELECT {} FROM runs WHERE sweep_id=? ORDER BY job_num", run_columns(schema_version())));
   s.bind(1, sweep);
   std::vector<Run> out;
   while (s.step()) out.push_back(read_run(s));

@@ -479,6 +479,7 @@ void Store::set_launch_slurm_job(int64_t launch, const std::string& array_job) {
 }
 
 std::vector<Launch> Store::launches(int64_t sweep) const {
+  if (schema_version() < 10) return {};  // an older store opened read-only: no launch was recorded
   Stmt s(db_,
          "SELECT id, sweep_id, launcher, options_json, jobs_json, slurm_job, created_at FROM sweep_launches "
          "WHERE sweep_id=? ORDER BY id");

@@ -63,12 +63,12 @@ TEST_CASE("router.name's values and the router keys' scopes come from the regist
       INFO(spec.name << " " << k.name);
       const auto* key = ssr::config::find_key(k.name);
       REQUIRE(key);
-      // The registry adds the router.name scope last; a key may first be scoped by its router's own keys
-      // (osr's authors-only keys by router.osr_reading).
+      // The registry puts the router.name scope first; a key may then be scoped by its router's own
+      // keys (osr's authors-only keys by router.osr_reading).
       REQUIRE(!key->when.empty());
-      CHECK(key->when.back().first == "router.name");
-      for (size_t i = 0; i + 1 < key->when.size(); ++i) CHECK(key->when[i].first.rfind("router.", 0) == 0);
-      const auto& users = key->when.back().second;
+      CHECK(key->when.front().first == "router.name");
+      for (size_t i = 1; i < key->when.size(); ++i) CHECK(key->when[i].first.rfind("router.", 0) == 0);
+      const auto& users = key->when.front().second;
       CHECK(std::find(users.begin(), users.end(), spec.name) != users.end());
     }
   // Every router.* key but the layer's own belongs to some router.

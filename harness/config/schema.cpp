@@ -298,7 +298,8 @@ std::vector<Key> with_router_keys(std::vector<Key> keys) {
         throw std::logic_error("router key declared twice, differently: " + k.name);
       users[k.name].push_back(r.name);
     }
-  for (auto& k : declared) k.when.emplace_back("router.name", users.at(k.name));
+  // The router comes first: a key of another router is refused for that, before any key of its own scopes it.
+  for (auto& k : declared) k.when.insert(k.when.begin(), {"router.name", users.at(k.name)});
   auto at = std::find_if(keys.begin(), keys.end(), [](const Key& k) { return k.name == "router.name"; });
   keys.insert(at + 1, declared.begin(), declared.end());
   std::vector<std::string> with_modes;

@@ -478,30 +478,4 @@ void Store::set_launch_slurm_job(int64_t launch, const std::string& array_job) {
   tx.commit();
 }
 
-std::vector<Launch> Store::launches(int64_t sweep) const {
-  if (schema_version() < 10) return {};  // an older store opened read-only: no launch was recorded
-  Stmt s(db_,
-         "SELECT id, sweep_id, launcher, options_json, jobs_json, slurm_job, created_at FROM sweep_launches "
-         "WHERE sweep_id=? ORDER BY id");
-  s.bind(1, sweep);
-  std::vector<Launch> out;
-  while (s.step()) {
-    Launch l;
-    l.id = s.i64(0);
-    l.sweep_id = s.i64(1);
-    l.launcher = s.text(2);
-    l.options = json::parse(s.text(3), nullptr, false);
-    if (!l.options.is_array()) l.options = json::array();
-    const auto jobs = json::parse(s.text(4), nullptr, false);
-    if (jobs.is_array())
-      for (const auto& j : jobs)
-        if (j.is_number_integer()) l.jobs.push_back(j.get<int64_t>());
-    l.slurm_job = s.text(5);
-    l.created_at = s.f64(6);
-    l.attempt = static_cast<int64_t>(out.size()) + 1;
-    out.push_back(std::move(l));
-  }
-  return out;
-}
-
 }  // namespace ssr::store
